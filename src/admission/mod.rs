@@ -1,0 +1,237 @@
+//! HTTP ↔ pipeline: decode an AdmissionReview, run the pipeline, write the
+//! managed Secret, encode the AdmissionResponse, log the decision. Requests
+//! that are not admission reviews get an error; everything else gets an
+//! answer (`allowed` or a safe `deny`), never a 5xx.
+
+pub mod review;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::inject::PodView;
+use crate::kube::{DryRunWriter, SecretWriter, WriteOutcome};
+use crate::pipeline::{Engine, PodInput, SharedEngine, Verdict};
+use crate::telemetry::Metrics;
+use review::{ResponseOut, ReviewIn, ReviewOut, StatusOut, API_VERSION, KIND};
+
+/// A request that is not a usable AdmissionReview (HTTP 400).
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("the body is not JSON: {0}")]
+    NotJson(String),
+    #[error("expected an AdmissionReview of apiVersion admission.k8s.io/v1, got {kind} of {api_version}")]
+    WrongType { api_version: String, kind: String },
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+}
+
+/// The admission side of the server.
+pub struct Admission {
+    engine: SharedEngine,
+    writer: Arc<dyn SecretWriter>,
+    metrics: Arc<Metrics>,
+}
+
+impl Admission {
+    pub fn new(engine: SharedEngine, writer: Arc<dyn SecretWriter>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            engine,
+            writer,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Answers one review. `timeout` is the API server's own deadline for
+    /// the call, when it sent one (`?timeout=5s`).
+    pub async fn review(&self, body: &[u8], timeout: Option<Duration>) -> Result<Vec<u8>, ReviewError> {
+        let started = Instant::now();
+        let review: ReviewIn<'_> =
+            serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
+        if review.api_version != API_VERSION || review.kind != KIND {
+            return Err(ReviewError::WrongType {
+                api_version: review.api_version,
+                kind: review.kind,
+            });
+        }
+        let request = review.request.ok_or(ReviewError::NoRequest)?;
+        let engine = self.engine.load();
+        let (response, outcome) = self.decide(&engine, &request, timeout, started).await;
+        self.metrics.review(outcome, started.elapsed());
+        let out = ReviewOut {
+            api_version: API_VERSION,
+            kind: KIND,
+            response,
+        };
+        serde_json::to_vec(&out).map_err(|e| ReviewError::NotJson(e.to_string()))
+    }
+
+    async fn decide(
+        &self,
+        engine: &Engine,
+        request: &review::RequestIn<'_>,
+        timeout: Option<Duration>,
+        started: Instant,
+    ) -> (ResponseOut, &'static str) {
+        let allow = || ResponseOut {
+            uid: request.uid.clone(),
+            allowed: true,
+            ..Default::default()
+        };
+        let is_pod_create = request.kind.group.is_empty()
+            && request.kind.kind == "Pod"
+            && request.operation == "CREATE"
+            && request.sub_resource.as_deref().unwrap_or("").is_empty();
+        if !is_pod_create {
+            return (allow(), "skipped");
+        }
+        let Some(object) = request.object else {
+            return (allow(), "skipped");
+        };
+        let pod: PodView = match serde_json::from_str(object.get()) {
+            Ok(p) => p,
+            Err(e) => {
+                let message = format!("the Pod in the review could not be read: {e}");
+                return (deny(&request.uid, 400, message), "denied_malformed");
+            }
+        };
+        if !engine.wants(&pod) {
+            return (allow(), "allowed");
+        }
+        let namespace = request.namespace.as_deref().unwrap_or("");
+        let dry_run = request.dry_run.unwrap_or(false);
+        let pod_name = request
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| pod.display_name());
+        let span = tracing::info_span!("review", uid = %request.uid, namespace, pod = %pod_name, dry_run);
+        let _enter = span.enter();
+
+        // Leave a margin for writing the Secret and answering.
+        let budget = timeout.map(|t| {
+            t.saturating_sub(Duration::from_millis(1500))
+                .max(Duration::from_millis(100))
+        });
+        let input = PodInput {
+            namespace,
+            pod: &pod,
+            base: "",
+            budget,
+        };
+        let verdict = engine.evaluate(&input).await;
+        match verdict {
+            Verdict::Untouched => (allow(), "allowed"),
+            Verdict::Denied(d) => {
+                let refs: Vec<String> = d.references.iter().map(ToString::to_string).collect();
+                tracing::info!(
+                    allowed = false,
+                    code = d.code,
+                    class = d.class,
+                    references = ?refs,
+                    reason = %d.message,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "admission decision"
+                );
+                let class = denied_outcome(d.class);
+                (deny(&request.uid, d.code, d.message), class)
+            }
+            Verdict::Mutated(m) => {
+                let mut warnings = m.warnings;
+                if let Some(secret) = &m.secret {
+                    let result = if dry_run {
+                        DryRunWriter.apply(secret).await
+                    } else {
+                        self.writer.apply(secret).await
+                    };
+                    match result {
+                        Ok(WriteOutcome::Applied) => self.metrics.secret_write("applied"),
+                        Ok(WriteOutcome::Unchanged) => self.metrics.secret_write("unchanged"),
+                        Ok(WriteOutcome::NotWritten(w)) => {
+                            self.metrics.secret_write("not_written");
+                            warnings.push(w);
+                        }
+                        Err(e) => {
+                            self.metrics.secret_write("failed");
+                            tracing::warn!(allowed = false, class = "secret_write", reason = %e, "admission decision");
+                            return (deny(&request.uid, 503, e.to_string()), "denied_secret_write");
+                        }
+                    }
+                }
+                let granted: Vec<String> = m
+                    .grants
+                    .iter()
+                    .map(|g| format!("{} by rule {}", g.reference, g.rule))
+                    .collect();
+                tracing::info!(
+                    allowed = true,
+                    mutated = !m.patch.is_empty(),
+                    references = ?granted,
+                    secret = m.secret.as_ref().map(|s| s.name.as_str()).unwrap_or(""),
+                    warnings = warnings.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "admission decision"
+                );
+                let mut response = allow();
+                if !m.patch.is_empty() {
+                    match serde_json::to_vec(&m.patch) {
+                        Ok(bytes) => {
+                            response.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+                            response.patch_type = Some("JSONPatch");
+                        }
+                        Err(_) => {
+                            return (
+                                deny(&request.uid, 500, "the patch could not be encoded".into()),
+                                "error",
+                            )
+                        }
+                    }
+                }
+                response.audit_annotations =
+                    audit_annotations(&granted, m.secret.as_ref().map(|s| s.name.as_str()));
+                response.warnings = warnings;
+                (response, if m.patch.is_empty() { "allowed" } else { "mutated" })
+            }
+        }
+    }
+}
+
+fn deny(uid: &str, code: u16, message: String) -> ResponseOut {
+    ResponseOut {
+        uid: uid.to_owned(),
+        allowed: false,
+        status: Some(StatusOut::failure(code, message)),
+        ..Default::default()
+    }
+}
+
+fn denied_outcome(class: &str) -> &'static str {
+    match class {
+        "malformed" => "denied_malformed",
+        "policy" => "denied_policy",
+        "unknown_store" => "denied_unknown_store",
+        "not_found" | "missing_property" => "denied_not_found",
+        "conflict" => "denied_conflict",
+        "timeout" => "denied_timeout",
+        "unreachable" | "unauthorised" | "throttled" | "invalid_response" => "denied_store_error",
+        _ => "denied_invalid",
+    }
+}
+
+/// The API server records these under the webhook's name in its audit log.
+fn audit_annotations(granted: &[String], secret: Option<&str>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if !granted.is_empty() {
+        out.insert("granted".to_owned(), granted.join("; "));
+    }
+    if let Some(s) = secret {
+        out.insert("secret".to_owned(), s.to_owned());
+    }
+    out
+}

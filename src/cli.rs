@@ -1,0 +1,122 @@
+//! Command-line interface. Every flag also reads a `SESAME_…` env var.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sesame",
+    version,
+    about = "Kubernetes admission webhook that injects secrets from external stores"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "SESAME_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Log level or tracing filter (RUST_LOG overrides it).
+    #[arg(long, global = true, env = "SESAME_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the mutating webhook over TLS, with an admin port for probes and metrics.
+    Serve(ServeArgs),
+    /// Run the admission pipeline on a Pod or workload manifest and print the result.
+    Mutate(MutateArgs),
+    /// Validate the configuration file and exit.
+    CheckConfig(ConfigArg),
+    /// Write a CA and a serving certificate for the webhook Service, and print the caBundle.
+    GenCerts(GenCertsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArg {
+    /// Configuration file; default `sesame.yaml` if present, else the built-in example.
+    #[arg(long, short = 'c', env = "SESAME_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The file to read, or `None` for the built-in example.
+    pub fn resolve(&self) -> Option<PathBuf> {
+        match &self.config {
+            Some(p) => Some(p.clone()),
+            None => {
+                let local = PathBuf::from("sesame.yaml");
+                local.exists().then_some(local)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Address to listen on.
+    #[arg(long, env = "SESAME_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// HTTPS port for the API server (`POST /mutate`).
+    #[arg(long, env = "SESAME_TLS_PORT", default_value_t = 8443)]
+    pub tls_port: u16,
+    /// Plain-HTTP port for /livez, /readyz and /metrics.
+    #[arg(long, env = "SESAME_ADMIN_PORT", default_value_t = 8080)]
+    pub admin_port: u16,
+    /// Directory with tls.crt and tls.key; without them a self-signed pair is generated.
+    #[arg(long, env = "SESAME_CERT_DIR", default_value = "certs")]
+    pub cert_dir: PathBuf,
+    /// How often certificate files and the configuration file are re-read.
+    #[arg(long, env = "SESAME_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "SESAME_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may finish after SIGTERM.
+    #[arg(long, env = "SESAME_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MutateArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Manifest to read (YAML or JSON, several documents allowed); `-` reads stdin.
+    #[arg(long, short = 'f')]
+    pub file: PathBuf,
+    /// Namespace the objects are created in (default: their own, else `default`).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Print secret values in the Secret (base64). Off by default: keys only.
+    #[arg(long)]
+    pub show_values: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenCertsArgs {
+    /// Name of the webhook Service.
+    #[arg(long, default_value = "sesame")]
+    pub service: String,
+    /// Namespace of the webhook Service.
+    #[arg(long, default_value = "sesame-system")]
+    pub namespace: String,
+    /// Where to write ca.crt, tls.crt and tls.key.
+    #[arg(long, default_value = "certs")]
+    pub out: PathBuf,
+    /// Validity of the serving certificate in days (the CA lives twice as long).
+    #[arg(long, default_value_t = 365)]
+    pub days: i64,
+}

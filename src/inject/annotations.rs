@@ -1,0 +1,729 @@
+//! The annotation grammar: what an app team writes on a Pod (or Pod
+//! template) to ask for secrets. Pure parsing, no I/O. See docs/annotations.md.
+//!
+//! Compact form, one annotation per injection:
+//! `<prefix>/env.<NAME>`, `<prefix>/env-from.<id>`, `<prefix>/file.<id>`,
+//! `<prefix>/dir.<id>`, valued `<store>:<path>[#<property>] [option=value ...]`.
+//! Structured form: `<prefix>/secrets`, a YAML or JSON list of entries.
+//! Pod-wide: `<prefix>/mode: secretRef|inline`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::config::is_dns_label;
+use crate::policy::validate_secret_path;
+
+/// Annotation Sesame writes on Pods it mutated; its value names the managed
+/// Secret (or `inline`). Admission policies and the garbage collector read it.
+pub const INJECTED_SUFFIX: &str = "injected";
+/// Pod-wide mode annotation.
+pub const MODE_SUFFIX: &str = "mode";
+/// Structured form annotation.
+pub const SECRETS_SUFFIX: &str = "secrets";
+
+/// Where a value comes from: the fields of an External Secrets `remoteRef`,
+/// plus the store name. Connection settings never appear here: a Pod can only
+/// name a store that the configuration defines.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretRef {
+    pub store: String,
+    pub path: String,
+    pub property: Option<String>,
+    pub version: Option<String>,
+}
+
+impl fmt::Display for SecretRef {
+    /// The compact form, for messages and audit records (never a value).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.store, self.path)?;
+        if let Some(p) = &self.property {
+            write!(f, "#{p}")?;
+        }
+        if let Some(v) = &self.version {
+            write!(f, " version={v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the value becomes in the Pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One value as one env var.
+    Env { name: String },
+    /// Every property as env vars named `prefix` + KEY (upper-cased, other
+    /// characters than letters, digits and `_` become `_`).
+    EnvFrom { prefix: String },
+    /// One value as one file; the file's directory becomes a Sesame volume.
+    File { path: String, mode: Option<u32> },
+    /// Every property as a file in a directory.
+    Dir { path: String, mode: Option<u32> },
+}
+
+/// Which containers receive an injection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerSelector {
+    /// Named containers (app or init); empty means every app container.
+    pub names: Vec<String>,
+    /// Also every init container.
+    pub init: bool,
+}
+
+/// One requested injection, from one annotation (or one structured entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injection {
+    /// The annotation it came from, e.g. `sesame.dev/env.DB_PASSWORD` or
+    /// `sesame.dev/secrets[2]`; every message about it names this.
+    pub source: String,
+    pub target: Target,
+    pub reference: SecretRef,
+    pub containers: ContainerSelector,
+    /// A missing secret or property is skipped with a warning instead of denying.
+    pub optional: bool,
+}
+
+/// Where resolved values go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Values in a Sesame-managed Secret; the Pod gets references to it.
+    #[default]
+    SecretRef,
+    /// Env values written into the Pod spec (files still use a Secret).
+    Inline,
+}
+
+/// Everything a Pod asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodRequest {
+    pub injections: Vec<Injection>,
+    pub mode: Mode,
+}
+
+/// A malformed annotation. The message names the annotation and the problem,
+/// quoting only the annotation's key or the offending token, never a value
+/// fetched from a store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("annotation \"{annotation}\": {message}")]
+pub struct GrammarError {
+    pub annotation: String,
+    pub message: String,
+}
+
+fn err(annotation: &str, message: impl Into<String>) -> GrammarError {
+    GrammarError {
+        annotation: annotation.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The cheap first test: does the Pod carry any annotation under `prefix`
+/// other than the marker Sesame itself writes?
+pub fn has_requests<'a>(prefix: &str, mut keys: impl Iterator<Item = &'a String>) -> bool {
+    keys.any(|k| {
+        k.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|name| name != INJECTED_SUFFIX)
+    })
+}
+
+/// Parses every Sesame annotation of a Pod.
+pub fn parse(prefix: &str, annotations: &BTreeMap<String, String>) -> Result<PodRequest, GrammarError> {
+    let mut request = PodRequest::default();
+    for (key, value) in annotations {
+        let Some(name) = key.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
+            continue;
+        };
+        if name == INJECTED_SUFFIX {
+            continue;
+        }
+        if name == MODE_SUFFIX {
+            request.mode = match value.trim() {
+                "secretRef" => Mode::SecretRef,
+                "inline" => Mode::Inline,
+                other => {
+                    return Err(err(
+                        key,
+                        format!("mode must be \"secretRef\" or \"inline\", not \"{other}\""),
+                    ))
+                }
+            };
+        } else if name == SECRETS_SUFFIX {
+            request.injections.extend(parse_structured(key, value)?);
+        } else if let Some((kind, id)) = name.split_once('.') {
+            request.injections.push(parse_compact(key, kind, id, value)?);
+        } else {
+            return Err(unknown(key));
+        }
+    }
+    Ok(request)
+}
+
+fn unknown(key: &str) -> GrammarError {
+    err(
+        key,
+        "unknown Sesame annotation; use env.<NAME>, env-from.<id>, file.<id>, dir.<id>, secrets or mode",
+    )
+}
+
+fn parse_compact(key: &str, kind: &str, id: &str, value: &str) -> Result<Injection, GrammarError> {
+    let mut tokens = value.split_whitespace();
+    let reference_text = tokens
+        .next()
+        .ok_or_else(|| err(key, "the value is empty; expected <store>:<path>[#property]"))?;
+    let mut options: BTreeMap<&str, &str> = BTreeMap::new();
+    for token in tokens {
+        let (k, v) = token
+            .split_once('=')
+            .ok_or_else(|| err(key, format!("option \"{token}\" is not key=value")))?;
+        if options.insert(k, v).is_some() {
+            return Err(err(key, format!("option \"{k}\" is given twice")));
+        }
+    }
+    let mut take = |name: &str| options.remove(name);
+    let version = take("version").map(str::to_owned);
+    let reference = parse_reference(key, reference_text, version)?;
+    let containers = ContainerSelector {
+        names: match take("containers") {
+            Some(list) => parse_container_list(key, list.split(','))?,
+            None => Vec::new(),
+        },
+        init: parse_bool(key, "init", take("init"))?,
+    };
+    let optional = parse_bool(key, "optional", take("optional"))?;
+    let target = match kind {
+        "env" => {
+            validate_env_name(key, id)?;
+            Target::Env { name: id.to_owned() }
+        }
+        "env-from" => {
+            let prefix = take("prefix").unwrap_or("").to_owned();
+            validate_env_prefix(key, &prefix)?;
+            Target::EnvFrom { prefix }
+        }
+        "file" | "dir" => {
+            let path = take("path").ok_or_else(|| err(key, format!("{kind} needs path=/absolute/path")))?;
+            validate_mount_path(key, path)?;
+            let mode = take("mode").map(|m| parse_mode(key, m)).transpose()?;
+            if kind == "file" {
+                Target::File {
+                    path: path.to_owned(),
+                    mode,
+                }
+            } else {
+                Target::Dir {
+                    path: path.to_owned(),
+                    mode,
+                }
+            }
+        }
+        _ => return Err(unknown(key)),
+    };
+    if kind != "env" && !is_dns_label(id) {
+        return Err(err(
+            key,
+            format!("the id \"{id}\" must be lower-case letters, digits and '-'"),
+        ));
+    }
+    if let Some(extra) = options.keys().next() {
+        return Err(err(key, format!("option \"{extra}\" does not apply here")));
+    }
+    check_property_use(key, &target, &reference)?;
+    Ok(Injection {
+        source: key.to_owned(),
+        target,
+        reference,
+        containers,
+        optional,
+    })
+}
+
+/// `<store>:<path>[#<property>]`. The store is a DNS label, so the first `:`
+/// ends it; `#` never occurs in a path any store allows (the policy refuses
+/// it), so the last `#` starts the property.
+fn parse_reference(key: &str, text: &str, version: Option<String>) -> Result<SecretRef, GrammarError> {
+    let (store, rest) = text
+        .split_once(':')
+        .ok_or_else(|| err(key, "expected <store>:<path>[#property]"))?;
+    let (path, property) = match rest.split_once('#') {
+        Some((p, prop)) => (p, Some(prop.to_owned())),
+        None => (rest, None),
+    };
+    build_reference(key, store, path, property, version)
+}
+
+fn build_reference(
+    key: &str,
+    store: &str,
+    path: &str,
+    property: Option<String>,
+    version: Option<String>,
+) -> Result<SecretRef, GrammarError> {
+    if !is_dns_label(store) {
+        return Err(err(
+            key,
+            format!("\"{store}\" is not a store name (lower-case letters, digits, '-')"),
+        ));
+    }
+    validate_secret_path(path).map_err(|m| err(key, m))?;
+    if let Some(p) = &property {
+        if p.is_empty() || p.len() > 253 || p.chars().any(|c| c.is_control() || c == '#' || c.is_whitespace())
+        {
+            return Err(err(
+                key,
+                "the property after '#' must be 1-253 characters without spaces or '#'",
+            ));
+        }
+    }
+    if let Some(v) = &version {
+        if v.is_empty()
+            || v.len() > 128
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(err(key, "version must be 1-128 letters, digits, '.', '_' or '-'"));
+        }
+    }
+    Ok(SecretRef {
+        store: store.to_owned(),
+        path: path.to_owned(),
+        property,
+        version,
+    })
+}
+
+fn check_property_use(key: &str, target: &Target, reference: &SecretRef) -> Result<(), GrammarError> {
+    match target {
+        Target::EnvFrom { .. } | Target::Dir { .. } if reference.property.is_some() => Err(err(
+            key,
+            "env-from and dir take every property of a secret; drop the #property",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn parse_bool(key: &str, name: &str, v: Option<&str>) -> Result<bool, GrammarError> {
+    match v {
+        None => Ok(false),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(err(key, format!("{name} must be true or false, not \"{other}\""))),
+    }
+}
+
+fn parse_container_list<'a>(
+    key: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<Vec<String>, GrammarError> {
+    let mut out = Vec::new();
+    for n in names {
+        if !is_dns_label(n) {
+            return Err(err(key, format!("\"{n}\" is not a container name")));
+        }
+        out.push(n.to_owned());
+    }
+    if out.is_empty() {
+        return Err(err(key, "containers must name at least one container"));
+    }
+    Ok(out)
+}
+
+/// File modes are octal, as in `chmod`: `0400`, `440`, `0o440`.
+fn parse_mode(key: &str, text: &str) -> Result<u32, GrammarError> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(err(
+            key,
+            format!("mode \"{text}\" must be octal between 0000 and 0777, e.g. 0400"),
+        )),
+    }
+}
+
+/// Env var names as the API server validates them: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
+pub fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || matches!(b, b'-' | b'.' | b'_'))
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
+fn validate_env_name(key: &str, name: &str) -> Result<(), GrammarError> {
+    if is_env_name(name) {
+        Ok(())
+    } else {
+        Err(err(key, format!("\"{name}\" is not a valid env var name (letters, digits, '_', '-', '.', not starting with a digit)")))
+    }
+}
+
+fn validate_env_prefix(key: &str, prefix: &str) -> Result<(), GrammarError> {
+    if prefix.is_empty() || is_env_name(prefix) {
+        Ok(())
+    } else {
+        Err(err(
+            key,
+            format!("prefix \"{prefix}\" cannot start an env var name"),
+        ))
+    }
+}
+
+/// Absolute, normalised container paths; `/` itself is refused.
+fn validate_mount_path(key: &str, path: &str) -> Result<(), GrammarError> {
+    let ok = path.starts_with('/')
+        && path.len() > 1
+        && !path.ends_with('/')
+        && path.len() <= 1024
+        && !path.chars().any(|c| c.is_control() || c == '\\')
+        && path[1..]
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            key,
+            format!("path \"{path}\" must be an absolute, normalised path (no '..', '//' or trailing '/')"),
+        ))
+    }
+}
+
+/// One entry of the structured form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Entry {
+    env: Option<String>,
+    env_from: Option<EnvFromEntry>,
+    file: Option<MountEntry>,
+    dir: Option<MountEntry>,
+    /// Compact reference `<store>:<path>[#property]`, instead of the fields below.
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+    store: Option<String>,
+    path: Option<String>,
+    property: Option<String>,
+    version: Option<VersionText>,
+    #[serde(default)]
+    containers: Vec<String>,
+    #[serde(default)]
+    init_containers: bool,
+    #[serde(default)]
+    optional: bool,
+}
+
+/// Versions may be written as numbers in YAML.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum VersionText {
+    Text(String),
+    Number(u64),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvFromEntry {
+    #[serde(default)]
+    prefix: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MountEntry {
+    path: String,
+    mode: Option<ModeText>,
+}
+
+/// `"0400"` (octal text, like chmod) or a number (decimal, like Kubernetes' `defaultMode`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ModeText {
+    Octal(String),
+    Decimal(u32),
+}
+
+fn parse_structured(key: &str, value: &str) -> Result<Vec<Injection>, GrammarError> {
+    // serde_yaml reads JSON too; its messages give positions, not the value.
+    let entries: Vec<Entry> = serde_yaml::from_str(value).map_err(|e| {
+        let msg = e.to_string();
+        err(key, format!("not a YAML/JSON list of entries: {msg}"))
+    })?;
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, e) in entries.into_iter().enumerate() {
+        let source = format!("{key}[{i}]");
+        let version = e.version.map(|v| match v {
+            VersionText::Text(t) => t,
+            VersionText::Number(n) => n.to_string(),
+        });
+        let reference = match (e.reference, e.store, e.path) {
+            (Some(r), None, None) if e.property.is_none() => parse_reference(&source, &r, version)?,
+            (None, Some(store), Some(path)) => build_reference(&source, &store, &path, e.property, version)?,
+            _ => {
+                return Err(err(
+                    &source,
+                    "give either ref: <store>:<path>[#property] or store and path (and property)",
+                ))
+            }
+        };
+        let mode = |m: Option<ModeText>| -> Result<Option<u32>, GrammarError> {
+            match m {
+                None => Ok(None),
+                Some(ModeText::Octal(t)) => parse_mode(&source, &t).map(Some),
+                Some(ModeText::Decimal(d)) if d <= 0o777 => Ok(Some(d)),
+                Some(ModeText::Decimal(_)) => Err(err(&source, "mode must be at most 0777 (511)")),
+            }
+        };
+        let mut targets = Vec::new();
+        if let Some(name) = e.env {
+            validate_env_name(&source, &name)?;
+            targets.push(Target::Env { name });
+        }
+        if let Some(ef) = e.env_from {
+            validate_env_prefix(&source, &ef.prefix)?;
+            targets.push(Target::EnvFrom { prefix: ef.prefix });
+        }
+        if let Some(f) = e.file {
+            validate_mount_path(&source, &f.path)?;
+            targets.push(Target::File {
+                path: f.path,
+                mode: mode(f.mode)?,
+            });
+        }
+        if let Some(d) = e.dir {
+            validate_mount_path(&source, &d.path)?;
+            targets.push(Target::Dir {
+                path: d.path,
+                mode: mode(d.mode)?,
+            });
+        }
+        if targets.len() != 1 {
+            return Err(err(&source, "needs exactly one of env, envFrom, file or dir"));
+        }
+        let target = targets.remove(0);
+        check_property_use(&source, &target, &reference)?;
+        let names = if e.containers.is_empty() {
+            Vec::new()
+        } else {
+            parse_container_list(&source, e.containers.iter().map(String::as_str))?
+        };
+        out.push(Injection {
+            source,
+            target,
+            reference,
+            containers: ContainerSelector {
+                names,
+                init: e.init_containers,
+            },
+            optional: e.optional,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn one(key: &str, value: &str) -> Result<Injection, GrammarError> {
+        parse("sesame.dev", &annotations(&[(key, value)])).map(|mut r| r.injections.remove(0))
+    }
+
+    #[test]
+    fn env_single_value() {
+        let i = one("sesame.dev/env.DB_PASSWORD", "vault:secret/team-a/db#password").unwrap();
+        assert_eq!(
+            i.target,
+            Target::Env {
+                name: "DB_PASSWORD".into()
+            }
+        );
+        assert_eq!(i.reference.store, "vault");
+        assert_eq!(i.reference.path, "secret/team-a/db");
+        assert_eq!(i.reference.property.as_deref(), Some("password"));
+        assert_eq!(i.containers, ContainerSelector::default());
+        assert!(!i.optional);
+    }
+
+    #[test]
+    fn env_from_with_prefix() {
+        let i = one("sesame.dev/env-from.db", "aws:prod/team-a/db prefix=DB_").unwrap();
+        assert_eq!(i.target, Target::EnvFrom { prefix: "DB_".into() });
+        assert!(one("sesame.dev/env-from.db", "aws:prod/db#password").is_err());
+    }
+
+    #[test]
+    fn file_and_dir_with_modes() {
+        let f = one(
+            "sesame.dev/file.db-password",
+            "vault:secret/a/db#password path=/var/run/secrets/db/password mode=0400",
+        )
+        .unwrap();
+        assert_eq!(
+            f.target,
+            Target::File {
+                path: "/var/run/secrets/db/password".into(),
+                mode: Some(0o400)
+            }
+        );
+        let d = one("sesame.dev/dir.tls", "vault:pki/a/tls path=/etc/tls mode=0440").unwrap();
+        assert_eq!(
+            d.target,
+            Target::Dir {
+                path: "/etc/tls".into(),
+                mode: Some(0o440)
+            }
+        );
+        assert!(
+            one("sesame.dev/file.x", "vault:a/b").is_err(),
+            "file needs a path"
+        );
+        assert!(one("sesame.dev/dir.x", "vault:a/b path=/etc/../x").is_err());
+        assert!(one("sesame.dev/dir.x", "vault:a/b path=/ ").is_err());
+        assert!(one("sesame.dev/dir.x", "vault:a/b path=/x mode=0999").is_err());
+    }
+
+    #[test]
+    fn containers_init_optional_version() {
+        let i = one(
+            "sesame.dev/env.TOKEN",
+            "vault:a/token containers=app,migrate init=true optional=true version=3",
+        )
+        .unwrap();
+        assert_eq!(i.containers.names, vec!["app", "migrate"]);
+        assert!(i.containers.init);
+        assert!(i.optional);
+        assert_eq!(i.reference.version.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn aws_names_with_all_their_characters() {
+        let i = one("sesame.dev/env.K", "aws:prod/app_1+x=y.z@corp-db#pass.word").unwrap();
+        assert_eq!(i.reference.path, "prod/app_1+x=y.z@corp-db");
+        assert_eq!(i.reference.property.as_deref(), Some("pass.word"));
+        let v = one("sesame.dev/env.K", "aws:a@b version=AWSPREVIOUS").unwrap();
+        assert_eq!(v.reference.path, "a@b");
+        assert_eq!(v.reference.version.as_deref(), Some("AWSPREVIOUS"));
+    }
+
+    #[test]
+    fn malformed_annotations_name_themselves() {
+        for (k, v) in [
+            ("sesame.dev/env.1BAD", "vault:a/b"),
+            ("sesame.dev/env.X", "no-colon"),
+            ("sesame.dev/env.X", "Vault:a/b"),
+            ("sesame.dev/env.X", "vault:a/../b"),
+            ("sesame.dev/env.X", "vault:a/b bogus"),
+            ("sesame.dev/env.X", "vault:a/b colour=red"),
+            ("sesame.dev/env.X", "vault:a/b optional=yes"),
+            ("sesame.dev/env.X", ""),
+            ("sesame.dev/inject", "vault:a/b"),
+            ("sesame.dev/mode", "sideways"),
+            ("sesame.dev/secrets", "[{env: X}]"),
+            ("sesame.dev/secrets", "not: [a list"),
+        ] {
+            let e = parse("sesame.dev", &annotations(&[(k, v)])).unwrap_err();
+            assert!(e.annotation.starts_with(k), "{k}: {e}");
+        }
+    }
+
+    #[test]
+    fn structured_form_covers_everything() {
+        let yaml = r#"
+- env: DB_PASSWORD
+  store: vault
+  path: secret/team-a/db
+  property: password
+  version: 3
+  containers: [app]
+- envFrom: {prefix: DB_}
+  ref: aws:prod/team-a/db
+  optional: true
+- file: {path: /etc/app/key, mode: "0400"}
+  ref: vault:secret/team-a/key#pem
+  initContainers: true
+- dir: {path: /etc/tls, mode: 288}
+  store: vault
+  path: "odd#path/ok"
+"#;
+        let err = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", yaml)])).unwrap_err();
+        assert_eq!(
+            err.annotation, "sesame.dev/secrets[3]",
+            "a '#' in a path is refused everywhere"
+        );
+        let yaml = yaml.replace("odd#path/ok", "team-a/tls");
+        let r = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", &yaml)])).unwrap();
+        assert_eq!(r.injections.len(), 4);
+        assert_eq!(r.injections[0].reference.version.as_deref(), Some("3"));
+        assert_eq!(r.injections[1].target, Target::EnvFrom { prefix: "DB_".into() });
+        assert!(r.injections[1].optional);
+        assert_eq!(
+            r.injections[2].target,
+            Target::File {
+                path: "/etc/app/key".into(),
+                mode: Some(0o400)
+            }
+        );
+        assert!(r.injections[2].containers.init);
+        assert_eq!(
+            r.injections[3].target,
+            Target::Dir {
+                path: "/etc/tls".into(),
+                mode: Some(0o440)
+            }
+        );
+        // JSON works as well.
+        let json = r#"[{"env":"A","ref":"dev:x/y#z"}]"#;
+        assert_eq!(
+            parse("sesame.dev", &annotations(&[("sesame.dev/secrets", json)]))
+                .unwrap()
+                .injections
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn no_connection_settings_in_annotations() {
+        for bad in [
+            r#"[{env: A, ref: "dev:x", address: "http://evil"}]"#,
+            r#"[{env: A, ref: "dev:x", token: "t"}]"#,
+            r#"[{env: A, ref: "dev:x", role: "admin"}]"#,
+        ] {
+            assert!(
+                parse("sesame.dev", &annotations(&[("sesame.dev/secrets", bad)])).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(one("sesame.dev/env.A", "dev:x address=http://evil").is_err());
+        assert!(one("sesame.dev/env.A", "https://evil/x").is_err());
+    }
+
+    #[test]
+    fn detection_ignores_marker_and_other_prefixes() {
+        let a = annotations(&[("sesame.dev/injected", "sesame-x"), ("other.io/env.X", "y")]);
+        assert!(!has_requests("sesame.dev", a.keys()));
+        let b = annotations(&[("sesame.dev/env.X", "dev:a")]);
+        assert!(has_requests("sesame.dev", b.keys()));
+        assert!(!has_requests(
+            "sesame.dev",
+            annotations(&[("sesame.devx/env.X", "a")]).keys()
+        ));
+    }
+
+    #[test]
+    fn custom_prefix() {
+        let a = annotations(&[
+            ("secrets.example.com/env.X", "dev:a/b"),
+            ("sesame.dev/env.Y", "dev:c"),
+        ]);
+        let r = parse("secrets.example.com", &a).unwrap();
+        assert_eq!(r.injections.len(), 1);
+        assert_eq!(r.injections[0].target, Target::Env { name: "X".into() });
+    }
+}

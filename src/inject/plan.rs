@@ -1,0 +1,581 @@
+//! From parsed injections and resolved secrets to an `InjectionPlan`: which
+//! env vars, volumes and mounts each container gets, and the managed Secret
+//! that holds the values. Pure; the patch is built from the plan afterwards.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::annotations::{is_env_name, Injection, Mode, SecretRef, Target};
+use super::pod::{OwnerReference, PodView};
+use crate::stores::{PropertyError, SecretData, SecretValue, StoreError};
+
+/// Names of managed Secrets and volumes start with this.
+pub const MANAGED_PREFIX: &str = "sesame-";
+
+/// A container addressed by list and index, as JSON Patch needs it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContainerRef {
+    pub init: bool,
+    pub index: usize,
+    pub name: String,
+}
+
+/// Where an env var's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvSource {
+    /// `valueFrom.secretKeyRef` to this key of the managed Secret.
+    SecretKey(String),
+    /// The value itself, in the Pod spec (inline mode only).
+    Inline(SecretValue),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEnv {
+    pub container: ContainerRef,
+    pub name: String,
+    pub source: EnvSource,
+}
+
+/// One file of a secret volume.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct VolumeItem {
+    pub key: String,
+    pub path: String,
+    pub mode: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedVolume {
+    pub name: String,
+    pub mount_path: String,
+    pub containers: Vec<ContainerRef>,
+    pub items: Vec<VolumeItem>,
+}
+
+/// The Secret Sesame manages for a Pod. `data` holds values: it goes only to
+/// the Secret writer, never into logs (its `Debug` shows keys only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedSecret {
+    pub name: String,
+    pub namespace: String,
+    pub data: BTreeMap<String, SecretValue>,
+    /// The references behind the data (no values), recorded on the Secret.
+    pub references: Vec<SecretRef>,
+    /// Hash of keys and values, to tell whether a stored copy is current.
+    pub content_hash: String,
+    /// The Pod's controller, so that the garbage collector deletes the Secret with it.
+    pub owners: Vec<OwnerReference>,
+}
+
+/// An injection that was granted, for audit annotations and the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub annotation: String,
+    pub reference: SecretRef,
+    pub rule: String,
+}
+
+/// Everything the Pod will get.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InjectionPlan {
+    pub env: Vec<PlannedEnv>,
+    pub volumes: Vec<PlannedVolume>,
+    /// `None` when no value needs a Secret (inline env only, or all skipped).
+    pub secret: Option<ManagedSecret>,
+    /// Value of the marker annotation: the Secret's name, or `inline`.
+    pub marker: String,
+    pub warnings: Vec<String>,
+}
+
+/// Why a plan cannot be built; each names the annotation at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("annotation \"{annotation}\": store \"{store}\" failed for \"{path}\": {error}")]
+    Store {
+        annotation: String,
+        store: String,
+        path: String,
+        error: StoreError,
+    },
+    #[error("annotation \"{annotation}\": secret \"{path}\" in store \"{store}\": {error}")]
+    Property {
+        annotation: String,
+        store: String,
+        path: String,
+        error: PropertyError,
+    },
+    #[error("annotation \"{annotation}\": {message}")]
+    Invalid { annotation: String, message: String },
+    #[error("annotation \"{annotation}\": no container named \"{container}\" in this Pod")]
+    UnknownContainer { annotation: String, container: String },
+    #[error("inline mode is not allowed in namespace \"{namespace}\"; remove the mode annotation to use a managed Secret")]
+    InlineForbidden { namespace: String },
+    #[error("{message}")]
+    Conflict { message: String },
+}
+
+impl PlanError {
+    /// HTTP-style code for the AdmissionResponse status.
+    pub fn code(&self) -> u16 {
+        match self {
+            Self::Store { error, .. } if error.is_not_found() => 404,
+            Self::Store { .. } => 503,
+            Self::Property { .. } => 404,
+            Self::InlineForbidden { .. } => 403,
+            Self::Invalid { .. } | Self::UnknownContainer { .. } | Self::Conflict { .. } => 422,
+        }
+    }
+
+    /// Metric label.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Store { error, .. } => error.class(),
+            Self::Property { .. } => "missing_property",
+            Self::Invalid { .. } => "invalid",
+            Self::UnknownContainer { .. } => "unknown_container",
+            Self::InlineForbidden { .. } => "policy",
+            Self::Conflict { .. } => "conflict",
+        }
+    }
+}
+
+/// What the plan is built from.
+pub struct PlanInput<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a PodView,
+    pub mode: Mode,
+    pub inline_allowed: bool,
+    pub injections: &'a [Injection],
+    /// One answer per injection, in the same order.
+    pub resolved: &'a [Result<Arc<SecretData>, StoreError>],
+}
+
+/// An injection that passed, with its containers and the values it places.
+type Accepted<'i, 'd> = (&'i Injection, Vec<ContainerRef>, Vec<(String, Placed<'d>)>);
+
+/// A value to place: which reference (with its property) and the value.
+struct Placed<'a> {
+    identity: SecretRef,
+    value: &'a SecretValue,
+}
+
+/// Builds the plan. Values are placed by reference identity, so two
+/// injections of the same value share one key of the Secret.
+pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
+    if input.mode == Mode::Inline && !input.inline_allowed {
+        return Err(PlanError::InlineForbidden {
+            namespace: input.namespace.to_owned(),
+        });
+    }
+    let mut warnings = Vec::new();
+    // Per injection: the containers and the values it places.
+    let mut accepted: Vec<Accepted<'_, '_>> = Vec::new();
+    for (injection, answer) in input.injections.iter().zip(input.resolved) {
+        let containers = select_containers(input.pod, injection)?;
+        let data = match answer {
+            Ok(d) => d,
+            Err(e) if e.is_not_found() && injection.optional => {
+                warnings.push(format!(
+                    "optional {} ({}) not found; skipped",
+                    injection.reference, injection.source
+                ));
+                continue;
+            }
+            Err(e) => {
+                return Err(PlanError::Store {
+                    annotation: injection.source.clone(),
+                    store: injection.reference.store.clone(),
+                    path: injection.reference.path.clone(),
+                    error: e.clone(),
+                })
+            }
+        };
+        match place(injection, data) {
+            Ok(values) => accepted.push((injection, containers, values)),
+            Err(PlanError::Property { .. }) if injection.optional => {
+                warnings.push(format!(
+                    "optional {} ({}) not found; skipped",
+                    injection.reference, injection.source
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    // Secret keys, assigned over the sorted set of identities so that the
+    // same references always give the same keys, whatever their order.
+    let identities: BTreeSet<&SecretRef> = accepted
+        .iter()
+        .flat_map(|(_, _, values)| values.iter().map(|(_, p)| &p.identity))
+        .collect();
+    let keys = assign_keys(&identities);
+    let key_of = |r: &SecretRef| keys.get(r).cloned().unwrap_or_default();
+
+    let mut data: BTreeMap<String, SecretValue> = BTreeMap::new();
+    let mut env: Vec<PlannedEnv> = Vec::new();
+    let mut seen_env: BTreeMap<(ContainerRef, String), String> = BTreeMap::new();
+    // (mount dir, containers) -> items
+    let mut volumes: BTreeMap<(String, Vec<ContainerRef>), Vec<VolumeItem>> = BTreeMap::new();
+
+    for (injection, containers, values) in &accepted {
+        match &injection.target {
+            Target::Env { .. } | Target::EnvFrom { .. } => {
+                for (name, placed) in values {
+                    let source = if input.mode == Mode::Inline {
+                        if placed.value.expose_str().is_none() {
+                            return Err(invalid(
+                                injection,
+                                format!("the value for {name} is not UTF-8 text; inject it as a file"),
+                            ));
+                        }
+                        EnvSource::Inline(placed.value.clone())
+                    } else {
+                        let key = key_of(&placed.identity);
+                        data.insert(key.clone(), placed.value.clone());
+                        EnvSource::SecretKey(key)
+                    };
+                    for c in containers {
+                        if let Some(other) =
+                            seen_env.insert((c.clone(), name.clone()), injection.source.clone())
+                        {
+                            return Err(PlanError::Conflict {
+                                message: format!(
+                                    "annotations \"{other}\" and \"{}\" both set env var {name} in container \"{}\"",
+                                    injection.source, c.name
+                                ),
+                            });
+                        }
+                        env.push(PlannedEnv {
+                            container: c.clone(),
+                            name: name.clone(),
+                            source: source.clone(),
+                        });
+                    }
+                }
+            }
+            Target::File { path, mode } | Target::Dir { path, mode } => {
+                let dir = match &injection.target {
+                    Target::File { .. } => parent_dir(path),
+                    _ => path.clone(),
+                };
+                if dir == "/" {
+                    return Err(invalid(
+                        injection,
+                        "a file needs its own directory; /<file> would mount over the root",
+                    ));
+                }
+                let items = volumes.entry((dir, containers.clone())).or_default();
+                for (file_name, placed) in values {
+                    let key = key_of(&placed.identity);
+                    data.insert(key.clone(), placed.value.clone());
+                    if items.iter().any(|i| &i.path == file_name) {
+                        return Err(PlanError::Conflict {
+                            message: format!(
+                                "annotation \"{}\": file {path} is already injected by another annotation",
+                                injection.source
+                            ),
+                        });
+                    }
+                    items.push(VolumeItem {
+                        key,
+                        path: file_name.clone(),
+                        mode: *mode,
+                    });
+                }
+            }
+        }
+    }
+
+    let mut planned_volumes = Vec::with_capacity(volumes.len());
+    let mut mounts_seen: BTreeMap<(ContainerRef, String), ()> = BTreeMap::new();
+    for ((dir, containers), mut items) in volumes {
+        for c in &containers {
+            if mounts_seen.insert((c.clone(), dir.clone()), ()).is_some() {
+                return Err(PlanError::Conflict {
+                    message: format!(
+                        "container \"{}\" would get two Sesame volumes at {dir}; give the injections for that directory the same containers",
+                        c.name
+                    ),
+                });
+            }
+        }
+        items.sort();
+        let mut h = Sha256::new();
+        h.update(dir.as_bytes());
+        for c in &containers {
+            h.update([0, u8::from(c.init)]);
+            h.update(c.name.as_bytes());
+        }
+        let name = format!("{MANAGED_PREFIX}{}", &hex::encode(h.finalize())[..10]);
+        planned_volumes.push(PlannedVolume {
+            name,
+            mount_path: dir,
+            containers,
+            items,
+        });
+    }
+
+    let references: Vec<SecretRef> = {
+        let set: BTreeSet<SecretRef> = accepted.iter().map(|(i, _, _)| i.reference.clone()).collect();
+        set.into_iter().collect()
+    };
+    let secret = if data.is_empty() {
+        None
+    } else {
+        Some(ManagedSecret {
+            name: secret_name(input.namespace, &references),
+            namespace: input.namespace.to_owned(),
+            content_hash: content_hash(&data),
+            data,
+            references,
+            owners: input.pod.controller().cloned().into_iter().collect(),
+        })
+    };
+    let marker = secret
+        .as_ref()
+        .map(|s| s.name.clone())
+        .unwrap_or_else(|| "inline".to_owned());
+    Ok(InjectionPlan {
+        env,
+        volumes: planned_volumes,
+        secret,
+        marker,
+        warnings,
+    })
+}
+
+fn invalid(injection: &Injection, message: impl Into<String>) -> PlanError {
+    PlanError::Invalid {
+        annotation: injection.source.clone(),
+        message: message.into(),
+    }
+}
+
+/// Picks the values an injection places, with the env var or file name for each.
+fn place<'a>(injection: &Injection, data: &'a SecretData) -> Result<Vec<(String, Placed<'a>)>, PlanError> {
+    let r = &injection.reference;
+    let prop_err = |error| PlanError::Property {
+        annotation: injection.source.clone(),
+        store: r.store.clone(),
+        path: r.path.clone(),
+        error,
+    };
+    let single = |name: String| -> Result<Vec<(String, Placed<'a>)>, PlanError> {
+        let value = data.get(r.property.as_deref()).map_err(prop_err)?;
+        Ok(vec![(
+            name,
+            Placed {
+                identity: r.clone(),
+                value,
+            },
+        )])
+    };
+    match &injection.target {
+        Target::Env { name } => single(name.clone()),
+        Target::File { path, .. } => single(file_name(path)),
+        Target::EnvFrom { prefix } => {
+            let props = data.properties().map_err(prop_err)?;
+            let mut out = Vec::with_capacity(props.len());
+            for (k, value) in props {
+                let name = format!("{prefix}{}", env_key(k));
+                if !is_env_name(&name) {
+                    return Err(invalid(
+                        injection,
+                        format!("property \"{k}\" does not make a valid env var name ({name})"),
+                    ));
+                }
+                out.push((
+                    name,
+                    Placed {
+                        identity: SecretRef {
+                            property: Some(k.clone()),
+                            ..r.clone()
+                        },
+                        value,
+                    },
+                ));
+            }
+            Ok(out)
+        }
+        Target::Dir { .. } => {
+            let props = data.properties().map_err(prop_err)?;
+            let mut out = Vec::with_capacity(props.len());
+            for (k, value) in props {
+                if k.is_empty() || k == "." || k == ".." || k.contains('/') || k.len() > 253 {
+                    return Err(invalid(
+                        injection,
+                        format!("property \"{k}\" is not a usable file name"),
+                    ));
+                }
+                out.push((
+                    k.clone(),
+                    Placed {
+                        identity: SecretRef {
+                            property: Some(k.clone()),
+                            ..r.clone()
+                        },
+                        value,
+                    },
+                ));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Property key to env var suffix: upper case; anything but letters, digits
+/// and `_` becomes `_` (`tls.crt` → `TLS_CRT`).
+pub fn env_key(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn select_containers(pod: &PodView, injection: &Injection) -> Result<Vec<ContainerRef>, PlanError> {
+    let app = pod.spec.containers.iter().enumerate().map(|(i, c)| ContainerRef {
+        init: false,
+        index: i,
+        name: c.name.clone(),
+    });
+    let init = pod
+        .init_containers()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ContainerRef {
+            init: true,
+            index: i,
+            name: c.name.clone(),
+        });
+    let all: Vec<ContainerRef> = app.chain(init).collect();
+    let sel = &injection.containers;
+    let mut chosen: BTreeSet<ContainerRef> = BTreeSet::new();
+    if sel.names.is_empty() {
+        chosen.extend(all.iter().filter(|c| !c.init).cloned());
+    }
+    for name in &sel.names {
+        let found = all
+            .iter()
+            .find(|c| &c.name == name)
+            .ok_or_else(|| PlanError::UnknownContainer {
+                annotation: injection.source.clone(),
+                container: name.clone(),
+            })?;
+        chosen.insert(found.clone());
+    }
+    if sel.init {
+        chosen.extend(all.iter().filter(|c| c.init).cloned());
+    }
+    Ok(chosen.into_iter().collect())
+}
+
+fn parent_dir(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some(("", _)) | None => "/".to_owned(),
+        Some((dir, _)) => dir.to_owned(),
+    }
+}
+
+fn file_name(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or(path).to_owned()
+}
+
+fn short_hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+fn identity_parts(r: &SecretRef) -> [&str; 4] {
+    [
+        &r.store,
+        &r.path,
+        r.property.as_deref().unwrap_or(""),
+        r.version.as_deref().unwrap_or(""),
+    ]
+}
+
+/// Secret keys that a person can read (`db.password`), with a hash suffix
+/// only where two references would otherwise share one.
+fn assign_keys<'a>(identities: &BTreeSet<&'a SecretRef>) -> BTreeMap<&'a SecretRef, String> {
+    let base = |r: &SecretRef| {
+        let last = r.path.rsplit('/').next().unwrap_or(&r.path);
+        let raw = match &r.property {
+            Some(p) => format!("{last}.{p}"),
+            None => last.to_owned(),
+        };
+        let clean: String = raw
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(200)
+            .collect();
+        if clean.is_empty() || clean == "." || clean == ".." {
+            "value".to_owned()
+        } else {
+            clean
+        }
+    };
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in identities {
+        *counts.entry(base(r)).or_default() += 1;
+    }
+    identities
+        .iter()
+        .map(|r| {
+            let b = base(r);
+            let key = if counts.get(&b).copied().unwrap_or(0) > 1 {
+                format!("{b}-{}", &short_hash(&identity_parts(r))[..6])
+            } else {
+                b
+            };
+            (*r, key)
+        })
+        .collect()
+}
+
+/// `sesame-<hash>` of the namespace and the set of references: the same
+/// references in the same namespace always share one Secret.
+pub fn secret_name(namespace: &str, references: &[SecretRef]) -> String {
+    let mut h = Sha256::new();
+    h.update(namespace.as_bytes());
+    for r in references {
+        for p in identity_parts(r) {
+            h.update([0]);
+            h.update(p.as_bytes());
+        }
+        h.update([1]);
+    }
+    format!("{MANAGED_PREFIX}{}", &hex::encode(h.finalize())[..16])
+}
+
+/// Hash over keys and values; recorded on the Secret so that an unchanged
+/// Secret needs no write. A one-way hash, safe to show.
+pub fn content_hash(data: &BTreeMap<String, SecretValue>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in data {
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(k.as_bytes());
+        h.update((v.len() as u64).to_be_bytes());
+        h.update(v.expose());
+    }
+    hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+//! The parts of a Pod that injection reads. Deserialising only these (and
+//! skipping the rest) keeps the no-annotation path cheap.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// A Pod, or the `template` of a workload, as far as Sesame looks at it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodView {
+    #[serde(default)]
+    pub metadata: MetaView,
+    #[serde(default)]
+    pub spec: SpecView,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetaView {
+    pub name: Option<String>,
+    pub generate_name: Option<String>,
+    pub namespace: Option<String>,
+    pub annotations: Option<BTreeMap<String, String>>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub owner_references: Option<Vec<OwnerReference>>,
+}
+
+/// An owner reference, kept whole so that it can be copied to the managed Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_owner_deletion: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpecView {
+    #[serde(default)]
+    pub containers: Vec<ContainerView>,
+    pub init_containers: Option<Vec<ContainerView>>,
+    pub volumes: Option<Vec<serde_json::Value>>,
+    pub service_account_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerView {
+    #[serde(default)]
+    pub name: String,
+    pub env: Option<Vec<serde_json::Value>>,
+    pub env_from: Option<Vec<serde_json::Value>>,
+    pub volume_mounts: Option<Vec<MountView>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MountView {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub mount_path: String,
+}
+
+impl PodView {
+    pub fn annotations(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.metadata.annotations.iter().flatten()
+    }
+
+    /// The name for logs: the name, or `generateName` followed by `*` for
+    /// controller-created Pods, which have no name yet at admission.
+    pub fn display_name(&self) -> String {
+        match (&self.metadata.name, &self.metadata.generate_name) {
+            (Some(n), _) if !n.is_empty() => n.clone(),
+            (_, Some(g)) => format!("{g}*"),
+            _ => String::from("(unnamed)"),
+        }
+    }
+
+    /// The controller owner (ReplicaSet, StatefulSet, Job, ...), if any.
+    pub fn controller(&self) -> Option<&OwnerReference> {
+        self.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+    }
+
+    pub fn init_containers(&self) -> &[ContainerView] {
+        self.spec.init_containers.as_deref().unwrap_or(&[])
+    }
+}

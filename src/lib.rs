@@ -1,0 +1,21 @@
+//! Sesame: a Kubernetes mutating admission webhook that injects secrets from
+//! external stores into Pods.
+//!
+//! A Pod's journey: `server` (TLS, HTTP) → `admission` (AdmissionReview in
+//! and out) → `pipeline` → `inject::annotations` (what the Pod asks for) →
+//! `policy` (may it?) → `stores` (values, cached) → `inject::plan` and
+//! `inject::patch` (what changes) → `kube` (the managed Secret).
+
+pub mod admission;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod inject;
+pub mod kube;
+pub mod mutate;
+pub mod pipeline;
+pub mod policy;
+pub mod run;
+pub mod server;
+pub mod stores;
+pub mod telemetry;

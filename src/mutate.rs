@@ -1,0 +1,175 @@
+//! `sesame mutate`: the admission pipeline offline, on Pods and workloads
+//! from a manifest. Prints the mutated objects and the Secret that would be
+//! written (keys only unless `--show-values`).
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::cli::MutateArgs;
+use crate::config::Config;
+use crate::inject::{ManagedSecret, PodView};
+use crate::pipeline::{Engine, PodInput, Verdict};
+use crate::telemetry::Metrics;
+
+/// Where the Pod (template) sits in each kind of object.
+pub fn pod_pointer(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" => Some(""),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController" => {
+            Some("/spec/template")
+        }
+        "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        "PodTemplate" => Some("/template"),
+        _ => None,
+    }
+}
+
+/// The result of running the pipeline on one object.
+pub struct Mutated {
+    pub object: Value,
+    pub secret: Option<ManagedSecret>,
+    pub warnings: Vec<String>,
+}
+
+/// Runs the pipeline on one object; `Err` carries the denial message.
+pub async fn mutate_object(
+    engine: &Engine,
+    mut object: Value,
+    namespace: Option<&str>,
+) -> anyhow::Result<Result<Mutated, String>> {
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let Some(base) = pod_pointer(&kind) else {
+        return Ok(Ok(Mutated {
+            object,
+            secret: None,
+            warnings: Vec::new(),
+        }));
+    };
+    let namespace = namespace
+        .map(str::to_owned)
+        .or_else(|| {
+            object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "default".to_owned());
+    let pod_value = object.pointer(base).cloned().unwrap_or(Value::Null);
+    let pod = PodView::deserialize(&pod_value).with_context(|| format!("reading the Pod of this {kind}"))?;
+    let verdict = engine
+        .evaluate(&PodInput {
+            namespace: &namespace,
+            pod: &pod,
+            base,
+            budget: None,
+        })
+        .await;
+    match verdict {
+        Verdict::Untouched => Ok(Ok(Mutated {
+            object,
+            secret: None,
+            warnings: Vec::new(),
+        })),
+        Verdict::Denied(d) => Ok(Err(d.message)),
+        Verdict::Mutated(m) => {
+            let patch = json_patch::Patch(m.patch);
+            json_patch::patch(&mut object, &patch).context("applying the patch")?;
+            Ok(Ok(Mutated {
+                object,
+                secret: m.secret,
+                warnings: m.warnings,
+            }))
+        }
+    }
+}
+
+/// The managed Secret as a manifest; values only when asked for.
+pub fn secret_manifest(secret: &ManagedSecret, show_values: bool) -> Value {
+    let data: serde_json::Map<String, Value> = secret
+        .data
+        .iter()
+        .map(|(k, v)| {
+            let shown = if show_values {
+                Value::String(base64::engine::general_purpose::STANDARD.encode(v.expose()))
+            } else {
+                Value::String(format!("<{} bytes, hidden; --show-values to print>", v.len()))
+            };
+            (k.clone(), shown)
+        })
+        .collect();
+    let refs: Vec<String> = secret.references.iter().map(ToString::to_string).collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": secret.name,
+            "namespace": secret.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "sesame"},
+            "annotations": {
+                "sesame.dev/references": refs.join("\n"),
+                "sesame.dev/content-hash": secret.content_hash,
+            },
+        },
+        "data": data,
+    })
+}
+
+pub async fn run(args: &MutateArgs) -> anyhow::Result<ExitCode> {
+    let text = if args.file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?
+    };
+    let loaded = Config::load(args.config.resolve().as_deref())?;
+    let metrics = Arc::new(Metrics::new());
+    let engine = crate::run::build_engine(&loaded, &metrics).await?;
+
+    let mut out = Vec::new();
+    let mut denied = false;
+    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let value =
+            Value::deserialize(doc).with_context(|| format!("document {} is not YAML/JSON", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        match mutate_object(&engine, value, args.namespace.as_deref()).await? {
+            Ok(m) => {
+                for w in &m.warnings {
+                    eprintln!("warning: {w}");
+                }
+                out.push(m.object);
+                if let Some(s) = &m.secret {
+                    out.push(secret_manifest(s, args.show_values));
+                }
+            }
+            Err(message) => {
+                denied = true;
+                eprintln!("denied (document {}): {message}", i + 1);
+            }
+        }
+    }
+    for doc in &out {
+        println!(
+            "---\n{}",
+            serde_yaml::to_string(doc).context("printing YAML")?.trim_end()
+        );
+    }
+    Ok(if denied {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

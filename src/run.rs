@@ -1,0 +1,283 @@
+//! Start-up: builds the pieces from the configuration and runs a command.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::admission::Admission;
+use crate::cli::{Command, ConfigArg, GenCertsArgs, ServeArgs};
+use crate::config::{Config, LoadedConfig};
+use crate::kube::{DryRunWriter, SecretWriter};
+use crate::pipeline::{Engine, SharedEngine};
+use crate::server::admin::Readiness;
+use crate::server::tls::{CertPaths, CertResolver};
+use crate::server::{self, Limits};
+use crate::stores::Stores;
+use crate::telemetry::Metrics;
+
+/// Runs one CLI command.
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => {
+            let handle = start(&args, None).await?;
+            server::spawn_signal_handler(handle.shutdown.clone());
+            handle.wait().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mutate(args) => crate::mutate::run(&args).await,
+        Command::CheckConfig(arg) => check_config(&arg),
+        Command::GenCerts(args) => gen_certs(&args),
+    }
+}
+
+fn check_config(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
+    let path = arg.resolve();
+    let loaded = Config::load(path.as_deref())?;
+    println!(
+        "{}: valid ({} stores, {} policy rules)",
+        loaded.origin,
+        loaded.config.stores.len(),
+        loaded.config.policy.rules.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gen_certs(args: &GenCertsArgs) -> anyhow::Result<ExitCode> {
+    let sans = crate::certs::service_sans(&args.service, &args.namespace);
+    let certs = crate::certs::generate(&sans, args.days).context("generating certificates")?;
+    crate::certs::write(&args.out, &certs).with_context(|| format!("writing to {}", args.out.display()))?;
+    eprintln!(
+        "wrote {0}/ca.crt, {0}/tls.crt and {0}/tls.key for {1}; caBundle:",
+        args.out.display(),
+        sans.join(", ")
+    );
+    println!("{}", certs.ca_bundle());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the engine (stores and policy) from a loaded configuration.
+pub async fn build_engine(loaded: &LoadedConfig, metrics: &Arc<Metrics>) -> anyhow::Result<Engine> {
+    let stores = Stores::from_config(&loaded.config.stores, &loaded.base_dir, metrics).await?;
+    Engine::new(&loaded.config, stores).map_err(|e| anyhow::anyhow!("{}: policy: {e}", loaded.origin))
+}
+
+/// A running server.
+pub struct ServerHandle {
+    pub webhook_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
+    pub engine: SharedEngine,
+    /// Present when the server generated its own certificate: the caBundle PEM.
+    pub generated_ca_pem: Option<String>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Starts the graceful drain.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until both servers have stopped.
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Loads configuration and certificates, binds both ports and starts serving.
+/// `writer` overrides the Secret writer (the default is dry-run until the
+/// Kubernetes writer is configured).
+pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> anyhow::Result<ServerHandle> {
+    let metrics = Arc::new(Metrics::new());
+    let config_path = args.config.resolve();
+    let loaded = Config::load(config_path.as_deref())?;
+    let engine: SharedEngine = Arc::new(ArcSwap::from_pointee(build_engine(&loaded, &metrics).await?));
+    tracing::info!(config = %loaded.origin, stores = loaded.config.stores.len(), rules = loaded.config.policy.rules.len(), "configuration loaded");
+
+    // Certificates are checked before anything binds.
+    let paths = CertPaths::in_dir(&args.cert_dir);
+    let (resolver, generated_ca_pem) = if paths.exist() {
+        let (key, digest) = server::tls::load(&paths)?;
+        let resolver = Arc::new(CertResolver::new(key));
+        resolver.spawn_reloader(paths.clone(), digest, args.reload_interval);
+        tracing::info!(cert = %paths.cert.display(), "serving certificate loaded");
+        (resolver, None)
+    } else {
+        let certs = crate::certs::generate(&crate::certs::service_sans("sesame", "sesame-system"), 365)
+            .context("generating a self-signed certificate")?;
+        let key = server::tls::certified_key(
+            certs.cert_pem.as_bytes(),
+            certs.key_pem.as_bytes(),
+            Path::new("generated"),
+        )?;
+        tracing::warn!(
+            cert_dir = %args.cert_dir.display(),
+            ca_bundle = %certs.ca_bundle(),
+            "no tls.crt/tls.key found; serving a generated self-signed certificate (caBundle logged)"
+        );
+        (Arc::new(CertResolver::new(key)), Some(certs.ca_cert_pem))
+    };
+    let tls_config = Arc::new(server::tls::server_config(resolver)?);
+
+    let writer = writer.unwrap_or_else(|| {
+        tracing::info!("no Kubernetes API configured: managed Secrets are not written (dry-run writer)");
+        Arc::new(DryRunWriter)
+    });
+    let admission = Arc::new(Admission::new(engine.clone(), writer, metrics.clone()));
+    let limits = Limits {
+        max_body_bytes: args.max_body_bytes,
+        drain_timeout: args.drain_timeout,
+        ..Limits::default()
+    };
+
+    let webhook_listener = server::bind(SocketAddr::new(args.bind_address, args.tls_port)).await?;
+    let admin_listener = server::bind(SocketAddr::new(args.bind_address, args.admin_port)).await?;
+    let webhook_addr = webhook_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let readiness = Arc::new(Readiness::default());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let tasks = vec![
+        tokio::spawn(server::serve(
+            webhook_listener,
+            Some(tls_config),
+            server::webhook_router(admission, limits),
+            limits,
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(server::serve(
+            admin_listener,
+            None,
+            server::admin::router(readiness.clone(), metrics.clone()),
+            Limits {
+                drain_timeout: Duration::from_secs(1),
+                ..limits
+            },
+            shutdown_rx.clone(),
+        )),
+    ];
+    tracing::info!(%webhook_addr, %admin_addr, "serving");
+
+    spawn_readiness(
+        engine.clone(),
+        readiness.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    );
+    if let Some(path) = config_path {
+        spawn_config_reloader(
+            path,
+            loaded.config,
+            engine.clone(),
+            metrics.clone(),
+            args.reload_interval,
+            shutdown_rx,
+        );
+    }
+    Ok(ServerHandle {
+        webhook_addr,
+        admin_addr,
+        readiness,
+        metrics,
+        engine,
+        generated_ca_pem,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Ready once every store passes its check; checked again every few seconds
+/// so that a store outage shows on /readyz. Readiness drops at shutdown so
+/// that the Service stops sending new reviews during the drain.
+fn spawn_readiness(
+    engine: SharedEngine,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut logged_failures = true;
+        loop {
+            let failures = engine.load().stores().check_all(Duration::from_secs(5)).await;
+            let ready = failures.is_empty();
+            if !ready && logged_failures {
+                for (store, e) in &failures {
+                    tracing::warn!(store = %store, error = %e, "store not usable; not ready");
+                }
+            }
+            logged_failures = ready;
+            if readiness.get() != ready {
+                tracing::info!(ready, "readiness changed");
+            }
+            readiness.set(ready);
+            metrics.set_ready(ready);
+            let pause = if ready {
+                Duration::from_secs(10)
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.wait_for(|s| *s) => {
+                    readiness.set(false);
+                    metrics.set_ready(false);
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Re-reads the configuration file (a mounted ConfigMap changes by symlink
+/// swap, so its content is compared, not its path's events). A valid new
+/// configuration replaces the engine; an invalid one is logged and ignored.
+fn spawn_config_reloader(
+    path: PathBuf,
+    mut current: Config,
+    engine: SharedEngine,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let loaded = match Config::load(Some(&path)) {
+                Ok(l) => l,
+                Err(e) => {
+                    metrics.config_reload("invalid");
+                    tracing::warn!(error = %e, "configuration file changed but is not valid; keeping the running configuration");
+                    continue;
+                }
+            };
+            if loaded.config == current {
+                continue;
+            }
+            match build_engine(&loaded, &metrics).await {
+                Ok(new_engine) => {
+                    engine.store(Arc::new(new_engine));
+                    current = loaded.config;
+                    metrics.config_reload("applied");
+                    tracing::info!(config = %path.display(), "configuration reloaded");
+                }
+                Err(e) => {
+                    metrics.config_reload("invalid");
+                    tracing::warn!(error = %e, "new configuration could not be applied; keeping the running one");
+                }
+            }
+        }
+    });
+}

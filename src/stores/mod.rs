@@ -1,0 +1,223 @@
+//! Secret stores: the `Store` trait every provider implements, the cache in
+//! front of them, and the registry that resolves a Pod's references
+//! concurrently within one time budget.
+
+mod cache;
+pub mod file;
+mod value;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use cache::CachedStore;
+pub use value::{json_properties, PropertyError, SecretData, SecretValue};
+
+use crate::config::{ProviderConfig, StoreConfig};
+use crate::telemetry::Metrics;
+
+/// What a store fetches: one secret (all of its properties) at one version.
+/// Properties are picked out after the fetch, so two references to different
+/// properties of the same secret cost one fetch and one cache entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretLocator {
+    /// Provider-specific path or name, already validated by the grammar.
+    pub path: String,
+    /// Version id or stage; `None` means the current version.
+    pub version: Option<String>,
+}
+
+impl SecretLocator {
+    pub fn new(path: impl Into<String>, version: Option<String>) -> Self {
+        Self {
+            path: path.into(),
+            version,
+        }
+    }
+}
+
+/// Why a store could not return a secret. Messages name the failure class and
+/// a safe detail (a status code, a provider error code); never a value or a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("secret not found")]
+    NotFound,
+    #[error("version not found")]
+    VersionNotFound,
+    #[error("unauthorised: {0}")]
+    Unauthorized(String),
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("throttled by the store")]
+    Throttled,
+    #[error("no answer within the time budget")]
+    Timeout,
+    #[error("unexpected answer: {0}")]
+    InvalidResponse(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+impl StoreError {
+    /// Failure class, used as a metric label and in deny messages.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::NotFound | Self::VersionNotFound => "not_found",
+            Self::Unauthorized(_) => "unauthorised",
+            Self::Unreachable(_) => "unreachable",
+            Self::Throttled => "throttled",
+            Self::Timeout => "timeout",
+            Self::InvalidResponse(_) => "invalid_response",
+            Self::InvalidRequest(_) => "invalid_request",
+        }
+    }
+
+    /// A missing secret is the only failure an optional reference may skip.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound | Self::VersionNotFound)
+    }
+
+    /// Worth serving a stale value for (and retrying): the store, not the
+    /// reference, is the problem.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable(_) | Self::Throttled | Self::Timeout | Self::InvalidResponse(_)
+        )
+    }
+}
+
+/// A secret store provider. Implementations are built once at start and
+/// shared; `fetch` takes a batch so that providers with a batch API (AWS
+/// `BatchGetSecretValue`) or connection reuse can use it.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Provider kind, e.g. `file`, `vault`; used in metrics and messages.
+    fn provider(&self) -> &'static str;
+
+    /// Fetches each locator; the result vector is parallel to `locators`.
+    async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>>;
+
+    /// Checks that the store is usable (credentials, reachability); the
+    /// server is not ready until every store passes.
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Builds a provider from its configuration.
+pub async fn build_store(config: &StoreConfig, base_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
+    match config.provider()? {
+        ProviderConfig::File(file) => Ok(Arc::new(file::FileStore::new(file, base_dir))),
+    }
+}
+
+/// All configured stores, each behind its cache, by name.
+#[derive(Clone, Default)]
+pub struct Stores {
+    stores: HashMap<String, Arc<CachedStore>>,
+}
+
+/// One reference to resolve: which store, which secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoreRequest {
+    pub store: String,
+    pub locator: SecretLocator,
+}
+
+impl Stores {
+    /// Builds every configured store.
+    pub async fn from_config(
+        configs: &[StoreConfig],
+        base_dir: &std::path::Path,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let mut stores = HashMap::new();
+        for config in configs {
+            let store = build_store(config, base_dir).await?;
+            let cached = CachedStore::new(
+                config.name.clone(),
+                store,
+                config.cache_ttl,
+                config.max_stale,
+                metrics.clone(),
+            );
+            stores.insert(config.name.clone(), Arc::new(cached));
+        }
+        Ok(Self { stores })
+    }
+
+    /// Adds a store under a name (tests and embedders).
+    pub fn insert(&mut self, name: impl Into<String>, store: Arc<CachedStore>) {
+        self.stores.insert(name.into(), store);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<CachedStore>> {
+        self.stores.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.stores.keys().map(String::as_str)
+    }
+
+    /// Resolves many references: grouped per store, every store in parallel,
+    /// the whole batch bounded by `budget`. One slow store times out on its
+    /// own; the answers of the others are kept.
+    pub async fn resolve(
+        &self,
+        requests: &[StoreRequest],
+        budget: Duration,
+    ) -> Vec<Result<Arc<SecretData>, StoreError>> {
+        let mut results: Vec<Option<Result<Arc<SecretData>, StoreError>>> = vec![None; requests.len()];
+        let mut groups: HashMap<&str, (Vec<usize>, Vec<SecretLocator>)> = HashMap::new();
+        for (i, req) in requests.iter().enumerate() {
+            if self.stores.contains_key(&req.store) {
+                let entry = groups.entry(req.store.as_str()).or_default();
+                entry.0.push(i);
+                entry.1.push(req.locator.clone());
+            } else {
+                results[i] = Some(Err(StoreError::InvalidRequest(format!(
+                    "unknown store \"{}\"",
+                    req.store
+                ))));
+            }
+        }
+        let futures = groups.into_iter().filter_map(|(name, (indexes, locators))| {
+            let store = self.stores.get(name)?.clone();
+            Some(async move {
+                let answers = match tokio::time::timeout(budget, store.get_many(&locators)).await {
+                    Ok(answers) => answers,
+                    Err(_) => vec![Err(StoreError::Timeout); locators.len()],
+                };
+                (indexes, answers)
+            })
+        });
+        for (indexes, answers) in futures::future::join_all(futures).await {
+            for (i, answer) in indexes.into_iter().zip(answers) {
+                results[i] = Some(answer);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(StoreError::Timeout)))
+            .collect()
+    }
+
+    /// Runs every store's `check` concurrently; returns the failures by name.
+    pub async fn check_all(&self, budget: Duration) -> Vec<(String, StoreError)> {
+        let checks = self.stores.iter().map(|(name, store)| async move {
+            let result = match tokio::time::timeout(budget, store.inner().check()).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Timeout),
+            };
+            (name.clone(), result)
+        });
+        futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .filter_map(|(name, r)| r.err().map(|e| (name, e)))
+            .collect()
+    }
+}
