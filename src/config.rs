@@ -42,6 +42,10 @@ fn default_resolve_timeout() -> Duration {
     Duration::from_secs(3)
 }
 
+fn default_max_concurrency() -> usize {
+    16
+}
+
 fn default_cache_ttl() -> Duration {
     Duration::from_secs(60)
 }
@@ -57,6 +61,9 @@ pub struct StoreConfig {
     /// How long a cached value may still be served while the store fails.
     #[serde(default, with = "humantime_serde")]
     pub max_stale: Duration,
+    /// At most this many fetches to the store at once.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
     /// A local file or directory of secrets (development).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileStoreConfig>,
@@ -243,6 +250,12 @@ impl Config {
                 ConfigError::Invalid { message, .. } => ConfigError::invalid(field.clone(), message),
                 other => other,
             })?;
+            if store.max_concurrency == 0 {
+                return Err(ConfigError::invalid(
+                    format!("{field}.maxConcurrency"),
+                    "must be at least 1",
+                ));
+            }
             if let Some(file) = &store.file {
                 if file.path.as_os_str().is_empty() {
                     return Err(ConfigError::invalid(

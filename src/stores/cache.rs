@@ -27,6 +27,8 @@ pub struct CachedStore {
     max_stale: Duration,
     entries: RwLock<HashMap<SecretLocator, Entry>>,
     inflight: Mutex<HashMap<SecretLocator, watch::Receiver<Option<Answer>>>>,
+    /// Per-store concurrency limit on fetches.
+    permits: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
 }
 
@@ -44,6 +46,17 @@ impl CachedStore {
         max_stale: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
+        Self::with_concurrency(name, inner, ttl, max_stale, 16, metrics)
+    }
+
+    pub fn with_concurrency(
+        name: String,
+        inner: Arc<dyn Store>,
+        ttl: Duration,
+        max_stale: Duration,
+        max_concurrency: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             name,
             inner,
@@ -51,6 +64,7 @@ impl CachedStore {
             max_stale,
             entries: RwLock::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            permits: tokio::sync::Semaphore::new(max_concurrency.max(1)),
             metrics,
         }
     }
@@ -155,10 +169,16 @@ impl CachedStore {
     }
 
     async fn fetch_uncached(&self, locators: &[SecretLocator]) -> Vec<Answer> {
-        let started = Instant::now();
-        let results = self.inner.fetch(locators).await;
-        self.metrics
-            .store_request(&self.name, self.inner.provider(), started.elapsed());
+        let results = match self.permits.acquire().await {
+            Ok(_permit) => {
+                let started = Instant::now();
+                let results = self.inner.fetch(locators).await;
+                self.metrics
+                    .store_request(&self.name, self.inner.provider(), started.elapsed());
+                results
+            }
+            Err(_) => vec![Err(StoreError::Unreachable("store is shutting down".into())); locators.len()],
+        };
         let mut answers = Vec::with_capacity(locators.len());
         let mut entries = self.entries.write().ok();
         let mut inflight = self.inflight.lock().ok();

@@ -3,6 +3,7 @@
 //! concurrently within one time budget.
 
 mod cache;
+pub mod common;
 pub mod file;
 mod value;
 
