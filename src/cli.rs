@@ -85,6 +85,9 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "SESAME_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Time a client gets to finish the TLS handshake and to send its request headers.
+    #[arg(long, env = "SESAME_CLIENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub client_timeout: Duration,
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, env = "SESAME_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

@@ -137,7 +137,8 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
         drain_timeout: args.drain_timeout,
-        ..Limits::default()
+        handshake_timeout: args.client_timeout,
+        header_read_timeout: args.client_timeout,
     };
 
     let webhook_listener = server::bind(SocketAddr::new(args.bind_address, args.tls_port)).await?;

@@ -1,0 +1,614 @@
+//! The real server over real TLS (rustls, h1 and h2) with the AdmissionReview
+//! fixtures: each grammar form, each denial, and bad input that must not
+//! take the server down.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const BARE: &str = "real-pod-create-bare.json";
+const OWNED: &str = "real-pod-create-generatename-owned.json";
+const REPLICASET: &str = "pod-create-replicaset.json";
+
+fn secret_ref(env: &Value) -> (&str, &str) {
+    let r = &env["valueFrom"]["secretKeyRef"];
+    (r["name"].as_str().unwrap(), r["key"].as_str().unwrap())
+}
+
+#[tokio::test]
+async fn reviews_without_sesame_annotations_pass_untouched_over_h1_and_h2() {
+    let s = TestServer::start().await;
+    for name in [
+        "pod-create-captured-gke.json",
+        REPLICASET,
+        "pod-create-replicaset-dryrun.json",
+        "pod-create-bare-no-env.json",
+        "pod-update.json",
+        "configmap-create.json",
+        "real-pod-update.json",
+    ] {
+        for h2 in [false, true] {
+            let review = fixture(name);
+            let resp = s.client(h2).post(&s.url).json(&review).send().await.unwrap();
+            assert_eq!(
+                resp.version(),
+                if h2 {
+                    http::Version::HTTP_2
+                } else {
+                    http::Version::HTTP_11
+                }
+            );
+            let body: Value = resp.json().await.unwrap();
+            let r = &body["response"];
+            assert_eq!(r["allowed"], true, "{name}");
+            assert_eq!(r["uid"], review["request"]["uid"]);
+            assert!(r.get("patch").is_none(), "{name} must not be patched");
+        }
+    }
+}
+
+#[tokio::test]
+async fn real_capture_gets_a_secret_key_ref_and_the_marker() {
+    let s = TestServer::start().await;
+    let review = fixture(BARE);
+    let r = s.review(&review).await;
+    assert_eq!(r["allowed"], true);
+    let pod = patched_pod(&review, &r);
+    let env = env_var(&pod, "app", "DB_PASSWORD").expect("DB_PASSWORD injected");
+    let (secret, key) = secret_ref(env);
+    assert!(
+        secret.starts_with("sesame-") && secret.len() == "sesame-".len() + 16,
+        "{secret}"
+    );
+    assert_eq!(key, "db.password");
+    assert!(env.get("value").is_none(), "no value enters the Pod spec");
+    // What the Pod had stays as it was.
+    assert_eq!(env_var(&pod, "app", "LOG_LEVEL").unwrap()["value"], "info");
+    assert_eq!(pod["metadata"]["annotations"]["sesame.dev/injected"], secret);
+    assert_eq!(r["auditAnnotations"]["secret"], secret);
+    assert!(r["auditAnnotations"]["granted"]
+        .as_str()
+        .unwrap()
+        .contains("dev:apps/team-a/db#password by rule own-subtree"));
+    let warnings = r["warnings"].to_string();
+    assert!(
+        warnings.contains("dry run") && warnings.contains(secret),
+        "{warnings}"
+    );
+    assert_no_secret(&r.to_string());
+}
+
+#[tokio::test]
+async fn generate_name_pod_of_a_replicaset_is_mutated() {
+    let s = TestServer::start().await;
+    let review = fixture(OWNED);
+    assert!(
+        review["request"].get("name").is_none(),
+        "a generateName create has no request.name"
+    );
+    let r = s.review(&review).await;
+    assert_eq!(r["allowed"], true);
+    let pod = patched_pod(&review, &r);
+    assert!(env_var(&pod, "app", "DB_PASSWORD").is_some());
+}
+
+#[tokio::test]
+async fn dry_run_request_writes_nothing_and_says_so() {
+    let s = TestServer::start().await;
+    let review = fixture("real-pod-create-dryrun.json");
+    assert_eq!(review["request"]["dryRun"], true);
+    let r = s.review(&review).await;
+    assert_eq!(r["allowed"], true);
+    assert!(r["warnings"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("dry run: Sesame did not write Secret team-a/sesame-"));
+}
+
+#[tokio::test]
+async fn env_from_gives_every_property_with_a_prefix() {
+    let s = TestServer::start().await;
+    let review = with_annotations(
+        BARE,
+        &[("sesame.dev/env-from.db", "dev:apps/team-a/db prefix=DB_")],
+    );
+    let r = s.review(&review).await;
+    let pod = patched_pod(&review, &r);
+    for (name, key) in [
+        ("DB_HOST", "db.host"),
+        ("DB_PORT", "db.port"),
+        ("DB_USERNAME", "db.username"),
+        ("DB_PASSWORD", "db.password"),
+        ("DB_DATABASE", "db.database"),
+    ] {
+        let env = env_var(&pod, "app", name).unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(secret_ref(env).1, key);
+    }
+}
+
+#[tokio::test]
+async fn one_value_as_a_file_and_every_property_as_files_in_a_directory() {
+    let s = TestServer::start().await;
+    let review = with_annotations(
+        "pod-create-bare-no-env.json",
+        &[
+            (
+                "sesame.dev/file.token",
+                "dev:apps/team-a/api-token path=/var/run/secrets/api/token mode=0400",
+            ),
+            (
+                "sesame.dev/dir.tls",
+                "dev:apps/team-a/tls path=/etc/tls mode=0440",
+            ),
+        ],
+    );
+    let r = s.review(&review).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let pod = patched_pod(&review, &r);
+    let volumes = pod["spec"]["volumes"].as_array().unwrap();
+    let mounts = pod["spec"]["containers"][0]["volumeMounts"].as_array().unwrap();
+    let by_mount = |path: &str| {
+        let m = mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("no mount at {path}"));
+        assert_eq!(m["readOnly"], true);
+        volumes.iter().find(|v| v["name"] == m["name"]).unwrap().clone()
+    };
+    let token = by_mount("/var/run/secrets/api");
+    assert_eq!(
+        token["secret"]["items"],
+        json!([{"key": "api-token", "path": "token", "mode": 256}])
+    );
+    let tls = by_mount("/etc/tls");
+    let items = tls["secret"]["items"].as_array().unwrap();
+    let paths: Vec<&str> = items.iter().map(|i| i["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["ca.crt", "tls.crt", "tls.key"]);
+    assert!(items.iter().all(|i| i["mode"] == 0o440));
+    assert!(tls["secret"]["secretName"]
+        .as_str()
+        .unwrap()
+        .starts_with("sesame-"));
+}
+
+#[tokio::test]
+async fn containers_default_to_app_containers_and_init_on_request() {
+    let base = fixture(REPLICASET);
+    let ns = base["request"]["namespace"].as_str().unwrap().to_owned();
+    let path = format!("dev:apps/{ns}/db#password");
+    let secrets = format!("apps/{ns}/db:\n  password: x\n");
+    let s2 = TestServer::start_with(CONFIG, &secrets).await;
+    let containers: Vec<String> = base["request"]["object"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    let init: Vec<String> = base["request"]["object"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(containers.len() >= 2 && !init.is_empty());
+
+    let has = |pod: &Value, c: &str| env_var(pod, c, "PW").is_some();
+    // Default: every app container, no init container.
+    let review = with_annotations(REPLICASET, &[("sesame.dev/env.PW", &path)]);
+    let pod = patched_pod(&review, &s2.review(&review).await);
+    assert!(containers.iter().all(|c| has(&pod, c)) && !has(&pod, &init[0]));
+    // One named container.
+    let v = format!("{path} containers={}", containers[1]);
+    let review = with_annotations(REPLICASET, &[("sesame.dev/env.PW", &v)]);
+    let pod = patched_pod(&review, &s2.review(&review).await);
+    assert!(!has(&pod, &containers[0]) && has(&pod, &containers[1]) && !has(&pod, &init[0]));
+    // Init containers as well.
+    let v = format!("{path} init=true");
+    let review = with_annotations(REPLICASET, &[("sesame.dev/env.PW", &v)]);
+    let pod = patched_pod(&review, &s2.review(&review).await);
+    assert!(has(&pod, &init[0]) && has(&pod, &containers[0]));
+    // A container that does not exist.
+    let v = format!("{path} containers=nope");
+    let r = s2
+        .review(&with_annotations(REPLICASET, &[("sesame.dev/env.PW", &v)]))
+        .await;
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 422);
+    assert!(r["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no container named \"nope\""));
+}
+
+#[tokio::test]
+async fn optional_missing_reference_is_skipped_with_a_warning() {
+    let s = TestServer::start().await;
+    let review = with_annotations(
+        BARE,
+        &[
+            ("sesame.dev/env.GONE", "dev:apps/team-a/not-there optional=true"),
+            ("sesame.dev/env.NOPROP", "dev:apps/team-a/db#nope optional=true"),
+            ("sesame.dev/env.TOKEN", "dev:apps/team-a/api-token"),
+        ],
+    );
+    let r = s.review(&review).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let pod = patched_pod(&review, &r);
+    assert!(env_var(&pod, "app", "GONE").is_none() && env_var(&pod, "app", "NOPROP").is_none());
+    assert!(env_var(&pod, "app", "TOKEN").is_some());
+    let warnings = r["warnings"].to_string();
+    assert!(
+        warnings.contains("sesame.dev/env.GONE") && warnings.contains("sesame.dev/env.NOPROP"),
+        "{warnings}"
+    );
+}
+
+#[tokio::test]
+async fn version_pinning_and_inline_mode_where_policy_allows_it() {
+    let s = TestServer::start().await;
+    let mut review = with_annotations(
+        BARE,
+        &[
+            ("sesame.dev/mode", "inline"),
+            ("sesame.dev/env.KEY_V1", "dev:apps/dev-team/signing-key version=1"),
+            ("sesame.dev/env.KEY", "dev:apps/dev-team/signing-key"),
+            ("sesame.dev/env.USER", "dev:apps/dev-team/db#user"),
+        ],
+    );
+    review["request"]["namespace"] = json!("dev-team");
+    let r = s.review(&review).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let pod = patched_pod(&review, &r);
+    assert_eq!(env_var(&pod, "app", "KEY_V1").unwrap()["value"], "inline-v1");
+    assert_eq!(env_var(&pod, "app", "KEY").unwrap()["value"], "inline-v2");
+    assert_eq!(env_var(&pod, "app", "USER").unwrap()["value"], "inline-user");
+    assert_eq!(pod["metadata"]["annotations"]["sesame.dev/injected"], "inline");
+
+    // The same request in a namespace without the inline grant is denied.
+    let mut review = with_annotations(
+        BARE,
+        &[
+            ("sesame.dev/mode", "inline"),
+            ("sesame.dev/env.DB", "dev:apps/team-a/db#password"),
+        ],
+    );
+    review["request"]["namespace"] = json!("team-a");
+    let r = s.review(&review).await;
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 403);
+    assert!(r["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("inline mode is not allowed"));
+}
+
+#[tokio::test]
+async fn reinvocation_adds_nothing_twice() {
+    for name in [BARE, "pod-create-bare-no-env.json", REPLICASET] {
+        let ns = fixture(name)["request"]["namespace"].as_str().unwrap().to_owned();
+        let secrets = SECRETS.replace("apps/team-a/", &format!("apps/{ns}/"));
+        let server = TestServer::start_with(CONFIG, &secrets).await;
+        let annotations = [
+            ("sesame.dev/env.TOKEN", format!("dev:apps/{ns}/api-token")),
+            ("sesame.dev/env-from.db", format!("dev:apps/{ns}/db prefix=DB_")),
+            ("sesame.dev/dir.tls", format!("dev:apps/{ns}/tls path=/etc/tls")),
+            (
+                "sesame.dev/file.key",
+                format!("dev:apps/{ns}/signing-key path=/etc/sig/key mode=0400"),
+            ),
+        ];
+        let pairs: Vec<(&str, &str)> = annotations.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let review = with_annotations(name, &pairs);
+        let first = server.review(&review).await;
+        assert_eq!(first["allowed"], true, "{name}: {first}");
+        let pod = patched_pod(&review, &first);
+        let mut again = review.clone();
+        again["request"]["object"] = pod.clone();
+        let second = server.review(&again).await;
+        assert_eq!(second["allowed"], true, "{name}: {second}");
+        assert!(
+            second.get("patch").is_none(),
+            "{name}: reinvocation must not patch again: {second}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_namespace_is_the_requests_not_the_pods() {
+    let s = TestServer::start().await;
+    let mut review = with_annotations(BARE, &[("sesame.dev/env.DB", "dev:apps/team-b/db#password")]);
+    review["request"]["namespace"] = json!("team-a");
+    review["request"]["object"]["metadata"]["namespace"] = json!("team-b");
+    let r = s.review(&review).await;
+    assert_eq!(
+        r["allowed"], false,
+        "a Pod cannot claim another namespace in its metadata"
+    );
+    assert_eq!(r["status"]["code"], 403);
+}
+
+async fn denied(s: &TestServer, annotations: &[(&str, &str)]) -> (u64, String) {
+    let r = s.review(&with_annotations(BARE, annotations)).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(r.get("patch").is_none());
+    let message = r["status"]["message"].as_str().unwrap().to_owned();
+    assert_no_secret(&message);
+    (r["status"]["code"].as_u64().unwrap(), message)
+}
+
+#[tokio::test]
+async fn denials_name_what_to_fix_and_never_a_value() {
+    let s = TestServer::start().await;
+
+    let (code, m) = denied(
+        &s,
+        &[("sesame.dev/env.X", "dev:apps/team-a/db#password colour=red")],
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(m.contains("sesame.dev/env.X") && m.contains("colour"), "{m}");
+
+    let (code, m) = denied(&s, &[("sesame.dev/env.X", "vault:secret/team-a/db#password")]).await;
+    assert_eq!(code, 400);
+    assert!(
+        m.contains("no store is named \"vault\"") && m.contains("dev"),
+        "{m}"
+    );
+
+    let (code, m) = denied(&s, &[("sesame.dev/env.X", "dev:apps/team-b/db#password")]).await;
+    assert_eq!(code, 403);
+    for part in [
+        "sesame.dev/env.X",
+        "\"dev\"",
+        "apps/team-b/db",
+        "own-subtree",
+        "apps/team-a/**",
+    ] {
+        assert!(m.contains(part), "{part} missing in: {m}");
+    }
+
+    let (code, m) = denied(
+        &s,
+        &[("sesame.dev/env.X", "dev:apps/team-a/../team-b/db#password")],
+    )
+    .await;
+    assert_eq!(code, 400, "{m}");
+
+    let (code, m) = denied(&s, &[("sesame.dev/env.X", "dev:apps/team-a/missing#password")]).await;
+    assert_eq!(code, 404);
+    assert!(
+        m.contains("secret not found") && m.contains("apps/team-a/missing"),
+        "{m}"
+    );
+
+    let (code, m) = denied(&s, &[("sesame.dev/env.X", "dev:apps/team-a/db#nope")]).await;
+    assert_eq!(code, 404);
+    assert!(m.contains("no property \"nope\""), "{m}");
+
+    let (code, m) = denied(&s, &[("sesame.dev/env.X", "dev:apps/team-a/db")]).await;
+    assert_eq!(code, 404);
+    assert!(m.contains("name one with #property"), "{m}");
+
+    let (code, m) = denied(&s, &[("sesame.dev/env.9X", "dev:apps/team-a/api-token")]).await;
+    assert_eq!(code, 400);
+    assert!(m.contains("not a valid env var name"), "{m}");
+
+    let (code, m) = denied(&s, &[("sesame.dev/env-from.bad", "dev:apps/team-a/bad-names")]).await;
+    assert_eq!(code, 422);
+    assert!(m.contains("\"1st\""), "{m}");
+
+    // LOG_LEVEL is already set in the captured Pod.
+    let (code, m) = denied(&s, &[("sesame.dev/env.LOG_LEVEL", "dev:apps/team-a/api-token")]).await;
+    assert_eq!(code, 422);
+    assert!(
+        m.contains("already defines env var LOG_LEVEL") && m.contains("\"app\""),
+        "{m}"
+    );
+
+    // The captured Pod mounts its ConfigMap at /etc/web.
+    let (code, m) = denied(&s, &[("sesame.dev/dir.web", "dev:apps/team-a/tls path=/etc/web")]).await;
+    assert_eq!(code, 422);
+    assert!(m.contains("already mounts volume \"config\" at /etc/web"), "{m}");
+}
+
+async fn still_serves(s: &TestServer) {
+    let r = s.review(&fixture(BARE)).await;
+    assert_eq!(r["allowed"], true);
+}
+
+#[tokio::test]
+async fn bad_http_requests_get_clear_errors_and_the_server_keeps_serving() {
+    let s = TestServer::start().await;
+    let c = s.client(false);
+    let post = |body: Vec<u8>| {
+        c.post(&s.url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let r = post(b"this is not json".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("not JSON"));
+
+    let full = serde_json::to_vec(&fixture(BARE)).unwrap();
+    assert_eq!(post(full[..full.len() / 2].to_vec()).await.unwrap().status(), 400);
+    assert_eq!(post(vec![0xff, 0xfe, 0x7b, 0x22]).await.unwrap().status(), 400);
+    assert_eq!(post(vec![b' '; 200 * 1024]).await.unwrap().status(), 413);
+
+    let r = post(br#"{"apiVersion":"v1","kind":"Pod","metadata":{}}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("expected an AdmissionReview"));
+    let mut old = fixture(BARE);
+    old["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    assert_eq!(c.post(&s.url).json(&old).send().await.unwrap().status(), 400);
+    let r = post(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    assert_eq!(c.get(&s.url).send().await.unwrap().status(), 405);
+    let other = s.url.replace("/mutate", "/validate");
+    assert_eq!(
+        c.post(&other).json(&fixture(BARE)).send().await.unwrap().status(),
+        404
+    );
+    still_serves(&s).await;
+}
+
+#[tokio::test]
+async fn plain_http_garbage_and_slow_clients_on_the_tls_port_do_no_harm() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start().await;
+    let addr = s.handle.webhook_addr;
+
+    // Plain HTTP on the TLS port: the handshake fails and the connection closes.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+
+    // Random bytes.
+    let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
+    garbage
+        .write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8])
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), garbage.read_to_end(&mut Vec::new()))
+        .await
+        .unwrap();
+
+    // A client that connects and never says anything is dropped after the client timeout.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut Vec::new())).await;
+    assert!(closed.is_ok(), "an idle connection must be closed by the server");
+
+    // A client that completes TLS but sends its headers slowly is dropped too.
+    let connector = tls_connector(&s.ca_pem);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    assert!(r.is_ok(), "a slow-headers client must be cut off");
+    still_serves(&s).await;
+}
+
+fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test]
+async fn tls_offers_h2_and_http11_and_only_tls12_and_13() {
+    let s = TestServer::start().await;
+    for (alpn, versions) in [
+        (b"h2".to_vec(), &[&rustls::version::TLS13][..]),
+        (b"http/1.1".to_vec(), &[&rustls::version::TLS12][..]),
+    ] {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(s.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.clone()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(s.handle.webhook_addr)
+            .await
+            .unwrap();
+        let tls = connector
+            .connect(rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn.as_slice()));
+    }
+}
+
+#[tokio::test]
+async fn admin_port_reports_readiness_and_metrics() {
+    let s = TestServer::start().await;
+    let c = reqwest::Client::new();
+    assert_eq!(c.get(s.admin("/livez")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(s.admin("/healthz")).send().await.unwrap().status(), 200);
+    let mut ready = false;
+    for _ in 0..50 {
+        if c.get(s.admin("/readyz")).send().await.unwrap().status() == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "ready once TLS serves and the file store is readable");
+    s.review(&fixture(BARE)).await;
+    s.review(&fixture(BARE)).await;
+    s.review(&with_annotations(
+        BARE,
+        &[("sesame.dev/env.X", "dev:apps/team-b/db#password")],
+    ))
+    .await;
+    s.review(&fixture("configmap-create.json")).await;
+    let text = c
+        .get(s.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "sesame_admission_reviews_total{outcome=\"mutated\"} 2",
+        "sesame_admission_reviews_total{outcome=\"denied_policy\"} 1",
+        "sesame_admission_reviews_total{outcome=\"skipped\"} 1",
+        "sesame_cache_misses_total{store=\"dev\"} 1",
+        "sesame_cache_hits_total{store=\"dev\"} 1",
+        "sesame_store_request_duration_seconds_count{store=\"dev\",provider=\"file\"} 1",
+        "sesame_admission_review_duration_seconds_count 4",
+        "sesame_ready 1",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    assert_no_secret(&text);
+}
+
+#[tokio::test]
+async fn unready_while_a_store_is_unusable() {
+    let config = CONFIG.replace("file: {path: secrets.yaml}", "file: {path: nowhere.yaml}");
+    let s = TestServer::start_with(&config, SECRETS).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = reqwest::get(s.admin("/readyz")).await.unwrap().status();
+    assert_eq!(status, 503);
+}
