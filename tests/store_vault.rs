@@ -6,8 +6,11 @@
 // A test crate: its helpers outside `#[test]` functions may fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "support/tools.rs"]
+mod tools;
+
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,26 +22,9 @@ use sesame::telemetry::Metrics;
 
 const ROOT_TOKEN: &str = "root-token-for-tests";
 
-/// Finds `bao` on PATH or in the project's tool venv. Missing: skip, unless
-/// `SESAME_REQUIRE_TOOLS=1` (the test script) makes it a failure.
-fn bao_binary() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin"));
-    if let Some(found) = dirs.into_iter().map(|d| d.join("bao")).find(|p| p.is_file()) {
-        return Some(found);
-    }
-    if std::env::var("SESAME_REQUIRE_TOOLS").as_deref() == Ok("1") {
-        panic!("`bao` is not installed; run scripts/deps/10-openbao.sh (or scripts/test.sh)");
-    }
-    eprintln!("skipping: `bao` not found (install with scripts/deps/10-openbao.sh)");
-    None
-}
-
 /// A running OpenBao dev server, killed on drop.
 struct Bao {
-    child: Option<Child>,
+    server: tools::Server,
     address: String,
     http: reqwest::Client,
     _home: tempfile::TempDir,
@@ -46,14 +32,11 @@ struct Bao {
 
 impl Bao {
     async fn start() -> Option<Self> {
-        let bin = bao_binary()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let bin = tools::find_tool("bao", "scripts/deps/10-openbao.sh")?;
+        let port = tools::free_port();
         let home = tempfile::tempdir().unwrap();
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args([
                 "server",
                 "-dev",
@@ -61,31 +44,14 @@ impl Bao {
                 &format!("-dev-listen-address=127.0.0.1:{port}"),
             ])
             // The dev server writes ~/.vault-token; keep it out of the real home.
-            .env("HOME", home.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .env("HOME", home.path());
         let bao = Self {
-            child: Some(child),
+            server: tools::Server::spawn(command),
             address: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
             _home: home,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let health = bao
-                .http
-                .get(format!("{}/v1/sys/health", bao.address))
-                .send()
-                .await;
-            if matches!(health, Ok(r) if r.status().is_success()) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "OpenBao did not become healthy");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        tools::wait_healthy(&format!("{}/v1/sys/health", bao.address)).await;
         Some(bao)
     }
 
@@ -198,16 +164,7 @@ impl Bao {
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Bao {
-    fn drop(&mut self) {
-        self.stop();
+        self.server.stop();
     }
 }
 
