@@ -17,6 +17,8 @@
 // A test crate: its helpers outside `#[test]` functions may fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/tools.rs"]
 mod tools;
 
@@ -28,7 +30,6 @@ use aws_sdk_secretsmanager as sm;
 use sesame::stores::aws::{AwsStore, AwsStoreConfig};
 use sesame::stores::{SecretData, SecretLocator, Store, StoreError};
 use sm::primitives::Blob;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const REGION: &str = "us-east-1";
 
@@ -248,67 +249,25 @@ async fn versions_by_id_and_by_stage() {
 /// documented ThrottlingException answer, the rest a GetSecretValue answer.
 /// Returns the endpoint and the request counter.
 async fn throttling_endpoint(throttle: usize) -> (String, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicUsize::new(0));
-    let counter = count.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut stream = BufReader::new(stream);
-                // One request after another on a kept-alive connection.
-                loop {
-                    let mut length = 0usize;
-                    let mut target = String::new();
-                    loop {
-                        let mut line = String::new();
-                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let line = line.trim_end();
-                        if line.is_empty() {
-                            break;
-                        }
-                        if let Some((name, value)) = line.split_once(':') {
-                            match name.to_ascii_lowercase().as_str() {
-                                "content-length" => length = value.trim().parse().unwrap_or(0),
-                                "x-amz-target" => target = value.trim().to_owned(),
-                                _ => {}
-                            }
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    if stream.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    assert_eq!(target, "secretsmanager.GetSecretValue");
-                    let n = counter.fetch_add(1, Ordering::SeqCst);
-                    let (status, error_type, answer) = if n < throttle {
-                        (
-                            "400 Bad Request",
-                            "x-amzn-errortype: ThrottlingException\r\n",
-                            r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.to_owned(),
-                        )
-                    } else {
-                        (
-                            "200 OK",
-                            "",
-                            r#"{"ARN":"arn:aws:secretsmanager:us-east-1:123456789012:secret:apps/x-AbCdEf","Name":"apps/x","SecretString":"after-throttling","VersionId":"EXAMPLE1-90ab-cdef-fedc-ba987EXAMPLE","VersionStages":["AWSCURRENT"],"CreatedDate":1.523477145713E9}"#.to_owned(),
-                        )
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.1\r\n{error_type}content-length: {}\r\n\r\n{answer}",
-                        answer.len()
-                    );
-                    if stream.get_mut().write_all(response.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    http::serve(move |n, request| {
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.header("x-amz-target"), Some("secretsmanager.GetSecretValue"));
+        let json = ("content-type", "application/x-amz-json-1.1".to_owned());
+        if n < throttle {
+            http::Response {
+                status: "400 Bad Request",
+                headers: vec![json, ("x-amzn-errortype", "ThrottlingException".to_owned())],
+                body: r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.into(),
+            }
+        } else {
+            http::Response {
+                status: "200 OK",
+                headers: vec![json],
+                body: r#"{"ARN":"arn:aws:secretsmanager:us-east-1:123456789012:secret:apps/x-AbCdEf","Name":"apps/x","SecretString":"after-throttling","VersionId":"EXAMPLE1-90ab-cdef-fedc-ba987EXAMPLE","VersionStages":["AWSCURRENT"],"CreatedDate":1.523477145713E9}"#.into(),
+            }
         }
-    });
-    (endpoint, count)
+    })
+    .await
 }
 
 #[tokio::test]

@@ -6,6 +6,8 @@
 // A test crate: its helpers outside `#[test]` functions may fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/tools.rs"]
 mod tools;
 
@@ -16,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sesame::stores::common::CredentialSource;
-use sesame::stores::vault::{AppRoleAuthConfig, RoleIdSource, VaultAuthConfig, VaultStore, VaultStoreConfig};
+use sesame::stores::vault::{
+    AppRoleAuthConfig, KubernetesAuthConfig, RoleIdSource, VaultAuthConfig, VaultStore, VaultStoreConfig,
+};
 use sesame::stores::{CachedStore, PropertyError, SecretData, SecretLocator, Store, StoreError};
 use sesame::telemetry::Metrics;
 
@@ -528,4 +532,107 @@ async fn namespace_header_selects_the_namespace() {
     cfg.namespace = None;
     let root = VaultStore::new(&cfg, dir.path()).await.unwrap();
     assert!(root.fetch(&[loc("app", None)]).await.remove(0).is_err());
+}
+
+/// Kubernetes auth: OpenBao's real `kubernetes` auth method, which asks the
+/// Kubernetes TokenReview API whether the service-account token is valid.
+/// No Kubernetes runs here, so a stand-in serves that one endpoint as the
+/// Kubernetes API reference documents it (`POST
+/// /apis/authentication.k8s.io/v1/tokenreviews`, a `TokenReview` in and out).
+#[tokio::test]
+async fn kubernetes_auth_logs_in_with_the_service_account_token() {
+    use base64::Engine as _;
+    let Some(bao) = Bao::start().await else { return };
+    bao.seed().await;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let jwt = format!(
+        "{}.{}.{}",
+        b64(&json!({"alg": "RS256", "typ": "JWT"})),
+        b64(&json!({
+            "iss": "kubernetes/serviceaccount",
+            "sub": "system:serviceaccount:sesame-system:sesame",
+            "kubernetes.io/serviceaccount/namespace": "sesame-system",
+            "kubernetes.io/serviceaccount/service-account.name": "sesame",
+            "kubernetes.io/serviceaccount/service-account.uid": "6f2a1f0e-0000-4000-8000-000000000001",
+        })),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b"not-checked-here"),
+    );
+    let expected = jwt.clone();
+    let (kube_api, reviews) = http::serve(move |_, request| {
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.path, "/apis/authentication.k8s.io/v1/tokenreviews");
+        assert_eq!(request.header("authorization"), Some("Bearer reviewer-token"));
+        let review: Value = serde_json::from_slice(&request.body).unwrap();
+        let valid = review["spec"]["token"] == expected.as_str();
+        let status = if valid {
+            json!({"authenticated": true, "user": {
+                "username": "system:serviceaccount:sesame-system:sesame",
+                "uid": "6f2a1f0e-0000-4000-8000-000000000001",
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:sesame-system"],
+            }})
+        } else {
+            json!({"authenticated": false, "error": "invalid bearer token"})
+        };
+        http::Response {
+            status: "201 Created",
+            headers: vec![("content-type", "application/json".into())],
+            body: json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "spec": {"token": review["spec"]["token"]},
+                "status": status,
+            })
+            .to_string(),
+        }
+    })
+    .await;
+    bao.post("sys/auth/kubernetes", json!({"type": "kubernetes"}))
+        .await;
+    bao.post(
+        "auth/kubernetes/config",
+        // The stand-in speaks plain HTTP; the CA is required by the config but unused.
+        json!({
+            "kubernetes_host": kube_api,
+            "kubernetes_ca_cert": sesame::certs::generate(&["localhost".into()], 1).unwrap().ca_cert_pem,
+            "disable_local_ca_jwt": true,
+            "token_reviewer_jwt": "reviewer-token",
+        }),
+    )
+    .await;
+    bao.post(
+        "auth/kubernetes/role/sesame",
+        json!({
+            "bound_service_account_names": ["sesame"],
+            "bound_service_account_namespaces": ["sesame-system"],
+            "token_policies": ["sesame-read"],
+            "token_ttl": "1h",
+        }),
+    )
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sa-token"), &jwt).unwrap();
+    let auth = |role: &str| VaultAuthConfig {
+        kubernetes: Some(KubernetesAuthConfig {
+            role: role.into(),
+            token_file: dir.path().join("sa-token"),
+            mount: "kubernetes".into(),
+        }),
+        ..Default::default()
+    };
+    let store = VaultStore::new(&config(&bao, "secret", 2, auth("sesame")), dir.path())
+        .await
+        .unwrap();
+    let r = store.fetch(&[loc("apps/db", None)]).await.remove(0).unwrap();
+    assert_eq!(value(&r, "password"), "pw-v4");
+    assert_eq!(store.auth_counts().logins, 1);
+    assert!(reviews.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+    // A role the service account is not bound to: unauthorised, no token shown.
+    let other = VaultStore::new(&config(&bao, "secret", 2, auth("someone-else")), dir.path())
+        .await
+        .unwrap();
+    let err = other.check().await.unwrap_err();
+    assert_eq!(err.class(), "unauthorised", "{err:?}");
+    assert!(!format!("{err} {err:?} {other:?}").contains(&jwt[..20]));
 }
