@@ -189,6 +189,17 @@ fn config(bao: &Bao, mount: &str, kv_version: u8, auth: VaultAuthConfig) -> Vaul
     }
 }
 
+/// A store that logs in with `token`, read from a file in a fresh directory
+/// (returned so that it lives as long as the store).
+async fn token_store(bao: &Bao, token: &str, mount: &str, kv_version: u8) -> (VaultStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = credential_file(dir.path(), "token", token);
+    let store = VaultStore::new(&config(bao, mount, kv_version, token_auth(source)), dir.path())
+        .await
+        .unwrap();
+    (store, dir)
+}
+
 fn token_auth(source: CredentialSource) -> VaultAuthConfig {
     VaultAuthConfig {
         token: Some(source),
@@ -209,11 +220,7 @@ async fn kv2_properties_versions_and_missing_secrets() {
     let Some(bao) = Bao::start().await else { return };
     bao.seed().await;
     let token = bao.token(&["sesame-read"], "1h").await;
-    let dir = tempfile::tempdir().unwrap();
-    let source = credential_file(dir.path(), "token", &format!("{token}\n"));
-    let store = VaultStore::new(&config(&bao, "secret", 2, token_auth(source)), dir.path())
-        .await
-        .unwrap();
+    let (store, _dir) = token_store(&bao, &format!("{token}\n"), "secret", 2).await;
     store.check().await.unwrap();
 
     let r = store
@@ -278,11 +285,7 @@ async fn kv2_properties_versions_and_missing_secrets() {
 async fn kv1_reads_and_refuses_versions() {
     let Some(bao) = Bao::start().await else { return };
     bao.seed().await;
-    let dir = tempfile::tempdir().unwrap();
-    let source = credential_file(dir.path(), "token", ROOT_TOKEN);
-    let store = VaultStore::new(&config(&bao, "kv1", 1, token_auth(source)), dir.path())
-        .await
-        .unwrap();
+    let (store, _dir) = token_store(&bao, ROOT_TOKEN, "kv1", 1).await;
     let r = store
         .fetch(&[
             loc("apps/api", None),
@@ -304,11 +307,7 @@ async fn token_without_policy_is_unauthorised_and_says_nothing_secret() {
     let Some(bao) = Bao::start().await else { return };
     bao.seed().await;
     let token = bao.token(&["default"], "1h").await;
-    let dir = tempfile::tempdir().unwrap();
-    let source = credential_file(dir.path(), "token", &token);
-    let store = VaultStore::new(&config(&bao, "secret", 2, token_auth(source)), dir.path())
-        .await
-        .unwrap();
+    let (store, _dir) = token_store(&bao, &token, "secret", 2).await;
     // The token itself is valid: the store is usable, the path is not.
     store.check().await.unwrap();
     let err = store.fetch(&[loc("apps/db", None)]).await.remove(0).unwrap_err();
@@ -321,10 +320,7 @@ async fn token_without_policy_is_unauthorised_and_says_nothing_secret() {
     );
 
     // A token Vault does not know: check fails, naming no token.
-    let bogus = credential_file(dir.path(), "bogus", "hvs.not-a-real-token");
-    let store = VaultStore::new(&config(&bao, "secret", 2, token_auth(bogus)), dir.path())
-        .await
-        .unwrap();
+    let (store, _dir) = token_store(&bao, "hvs.not-a-real-token", "secret", 2).await;
     let err = store.check().await.unwrap_err();
     assert_eq!(err.class(), "unauthorised");
     assert!(!err.to_string().contains("not-a-real-token"), "{err}");
@@ -434,11 +430,7 @@ async fn short_lived_token_is_renewed_in_the_background() {
     let Some(bao) = Bao::start().await else { return };
     bao.seed().await;
     let token = bao.token(&["sesame-read"], "3s").await;
-    let dir = tempfile::tempdir().unwrap();
-    let source = credential_file(dir.path(), "token", &token);
-    let store = VaultStore::new(&config(&bao, "secret", 2, token_auth(source)), dir.path())
-        .await
-        .unwrap();
+    let (store, _dir) = token_store(&bao, &token, "secret", 2).await;
     read_continuously(&store, Duration::from_secs(8)).await;
     let counts = store.auth_counts();
     assert!(counts.renewals >= 2, "{counts:?}");
@@ -449,11 +441,7 @@ async fn short_lived_token_is_renewed_in_the_background() {
 async fn stopped_server_serves_stale_values_then_denies() {
     let Some(mut bao) = Bao::start().await else { return };
     bao.seed().await;
-    let dir = tempfile::tempdir().unwrap();
-    let source = credential_file(dir.path(), "token", ROOT_TOKEN);
-    let store = VaultStore::new(&config(&bao, "secret", 2, token_auth(source)), dir.path())
-        .await
-        .unwrap();
+    let (store, _dir) = token_store(&bao, ROOT_TOKEN, "secret", 2).await;
     let metrics = Arc::new(Metrics::new());
     let cached = CachedStore::new(
         "vault".into(),
@@ -635,4 +623,47 @@ async fn kubernetes_auth_logs_in_with_the_service_account_token() {
     let err = other.check().await.unwrap_err();
     assert_eq!(err.class(), "unauthorised", "{err:?}");
     assert!(!format!("{err} {err:?} {other:?}").contains(&jwt[..20]));
+}
+
+/// The whole path from a configuration file: YAML → validated config →
+/// `Stores` (each store behind its cache) → one Pod's batch resolved.
+#[tokio::test]
+async fn configured_from_yaml_and_resolved_through_stores() {
+    let Some(bao) = Bao::start().await else { return };
+    bao.seed().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("vault-token"), ROOT_TOKEN).unwrap();
+    let yaml = format!(
+        "stores:\n  - name: vault\n    vault:\n      address: {}\n      auth: {{token: {{file: vault-token}}}}\n  - name: legacy\n    vault:\n      address: {}\n      mount: kv1\n      kvVersion: 1\n      auth: {{token: {{file: vault-token}}}}\n",
+        bao.address, bao.address
+    );
+    let config = sesame::config::Config::from_yaml(&yaml, "test.yaml").unwrap();
+    let stores = sesame::stores::Stores::from_config(&config.stores, dir.path(), &Arc::new(Metrics::new()))
+        .await
+        .unwrap();
+    assert!(stores.check_all(Duration::from_secs(2)).await.is_empty());
+    let request = |store: &str, path: &str, version: Option<&str>| sesame::stores::StoreRequest {
+        store: store.into(),
+        locator: loc(path, version),
+    };
+    let r = stores
+        .resolve(
+            &[
+                request("vault", "apps/db", Some("1")),
+                request("legacy", "apps/api", None),
+                request("vault", "apps/nope", None),
+            ],
+            Duration::from_secs(2),
+        )
+        .await;
+    assert_eq!(value(r[0].as_ref().unwrap(), "password"), "pw-v1");
+    assert_eq!(value(r[1].as_ref().unwrap(), "token"), "api-token-value");
+    assert!(r[2].as_ref().unwrap_err().is_not_found());
+
+    let err = sesame::config::Config::from_yaml(
+        "stores:\n  - name: v\n    vault:\n      address: http://v\n      auth: {token: {env: T}, appRole: {roleId: r, secretId: {env: S}}}\n",
+        "bad.yaml",
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("stores[0].vault.auth:"), "{err}");
 }

@@ -109,7 +109,6 @@ mod imp {
     use aws_credential_types::Credentials;
     use aws_sdk_secretsmanager as sm;
     use aws_smithy_http_client::tls;
-    use futures::StreamExt;
     use sm::config::retry::RetryConfig;
     use sm::config::timeout::TimeoutConfig;
     use sm::config::{BehaviorVersion, IdentityCache, Region};
@@ -117,6 +116,7 @@ mod imp {
     use sm::primitives::Blob;
 
     use super::{AwsStoreConfig, VersionSelector};
+    use crate::stores::common::fetch_each;
     use crate::stores::{SecretData, SecretLocator, SecretValue, Store, StoreError};
 
     /// Ids per `BatchGetSecretValue` call (the API's limit).
@@ -225,9 +225,7 @@ mod imp {
         }
 
         async fn get_singly(&self, locators: &[&SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-            // Collected first: a lazy map would not satisfy the `Send` bound of the trait.
-            let gets: Vec<_> = locators.iter().map(|l| self.get_one(l)).collect();
-            futures::stream::iter(gets).buffered(CONCURRENCY).collect().await
+            fetch_each(locators, CONCURRENCY, |l| self.get_one(l)).await
         }
 
         /// Current versions of up to `BATCH_LIMIT` secrets in one call. `None`
@@ -591,5 +589,30 @@ mod tests {
             endpoint: Some("secretsmanager.local".into()),
         };
         assert_eq!(bad_endpoint.validate().unwrap_err().0, "endpoint");
+    }
+
+    #[test]
+    fn config_file_section() {
+        let config = crate::config::Config::from_yaml(
+            "stores:\n  - name: aws\n    aws: {region: eu-west-1}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            config.stores[0].aws.as_ref().unwrap().region.as_deref(),
+            Some("eu-west-1")
+        );
+        let err = crate::config::Config::from_yaml(
+            "stores:\n  - name: aws\n    aws: {endpoint: localhost}\n",
+            "t.yaml",
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("stores[0].aws.endpoint:"), "{err}");
+        let err = crate::config::Config::from_yaml(
+            "stores:\n  - name: aws\n    aws: {region: eu-west-1, roleArn: x}\n",
+            "t.yaml",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("roleArn"), "{err}");
     }
 }

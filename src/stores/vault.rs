@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
-use super::common::{http_client, status_error, transport_error, CredentialSource, Retry};
+use super::common::{fetch_each, http_client, status_error, transport_error, CredentialSource, Retry};
 use super::{json_properties, SecretData, SecretLocator, SecretValue, Store, StoreError};
 
 /// `stores[].vault`: where Vault is, which KV mount to read, how to log in.
@@ -816,12 +815,7 @@ impl Store for VaultStore {
     }
 
     async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        // Collected first: a lazy map would not satisfy the `Send` bound of the trait.
-        let reads: Vec<_> = locators.iter().map(|l| self.read(l)).collect();
-        futures::stream::iter(reads)
-            .buffered(BATCH_CONCURRENCY)
-            .collect()
-            .await
+        fetch_each(locators, BATCH_CONCURRENCY, |l| self.read(l)).await
     }
 
     /// Looks the current token up (`lookup-self`): reachability and a valid token.
