@@ -114,6 +114,14 @@ impl VaultStoreConfig {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
             _ => return invalid("address", "must be an http(s) URL such as https://vault:8200"),
         }
+        if let Some(ns) = &self.namespace {
+            if !mount_is_valid(ns) || !ns.bytes().all(|b| b.is_ascii_graphic()) {
+                return invalid(
+                    "namespace",
+                    "must be a namespace path such as team-a or org/team-a",
+                );
+            }
+        }
         if !mount_is_valid(&self.mount) {
             return invalid("mount", "must be a path such as secret or kv/team-a");
         }
@@ -848,6 +856,10 @@ mod tests {
             (
                 "address: http://v\nmount: a//b\nauth: {token: {env: T}}\n",
                 "mount",
+            ),
+            (
+                "address: http://v\nnamespace: 'a b'\nauth: {token: {env: T}}\n",
+                "namespace",
             ),
             ("address: http://v\nauth: {}\n", "auth"),
             (
