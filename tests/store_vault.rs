@@ -403,9 +403,10 @@ async fn read_continuously(store: &VaultStore, span: Duration) {
 async fn short_lived_approle_tokens_are_renewed_then_replaced_in_the_background() {
     let Some(bao) = Bao::start().await else { return };
     bao.seed().await;
-    // Tokens live 3 s and 6 s at most: renewal at 2 s, then renewals hit the
-    // max TTL and the store logs in again.
-    let (role_id, secret_id) = bao.approle("3s", "6s").await;
+    // Tokens live 4 s, 8 s at most: renewed at ~2.7 s (to 4 s); at ~5.3 s
+    // the renewal is cut short by the max TTL, so the store logs in again
+    // with more than 2 s to spare; the new token is renewed at ~8 s.
+    let (role_id, secret_id) = bao.approle("4s", "8s").await;
     let dir = tempfile::tempdir().unwrap();
     let auth = VaultAuthConfig {
         app_role: Some(AppRoleAuthConfig {

@@ -215,7 +215,8 @@ struct TokenState {
     logged_in: Instant,
     ttl: Option<Duration>,
     renewable: bool,
-    /// TTL right after login; renewal stops paying off once it falls below a third of this.
+    /// TTL right after login. A renewal that yields less than two thirds of it
+    /// means the max TTL is near: then a new login, while the token still works.
     login_ttl: Option<Duration>,
 }
 
@@ -526,7 +527,7 @@ impl Client {
                     let answer: AuthAnswer = parse(&bytes, "token renewal")?;
                     if let Some(auth) = answer.auth {
                         let ttl = Duration::from_secs(auth.lease_duration);
-                        let enough = current.login_ttl.is_none_or(|login_ttl| ttl >= login_ttl / 3);
+                        let enough = current.login_ttl.is_none_or(|login_ttl| ttl >= login_ttl * 2 / 3);
                         if auth.lease_duration > 0 && (enough || matches!(self.login, Login::Token(_))) {
                             self.state.store(Some(Arc::new(TokenState {
                                 token: current.token.clone(),
