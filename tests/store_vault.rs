@@ -430,9 +430,9 @@ async fn short_lived_approle_tokens_are_renewed_then_replaced_in_the_background(
 async fn short_lived_token_is_renewed_in_the_background() {
     let Some(bao) = Bao::start().await else { return };
     bao.seed().await;
-    let token = bao.token(&["sesame-read"], "3s").await;
+    let token = bao.token(&["sesame-read"], "4s").await;
     let (store, _dir) = token_store(&bao, &token, "secret", 2).await;
-    read_continuously(&store, Duration::from_secs(8)).await;
+    read_continuously(&store, Duration::from_secs(9)).await;
     let counts = store.auth_counts();
     assert!(counts.renewals >= 2, "{counts:?}");
     assert_eq!(counts.request_path_logins, 0, "{counts:?}");
@@ -448,7 +448,7 @@ async fn stopped_server_serves_stale_values_then_denies() {
         "vault".into(),
         Arc::new(store),
         Duration::from_millis(100),
-        Duration::from_millis(1500),
+        Duration::from_secs(3),
         metrics.clone(),
     );
     let fresh = cached.get_many(&[loc("apps/db", None)]).await.remove(0).unwrap();
@@ -470,7 +470,7 @@ async fn stopped_server_serves_stale_values_then_denies() {
         metrics.encode()
     );
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let err = cached
         .get_many(&[loc("apps/db", None)])
         .await
