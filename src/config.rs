@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{glob_is_valid, PathPattern};
+use crate::stores::aws::AwsStoreConfig;
+use crate::stores::vault::VaultStoreConfig;
 
 /// The example configuration shipped in the repository and built into the
 /// binary, used when no configuration file is given or found.
@@ -67,12 +69,20 @@ pub struct StoreConfig {
     /// A local file or directory of secrets (development).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileStoreConfig>,
+    /// HashiCorp Vault or OpenBao (KV v1/v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultStoreConfig>,
+    /// AWS Secrets Manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsStoreConfig>,
 }
 
 /// The provider section of a store, exactly one per store.
 #[derive(Debug, Clone, Copy)]
 pub enum ProviderConfig<'a> {
     File(&'a FileStoreConfig),
+    Vault(&'a VaultStoreConfig),
+    Aws(&'a AwsStoreConfig),
 }
 
 impl StoreConfig {
@@ -82,11 +92,17 @@ impl StoreConfig {
         if let Some(f) = &self.file {
             found.push(ProviderConfig::File(f));
         }
+        if let Some(v) = &self.vault {
+            found.push(ProviderConfig::Vault(v));
+        }
+        if let Some(a) = &self.aws {
+            found.push(ProviderConfig::Aws(a));
+        }
         match found.len() {
             1 => Ok(found.remove(0)),
             0 => Err(ConfigError::invalid(
                 format!("stores[{}]", self.name),
-                "needs one provider section (file)",
+                "needs one provider section (file, vault, aws)",
             )),
             _ => Err(ConfigError::invalid(
                 format!("stores[{}]", self.name),
@@ -255,6 +271,15 @@ impl Config {
                     format!("{field}.maxConcurrency"),
                     "must be at least 1",
                 ));
+            }
+            if let Some(vault) = &store.vault {
+                vault
+                    .validate()
+                    .map_err(|(sub, m)| ConfigError::invalid(format!("{field}.vault.{sub}"), m))?;
+            }
+            if let Some(aws) = &store.aws {
+                aws.validate()
+                    .map_err(|(sub, m)| ConfigError::invalid(format!("{field}.aws.{sub}"), m))?;
             }
             if let Some(file) = &store.file {
                 if file.path.as_os_str().is_empty() {

@@ -2,10 +2,12 @@
 //! front of them, and the registry that resolves a Pod's references
 //! concurrently within one time budget.
 
+pub mod aws;
 mod cache;
 pub mod common;
 pub mod file;
 mod value;
+pub mod vault;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -112,6 +114,8 @@ pub trait Store: Send + Sync + 'static {
 pub async fn build_store(config: &StoreConfig, base_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
     match config.provider()? {
         ProviderConfig::File(file) => Ok(Arc::new(file::FileStore::new(file, base_dir))),
+        ProviderConfig::Vault(vault) => Ok(Arc::new(vault::VaultStore::new(vault, base_dir).await?)),
+        ProviderConfig::Aws(aws) => aws::build(aws).await,
     }
 }
 
