@@ -67,12 +67,30 @@ pub struct StoreConfig {
     /// A local file or directory of secrets (development).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileStoreConfig>,
+    /// GCP Secret Manager.
+    #[cfg(feature = "gcp")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcp: Option<crate::stores::gcp::GcpStoreConfig>,
+    /// Azure Key Vault.
+    #[cfg(feature = "azure")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<crate::stores::azure::AzureStoreConfig>,
+    /// Infisical, cloud or self-hosted.
+    #[cfg(feature = "infisical")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infisical: Option<crate::stores::infisical::InfisicalStoreConfig>,
 }
 
 /// The provider section of a store, exactly one per store.
 #[derive(Debug, Clone, Copy)]
 pub enum ProviderConfig<'a> {
     File(&'a FileStoreConfig),
+    #[cfg(feature = "gcp")]
+    Gcp(&'a crate::stores::gcp::GcpStoreConfig),
+    #[cfg(feature = "azure")]
+    Azure(&'a crate::stores::azure::AzureStoreConfig),
+    #[cfg(feature = "infisical")]
+    Infisical(&'a crate::stores::infisical::InfisicalStoreConfig),
 }
 
 impl StoreConfig {
@@ -81,6 +99,18 @@ impl StoreConfig {
         let mut found = Vec::new();
         if let Some(f) = &self.file {
             found.push(ProviderConfig::File(f));
+        }
+        #[cfg(feature = "gcp")]
+        if let Some(c) = &self.gcp {
+            found.push(ProviderConfig::Gcp(c));
+        }
+        #[cfg(feature = "azure")]
+        if let Some(c) = &self.azure {
+            found.push(ProviderConfig::Azure(c));
+        }
+        #[cfg(feature = "infisical")]
+        if let Some(c) = &self.infisical {
+            found.push(ProviderConfig::Infisical(c));
         }
         match found.len() {
             1 => Ok(found.remove(0)),
@@ -256,6 +286,16 @@ impl Config {
                     "must be at least 1",
                 ));
             }
+            let provider_check = match store.provider()? {
+                #[cfg(feature = "gcp")]
+                ProviderConfig::Gcp(c) => c.validate(&format!("{field}.gcp")),
+                #[cfg(feature = "azure")]
+                ProviderConfig::Azure(c) => c.validate(&format!("{field}.azure")),
+                #[cfg(feature = "infisical")]
+                ProviderConfig::Infisical(c) => c.validate(&format!("{field}.infisical")),
+                _ => Ok(()),
+            };
+            provider_check?;
             if let Some(file) = &store.file {
                 if file.path.as_os_str().is_empty() {
                     return Err(ConfigError::invalid(

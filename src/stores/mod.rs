@@ -2,9 +2,17 @@
 //! front of them, and the registry that resolves a Pod's references
 //! concurrently within one time budget.
 
+#[cfg(feature = "azure")]
+pub mod azure;
 mod cache;
 pub mod common;
 pub mod file;
+#[cfg(feature = "gcp")]
+pub mod gcp;
+#[cfg(feature = "infisical")]
+pub mod infisical;
+#[cfg(any(feature = "gcp", feature = "azure", feature = "infisical"))]
+pub mod token;
 mod value;
 
 use std::collections::HashMap;
@@ -112,6 +120,12 @@ pub trait Store: Send + Sync + 'static {
 pub async fn build_store(config: &StoreConfig, base_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
     match config.provider()? {
         ProviderConfig::File(file) => Ok(Arc::new(file::FileStore::new(file, base_dir))),
+        #[cfg(feature = "gcp")]
+        ProviderConfig::Gcp(c) => Ok(Arc::new(gcp::GcpStore::new(c, base_dir)?)),
+        #[cfg(feature = "azure")]
+        ProviderConfig::Azure(c) => Ok(Arc::new(azure::AzureStore::new(c, base_dir)?)),
+        #[cfg(feature = "infisical")]
+        ProviderConfig::Infisical(c) => Ok(Arc::new(infisical::InfisicalStore::new(c, base_dir)?)),
     }
 }
 
