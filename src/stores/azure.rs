@@ -17,8 +17,8 @@ use zeroize::Zeroizing;
 
 use super::common::{http_client, status_error, CredentialSource, Retry};
 use super::token::{
-    check_source, check_url, error_code, invalid, json_body, oauth_token, send_once, AccessToken, TokenCache,
-    TokenProvider,
+    check_source, check_url, error_code, invalid, oauth_token, send_once, unauthorized, AccessToken,
+    TokenCache, TokenProvider,
 };
 use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
 use crate::config::ConfigError;
@@ -313,21 +313,23 @@ impl AzureStore {
                 ))
             }
         };
-        let response = self
+        let answer = self
             .tokens
-            .send(&self.retry, |token| {
-                self.client
-                    .get(&url)
-                    .query(&[("api-version", self.api_version.as_str())])
-                    .bearer_auth(token)
-            })
+            .send(
+                &self.retry,
+                |token| {
+                    self.client
+                        .get(&url)
+                        .query(&[("api-version", self.api_version.as_str())])
+                        .bearer_auth(token)
+                },
+                unauthorized,
+            )
             .await?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.bytes().await.unwrap_or_default();
-            return Err(api_error(status, &body, locator.version.is_some()));
+        if !answer.status.is_success() {
+            return Err(api_error(answer.status, &answer.body, locator.version.is_some()));
         }
-        let bundle: SecretBundle = json_body(response).await?;
+        let bundle: SecretBundle = answer.json()?;
         let value = Zeroizing::new(bundle.value.unwrap_or_default());
         Ok(SecretData::from_text(&value))
     }

@@ -21,8 +21,8 @@ use zeroize::Zeroizing;
 
 use super::common::{http_client, status_error, transport_error, CredentialSource, Retry};
 use super::token::{
-    check_source, check_url, error_code, invalid, json_body, oauth_token, send_once, AccessToken, TokenCache,
-    TokenProvider,
+    check_source, check_url, error_code, invalid, oauth_token, send_once, unauthorized, AccessToken,
+    TokenCache, TokenProvider,
 };
 use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
 use crate::config::ConfigError;
@@ -226,17 +226,19 @@ impl GcpStore {
             ));
         }
         let url = format!("{}/v1/{name}/versions/{version}:access", self.endpoint);
-        let response = self
+        let answer = self
             .tokens
-            .send(&self.retry, |token| self.client.get(&url).bearer_auth(token))
+            .send(
+                &self.retry,
+                |token| self.client.get(&url).bearer_auth(token),
+                unauthorized,
+            )
             .await?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.bytes().await.unwrap_or_default();
-            return Err(api_error(status, &body, locator.version.is_some()));
+        if !answer.status.is_success() {
+            return Err(api_error(answer.status, &answer.body, locator.version.is_some()));
         }
-        let answer: AccessResponse = json_body(response).await?;
-        payload_data(answer.payload)
+        let access: AccessResponse = answer.json()?;
+        payload_data(access.payload)
     }
 }
 

@@ -21,8 +21,7 @@ use zeroize::Zeroizing;
 
 use super::common::{http_client, status_error, CredentialSource, Retry};
 use super::token::{
-    check_source, check_url, error_code, invalid, json_body, send_once, AccessToken, TokenCache,
-    TokenProvider,
+    check_source, check_url, error_code, invalid, send_once, AccessToken, Answer, TokenCache, TokenProvider,
 };
 use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
 use crate::config::ConfigError;
@@ -275,19 +274,34 @@ impl InfisicalStore {
         Ok(url)
     }
 
-    async fn get(&self, url: reqwest::Url, query: &[(&str, &str)]) -> Result<reqwest::Response, StoreError> {
-        self.tokens
-            .send(&self.retry, |token| {
-                self.client
-                    .get(url.clone())
-                    .query(&[
-                        ("workspaceId", self.project_id.as_str()),
-                        ("environment", self.environment.as_str()),
-                    ])
-                    .query(query)
-                    .bearer_auth(token)
-            })
-            .await
+    async fn get(
+        &self,
+        url: reqwest::Url,
+        query: &[(&str, &str)],
+        version_named: bool,
+    ) -> Result<Answer, StoreError> {
+        let answer = self
+            .tokens
+            .send(
+                &self.retry,
+                |token| {
+                    self.client
+                        .get(url.clone())
+                        .query(&[
+                            ("workspaceId", self.project_id.as_str()),
+                            ("environment", self.environment.as_str()),
+                        ])
+                        .query(query)
+                        .bearer_auth(token)
+                },
+                token_rejected,
+            )
+            .await?;
+        if answer.status.is_success() {
+            Ok(answer)
+        } else {
+            Err(api_error(answer.status, &answer.body, version_named))
+        }
     }
 
     async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
@@ -303,13 +317,10 @@ impl InfisicalStore {
                 if let Some(v) = version {
                     query.push(("version", v));
                 }
-                let response = self.get(self.url(Some(key))?, &query).await?;
-                let status = response.status();
-                if !status.is_success() {
-                    let body = response.bytes().await.unwrap_or_default();
-                    return Err(api_error(status, &body, version.is_some()));
-                }
-                let answer: SecretAnswer = json_body(response).await?;
+                let answer: SecretAnswer = self
+                    .get(self.url(Some(key))?, &query, version.is_some())
+                    .await?
+                    .json()?;
                 let value = Zeroizing::new(answer.secret.secret_value);
                 Ok(SecretData::from_text(&value))
             }
@@ -322,13 +333,7 @@ impl InfisicalStore {
                     ("include_imports", "true"),
                     ("recursive", "false"),
                 ];
-                let response = self.get(self.url(None)?, &query).await?;
-                let status = response.status();
-                if !status.is_success() {
-                    let body = response.bytes().await.unwrap_or_default();
-                    return Err(api_error(status, &body, false));
-                }
-                let answer: ListAnswer = json_body(response).await?;
+                let answer: ListAnswer = self.get(self.url(None)?, &query, false).await?.json()?;
                 // Imported secrets first: the folder's own keys override them,
                 // as they do in Infisical itself.
                 let mut properties = BTreeMap::new();
@@ -397,6 +402,22 @@ struct Import {
 struct ApiError {
     #[serde(default)]
     error: Option<String>,
+}
+
+/// Infisical refuses an expired or malformed access token with 403
+/// `TokenError`, a revoked or unknown one with 401.
+fn token_rejected(status: reqwest::StatusCode, body: &[u8]) -> bool {
+    match status.as_u16() {
+        401 => true,
+        403 => error_name(body).as_deref() == Some("TokenError"),
+        _ => false,
+    }
+}
+
+fn error_name(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<ApiError>(body)
+        .ok()
+        .and_then(|e| e.error)
 }
 
 fn api_error(status: reqwest::StatusCode, body: &[u8], version_named: bool) -> StoreError {
@@ -471,22 +492,20 @@ impl TokenProvider for Login {
             .post(&self.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.as_bytes().to_vec());
-        let response = send_once(request).await?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.bytes().await.unwrap_or_default();
-            let code = serde_json::from_slice::<ApiError>(&body)
-                .ok()
-                .and_then(|e| e.error);
-            let code = error_code(code.as_deref());
+        let answer = Answer::read(send_once(request).await?).await?;
+        if !answer.status.is_success() {
+            let code = error_code(error_name(&answer.body).as_deref());
             let code = if code.is_empty() {
                 String::new()
             } else {
                 format!(" ({code})")
             };
-            return Err(StoreError::Unauthorized(format!("login: HTTP {status}{code}")));
+            return Err(StoreError::Unauthorized(format!(
+                "login: HTTP {}{code}",
+                answer.status
+            )));
         }
-        let answer: LoginAnswer = json_body(response).await?;
+        let answer: LoginAnswer = answer.json()?;
         Ok(AccessToken {
             value: SecretValue::from(answer.access_token),
             lifetime: Some(Duration::from_secs(answer.expires_in.unwrap_or(7200))),

@@ -139,28 +139,60 @@ impl TokenCache {
         }
     }
 
-    /// Sends a request built with the current bearer token. Throttling and
-    /// 5xx are retried with `retry`; a 401 obtains a new token once and sends
-    /// again. Any other answer is returned for the caller to interpret.
-    pub async fn send<F>(&self, retry: &Retry, build: F) -> Result<reqwest::Response, StoreError>
+    /// Sends a request built with the current bearer token and reads the
+    /// answer. Throttling and 5xx are retried with `retry`; when `rejected`
+    /// says the store refused the token (401, or a provider's own code), a
+    /// new token is obtained once and the request sent again. Any other
+    /// answer is returned for the caller to interpret.
+    pub async fn send<F, R>(&self, retry: &Retry, build: F, rejected: R) -> Result<Answer, StoreError>
     where
         F: Fn(&str) -> reqwest::RequestBuilder,
+        R: Fn(reqwest::StatusCode, &[u8]) -> bool,
     {
         let mut token = self.token().await?;
         let mut renewed = false;
         loop {
             let bearer = token.as_str()?;
-            let response = retry.run(|| send_once(build(bearer))).await?;
-            if response.status() == reqwest::StatusCode::UNAUTHORIZED && !renewed {
-                tracing::debug!(store = self.inner.name, "token rejected; obtaining a new one");
+            let answer = retry
+                .run(|| async { Answer::read(send_once(build(bearer)).await?).await })
+                .await?;
+            if !renewed && rejected(answer.status, &answer.body) {
+                tracing::debug!(store = self.inner.name, status = %answer.status, "token rejected; obtaining a new one");
                 self.invalidate(&token);
                 token = self.token().await?;
                 renewed = true;
                 continue;
             }
-            return Ok(response);
+            return Ok(answer);
         }
     }
+}
+
+/// A store's answer, read whole.
+pub struct Answer {
+    pub status: reqwest::StatusCode,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    /// Reads the whole body.
+    pub async fn read(response: reqwest::Response) -> Result<Self, StoreError> {
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| transport_error(&e))?;
+        Ok(Self { status, body })
+    }
+
+    /// The body as JSON, without letting a decode error quote it (serde
+    /// messages can contain the offending text, which may be a secret).
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, StoreError> {
+        serde_json::from_slice(&self.body)
+            .map_err(|_| StoreError::InvalidResponse("the answer is not the expected JSON".into()))
+    }
+}
+
+/// The usual sign of a refused token.
+pub fn unauthorized(status: reqwest::StatusCode, _body: &[u8]) -> bool {
+    status == reqwest::StatusCode::UNAUTHORIZED
 }
 
 impl Drop for TokenCache {
@@ -224,14 +256,6 @@ pub fn error_code(code: Option<&str>) -> String {
     }
 }
 
-/// Reads a JSON body without letting a decode error quote it (serde
-/// messages can contain the offending text, which may be a secret).
-pub async fn json_body<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, StoreError> {
-    let body = response.bytes().await.map_err(|e| transport_error(&e))?;
-    serde_json::from_slice(&body)
-        .map_err(|_| StoreError::InvalidResponse("the answer is not the expected JSON".into()))
-}
-
 /// An OAuth 2.0 token answer (RFC 6749 §5.1): Google's token endpoint and
 /// metadata server, Microsoft Entra and Azure IMDS. IMDS sends `expires_in`
 /// as a string, the others as a number.
@@ -251,10 +275,10 @@ struct OAuthError {
 /// Turns a token endpoint's answer into a token, or into an error that names
 /// the endpoint, the status and the OAuth error code.
 pub async fn oauth_token(response: reqwest::Response, endpoint: &str) -> Result<AccessToken, StoreError> {
-    let status = response.status();
+    let answer = Answer::read(response).await?;
+    let status = answer.status;
     if !status.is_success() {
-        let body = response.bytes().await.unwrap_or_default();
-        let code = serde_json::from_slice::<OAuthError>(&body)
+        let code = serde_json::from_slice::<OAuthError>(&answer.body)
             .ok()
             .and_then(|e| e.error);
         let detail = format!(
@@ -268,7 +292,7 @@ pub async fn oauth_token(response: reqwest::Response, endpoint: &str) -> Result<
             _ => StoreError::Unreachable(detail),
         });
     }
-    let token: OAuthToken = json_body(response).await?;
+    let token: OAuthToken = answer.json()?;
     let seconds = match token.expires_in {
         Some(serde_json::Value::Number(n)) => n.as_u64(),
         Some(serde_json::Value::String(s)) => s.parse().ok(),
