@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloud_fake::{assert_hidden, Fake, Reply, Request};
+use cloud_fake::{assert_hidden, fetch, Fake, Reply, Request};
 use serde_json::json;
 use sesame::config::Config;
 use sesame::stores::{build_store, SecretData, SecretLocator, Store, StoreError};
@@ -242,13 +242,6 @@ async fn setup(lifetime: u64, auth: &str, extra: &str) -> Setup {
 const CLIENT_SECRET_AUTH: &str =
     "clientSecret: {tenantId: tenant-1, clientId: client-1, clientSecret: {file: client-secret}}";
 const AUTHORITY: &str = "      authorityHost: {url}\n";
-
-async fn fetch(store: &Arc<dyn Store>, path: &str, version: Option<&str>) -> Result<SecretData, StoreError> {
-    store
-        .fetch(&[SecretLocator::new(path, version.map(str::to_owned))])
-        .await
-        .remove(0)
-}
 
 #[tokio::test]
 async fn client_secret_reads_values_properties_and_versions() {

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine;
-use cloud_fake::{assert_hidden, Fake, Reply, Request};
+use cloud_fake::{assert_hidden, fetch, Fake, Reply, Request};
 use serde_json::json;
 use sesame::config::Config;
 use sesame::stores::{build_store, SecretLocator, Store, StoreError};
@@ -235,17 +235,6 @@ async fn setup(lifetime: u64, extra: &str, files: &[(&str, &str)], public_key: O
         store,
         _dir: dir,
     }
-}
-
-async fn fetch(
-    store: &Arc<dyn Store>,
-    path: &str,
-    version: Option<&str>,
-) -> Result<sesame::stores::SecretData, StoreError> {
-    store
-        .fetch(&[SecretLocator::new(path, version.map(str::to_owned))])
-        .await
-        .remove(0)
 }
 
 #[tokio::test]

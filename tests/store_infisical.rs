@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloud_fake::{assert_hidden, Fake, Reply, Request};
+use cloud_fake::{assert_hidden, fetch, Fake, Reply, Request};
 use serde_json::json;
 use sesame::config::Config;
 use sesame::stores::{build_store, SecretData, SecretLocator, Store, StoreError};
@@ -208,13 +208,6 @@ async fn setup(lifetime: u64, auth: &str) -> Setup {
 }
 
 const UNIVERSAL: &str = "universalAuth: {clientId: client-1, clientSecret: {file: client-secret}}";
-
-async fn fetch(store: &Arc<dyn Store>, path: &str, version: Option<&str>) -> Result<SecretData, StoreError> {
-    store
-        .fetch(&[SecretLocator::new(path, version.map(str::to_owned))])
-        .await
-        .remove(0)
-}
 
 #[tokio::test]
 async fn universal_auth_reads_secrets_by_folder_key_and_version() {

@@ -421,10 +421,7 @@ fn error_name(body: &[u8]) -> Option<String> {
 }
 
 fn api_error(status: reqwest::StatusCode, body: &[u8], version_named: bool) -> StoreError {
-    let code = serde_json::from_slice::<ApiError>(body)
-        .ok()
-        .and_then(|e| e.error);
-    let code = error_code(code.as_deref());
+    let code = error_code(error_name(body).as_deref());
     match status.as_u16() {
         404 if version_named => StoreError::VersionNotFound,
         _ => status_error(status, &code),

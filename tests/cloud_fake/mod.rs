@@ -202,6 +202,21 @@ impl Drop for Fake {
     }
 }
 
+/// Fetches one secret through the store's batch interface.
+pub async fn fetch(
+    store: &Arc<dyn sesame::stores::Store>,
+    path: &str,
+    version: Option<&str>,
+) -> Result<sesame::stores::SecretData, sesame::stores::StoreError> {
+    store
+        .fetch(&[sesame::stores::SecretLocator::new(
+            path,
+            version.map(str::to_owned),
+        )])
+        .await
+        .remove(0)
+}
+
 /// Asserts that no rendering of `shown` contains any of `secrets`.
 pub fn assert_hidden(shown: &str, secrets: &[&str]) {
     for secret in secrets {
