@@ -388,7 +388,8 @@ async fn refresh_loop(weak: Weak<Inner>) {
         let Some(inner) = weak.upgrade() else { return };
         let _guard = inner.obtaining.lock().await;
         // A request may have obtained a new token (after a 401) meanwhile.
-        if inner.next_refresh().is_some_and(|at| at > Instant::now()) && failures == 0 {
+        if inner.next_refresh().is_some_and(|at| at > Instant::now()) {
+            failures = 0;
             continue;
         }
         match inner.obtain_and_store().await {
