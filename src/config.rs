@@ -75,6 +75,18 @@ pub struct StoreConfig {
     /// AWS Secrets Manager.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsStoreConfig>,
+    /// GCP Secret Manager.
+    #[cfg(feature = "gcp")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcp: Option<crate::stores::gcp::GcpStoreConfig>,
+    /// Azure Key Vault.
+    #[cfg(feature = "azure")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<crate::stores::azure::AzureStoreConfig>,
+    /// Infisical, cloud or self-hosted.
+    #[cfg(feature = "infisical")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infisical: Option<crate::stores::infisical::InfisicalStoreConfig>,
 }
 
 /// The provider section of a store, exactly one per store.
@@ -83,6 +95,12 @@ pub enum ProviderConfig<'a> {
     File(&'a FileStoreConfig),
     Vault(&'a VaultStoreConfig),
     Aws(&'a AwsStoreConfig),
+    #[cfg(feature = "gcp")]
+    Gcp(&'a crate::stores::gcp::GcpStoreConfig),
+    #[cfg(feature = "azure")]
+    Azure(&'a crate::stores::azure::AzureStoreConfig),
+    #[cfg(feature = "infisical")]
+    Infisical(&'a crate::stores::infisical::InfisicalStoreConfig),
 }
 
 impl StoreConfig {
@@ -98,11 +116,23 @@ impl StoreConfig {
         if let Some(a) = &self.aws {
             found.push(ProviderConfig::Aws(a));
         }
+        #[cfg(feature = "gcp")]
+        if let Some(c) = &self.gcp {
+            found.push(ProviderConfig::Gcp(c));
+        }
+        #[cfg(feature = "azure")]
+        if let Some(c) = &self.azure {
+            found.push(ProviderConfig::Azure(c));
+        }
+        #[cfg(feature = "infisical")]
+        if let Some(c) = &self.infisical {
+            found.push(ProviderConfig::Infisical(c));
+        }
         match found.len() {
             1 => Ok(found.remove(0)),
             0 => Err(ConfigError::invalid(
                 format!("stores[{}]", self.name),
-                "needs one provider section (file, vault, aws)",
+                "needs one provider section (file, vault, aws, gcp, azure, infisical)",
             )),
             _ => Err(ConfigError::invalid(
                 format!("stores[{}]", self.name),
@@ -281,6 +311,16 @@ impl Config {
                 aws.validate()
                     .map_err(|(sub, m)| ConfigError::invalid(format!("{field}.aws.{sub}"), m))?;
             }
+            let provider_check = match store.provider()? {
+                #[cfg(feature = "gcp")]
+                ProviderConfig::Gcp(c) => c.validate(&format!("{field}.gcp")),
+                #[cfg(feature = "azure")]
+                ProviderConfig::Azure(c) => c.validate(&format!("{field}.azure")),
+                #[cfg(feature = "infisical")]
+                ProviderConfig::Infisical(c) => c.validate(&format!("{field}.infisical")),
+                _ => Ok(()),
+            };
+            provider_check?;
             if let Some(file) = &store.file {
                 if file.path.as_os_str().is_empty() {
                     return Err(ConfigError::invalid(

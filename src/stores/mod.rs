@@ -3,9 +3,17 @@
 //! concurrently within one time budget.
 
 pub mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
 mod cache;
 pub mod common;
 pub mod file;
+#[cfg(feature = "gcp")]
+pub mod gcp;
+#[cfg(feature = "infisical")]
+pub mod infisical;
+#[cfg(any(feature = "gcp", feature = "azure", feature = "infisical"))]
+pub mod token;
 mod value;
 pub mod vault;
 
@@ -116,6 +124,12 @@ pub async fn build_store(config: &StoreConfig, base_dir: &std::path::Path) -> an
         ProviderConfig::File(file) => Ok(Arc::new(file::FileStore::new(file, base_dir))),
         ProviderConfig::Vault(vault) => Ok(Arc::new(vault::VaultStore::new(vault, base_dir).await?)),
         ProviderConfig::Aws(aws) => aws::build(aws).await,
+        #[cfg(feature = "gcp")]
+        ProviderConfig::Gcp(c) => Ok(Arc::new(gcp::GcpStore::new(c, base_dir)?)),
+        #[cfg(feature = "azure")]
+        ProviderConfig::Azure(c) => Ok(Arc::new(azure::AzureStore::new(c, base_dir)?)),
+        #[cfg(feature = "infisical")]
+        ProviderConfig::Infisical(c) => Ok(Arc::new(infisical::InfisicalStore::new(c, base_dir)?)),
     }
 }
 
