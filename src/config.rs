@@ -64,15 +64,24 @@ pub struct StoreConfig {
     /// At most this many fetches to the store at once.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
+    /// How often the leader re-resolves the managed Secrets that use this
+    /// store and updates those whose values changed; unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub refresh_interval: Option<Duration>,
     /// A local file or directory of secrets (development).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileStoreConfig>,
+    /// Kubernetes Secrets read through the API; paths are `name` (the Pod's
+    /// namespace) or `namespace/name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesStoreConfig>,
 }
 
 /// The provider section of a store, exactly one per store.
 #[derive(Debug, Clone, Copy)]
 pub enum ProviderConfig<'a> {
     File(&'a FileStoreConfig),
+    Kubernetes(&'a KubernetesStoreConfig),
 }
 
 impl StoreConfig {
@@ -82,11 +91,14 @@ impl StoreConfig {
         if let Some(f) = &self.file {
             found.push(ProviderConfig::File(f));
         }
+        if let Some(k) = &self.kubernetes {
+            found.push(ProviderConfig::Kubernetes(k));
+        }
         match found.len() {
             1 => Ok(found.remove(0)),
             0 => Err(ConfigError::invalid(
                 format!("stores[{}]", self.name),
-                "needs one provider section (file)",
+                "needs one provider section (file, kubernetes)",
             )),
             _ => Err(ConfigError::invalid(
                 format!("stores[{}]", self.name),
@@ -102,6 +114,15 @@ pub struct FileStoreConfig {
     /// A YAML/JSON file or a directory of `.env` files, relative to the config file.
     pub path: PathBuf,
 }
+
+/// The `kubernetes` store: Secrets read with Sesame's own service account.
+/// A reference path is `name` (a Secret in the Pod's namespace) or
+/// `namespace/name`; the pipeline turns `name` into `<Pod namespace>/name`
+/// before the policy sees it, and a rule only grants another namespace when
+/// its path names that namespace literally.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesStoreConfig {}
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -119,13 +140,51 @@ pub struct PolicyConfig {
 pub struct PolicyRule {
     /// Shown in deny messages and audit annotations.
     pub name: String,
-    /// Namespace names or globs (`team-*`, `*`).
+    /// Namespace names or globs (`team-*`, `*`). May be left out when a
+    /// `namespaceSelector` is given.
+    #[serde(default)]
     pub namespaces: Vec<String>,
+    /// Labels the Namespace must carry (read from a watch of Namespaces).
+    /// Without a Kubernetes API the labels are unknown and such a rule
+    /// matches nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Service account names or globs (the Pod's `spec.serviceAccountName`);
+    /// empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
     /// Store names, or `*` for every store.
     pub stores: Vec<String>,
     /// Path globs: `*` within one segment, `**` across segments,
     /// `{namespace}` for the Pod's namespace.
     pub paths: Vec<String>,
+}
+
+/// A Kubernetes label selector (`matchLabels` and `matchExpressions`, ANDed).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default)]
+    pub match_labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LabelSelectorRequirement {
+    pub key: String,
+    pub operator: SelectorOperator,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum SelectorOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -250,6 +309,15 @@ impl Config {
                 ConfigError::Invalid { message, .. } => ConfigError::invalid(field.clone(), message),
                 other => other,
             })?;
+            if store
+                .refresh_interval
+                .is_some_and(|d| d < Duration::from_secs(10))
+            {
+                return Err(ConfigError::invalid(
+                    format!("{field}.refreshInterval"),
+                    "must be at least 10s",
+                ));
+            }
             if store.max_concurrency == 0 {
                 return Err(ConfigError::invalid(
                     format!("{field}.maxConcurrency"),
@@ -277,11 +345,38 @@ impl Config {
                     format!("duplicate rule \"{}\"", rule.name),
                 ));
             }
-            if rule.namespaces.is_empty() || rule.stores.is_empty() || rule.paths.is_empty() {
+            if (rule.namespaces.is_empty() && rule.namespace_selector.is_none())
+                || rule.stores.is_empty()
+                || rule.paths.is_empty()
+            {
                 return Err(ConfigError::invalid(
                     field,
-                    "needs namespaces, stores and paths (each non-empty)",
+                    "needs namespaces (or a namespaceSelector), stores and paths (each non-empty)",
                 ));
+            }
+            if let Some(sel) = &rule.namespace_selector {
+                for (j, req) in sel.match_expressions.iter().enumerate() {
+                    let needs_values = matches!(req.operator, SelectorOperator::In | SelectorOperator::NotIn);
+                    if needs_values == req.values.is_empty() {
+                        return Err(ConfigError::invalid(
+                            format!("{field}.namespaceSelector.matchExpressions[{j}]"),
+                            "In and NotIn need values; Exists and DoesNotExist take none",
+                        ));
+                    }
+                }
+            }
+            for (j, sa) in rule.service_accounts.iter().enumerate() {
+                let valid = !sa.is_empty()
+                    && sa.len() <= 253
+                    && sa.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'*' | b'?')
+                    });
+                if !valid {
+                    return Err(ConfigError::invalid(
+                        format!("{field}.serviceAccounts[{j}]"),
+                        format!("\"{sa}\" is not a service account name or glob"),
+                    ));
+                }
             }
             for (j, ns) in rule.namespaces.iter().enumerate() {
                 if !glob_is_valid(ns) {

@@ -1,10 +1,51 @@
-//! The Kubernetes API side. For now: the `SecretWriter` seam and its dry-run
-//! implementation, used for `dryRun: true` requests and whenever no API is
-//! configured.
+//! The Kubernetes API side: the `SecretWriter` seam with its dry-run and
+//! API implementations, the client, watch-backed caches of managed Secrets
+//! and Namespaces, and (leader-elected) garbage collection and rotation.
+
+pub mod client;
+pub mod namespaces;
+pub mod reflect;
+pub mod secret;
+pub mod writer;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
+use crate::admission::Admission;
+use crate::cli::KubeArgs;
+use crate::config::Config;
 use crate::inject::ManagedSecret;
+use crate::pipeline::SharedEngine;
+use crate::telemetry::Metrics;
+
+/// Labels of a namespace, for `namespaceSelector` policy rules.
+pub trait NamespaceLabels: Send + Sync + 'static {
+    /// `None` when the namespace is not known (yet).
+    fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
+}
+
+/// Starts the Kubernetes side of `serve`: the managed-Secret writer with its
+/// cache, the Namespace cache, and the leader-elected background loops.
+/// Everything stops when `shutdown` turns true.
+pub fn start(
+    client: &::kube::Client,
+    admission: Admission,
+    config: &Config,
+    args: &KubeArgs,
+    engine: SharedEngine,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> Admission {
+    let _ = (args, engine, metrics);
+    let writer = writer::KubeSecretWriter::start(client.clone(), &config.annotation_prefix, shutdown.clone());
+    let namespaces = namespaces::NamespaceCache::start(client.clone(), shutdown);
+    admission
+        .with_writer(Arc::new(writer))
+        .with_namespaces(Arc::new(namespaces))
+}
 
 /// What became of a managed Secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
