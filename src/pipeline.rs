@@ -21,6 +21,8 @@ pub struct Engine {
     policy: NamespacePolicy,
     stores: Stores,
     resolve_timeout: Duration,
+    /// Per store: how often managed Secrets using it are re-resolved.
+    refresh_intervals: std::collections::HashMap<String, Duration>,
 }
 
 /// The Pod to work on.
@@ -86,6 +88,11 @@ impl Engine {
             policy: NamespacePolicy::new(&config.policy)?,
             stores,
             resolve_timeout: config.resolve_timeout,
+            refresh_intervals: config
+                .stores
+                .iter()
+                .filter_map(|s| s.refresh_interval.map(|d| (s.name.clone(), d)))
+                .collect(),
         })
     }
 
@@ -95,6 +102,15 @@ impl Engine {
 
     pub fn marker_key(&self) -> &str {
         &self.marker_key
+    }
+
+    /// The refresh interval of a store, if it has one.
+    pub fn refresh_interval(&self, store: &str) -> Option<Duration> {
+        self.refresh_intervals.get(store).copied()
+    }
+
+    pub fn resolve_timeout(&self) -> Duration {
+        self.resolve_timeout
     }
 
     pub fn stores(&self) -> &Stores {

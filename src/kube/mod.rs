@@ -3,8 +3,13 @@
 //! and Namespaces, and (leader-elected) garbage collection and rotation.
 
 pub mod client;
+pub mod gc;
+pub mod leader;
+pub mod lease;
+pub mod metrics;
 pub mod namespaces;
 pub mod reflect;
+pub mod rotation;
 pub mod secret;
 pub mod writer;
 
@@ -20,6 +25,19 @@ use crate::config::Config;
 use crate::inject::ManagedSecret;
 use crate::pipeline::SharedEngine;
 use crate::telemetry::Metrics;
+
+/// How long a Lease stays valid without renewal (client-go's default).
+const LEASE_DURATION: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The namespace Sesame runs in, from the service-account mount; `default`
+/// outside a cluster.
+fn own_namespace() -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_owned())
+}
 
 /// Labels of a namespace, for `namespaceSelector` policy rules.
 pub trait NamespaceLabels: Send + Sync + 'static {
@@ -39,9 +57,41 @@ pub fn start(
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Admission {
-    let _ = (args, engine, metrics);
     let writer = writer::KubeSecretWriter::start(client.clone(), &config.annotation_prefix, shutdown.clone());
-    let namespaces = namespaces::NamespaceCache::start(client.clone(), shutdown);
+    let namespaces = namespaces::NamespaceCache::start(client.clone(), shutdown.clone());
+    let kube_metrics = Arc::new(metrics::KubeMetrics::register(&metrics));
+    let lease_namespace = args.lease_namespace.clone().unwrap_or_else(own_namespace);
+    let identity = leader::identity();
+    tracing::info!(lease = %format!("{lease_namespace}/{}", args.lease_name), %identity, "leader election for garbage collection and rotation");
+    let elector = lease::LeaseElector::new(
+        client.clone(),
+        &lease_namespace,
+        &args.lease_name,
+        &identity,
+        LEASE_DURATION,
+    );
+    let gc = gc::GarbageCollector {
+        client: client.clone(),
+        cache: writer.cache().clone(),
+        grace: args.gc_grace,
+        page_size: 500,
+        metrics: kube_metrics.clone(),
+    };
+    let rotator = rotation::Rotator {
+        client: client.clone(),
+        cache: writer.cache().clone(),
+        engine: engine.clone(),
+        metrics: kube_metrics.clone(),
+    };
+    leader::spawn(
+        elector,
+        gc,
+        rotator,
+        engine,
+        kube_metrics,
+        leader::Schedule::new(LEASE_DURATION, args.gc_interval),
+        shutdown,
+    );
     admission
         .with_writer(Arc::new(writer))
         .with_namespaces(Arc::new(namespaces))
