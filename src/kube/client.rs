@@ -30,6 +30,15 @@ pub enum ClientError {
     Build(String),
 }
 
+/// Builds a client from a configuration. The library's own retry layer is
+/// turned off: it would retry a throttled request for minutes, far past the
+/// admission deadline. Sesame retries where it has time (the writer once,
+/// watches with backoff, background loops on their next pass).
+pub fn build(mut config: Config) -> Result<Client, ClientError> {
+    config.default_retry = false;
+    Client::try_from(config).map_err(|e| ClientError::Build(e.to_string()))
+}
+
 /// Builds the client, or `None` when the mode allows running without one.
 pub async fn connect(mode: KubeMode, kubeconfig: Option<&Path>) -> Result<Option<Client>, ClientError> {
     if mode == KubeMode::Off {
@@ -56,7 +65,7 @@ pub async fn connect(mode: KubeMode, kubeconfig: Option<&Path>) -> Result<Option
         },
     };
     let url = config.cluster_url.to_string();
-    let client = Client::try_from(config).map_err(|e| ClientError::Build(e.to_string()))?;
+    let client = build(config)?;
     tracing::info!(api = %url, "Kubernetes API configured");
     Ok(Some(client))
 }

@@ -68,9 +68,29 @@ impl KubeSecretWriter {
     }
 }
 
+/// The whole write, retry included, must fit in what is left of the
+/// admission deadline after the stores were read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[async_trait]
 impl SecretWriter for KubeSecretWriter {
     async fn apply(&self, secret: &ManagedSecret) -> Result<WriteOutcome, WriteError> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.write(secret)).await {
+            Ok(r) => r,
+            Err(_) => Err(WriteError::Unreachable {
+                name: secret.name.clone(),
+                reason: format!("no answer within {}s", WRITE_TIMEOUT.as_secs()),
+            }),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "kubernetes"
+    }
+}
+
+impl KubeSecretWriter {
+    async fn write(&self, secret: &ManagedSecret) -> Result<WriteOutcome, WriteError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret.namespace);
         let existing = self.stored(&api, secret).await?;
         let owners = match decide(existing.as_deref(), secret, &self.keys) {
@@ -93,10 +113,6 @@ impl SecretWriter for KubeSecretWriter {
                 Err(e) => return Err(write_error(&secret.name, &e)),
             }
         }
-    }
-
-    fn kind(&self) -> &'static str {
-        "kubernetes"
     }
 }
 
