@@ -149,10 +149,11 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
     let tls_config = Arc::new(server::tls::server_config(resolver)?);
 
     let mut admission = Admission::new(engine.clone(), Arc::new(DryRunWriter), metrics.clone());
+    let mut kube_task = None;
     match (writer, &kube) {
         (Some(w), _) => admission = admission.with_writer(w),
         (None, Some(client)) => {
-            admission = crate::kube::start(
+            let (with_kube, task) = crate::kube::start(
                 client,
                 admission,
                 &loaded.config,
@@ -161,6 +162,8 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
                 metrics.clone(),
                 shutdown_rx.clone(),
             );
+            admission = with_kube;
+            kube_task = Some(task);
         }
         (None, None) => {
             tracing::info!("no Kubernetes API configured: managed Secrets are not written (dry-run writer)")
@@ -181,7 +184,7 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
     let admin_addr = admin_listener.local_addr()?;
     let readiness = Arc::new(Readiness::default());
 
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(server::serve(
             webhook_listener,
             Some(tls_config),
@@ -200,6 +203,7 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
             shutdown_rx.clone(),
         )),
     ];
+    tasks.extend(kube_task);
     tracing::info!(%webhook_addr, %admin_addr, "serving");
 
     spawn_readiness(

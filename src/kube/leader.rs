@@ -43,7 +43,8 @@ pub fn identity() -> String {
     format!("{host}-{:08x}", fastrand::u32(..))
 }
 
-/// Starts both tasks.
+/// Starts both tasks. The returned task ends after the Lease was released
+/// at shutdown; waiting for it lets the next leader start at once.
 pub fn spawn(
     elector: LeaseElector,
     gc: GarbageCollector,
@@ -52,16 +53,10 @@ pub fn spawn(
     metrics: Arc<KubeMetrics>,
     schedule: Schedule,
     shutdown: watch::Receiver<bool>,
-) {
+) -> tokio::task::JoinHandle<()> {
     let (leading_tx, leading_rx) = watch::channel(false);
-    tokio::spawn(keep_lease(
-        elector,
-        leading_tx,
-        metrics,
-        schedule,
-        shutdown.clone(),
-    ));
-    tokio::spawn(work(gc, rotator, engine, leading_rx, schedule, shutdown));
+    tokio::spawn(work(gc, rotator, engine, leading_rx, schedule, shutdown.clone()));
+    tokio::spawn(keep_lease(elector, leading_tx, metrics, schedule, shutdown))
 }
 
 async fn keep_lease(

@@ -47,7 +47,8 @@ pub trait NamespaceLabels: Send + Sync + 'static {
 
 /// Starts the Kubernetes side of `serve`: the managed-Secret writer with its
 /// cache, the Namespace cache, and the leader-elected background loops.
-/// Everything stops when `shutdown` turns true.
+/// Everything stops when `shutdown` turns true; the returned task ends once
+/// the leader Lease is released.
 pub fn start(
     client: &::kube::Client,
     admission: Admission,
@@ -56,7 +57,7 @@ pub fn start(
     engine: SharedEngine,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
-) -> Admission {
+) -> (Admission, tokio::task::JoinHandle<()>) {
     let writer = writer::KubeSecretWriter::start(client.clone(), &config.annotation_prefix, shutdown.clone());
     let namespaces = namespaces::NamespaceCache::start(client.clone(), shutdown.clone());
     let kube_metrics = Arc::new(metrics::KubeMetrics::register(&metrics));
@@ -83,7 +84,7 @@ pub fn start(
         engine: engine.clone(),
         metrics: kube_metrics.clone(),
     };
-    leader::spawn(
+    let leader = leader::spawn(
         elector,
         gc,
         rotator,
@@ -92,9 +93,10 @@ pub fn start(
         leader::Schedule::new(LEASE_DURATION, args.gc_interval),
         shutdown,
     );
-    admission
+    let admission = admission
         .with_writer(Arc::new(writer))
-        .with_namespaces(Arc::new(namespaces))
+        .with_namespaces(Arc::new(namespaces));
+    (admission, leader)
 }
 
 /// What became of a managed Secret.
