@@ -472,11 +472,54 @@ mod tests {
                 "policy.rules[0].paths[0]",
             ),
             ("resolveTimeout: 30s\n", "resolveTimeout"),
+            (
+                "stores:\n  - {name: a, file: {path: x}, refreshInterval: 1s}\n",
+                "stores[0].refreshInterval",
+            ),
+            (
+                "stores:\n  - {name: a, kubernetes: {}}\npolicy:\n  rules:\n    - {name: r, stores: [a], paths: ['{namespace}/*']}\n",
+                "policy.rules[0]",
+            ),
+            (
+                "stores:\n  - {name: a, kubernetes: {}}\npolicy:\n  rules:\n    - {name: r, namespaceSelector: {matchExpressions: [{key: k, operator: In}]}, stores: [a], paths: ['x']}\n",
+                "policy.rules[0].namespaceSelector.matchExpressions[0]",
+            ),
+            (
+                "stores:\n  - {name: a, kubernetes: {}}\npolicy:\n  rules:\n    - {name: r, namespaces: ['*'], serviceAccounts: ['Bad Name'], stores: [a], paths: ['x']}\n",
+                "policy.rules[0].serviceAccounts[0]",
+            ),
             ("annotationPrefix: 'Not Valid'\n", "annotationPrefix"),
         ];
         for (yaml, field) in cases {
             let err = Config::from_yaml(yaml, "t").unwrap_err().to_string();
             assert!(err.starts_with(field), "{yaml} -> {err}");
         }
+    }
+
+    #[test]
+    fn kubernetes_fields_parse() {
+        let c = Config::from_yaml(
+            "stores:\n  - {name: k8s, kubernetes: {}, refreshInterval: 5m}\npolicy:\n  rules:\n    - name: payments\n      namespaceSelector:\n        matchLabels: {team: payments}\n        matchExpressions: [{key: env, operator: NotIn, values: [dev]}]\n      serviceAccounts: [api, 'db-*']\n      stores: [k8s]\n      paths: ['{namespace}/*']\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.stores[0].refresh_interval, Some(Duration::from_secs(300)));
+        assert!(matches!(
+            c.stores[0].provider(),
+            Ok(ProviderConfig::Kubernetes(_))
+        ));
+        let rule = &c.policy.rules[0];
+        assert!(rule.namespaces.is_empty());
+        let sel = rule.namespace_selector.as_ref().unwrap();
+        assert_eq!(sel.match_labels["team"], "payments");
+        assert_eq!(sel.match_expressions[0].operator, SelectorOperator::NotIn);
+        assert_eq!(rule.service_accounts, ["api", "db-*"]);
+        let typo = Config::from_yaml(
+            "policy:\n  rules:\n    - {name: r, namespaceSelector: {matchLabel: {a: b}}, stores: ['*'], paths: [x]}\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(typo.contains("matchLabel"), "{typo}");
     }
 }

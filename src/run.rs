@@ -161,7 +161,8 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
                 engine.clone(),
                 metrics.clone(),
                 shutdown_rx.clone(),
-            );
+            )
+            .await;
             admission = with_kube;
             kube_task = Some(task);
         }

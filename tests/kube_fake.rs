@@ -78,6 +78,27 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
+/// An engine over a file store: `secrets` is written to secrets.yaml beside
+/// the configuration `yaml`.
+async fn file_engine(
+    secrets: &str,
+    yaml: &str,
+) -> (
+    tempfile::TempDir,
+    sesame::pipeline::SharedEngine,
+    Arc<sesame::telemetry::Metrics>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secrets.yaml"), secrets).unwrap();
+    let config = sesame::config::Config::from_yaml(yaml, "t").unwrap();
+    let metrics = Arc::new(sesame::telemetry::Metrics::new());
+    let stores = sesame::stores::Stores::from_config(&config.stores, dir.path(), &metrics, None)
+        .await
+        .unwrap();
+    let engine = sesame::pipeline::Engine::new(&config, stores).unwrap();
+    (dir, Arc::new(arc_swap::ArcSwap::from_pointee(engine)), metrics)
+}
+
 async fn ready_writer(api: &FakeApi, shutdown: watch::Receiver<bool>) -> KubeSecretWriter {
     let writer = KubeSecretWriter::start(api.client(), "sesame.dev", shutdown);
     tokio::time::timeout(Duration::from_secs(5), writer.cache().wait_until_ready())
@@ -210,32 +231,15 @@ async fn write_failures_deny_with_the_api_status_and_throttling_is_retried_once(
 #[tokio::test]
 async fn admission_denies_a_pod_whose_secret_cannot_be_written() {
     use sesame::admission::Admission;
-    use sesame::config::Config;
-    use sesame::pipeline::Engine;
-    use sesame::stores::Stores;
-    use sesame::telemetry::Metrics;
 
     let api = FakeApi::start().await;
     let (_stop, shutdown) = watch::channel(false);
     let writer = Arc::new(ready_writer(&api, shutdown).await);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("secrets.yaml"),
+    let (_dir, engine, metrics) = file_engine(
         "apps/team-a/db:\n  password: pw\n",
-    )
-    .unwrap();
-    let config = Config::from_yaml(
         "stores:\n  - {name: dev, file: {path: secrets.yaml}}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/**']}\n",
-        "t",
     )
-    .unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let stores = Stores::from_config(&config.stores, dir.path(), &metrics, None)
-        .await
-        .unwrap();
-    let engine = Arc::new(arc_swap::ArcSwap::from_pointee(
-        Engine::new(&config, stores).unwrap(),
-    ));
+    .await;
     let admission = Admission::new(engine, writer, metrics);
     let review = |dry_run: bool| {
         serde_json::to_vec(&json!({
@@ -543,27 +547,13 @@ async fn gc_lists_only_namespaces_with_old_secrets_page_by_page() {
 
 #[tokio::test]
 async fn rotation_updates_changed_values_and_restarts_the_deployment() {
-    use sesame::config::Config;
-    use sesame::pipeline::Engine;
-    use sesame::stores::Stores;
-    use sesame::telemetry::Metrics;
-
     let api = FakeApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("secrets.yaml");
-    std::fs::write(&file, "apps/web/db:\n  password: new-value\n").unwrap();
-    let config = Config::from_yaml(
+    let (dir, engine, metrics) = file_engine(
+        "apps/web/db:\n  password: new-value\n",
         "stores:\n  - {name: dev, file: {path: secrets.yaml}, cacheTtl: 0s, refreshInterval: 60s}\n  - {name: frozen, file: {path: secrets.yaml}}\n",
-        "t",
     )
-    .unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let stores = Stores::from_config(&config.stores, dir.path(), &metrics, None)
-        .await
-        .unwrap();
-    let engine = Arc::new(arc_swap::ArcSwap::from_pointee(
-        Engine::new(&config, stores).unwrap(),
-    ));
+    .await;
+    let file = dir.path().join("secrets.yaml");
 
     let sources = |store: &str| {
         json!({"db.password": {"store": store, "path": "apps/web/db", "property": "password"}}).to_string()

@@ -26,6 +26,9 @@ use crate::inject::ManagedSecret;
 use crate::pipeline::SharedEngine;
 use crate::telemetry::Metrics;
 
+/// How long start-up waits for the caches' first list.
+const CACHE_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long a Lease stays valid without renewal (client-go's default).
 const LEASE_DURATION: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -47,9 +50,11 @@ pub trait NamespaceLabels: Send + Sync + 'static {
 
 /// Starts the Kubernetes side of `serve`: the managed-Secret writer with its
 /// cache, the Namespace cache, and the leader-elected background loops.
-/// Everything stops when `shutdown` turns true; the returned task ends once
-/// the leader Lease is released.
-pub fn start(
+/// Waits (briefly) for the first list of both caches, so that the first
+/// reviews see current Secrets and namespace labels. Everything stops when
+/// `shutdown` turns true; the returned task ends once the leader Lease is
+/// released.
+pub async fn start(
     client: &::kube::Client,
     admission: Admission,
     config: &Config,
@@ -60,6 +65,18 @@ pub fn start(
 ) -> (Admission, tokio::task::JoinHandle<()>) {
     let writer = writer::KubeSecretWriter::start(client.clone(), &config.annotation_prefix, shutdown.clone());
     let namespaces = namespaces::NamespaceCache::start(client.clone(), shutdown.clone());
+    let synced = tokio::time::timeout(CACHE_SYNC_TIMEOUT, async {
+        let _ = writer.cache().wait_until_ready().await;
+        namespaces.wait_until_ready().await;
+    })
+    .await;
+    match synced {
+        Ok(()) => tracing::info!("managed Secret and Namespace caches synced"),
+        Err(_) => tracing::warn!(
+            "caches not synced within {}s; serving anyway: Secrets are read before writing, and namespaceSelector rules match nothing until Namespaces are known",
+            CACHE_SYNC_TIMEOUT.as_secs()
+        ),
+    }
     let kube_metrics = Arc::new(metrics::KubeMetrics::register(&metrics));
     let lease_namespace = args.lease_namespace.clone().unwrap_or_else(own_namespace);
     let identity = leader::identity();
