@@ -137,6 +137,10 @@ pub enum ApplyDecision {
     UpToDate,
     /// Apply with these owners.
     Apply { owners: Vec<KubeOwnerReference> },
+    /// The Secret is being deleted (e.g. foreground deletion of its last
+    /// owner): a Pod admitted now would lose it. The caller denies; the
+    /// Pod's controller retries once it is gone.
+    Terminating,
 }
 
 /// Compares the stored Secret (if any) with the plan. The data is hashed
@@ -148,6 +152,9 @@ pub fn decide(existing: Option<&Secret>, wanted: &ManagedSecret, keys: &SecretAn
             owners: merged_owners(&[], &wanted.owners),
         };
     };
+    if existing.metadata.deletion_timestamp.is_some() {
+        return ApplyDecision::Terminating;
+    }
     let current_owners = existing.metadata.owner_references.as_deref().unwrap_or(&[]);
     let owners = merged_owners(current_owners, &wanted.owners);
     let annotations = existing.metadata.annotations.as_ref();
@@ -378,6 +385,17 @@ mod tests {
             decide(Some(&stored(&wanted, &keys)), &restart, &keys),
             ApplyDecision::Apply { .. }
         ));
+    }
+
+    #[test]
+    fn a_terminating_secret_is_not_reused() {
+        let keys = SecretAnnotations::new("sesame.dev");
+        let wanted = managed(vec![]);
+        let mut s = stored(&wanted, &keys);
+        s.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        assert_eq!(decide(Some(&s), &wanted, &keys), ApplyDecision::Terminating);
     }
 
     #[test]

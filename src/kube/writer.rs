@@ -96,6 +96,12 @@ impl KubeSecretWriter {
         let owners = match decide(existing.as_deref(), secret, &self.keys) {
             ApplyDecision::UpToDate => return Ok(WriteOutcome::Unchanged),
             ApplyDecision::Apply { owners } => owners,
+            ApplyDecision::Terminating => {
+                return Err(WriteError::Refused {
+                    name: secret.name.clone(),
+                    reason: "it is being deleted; the Pod can be created again once it is gone".into(),
+                })
+            }
         };
         let body = apply_body(secret, &owners, &self.keys, &now_rfc3339());
         let params = PatchParams::apply(FIELD_MANAGER).force();
