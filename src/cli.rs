@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::kube::client::KubeMode;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -91,6 +92,46 @@ pub struct ServeArgs {
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, env = "SESAME_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// The Kubernetes API side of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// Write managed Secrets through the Kubernetes API: `auto` when in a
+    /// cluster or KUBECONFIG is set (else dry-run), `off`, or `required`.
+    #[arg(long = "kube", env = "SESAME_KUBE", value_enum, default_value = "auto")]
+    pub mode: KubeMode,
+    /// Kubeconfig file to use instead of in-cluster config or KUBECONFIG.
+    #[arg(long, env = "SESAME_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the leader-election Lease (default: the Pod's own
+    /// namespace from the service-account mount, else `default`).
+    #[arg(long, env = "SESAME_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader-election Lease for garbage collection and rotation.
+    #[arg(long, env = "SESAME_LEASE_NAME", default_value = "sesame-leader")]
+    pub lease_name: String,
+    /// How long an unreferenced managed Secret is kept before it is deleted.
+    #[arg(long, env = "SESAME_GC_GRACE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub gc_grace: Duration,
+    /// How often the leader looks for unreferenced managed Secrets.
+    #[arg(long, env = "SESAME_GC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub gc_interval: Duration,
+}
+
+impl Default for KubeArgs {
+    fn default() -> Self {
+        Self {
+            mode: KubeMode::Auto,
+            kubeconfig: None,
+            lease_namespace: None,
+            lease_name: "sesame-leader".into(),
+            gc_grace: Duration::from_secs(600),
+            gc_interval: Duration::from_secs(300),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

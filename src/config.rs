@@ -66,6 +66,10 @@ pub struct StoreConfig {
     /// At most this many fetches to the store at once.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
+    /// How often the leader re-resolves the managed Secrets that use this
+    /// store and updates those whose values changed; unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub refresh_interval: Option<Duration>,
     /// A local file or directory of secrets (development).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileStoreConfig>,
@@ -87,6 +91,10 @@ pub struct StoreConfig {
     #[cfg(feature = "infisical")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infisical: Option<crate::stores::infisical::InfisicalStoreConfig>,
+    /// Kubernetes Secrets read through the API; paths are `name` (the Pod's
+    /// namespace) or `namespace/name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesStoreConfig>,
 }
 
 /// The provider section of a store, exactly one per store.
@@ -101,6 +109,7 @@ pub enum ProviderConfig<'a> {
     Azure(&'a crate::stores::azure::AzureStoreConfig),
     #[cfg(feature = "infisical")]
     Infisical(&'a crate::stores::infisical::InfisicalStoreConfig),
+    Kubernetes(&'a KubernetesStoreConfig),
 }
 
 impl StoreConfig {
@@ -128,11 +137,14 @@ impl StoreConfig {
         if let Some(c) = &self.infisical {
             found.push(ProviderConfig::Infisical(c));
         }
+        if let Some(k) = &self.kubernetes {
+            found.push(ProviderConfig::Kubernetes(k));
+        }
         match found.len() {
             1 => Ok(found.remove(0)),
             0 => Err(ConfigError::invalid(
                 format!("stores[{}]", self.name),
-                "needs one provider section (file, vault, aws, gcp, azure, infisical)",
+                "needs one provider section (file, kubernetes, vault, aws, gcp, azure, infisical)",
             )),
             _ => Err(ConfigError::invalid(
                 format!("stores[{}]", self.name),
@@ -148,6 +160,15 @@ pub struct FileStoreConfig {
     /// A YAML/JSON file or a directory of `.env` files, relative to the config file.
     pub path: PathBuf,
 }
+
+/// The `kubernetes` store: Secrets read with Sesame's own service account.
+/// A reference path is `name` (a Secret in the Pod's namespace) or
+/// `namespace/name`; the pipeline turns `name` into `<Pod namespace>/name`
+/// before the policy sees it, and a rule only grants another namespace when
+/// its path names that namespace literally.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesStoreConfig {}
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -165,13 +186,51 @@ pub struct PolicyConfig {
 pub struct PolicyRule {
     /// Shown in deny messages and audit annotations.
     pub name: String,
-    /// Namespace names or globs (`team-*`, `*`).
+    /// Namespace names or globs (`team-*`, `*`). May be left out when a
+    /// `namespaceSelector` is given.
+    #[serde(default)]
     pub namespaces: Vec<String>,
+    /// Labels the Namespace must carry (read from a watch of Namespaces).
+    /// Without a Kubernetes API the labels are unknown and such a rule
+    /// matches nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Service account names or globs (the Pod's `spec.serviceAccountName`);
+    /// empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
     /// Store names, or `*` for every store.
     pub stores: Vec<String>,
     /// Path globs: `*` within one segment, `**` across segments,
     /// `{namespace}` for the Pod's namespace.
     pub paths: Vec<String>,
+}
+
+/// A Kubernetes label selector (`matchLabels` and `matchExpressions`, ANDed).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default)]
+    pub match_labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LabelSelectorRequirement {
+    pub key: String,
+    pub operator: SelectorOperator,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum SelectorOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -296,6 +355,15 @@ impl Config {
                 ConfigError::Invalid { message, .. } => ConfigError::invalid(field.clone(), message),
                 other => other,
             })?;
+            if store
+                .refresh_interval
+                .is_some_and(|d| d < Duration::from_secs(10))
+            {
+                return Err(ConfigError::invalid(
+                    format!("{field}.refreshInterval"),
+                    "must be at least 10s",
+                ));
+            }
             if store.max_concurrency == 0 {
                 return Err(ConfigError::invalid(
                     format!("{field}.maxConcurrency"),
@@ -342,11 +410,38 @@ impl Config {
                     format!("duplicate rule \"{}\"", rule.name),
                 ));
             }
-            if rule.namespaces.is_empty() || rule.stores.is_empty() || rule.paths.is_empty() {
+            if (rule.namespaces.is_empty() && rule.namespace_selector.is_none())
+                || rule.stores.is_empty()
+                || rule.paths.is_empty()
+            {
                 return Err(ConfigError::invalid(
                     field,
-                    "needs namespaces, stores and paths (each non-empty)",
+                    "needs namespaces (or a namespaceSelector), stores and paths (each non-empty)",
                 ));
+            }
+            if let Some(sel) = &rule.namespace_selector {
+                for (j, req) in sel.match_expressions.iter().enumerate() {
+                    let needs_values = matches!(req.operator, SelectorOperator::In | SelectorOperator::NotIn);
+                    if needs_values == req.values.is_empty() {
+                        return Err(ConfigError::invalid(
+                            format!("{field}.namespaceSelector.matchExpressions[{j}]"),
+                            "In and NotIn need values; Exists and DoesNotExist take none",
+                        ));
+                    }
+                }
+            }
+            for (j, sa) in rule.service_accounts.iter().enumerate() {
+                let valid = !sa.is_empty()
+                    && sa.len() <= 253
+                    && sa.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'*' | b'?')
+                    });
+                if !valid {
+                    return Err(ConfigError::invalid(
+                        format!("{field}.serviceAccounts[{j}]"),
+                        format!("\"{sa}\" is not a service account name or glob"),
+                    ));
+                }
             }
             for (j, ns) in rule.namespaces.iter().enumerate() {
                 if !glob_is_valid(ns) {
@@ -442,11 +537,54 @@ mod tests {
                 "policy.rules[0].paths[0]",
             ),
             ("resolveTimeout: 30s\n", "resolveTimeout"),
+            (
+                "stores:\n  - {name: a, file: {path: x}, refreshInterval: 1s}\n",
+                "stores[0].refreshInterval",
+            ),
+            (
+                "stores:\n  - {name: a, kubernetes: {}}\npolicy:\n  rules:\n    - {name: r, stores: [a], paths: ['{namespace}/*']}\n",
+                "policy.rules[0]",
+            ),
+            (
+                "stores:\n  - {name: a, kubernetes: {}}\npolicy:\n  rules:\n    - {name: r, namespaceSelector: {matchExpressions: [{key: k, operator: In}]}, stores: [a], paths: ['x']}\n",
+                "policy.rules[0].namespaceSelector.matchExpressions[0]",
+            ),
+            (
+                "stores:\n  - {name: a, kubernetes: {}}\npolicy:\n  rules:\n    - {name: r, namespaces: ['*'], serviceAccounts: ['Bad Name'], stores: [a], paths: ['x']}\n",
+                "policy.rules[0].serviceAccounts[0]",
+            ),
             ("annotationPrefix: 'Not Valid'\n", "annotationPrefix"),
         ];
         for (yaml, field) in cases {
             let err = Config::from_yaml(yaml, "t").unwrap_err().to_string();
             assert!(err.starts_with(field), "{yaml} -> {err}");
         }
+    }
+
+    #[test]
+    fn kubernetes_fields_parse() {
+        let c = Config::from_yaml(
+            "stores:\n  - {name: k8s, kubernetes: {}, refreshInterval: 5m}\npolicy:\n  rules:\n    - name: payments\n      namespaceSelector:\n        matchLabels: {team: payments}\n        matchExpressions: [{key: env, operator: NotIn, values: [dev]}]\n      serviceAccounts: [api, 'db-*']\n      stores: [k8s]\n      paths: ['{namespace}/*']\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.stores[0].refresh_interval, Some(Duration::from_secs(300)));
+        assert!(matches!(
+            c.stores[0].provider(),
+            Ok(ProviderConfig::Kubernetes(_))
+        ));
+        let rule = &c.policy.rules[0];
+        assert!(rule.namespaces.is_empty());
+        let sel = rule.namespace_selector.as_ref().unwrap();
+        assert_eq!(sel.match_labels["team"], "payments");
+        assert_eq!(sel.match_expressions[0].operator, SelectorOperator::NotIn);
+        assert_eq!(rule.service_accounts, ["api", "db-*"]);
+        let typo = Config::from_yaml(
+            "policy:\n  rules:\n    - {name: r, namespaceSelector: {matchLabel: {a: b}}, stores: ['*'], paths: [x]}\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(typo.contains("matchLabel"), "{typo}");
     }
 }

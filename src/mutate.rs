@@ -72,6 +72,7 @@ pub async fn mutate_object(
             pod: &pod,
             base,
             budget: None,
+            namespace_labels: None,
         })
         .await;
     match verdict {

@@ -8,8 +8,9 @@ use json_patch::PatchOperation;
 
 use crate::config::Config;
 use crate::inject::annotations::{self, INJECTED_SUFFIX};
+use crate::inject::plan::MANAGED_PREFIX;
 use crate::inject::{build_patch, build_plan, Grant, ManagedSecret, PlanInput, PodView, SecretRef};
-use crate::policy::NamespacePolicy;
+use crate::policy::{NamespacePolicy, Subject};
 use crate::stores::{SecretLocator, StoreRequest, Stores};
 
 /// Everything the pipeline needs, built once from the configuration and
@@ -20,6 +21,8 @@ pub struct Engine {
     policy: NamespacePolicy,
     stores: Stores,
     resolve_timeout: Duration,
+    /// Per store: how often managed Secrets using it are re-resolved.
+    refresh_intervals: std::collections::HashMap<String, Duration>,
 }
 
 /// The Pod to work on.
@@ -31,6 +34,9 @@ pub struct PodInput<'a> {
     pub base: &'a str,
     /// A tighter budget than the configured one (the API server's `timeout`).
     pub budget: Option<Duration>,
+    /// The namespace's labels, from the Namespace cache; `None` without a
+    /// cluster (rules with a `namespaceSelector` then match nothing).
+    pub namespace_labels: Option<&'a std::collections::BTreeMap<String, String>>,
 }
 
 /// What happens to the Pod.
@@ -82,6 +88,11 @@ impl Engine {
             policy: NamespacePolicy::new(&config.policy)?,
             stores,
             resolve_timeout: config.resolve_timeout,
+            refresh_intervals: config
+                .stores
+                .iter()
+                .filter_map(|s| s.refresh_interval.map(|d| (s.name.clone(), d)))
+                .collect(),
         })
     }
 
@@ -91,6 +102,15 @@ impl Engine {
 
     pub fn marker_key(&self) -> &str {
         &self.marker_key
+    }
+
+    /// The refresh interval of a store, if it has one.
+    pub fn refresh_interval(&self, store: &str) -> Option<Duration> {
+        self.refresh_intervals.get(store).copied()
+    }
+
+    pub fn resolve_timeout(&self) -> Duration {
+        self.resolve_timeout
     }
 
     pub fn stores(&self) -> &Stores {
@@ -106,18 +126,50 @@ impl Engine {
         annotations::has_requests(&self.prefix, pod.annotations().map(|(k, _)| k))
     }
 
+    /// Whether the pipeline has anything to say about the Pod: it asks for
+    /// secrets, or it uses a managed Secret by name (which it may only do
+    /// for the Secret its own annotations produce).
+    pub fn concerns(&self, pod: &PodView) -> bool {
+        self.wants(pod) || !pod.secret_names_with_prefix(MANAGED_PREFIX).is_empty()
+    }
+
     /// Runs the whole pipeline for one Pod.
     pub async fn evaluate(&self, input: &PodInput<'_>) -> Verdict {
+        let used_managed = input.pod.secret_names_with_prefix(MANAGED_PREFIX);
         if !self.wants(input.pod) {
-            return Verdict::Untouched;
+            return match used_managed.first() {
+                None => Verdict::Untouched,
+                Some(name) => Verdict::Denied(foreign_secret(name, None)),
+            };
         }
         let empty = Default::default();
         let annotations = input.pod.metadata.annotations.as_ref().unwrap_or(&empty);
-        let request = match annotations::parse(&self.prefix, annotations) {
+        let mut request = match annotations::parse(&self.prefix, annotations) {
             Ok(r) => r,
             Err(e) => return Verdict::Denied(Denial::new(400, "malformed", e.to_string(), Vec::new())),
         };
+        // Namespaced stores: `name` means the Pod's own namespace.
+        for injection in &mut request.injections {
+            let r = &mut injection.reference;
+            if self.stores.get(&r.store).is_some_and(|s| s.inner().namespaced()) && !r.path.contains('/') {
+                r.path = format!("{}/{}", input.namespace, r.path);
+            }
+        }
         let references: Vec<SecretRef> = request.injections.iter().map(|i| i.reference.clone()).collect();
+        // The ServiceAccount admission plugin runs before webhooks and sets
+        // `default` when the Pod names none; `mutate` mimics it.
+        let service_account = input
+            .pod
+            .spec
+            .service_account_name
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default");
+        let subject = Subject {
+            namespace: input.namespace,
+            namespace_labels: input.namespace_labels,
+            service_account: Some(service_account),
+        };
 
         // Policy first: nothing is fetched for a Pod that may not have it.
         let mut grants = Vec::with_capacity(request.injections.len());
@@ -138,7 +190,8 @@ impl Engine {
                     references,
                 ));
             }
-            match self.policy.authorize(input.namespace, &r.store, &r.path) {
+            let namespaced = self.stores.get(&r.store).is_some_and(|s| s.inner().namespaced());
+            match self.policy.authorize_in(&subject, &r.store, &r.path, namespaced) {
                 Ok(rule) => grants.push(Grant {
                     annotation: injection.source.clone(),
                     reference: r.clone(),
@@ -168,7 +221,7 @@ impl Engine {
             .map_or(self.resolve_timeout, |b| b.min(self.resolve_timeout));
         let resolved = self.stores.resolve(&requests, budget).await;
 
-        let plan = match build_plan(&PlanInput {
+        let mut plan = match build_plan(&PlanInput {
             namespace: input.namespace,
             pod: input.pod,
             mode: request.mode,
@@ -179,7 +232,15 @@ impl Engine {
             Ok(p) => p,
             Err(e) => return Verdict::Denied(Denial::new(e.code(), e.class(), e.to_string(), references)),
         };
+        if let Some(secret) = &mut plan.secret {
+            secret.restart_on_rotation = request.restart_on_rotation;
+        }
         let secret_name = plan.secret.as_ref().map(|s| s.name.as_str());
+        if let Some(name) = used_managed.iter().find(|n| Some(n.as_str()) != secret_name) {
+            let mut denial = foreign_secret(name, secret_name);
+            denial.references = references;
+            return Verdict::Denied(denial);
+        }
         let patch = match build_patch(input.pod, &plan, input.base, &self.marker_key, secret_name) {
             Ok(p) => p,
             Err(e) => return Verdict::Denied(Denial::new(422, "conflict", e.0, references)),
@@ -195,5 +256,174 @@ impl Engine {
     }
 }
 
+/// A Pod may not mount or reference a managed Secret other than its own:
+/// that Secret holds values granted to other Pods' annotations.
+fn foreign_secret(name: &str, own: Option<&str>) -> Denial {
+    let allowed = match own {
+        Some(own) => format!("only {own}, which its own annotations produce, may be used"),
+        None => "its annotations produce none".to_owned(),
+    };
+    Denial::new(
+        403,
+        "policy",
+        format!("the Pod refers to Secret \"{name}\", which Sesame manages for other Pods; {allowed}"),
+        Vec::new(),
+    )
+}
+
 /// Shares an engine between the server and a config reloader.
 pub type SharedEngine = Arc<arc_swap::ArcSwap<Engine>>;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::inject::annotations::SecretRef as Ref;
+    use crate::stores::{CachedStore, SecretData, SecretValue, Store, StoreError};
+    use crate::telemetry::Metrics;
+
+    /// A namespaced in-memory store that records the paths it was asked for.
+    struct Namespaced(std::sync::Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl Store for Namespaced {
+        fn provider(&self) -> &'static str {
+            "test"
+        }
+        fn namespaced(&self) -> bool {
+            true
+        }
+        async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
+            locators
+                .iter()
+                .map(|l| {
+                    self.0.lock().unwrap().push(l.path.clone());
+                    Ok(SecretData::Properties(
+                        [("password".to_owned(), SecretValue::from("pw"))].into(),
+                    ))
+                })
+                .collect()
+        }
+    }
+
+    fn engine(store: Arc<Namespaced>) -> Engine {
+        let config = Config::from_yaml(
+            "stores:\n  - {name: k8s, kubernetes: {}}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [k8s], paths: ['{namespace}/*']}\n    - {name: ci, namespaces: ['*'], serviceAccounts: [ci], stores: [k8s], paths: ['shared/*']}\n",
+            "t",
+        )
+        .unwrap();
+        let mut stores = Stores::default();
+        let metrics = Arc::new(Metrics::new());
+        stores.insert(
+            "k8s",
+            Arc::new(CachedStore::new(
+                "k8s".into(),
+                store,
+                Duration::ZERO,
+                Duration::ZERO,
+                metrics,
+            )),
+        );
+        Engine::new(&config, stores).unwrap()
+    }
+
+    fn pod(annotations: &[(&str, &str)], extra_spec: serde_json::Value) -> PodView {
+        let mut spec = serde_json::json!({"containers": [{"name": "app"}]});
+        if let (Some(s), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
+            s.extend(extra.clone());
+        }
+        let annotations: BTreeMap<&str, &str> = annotations.iter().copied().collect();
+        serde_json::from_value(serde_json::json!({"metadata": {"annotations": annotations}, "spec": spec}))
+            .unwrap()
+    }
+
+    async fn run(engine: &Engine, pod: &PodView) -> Verdict {
+        engine
+            .evaluate(&PodInput {
+                namespace: "team-a",
+                pod,
+                base: "",
+                budget: None,
+                namespace_labels: None,
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn namespaced_store_paths_are_qualified_before_policy_and_fetch() {
+        let store = Arc::new(Namespaced(Default::default()));
+        let e = engine(store.clone());
+        let p = pod(
+            &[
+                ("sesame.dev/env.PW", "k8s:db#password"),
+                ("sesame.dev/restart-on-rotation", "true"),
+            ],
+            serde_json::json!({}),
+        );
+        let Verdict::Mutated(m) = run(&e, &p).await else {
+            panic!("not mutated")
+        };
+        assert_eq!(*store.0.lock().unwrap(), ["team-a/db"]);
+        let secret = m.secret.unwrap();
+        assert_eq!(secret.references[0].path, "team-a/db");
+        assert!(secret.restart_on_rotation);
+        assert_eq!(m.grants[0].rule, "own");
+
+        // Another namespace needs a rule naming it, and that rule is for the `ci` account only.
+        let other = pod(
+            &[("sesame.dev/env.PW", "k8s:shared/db#password")],
+            serde_json::json!({}),
+        );
+        let Verdict::Denied(d) = run(&e, &other).await else {
+            panic!("allowed")
+        };
+        assert_eq!(d.class, "policy");
+        let mut ci = other.clone();
+        ci.spec.service_account_name = Some("ci".into());
+        assert!(matches!(run(&e, &ci).await, Verdict::Mutated(_)));
+    }
+
+    #[tokio::test]
+    async fn a_pod_may_only_use_its_own_managed_secret() {
+        let e = engine(Arc::new(Namespaced(Default::default())));
+        let own_name = crate::inject::plan::secret_name(
+            "team-a",
+            &[Ref {
+                store: "k8s".into(),
+                path: "team-a/db".into(),
+                property: Some("password".into()),
+                version: None,
+            }],
+        );
+        let mount =
+            |name: &str| serde_json::json!({"volumes": [{"name": "x", "secret": {"secretName": name}}]});
+
+        // No annotations, but mounts someone else's managed Secret.
+        let bare = pod(&[], mount("sesame-0123456789abcdef"));
+        assert!(e.concerns(&bare));
+        let Verdict::Denied(d) = run(&e, &bare).await else {
+            panic!("allowed")
+        };
+        assert_eq!(d.code, 403);
+        assert!(d.message.contains("sesame-0123456789abcdef"), "{}", d.message);
+
+        // Annotated, but also mounts a Secret its annotations do not produce.
+        let sneaky = pod(
+            &[("sesame.dev/env.PW", "k8s:db#password")],
+            mount("sesame-0123456789abcdef"),
+        );
+        let Verdict::Denied(d) = run(&e, &sneaky).await else {
+            panic!("allowed")
+        };
+        assert!(d.message.contains(&own_name), "{}", d.message);
+
+        // Its own Secret (a reinvoked webhook sees it already referenced) is fine.
+        let own = pod(&[("sesame.dev/env.PW", "k8s:db#password")], mount(&own_name));
+        assert!(matches!(run(&e, &own).await, Verdict::Mutated(_)));
+        // Unrelated Secrets are none of Sesame's business.
+        assert!(!e.concerns(&pod(&[], mount("app-secret"))));
+    }
+}

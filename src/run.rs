@@ -63,7 +63,16 @@ fn gen_certs(args: &GenCertsArgs) -> anyhow::Result<ExitCode> {
 
 /// Builds the engine (stores and policy) from a loaded configuration.
 pub async fn build_engine(loaded: &LoadedConfig, metrics: &Arc<Metrics>) -> anyhow::Result<Engine> {
-    let stores = Stores::from_config(&loaded.config.stores, &loaded.base_dir, metrics).await?;
+    build_engine_with(loaded, metrics, None).await
+}
+
+/// Builds the engine with the Kubernetes client (for the `kubernetes` store).
+pub async fn build_engine_with(
+    loaded: &LoadedConfig,
+    metrics: &Arc<Metrics>,
+    kube: Option<&::kube::Client>,
+) -> anyhow::Result<Engine> {
+    let stores = Stores::from_config(&loaded.config.stores, &loaded.base_dir, metrics, kube).await?;
     Engine::new(&loaded.config, stores).map_err(|e| anyhow::anyhow!("{}: policy: {e}", loaded.origin))
 }
 
@@ -76,6 +85,8 @@ pub struct ServerHandle {
     pub engine: SharedEngine,
     /// Present when the server generated its own certificate: the caBundle PEM.
     pub generated_ca_pem: Option<String>,
+    /// `kubernetes` or `dry-run`: how managed Secrets are written.
+    pub writer_kind: &'static str,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -95,13 +106,21 @@ impl ServerHandle {
 }
 
 /// Loads configuration and certificates, binds both ports and starts serving.
-/// `writer` overrides the Secret writer (the default is dry-run until the
-/// Kubernetes writer is configured).
+/// `writer` overrides the Secret writer; without it, the Kubernetes writer is
+/// used when an API is configured (`--kube`), else the dry-run writer.
 pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> anyhow::Result<ServerHandle> {
     let metrics = Arc::new(Metrics::new());
     let config_path = args.config.resolve();
     let loaded = Config::load(config_path.as_deref())?;
-    let engine: SharedEngine = Arc::new(ArcSwap::from_pointee(build_engine(&loaded, &metrics).await?));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let kube = if writer.is_some() {
+        None
+    } else {
+        crate::kube::client::connect(args.kube.mode, args.kube.kubeconfig.as_deref()).await?
+    };
+    let engine: SharedEngine = Arc::new(ArcSwap::from_pointee(
+        build_engine_with(&loaded, &metrics, kube.as_ref()).await?,
+    ));
     tracing::info!(config = %loaded.origin, stores = loaded.config.stores.len(), rules = loaded.config.policy.rules.len(), "configuration loaded");
 
     // Certificates are checked before anything binds.
@@ -129,11 +148,31 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
     };
     let tls_config = Arc::new(server::tls::server_config(resolver)?);
 
-    let writer = writer.unwrap_or_else(|| {
-        tracing::info!("no Kubernetes API configured: managed Secrets are not written (dry-run writer)");
-        Arc::new(DryRunWriter)
-    });
-    let admission = Arc::new(Admission::new(engine.clone(), writer, metrics.clone()));
+    let mut admission = Admission::new(engine.clone(), Arc::new(DryRunWriter), metrics.clone());
+    let mut kube_task = None;
+    match (writer, &kube) {
+        (Some(w), _) => admission = admission.with_writer(w),
+        (None, Some(client)) => {
+            let (with_kube, task) = crate::kube::start(
+                client,
+                admission,
+                &loaded.config,
+                &args.kube,
+                engine.clone(),
+                metrics.clone(),
+                shutdown_rx.clone(),
+            )
+            .await;
+            admission = with_kube;
+            kube_task = Some(task);
+        }
+        (None, None) => {
+            tracing::info!("no Kubernetes API configured: managed Secrets are not written (dry-run writer)")
+        }
+    }
+    let writer_kind = admission.writer_kind();
+    tracing::info!(writer = writer_kind, "managed Secret writer");
+    let admission = Arc::new(admission);
     let limits = Limits {
         max_body_bytes: args.max_body_bytes,
         drain_timeout: args.drain_timeout,
@@ -146,9 +185,8 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
     let webhook_addr = webhook_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let readiness = Arc::new(Readiness::default());
-    let (shutdown, shutdown_rx) = watch::channel(false);
 
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(server::serve(
             webhook_listener,
             Some(tls_config),
@@ -167,6 +205,7 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
             shutdown_rx.clone(),
         )),
     ];
+    tasks.extend(kube_task);
     tracing::info!(%webhook_addr, %admin_addr, "serving");
 
     spawn_readiness(
@@ -181,6 +220,7 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
             loaded.config,
             engine.clone(),
             metrics.clone(),
+            kube,
             args.reload_interval,
             shutdown_rx,
         );
@@ -192,6 +232,7 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
         metrics,
         engine,
         generated_ca_pem,
+        writer_kind,
         shutdown,
         tasks,
     })
@@ -247,6 +288,7 @@ fn spawn_config_reloader(
     mut current: Config,
     engine: SharedEngine,
     metrics: Arc<Metrics>,
+    kube: Option<::kube::Client>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -267,7 +309,7 @@ fn spawn_config_reloader(
             if loaded.config == current {
                 continue;
             }
-            match build_engine(&loaded, &metrics).await {
+            match build_engine_with(&loaded, &metrics, kube.as_ref()).await {
                 Ok(new_engine) => {
                     engine.store(Arc::new(new_engine));
                     current = loaded.config;

@@ -230,7 +230,7 @@ async fn setup(lifetime: u64, auth: &str, extra: &str) -> Setup {
     .replace("{url}", &fake.url)
     .replace("{dir}", &dir.path().display().to_string());
     let config = Config::from_yaml(&yaml, "test").unwrap();
-    let store = build_store(&config.stores[0], dir.path()).await.unwrap();
+    let store = build_store(&config.stores[0], dir.path(), None).await.unwrap();
     Setup {
         fake,
         azure,
@@ -315,7 +315,7 @@ async fn workload_identity_takes_the_aks_environment_and_rereads_the_token_file(
         "test",
     )
     .unwrap();
-    let store = build_store(&config.stores[0], s0.dir.path()).await.unwrap();
+    let store = build_store(&config.stores[0], s0.dir.path(), None).await.unwrap();
     for var in [
         "AZURE_TENANT_ID",
         "AZURE_CLIENT_ID",

@@ -198,7 +198,7 @@ async fn setup(lifetime: u64, auth: &str) -> Setup {
         fake.url
     );
     let config = Config::from_yaml(&yaml, "test").unwrap();
-    let store = build_store(&config.stores[0], dir.path()).await.unwrap();
+    let store = build_store(&config.stores[0], dir.path(), None).await.unwrap();
     Setup {
         fake,
         infisical,

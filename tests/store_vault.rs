@@ -639,9 +639,10 @@ async fn configured_from_yaml_and_resolved_through_stores() {
         bao.address, bao.address
     );
     let config = sesame::config::Config::from_yaml(&yaml, "test.yaml").unwrap();
-    let stores = sesame::stores::Stores::from_config(&config.stores, dir.path(), &Arc::new(Metrics::new()))
-        .await
-        .unwrap();
+    let stores =
+        sesame::stores::Stores::from_config(&config.stores, dir.path(), &Arc::new(Metrics::new()), None)
+            .await
+            .unwrap();
     assert!(stores.check_all(Duration::from_secs(2)).await.is_empty());
     let request = |store: &str, path: &str, version: Option<&str>| sesame::stores::StoreRequest {
         store: store.into(),

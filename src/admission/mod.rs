@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 
 use crate::inject::PodView;
-use crate::kube::{DryRunWriter, SecretWriter, WriteOutcome};
+use crate::kube::{DryRunWriter, NamespaceLabels, SecretWriter, WriteOutcome};
 use crate::pipeline::{Engine, PodInput, SharedEngine, Verdict};
 use crate::telemetry::Metrics;
 use review::{ResponseOut, ReviewIn, ReviewOut, StatusOut, API_VERSION, KIND};
@@ -33,6 +33,7 @@ pub struct Admission {
     engine: SharedEngine,
     writer: Arc<dyn SecretWriter>,
     metrics: Arc<Metrics>,
+    namespaces: Option<Arc<dyn NamespaceLabels>>,
 }
 
 impl Admission {
@@ -41,7 +42,25 @@ impl Admission {
             engine,
             writer,
             metrics,
+            namespaces: None,
         }
+    }
+
+    /// Replaces the Secret writer.
+    pub fn with_writer(mut self, writer: Arc<dyn SecretWriter>) -> Self {
+        self.writer = writer;
+        self
+    }
+
+    /// Gives the policy namespace labels (for `namespaceSelector` rules).
+    pub fn with_namespaces(mut self, namespaces: Arc<dyn NamespaceLabels>) -> Self {
+        self.namespaces = Some(namespaces);
+        self
+    }
+
+    /// `kubernetes` or `dry-run`.
+    pub fn writer_kind(&self) -> &'static str {
+        self.writer.kind()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -101,7 +120,7 @@ impl Admission {
                 return (deny(&request.uid, 400, message), "denied_malformed");
             }
         };
-        if !engine.wants(&pod) {
+        if !engine.concerns(&pod) {
             return (allow(), "allowed");
         }
         let namespace = request.namespace.as_deref().unwrap_or("");
@@ -119,11 +138,13 @@ impl Admission {
             t.saturating_sub(Duration::from_millis(1500))
                 .max(Duration::from_millis(100))
         });
+        let labels = self.namespaces.as_ref().and_then(|n| n.labels(namespace));
         let input = PodInput {
             namespace,
             pod: &pod,
             base: "",
             budget,
+            namespace_labels: labels.as_ref(),
         };
         let verdict = engine.evaluate(&input).await;
         match verdict {
@@ -160,7 +181,10 @@ impl Admission {
                         Err(e) => {
                             self.metrics.secret_write("failed");
                             tracing::warn!(allowed = false, class = "secret_write", reason = %e, "admission decision");
-                            return (deny(&request.uid, 503, e.to_string()), "denied_secret_write");
+                            let message = format!(
+                                "{e}; the Pod is not admitted, since it would refer to a Secret that may not exist"
+                            );
+                            return (deny(&request.uid, 503, message), "denied_secret_write");
                         }
                     }
                 }

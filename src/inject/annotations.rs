@@ -18,6 +18,9 @@ use crate::policy::validate_secret_path;
 /// Annotation Sesame writes on Pods it mutated; its value names the managed
 /// Secret (or `inline`). Admission policies and the garbage collector read it.
 pub const INJECTED_SUFFIX: &str = "injected";
+/// Pod-wide opt-in: restart the owning workload when a value rotates
+/// (env vars cannot change in a running Pod). Recorded on the managed Secret.
+pub const RESTART_ON_ROTATION_SUFFIX: &str = "restart-on-rotation";
 /// Pod-wide mode annotation.
 pub const MODE_SUFFIX: &str = "mode";
 /// Structured form annotation.
@@ -99,6 +102,8 @@ pub enum Mode {
 pub struct PodRequest {
     pub injections: Vec<Injection>,
     pub mode: Mode,
+    /// `<prefix>/restart-on-rotation: "true"`.
+    pub restart_on_rotation: bool,
 }
 
 /// A malformed annotation. The message names the annotation and the problem,
@@ -124,7 +129,7 @@ pub fn has_requests<'a>(prefix: &str, mut keys: impl Iterator<Item = &'a String>
     keys.any(|k| {
         k.strip_prefix(prefix)
             .and_then(|rest| rest.strip_prefix('/'))
-            .is_some_and(|name| name != INJECTED_SUFFIX)
+            .is_some_and(|name| name != INJECTED_SUFFIX && name != RESTART_ON_ROTATION_SUFFIX)
     })
 }
 
@@ -149,6 +154,8 @@ pub fn parse(prefix: &str, annotations: &BTreeMap<String, String>) -> Result<Pod
                     ))
                 }
             };
+        } else if name == RESTART_ON_ROTATION_SUFFIX {
+            request.restart_on_rotation = parse_bool(key, "the value", Some(value.trim()))?;
         } else if name == SECRETS_SUFFIX {
             request.injections.extend(parse_structured(key, value)?);
         } else if let Some((kind, id)) = name.split_once('.') {
@@ -163,7 +170,7 @@ pub fn parse(prefix: &str, annotations: &BTreeMap<String, String>) -> Result<Pod
 fn unknown(key: &str) -> GrammarError {
     err(
         key,
-        "unknown Sesame annotation; use env.<NAME>, env-from.<id>, file.<id>, dir.<id>, secrets or mode",
+        "unknown Sesame annotation; use env.<NAME>, env-from.<id>, file.<id>, dir.<id>, secrets, mode or restart-on-rotation",
     )
 }
 
@@ -725,5 +732,21 @@ mod tests {
         let r = parse("secrets.example.com", &a).unwrap();
         assert_eq!(r.injections.len(), 1);
         assert_eq!(r.injections[0].target, Target::Env { name: "X".into() });
+    }
+
+    #[test]
+    fn restart_on_rotation_is_a_pod_wide_flag_not_a_request() {
+        let only = annotations(&[("sesame.dev/restart-on-rotation", "true")]);
+        assert!(!has_requests("sesame.dev", only.keys()));
+        let a = annotations(&[
+            ("sesame.dev/env.X", "dev:a"),
+            ("sesame.dev/restart-on-rotation", "true"),
+        ]);
+        let r = parse("sesame.dev", &a).unwrap();
+        assert!(r.restart_on_rotation);
+        assert_eq!(r.injections.len(), 1);
+        let bad = annotations(&[("sesame.dev/restart-on-rotation", "yes")]);
+        let e = parse("sesame.dev", &bad).unwrap_err();
+        assert_eq!(e.annotation, "sesame.dev/restart-on-rotation");
     }
 }

@@ -63,6 +63,11 @@ pub struct ManagedSecret {
     pub data: BTreeMap<String, SecretValue>,
     /// The references behind the data (no values), recorded on the Secret.
     pub references: Vec<SecretRef>,
+    /// Which reference (with its concrete property) each key holds, so that
+    /// rotation can re-resolve a Secret from its annotations alone.
+    pub sources: BTreeMap<String, SecretRef>,
+    /// The Pod asked for a rolling restart of its workload when a value rotates.
+    pub restart_on_rotation: bool,
     /// Hash of keys and values, to tell whether a stored copy is current.
     pub content_hash: String,
     /// The Pod's controller, so that the garbage collector deletes the Secret with it.
@@ -214,6 +219,7 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
     let key_of = |r: &SecretRef| keys.get(r).cloned().unwrap_or_default();
 
     let mut data: BTreeMap<String, SecretValue> = BTreeMap::new();
+    let mut sources: BTreeMap<String, SecretRef> = BTreeMap::new();
     let mut env: Vec<PlannedEnv> = Vec::new();
     let mut seen_env: BTreeMap<(ContainerRef, String), String> = BTreeMap::new();
     // (mount dir, containers) -> items
@@ -234,6 +240,7 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
                     } else {
                         let key = key_of(&placed.identity);
                         data.insert(key.clone(), placed.value.clone());
+                        sources.insert(key.clone(), placed.identity.clone());
                         EnvSource::SecretKey(key)
                     };
                     for c in containers {
@@ -270,6 +277,7 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
                 for (file_name, placed) in values {
                     let key = key_of(&placed.identity);
                     data.insert(key.clone(), placed.value.clone());
+                    sources.insert(key.clone(), placed.identity.clone());
                     if items.iter().any(|i| &i.path == file_name) {
                         return Err(PlanError::Conflict {
                             message: format!(
@@ -330,6 +338,8 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
             content_hash: content_hash(&data),
             data,
             references,
+            sources,
+            restart_on_rotation: false,
             owners: input.pod.controller().cloned().into_iter().collect(),
         })
     };

@@ -1,9 +1,10 @@
 //! The parts of a Pod that injection reads. Deserialising only these (and
 //! skipping the rest) keeps the no-annotation path cheap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
+use serde_json::Value;
 
 /// A Pod, or the `template` of a workload, as far as Sesame looks at it.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -95,5 +96,79 @@ impl PodView {
 
     pub fn init_containers(&self) -> &[ContainerView] {
         self.spec.init_containers.as_deref().unwrap_or(&[])
+    }
+
+    /// Every Secret name starting with `prefix` that the Pod itself refers
+    /// to: env `valueFrom.secretKeyRef`, `envFrom.secretRef`, `secret`
+    /// volumes and `projected` volume sources.
+    pub fn secret_names_with_prefix(&self, prefix: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut add = |v: Option<&Value>| {
+            if let Some(name) = v.and_then(Value::as_str).filter(|n| n.starts_with(prefix)) {
+                out.insert(name.to_owned());
+            }
+        };
+        for c in self.spec.containers.iter().chain(self.init_containers()) {
+            for e in c.env.iter().flatten() {
+                add(e.pointer("/valueFrom/secretKeyRef/name"));
+            }
+            for e in c.env_from.iter().flatten() {
+                add(e.pointer("/secretRef/name"));
+            }
+        }
+        for v in self.spec.volumes.iter().flatten() {
+            add(v.pointer("/secret/secretName"));
+            let sources = v.pointer("/projected/sources").and_then(Value::as_array);
+            for source in sources.into_iter().flatten() {
+                add(source.pointer("/secret/name"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_managed_secret_names_everywhere_a_pod_can_use_a_secret() {
+        let pod: PodView = serde_json::from_value(serde_json::json!({
+            "spec": {
+                "containers": [{
+                    "name": "app",
+                    "env": [
+                        {"name": "A", "valueFrom": {"secretKeyRef": {"name": "sesame-env", "key": "k"}}},
+                        {"name": "B", "valueFrom": {"secretKeyRef": {"name": "app-own", "key": "k"}}},
+                        {"name": "C", "value": "sesame-literal"}
+                    ],
+                    "envFrom": [{"secretRef": {"name": "sesame-envfrom"}}]
+                }],
+                "initContainers": [{
+                    "name": "init",
+                    "env": [{"name": "D", "valueFrom": {"secretKeyRef": {"name": "sesame-init", "key": "k"}}}]
+                }],
+                "volumes": [
+                    {"name": "sesame-vol", "emptyDir": {}},
+                    {"name": "v1", "secret": {"secretName": "sesame-volume"}},
+                    {"name": "v2", "projected": {"sources": [
+                        {"configMap": {"name": "sesame-cm"}},
+                        {"secret": {"name": "sesame-projected"}}
+                    ]}}
+                ]
+            }
+        }))
+        .unwrap();
+        let names: Vec<String> = pod.secret_names_with_prefix("sesame-").into_iter().collect();
+        assert_eq!(
+            names,
+            [
+                "sesame-env",
+                "sesame-envfrom",
+                "sesame-init",
+                "sesame-projected",
+                "sesame-volume"
+            ]
+        );
     }
 }

@@ -1,10 +1,120 @@
-//! The Kubernetes API side. For now: the `SecretWriter` seam and its dry-run
-//! implementation, used for `dryRun: true` requests and whenever no API is
-//! configured.
+//! The Kubernetes API side: the `SecretWriter` seam with its dry-run and
+//! API implementations, the client, watch-backed caches of managed Secrets
+//! and Namespaces, and (leader-elected) garbage collection and rotation.
+
+pub mod client;
+pub mod gc;
+pub mod leader;
+pub mod lease;
+pub mod metrics;
+pub mod namespaces;
+pub mod reflect;
+pub mod rotation;
+pub mod secret;
+pub mod writer;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
+use crate::admission::Admission;
+use crate::cli::KubeArgs;
+use crate::config::Config;
 use crate::inject::ManagedSecret;
+use crate::pipeline::SharedEngine;
+use crate::telemetry::Metrics;
+
+/// How long start-up waits for the caches' first list.
+const CACHE_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a Lease stays valid without renewal (client-go's default).
+const LEASE_DURATION: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The namespace Sesame runs in, from the service-account mount; `default`
+/// outside a cluster.
+fn own_namespace() -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+/// Labels of a namespace, for `namespaceSelector` policy rules.
+pub trait NamespaceLabels: Send + Sync + 'static {
+    /// `None` when the namespace is not known (yet).
+    fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
+}
+
+/// Starts the Kubernetes side of `serve`: the managed-Secret writer with its
+/// cache, the Namespace cache, and the leader-elected background loops.
+/// Waits (briefly) for the first list of both caches, so that the first
+/// reviews see current Secrets and namespace labels. Everything stops when
+/// `shutdown` turns true; the returned task ends once the leader Lease is
+/// released.
+pub async fn start(
+    client: &::kube::Client,
+    admission: Admission,
+    config: &Config,
+    args: &KubeArgs,
+    engine: SharedEngine,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> (Admission, tokio::task::JoinHandle<()>) {
+    let writer = writer::KubeSecretWriter::start(client.clone(), &config.annotation_prefix, shutdown.clone());
+    let namespaces = namespaces::NamespaceCache::start(client.clone(), shutdown.clone());
+    let synced = tokio::time::timeout(CACHE_SYNC_TIMEOUT, async {
+        let _ = writer.cache().wait_until_ready().await;
+        namespaces.wait_until_ready().await;
+    })
+    .await;
+    match synced {
+        Ok(()) => tracing::info!("managed Secret and Namespace caches synced"),
+        Err(_) => tracing::warn!(
+            "caches not synced within {}s; serving anyway: Secrets are read before writing, and namespaceSelector rules match nothing until Namespaces are known",
+            CACHE_SYNC_TIMEOUT.as_secs()
+        ),
+    }
+    let kube_metrics = Arc::new(metrics::KubeMetrics::register(&metrics));
+    let lease_namespace = args.lease_namespace.clone().unwrap_or_else(own_namespace);
+    let identity = leader::identity();
+    tracing::info!(lease = %format!("{lease_namespace}/{}", args.lease_name), %identity, "leader election for garbage collection and rotation");
+    let elector = lease::LeaseElector::new(
+        client.clone(),
+        &lease_namespace,
+        &args.lease_name,
+        &identity,
+        LEASE_DURATION,
+    );
+    let gc = gc::GarbageCollector {
+        client: client.clone(),
+        cache: writer.cache().clone(),
+        grace: args.gc_grace,
+        page_size: 500,
+        metrics: kube_metrics.clone(),
+    };
+    let rotator = rotation::Rotator {
+        client: client.clone(),
+        cache: writer.cache().clone(),
+        engine: engine.clone(),
+        metrics: kube_metrics.clone(),
+    };
+    let leader = leader::spawn(
+        elector,
+        gc,
+        rotator,
+        engine,
+        kube_metrics,
+        leader::Schedule::new(LEASE_DURATION, args.gc_interval),
+        shutdown,
+    );
+    let admission = admission
+        .with_writer(Arc::new(writer))
+        .with_namespaces(Arc::new(namespaces));
+    (admission, leader)
+}
 
 /// What became of a managed Secret.
 #[derive(Debug, Clone, PartialEq, Eq)]

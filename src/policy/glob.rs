@@ -86,6 +86,15 @@ impl PathPattern {
         self.source.replace("{namespace}", namespace)
     }
 
+    /// The first segment when it is a plain name: no wildcard, no
+    /// `{namespace}`. Cross-namespace grants need one.
+    pub fn first_literal(&self) -> Option<&str> {
+        match self.segments.first() {
+            Some(Segment::Glob(g)) if !g.contains(['*', '?', '{']) => Some(g),
+            _ => None,
+        }
+    }
+
     /// Matches a validated path (see `validate_secret_path`).
     pub fn matches(&self, path: &str, namespace: &str) -> bool {
         let parts: Vec<&str> = path.split('/').collect();

@@ -1,11 +1,39 @@
-//! Namespace isolation: which namespace may read which paths of which store.
-//! Pure functions over the configuration; default deny.
+//! Namespace isolation: which namespace (by name or labels) and service
+//! account may read which paths of which store. Pure functions over the
+//! configuration and what the caller knows of the Pod; default deny.
 
 mod glob;
+mod selector;
+
+use std::collections::BTreeMap;
 
 pub use glob::{glob_is_valid, glob_match, PathPattern};
+pub use selector::selector_matches;
 
-use crate::config::PolicyConfig;
+use crate::config::{LabelSelector, PolicyConfig};
+
+/// Who asks: the Pod's namespace, that namespace's labels when known (from
+/// the Namespace cache) and the Pod's service account.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub namespace: &'a str,
+    /// `None` when no Namespace cache is available (no cluster) or the
+    /// namespace is not in it yet: rules with a `namespaceSelector` then
+    /// match nothing.
+    pub namespace_labels: Option<&'a BTreeMap<String, String>>,
+    pub service_account: Option<&'a str>,
+}
+
+impl<'a> Subject<'a> {
+    /// A subject known by namespace name only.
+    pub fn namespace(namespace: &'a str) -> Self {
+        Self {
+            namespace,
+            namespace_labels: None,
+            service_account: None,
+        }
+    }
+}
 
 /// The compiled policy.
 #[derive(Debug, Clone)]
@@ -18,14 +46,26 @@ pub struct NamespacePolicy {
 struct Rule {
     name: String,
     namespaces: Vec<String>,
+    namespace_selector: Option<LabelSelector>,
+    service_accounts: Vec<String>,
     stores: Vec<String>,
     paths: Vec<PathPattern>,
 }
 
 impl Rule {
-    fn covers(&self, namespace: &str, store: &str) -> bool {
-        self.stores.iter().any(|s| s == "*" || s == store)
-            && self.namespaces.iter().any(|g| glob_match(g, namespace))
+    fn covers(&self, subject: &Subject<'_>, store: &str) -> bool {
+        let names =
+            self.namespaces.is_empty() || self.namespaces.iter().any(|g| glob_match(g, subject.namespace));
+        let labels = match (&self.namespace_selector, subject.namespace_labels) {
+            (None, _) => true,
+            (Some(sel), Some(labels)) => selector_matches(sel, labels),
+            (Some(_), None) => false,
+        };
+        let account = self.service_accounts.is_empty()
+            || subject
+                .service_account
+                .is_some_and(|sa| self.service_accounts.iter().any(|g| glob_match(g, sa)));
+        self.stores.iter().any(|s| s == "*" || s == store) && names && labels && account
     }
 }
 
@@ -34,8 +74,15 @@ impl Rule {
 pub enum PolicyDenial {
     #[error("the path is not allowed: {0}")]
     BadPath(String),
-    #[error("no policy rule lets namespace \"{namespace}\" read store \"{store}\"")]
-    NoRuleForStore { namespace: String, store: String },
+    #[error("no policy rule lets namespace \"{namespace}\"{who} read store \"{store}\"{note}")]
+    NoRuleForStore {
+        namespace: String,
+        /// ` (service account "x")` or empty.
+        who: String,
+        store: String,
+        /// Why selector rules did not apply, or empty.
+        note: String,
+    },
     #[error("path \"{path}\" is outside what namespace \"{namespace}\" may read from store \"{store}\" ({allowed})")]
     PathNotAllowed {
         namespace: String,
@@ -54,6 +101,8 @@ impl NamespacePolicy {
                 Ok(Rule {
                     name: r.name.clone(),
                     namespaces: r.namespaces.clone(),
+                    namespace_selector: r.namespace_selector.clone(),
+                    service_accounts: r.service_accounts.clone(),
                     stores: r.stores.clone(),
                     paths: r
                         .paths
@@ -69,22 +118,56 @@ impl NamespacePolicy {
         })
     }
 
-    /// Returns the name of the rule that grants `namespace` read access to
+    /// Returns the name of the rule that grants `subject` read access to
     /// `path` in `store`, or why none does. The path is validated again here
     /// so that no caller can skip it.
-    pub fn authorize(&self, namespace: &str, store: &str, path: &str) -> Result<&str, PolicyDenial> {
+    pub fn authorize(&self, subject: &Subject<'_>, store: &str, path: &str) -> Result<&str, PolicyDenial> {
+        self.authorize_in(subject, store, path, false)
+    }
+
+    /// Like `authorize`, for a store whose paths start with a namespace
+    /// (`namespace/name`, the `kubernetes` store). A path in another
+    /// namespace than the subject's is granted only by a rule whose pattern
+    /// names that namespace literally: a glob such as `*/db` never opens
+    /// other namespaces.
+    pub fn authorize_in(
+        &self,
+        subject: &Subject<'_>,
+        store: &str,
+        path: &str,
+        namespaced_store: bool,
+    ) -> Result<&str, PolicyDenial> {
         validate_secret_path(path).map_err(PolicyDenial::BadPath)?;
+        let namespace = subject.namespace;
+        let target = path.split('/').next().unwrap_or("");
+        let cross_namespace = namespaced_store && target != namespace;
         let mut applicable = Vec::new();
-        for rule in self.rules.iter().filter(|r| r.covers(namespace, store)) {
-            if rule.paths.iter().any(|p| p.matches(path, namespace)) {
+        for rule in self.rules.iter().filter(|r| r.covers(subject, store)) {
+            if rule.paths.iter().any(|p| {
+                p.matches(path, namespace) && (!cross_namespace || p.first_literal() == Some(target))
+            }) {
                 return Ok(&rule.name);
             }
             applicable.push(rule);
         }
         if applicable.is_empty() {
+            let unknown_labels = subject.namespace_labels.is_none()
+                && self.rules.iter().any(|r| {
+                    r.namespace_selector.is_some() && r.stores.iter().any(|s| s == "*" || s == store)
+                });
             return Err(PolicyDenial::NoRuleForStore {
                 namespace: namespace.into(),
+                who: subject
+                    .service_account
+                    .map(|sa| format!(" (service account \"{sa}\")"))
+                    .unwrap_or_default(),
                 store: store.into(),
+                note: if unknown_labels {
+                    "; the namespace's labels are not known, so rules with a namespaceSelector do not apply"
+                        .into()
+                } else {
+                    String::new()
+                },
             });
         }
         let allowed = applicable
@@ -154,12 +237,16 @@ mod tests {
             rules: vec![
                 PolicyRule {
                     name: "own-subtree".into(),
+                    namespace_selector: None,
+                    service_accounts: vec![],
                     namespaces: vec!["team-*".into()],
                     stores: vec!["vault".into()],
                     paths: vec!["secret/{namespace}/**".into()],
                 },
                 PolicyRule {
                     name: "shared-ro".into(),
+                    namespace_selector: None,
+                    service_accounts: vec![],
                     namespaces: vec!["*".into()],
                     stores: vec!["*".into()],
                     paths: vec!["shared/*/public".into()],
@@ -176,15 +263,18 @@ mod tests {
     fn grants_own_subtree_by_rule_name() {
         let p = policy();
         assert_eq!(
-            p.authorize("team-a", "vault", "secret/team-a/db").unwrap(),
+            p.authorize(&Subject::namespace("team-a"), "vault", "secret/team-a/db")
+                .unwrap(),
             "own-subtree"
         );
         assert_eq!(
-            p.authorize("team-a", "vault", "secret/team-a/x/y/z").unwrap(),
+            p.authorize(&Subject::namespace("team-a"), "vault", "secret/team-a/x/y/z")
+                .unwrap(),
             "own-subtree"
         );
         assert_eq!(
-            p.authorize("team-a", "aws", "shared/x/public").unwrap(),
+            p.authorize(&Subject::namespace("team-a"), "aws", "shared/x/public")
+                .unwrap(),
             "shared-ro"
         );
     }
@@ -192,18 +282,20 @@ mod tests {
     #[test]
     fn denies_other_namespace_subtree_and_names_the_rule() {
         let p = policy();
-        let err = p.authorize("team-a", "vault", "secret/team-b/db").unwrap_err();
+        let err = p
+            .authorize(&Subject::namespace("team-a"), "vault", "secret/team-b/db")
+            .unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("own-subtree") && msg.contains("secret/team-a/**"),
             "{msg}"
         );
         assert!(matches!(
-            p.authorize("other", "vault", "secret/other/db"),
+            p.authorize(&Subject::namespace("other"), "vault", "secret/other/db"),
             Err(PolicyDenial::PathNotAllowed { .. })
         ));
         assert!(matches!(
-            p.authorize("other", "nostore", "x"),
+            p.authorize(&Subject::namespace("other"), "nostore", "x"),
             Err(PolicyDenial::PathNotAllowed { .. })
         ));
     }
@@ -212,7 +304,7 @@ mod tests {
     fn default_deny() {
         let p = NamespacePolicy::new(&PolicyConfig::default()).unwrap();
         assert!(matches!(
-            p.authorize("a", "b", "c"),
+            p.authorize(&Subject::namespace("a"), "b", "c"),
             Err(PolicyDenial::NoRuleForStore { .. })
         ));
         assert!(!p.inline_allowed("a"));
@@ -236,14 +328,16 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    p.authorize("team-a", "vault", path),
+                    p.authorize(&Subject::namespace("team-a"), "vault", path),
                     Err(PolicyDenial::BadPath(_))
                 ),
                 "{path:?} must be refused"
             );
         }
         // A single segment wildcard never spans segments.
-        assert!(p.authorize("team-a", "x", "shared/a/b/public").is_err());
+        assert!(p
+            .authorize(&Subject::namespace("team-a"), "x", "shared/a/b/public")
+            .is_err());
     }
 
     #[test]
@@ -252,5 +346,92 @@ mod tests {
         assert!(p.inline_allowed("dev"));
         assert!(p.inline_allowed("sandbox-1"));
         assert!(!p.inline_allowed("prod"));
+    }
+
+    fn rule(name: &str, namespaces: &[&str], stores: &[&str], paths: &[&str]) -> PolicyRule {
+        PolicyRule {
+            name: name.into(),
+            namespaces: namespaces.iter().map(|s| (*s).to_owned()).collect(),
+            namespace_selector: None,
+            service_accounts: vec![],
+            stores: stores.iter().map(|s| (*s).to_owned()).collect(),
+            paths: paths.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    fn with_rules(rules: Vec<PolicyRule>) -> NamespacePolicy {
+        NamespacePolicy::new(&PolicyConfig {
+            rules,
+            inline: InlinePolicy::default(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn namespace_selector_needs_known_labels() {
+        let mut r = rule("payments", &[], &["vault"], &["payments/**"]);
+        r.namespace_selector = Some(crate::config::LabelSelector {
+            match_labels: [("team".to_owned(), "payments".to_owned())].into(),
+            ..Default::default()
+        });
+        let p = with_rules(vec![r]);
+        let labels: BTreeMap<String, String> = [("team".to_owned(), "payments".to_owned())].into();
+        let other: BTreeMap<String, String> = [("team".to_owned(), "web".to_owned())].into();
+        let subject = |l| Subject {
+            namespace: "pay-1",
+            namespace_labels: l,
+            service_account: Some("default"),
+        };
+        assert_eq!(
+            p.authorize(&subject(Some(&labels)), "vault", "payments/db")
+                .unwrap(),
+            "payments"
+        );
+        assert!(p
+            .authorize(&subject(Some(&other)), "vault", "payments/db")
+            .is_err());
+        let unknown = p
+            .authorize(&subject(None), "vault", "payments/db")
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("labels are not known"), "{unknown}");
+    }
+
+    #[test]
+    fn service_accounts_narrow_a_rule() {
+        let mut r = rule("db-only", &["team-a"], &["vault"], &["secret/team-a/db"]);
+        r.service_accounts = vec!["db-*".into()];
+        let p = with_rules(vec![r]);
+        let as_sa = |sa| Subject {
+            namespace: "team-a",
+            namespace_labels: None,
+            service_account: sa,
+        };
+        assert!(p
+            .authorize(&as_sa(Some("db-migrator")), "vault", "secret/team-a/db")
+            .is_ok());
+        let err = p
+            .authorize(&as_sa(Some("web")), "vault", "secret/team-a/db")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("service account \"web\""), "{err}");
+        assert!(p.authorize(&as_sa(None), "vault", "secret/team-a/db").is_err());
+    }
+
+    #[test]
+    fn namespaced_store_crosses_namespaces_only_by_literal_name() {
+        let p = with_rules(vec![
+            rule("own", &["*"], &["k8s"], &["{namespace}/*"]),
+            rule("any-db", &["*"], &["k8s"], &["*/db"]),
+            rule("shared-ca", &["team-*"], &["k8s"], &["shared/ca"]),
+        ]);
+        let a = Subject::namespace("team-a");
+        assert_eq!(p.authorize_in(&a, "k8s", "team-a/db", true).unwrap(), "own");
+        // `*/db` would match, but a glob never grants another namespace.
+        assert!(p.authorize_in(&a, "k8s", "team-b/db", true).is_err());
+        assert_eq!(p.authorize_in(&a, "k8s", "shared/ca", true).unwrap(), "shared-ca");
+        assert!(p.authorize_in(&a, "k8s", "shared/other", true).is_err());
+        // The same rules for a store that is not namespaced are plain globs.
+        assert_eq!(p.authorize_in(&a, "k8s", "team-b/db", false).unwrap(), "any-db");
     }
 }

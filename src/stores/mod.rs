@@ -12,6 +12,7 @@ pub mod file;
 pub mod gcp;
 #[cfg(feature = "infisical")]
 pub mod infisical;
+pub mod kubernetes;
 #[cfg(any(feature = "gcp", feature = "azure", feature = "infisical"))]
 pub mod token;
 mod value;
@@ -111,6 +112,13 @@ pub trait Store: Send + Sync + 'static {
     /// Fetches each locator; the result vector is parallel to `locators`.
     async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>>;
 
+    /// Whether paths start with a namespace (`namespace/name`). The pipeline
+    /// then qualifies a bare `name` with the Pod's namespace before policy
+    /// and fetch, and the policy grants other namespaces only by name.
+    fn namespaced(&self) -> bool {
+        false
+    }
+
     /// Checks that the store is usable (credentials, reachability); the
     /// server is not ready until every store passes.
     async fn check(&self) -> Result<(), StoreError> {
@@ -118,8 +126,13 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// Builds a provider from its configuration.
-pub async fn build_store(config: &StoreConfig, base_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
+/// Builds a provider from its configuration. `kube` is the Kubernetes
+/// client, when there is one (for the `kubernetes` provider).
+pub async fn build_store(
+    config: &StoreConfig,
+    base_dir: &std::path::Path,
+    kube: Option<&::kube::Client>,
+) -> anyhow::Result<Arc<dyn Store>> {
     match config.provider()? {
         ProviderConfig::File(file) => Ok(Arc::new(file::FileStore::new(file, base_dir))),
         ProviderConfig::Vault(vault) => Ok(Arc::new(vault::VaultStore::new(vault, base_dir).await?)),
@@ -130,6 +143,7 @@ pub async fn build_store(config: &StoreConfig, base_dir: &std::path::Path) -> an
         ProviderConfig::Azure(c) => Ok(Arc::new(azure::AzureStore::new(c, base_dir)?)),
         #[cfg(feature = "infisical")]
         ProviderConfig::Infisical(c) => Ok(Arc::new(infisical::InfisicalStore::new(c, base_dir)?)),
+        ProviderConfig::Kubernetes(_) => Ok(kubernetes::build(kube)),
     }
 }
 
@@ -152,10 +166,11 @@ impl Stores {
         configs: &[StoreConfig],
         base_dir: &std::path::Path,
         metrics: &Arc<Metrics>,
+        kube: Option<&::kube::Client>,
     ) -> anyhow::Result<Self> {
         let mut stores = HashMap::new();
         for config in configs {
-            let store = build_store(config, base_dir).await?;
+            let store = build_store(config, base_dir, kube).await?;
             let cached = CachedStore::new(
                 config.name.clone(),
                 store,

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::Value;
-use sesame::cli::{ConfigArg, ServeArgs};
+use sesame::cli::{ConfigArg, KubeArgs, ServeArgs};
+use sesame::kube::client::KubeMode;
 use sesame::run::{start, ServerHandle};
 
 pub const SECRETS: &str = r#"
@@ -137,6 +138,11 @@ pub fn serve_args(dir: &Path) -> ServeArgs {
         max_body_bytes: 64 * 1024,
         drain_timeout: Duration::from_secs(5),
         client_timeout: Duration::from_millis(500),
+        // These tests run without a cluster, even where KUBECONFIG is set.
+        kube: KubeArgs {
+            mode: KubeMode::Off,
+            ..KubeArgs::default()
+        },
     }
 }
 

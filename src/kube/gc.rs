@@ -1,0 +1,227 @@
+//! Garbage collection of managed Secrets that no Pod uses any more (bare
+//! Pods, Pods another webhook denied after Sesame wrote their Secret).
+//! Owned Secrets also go with their owners through Kubernetes' own garbage
+//! collector; this catches the rest.
+//!
+//! It scales with the managed Secrets, not with the cluster: candidates come
+//! from the watch-backed Secret cache, and only namespaces that hold a
+//! candidate are listed, metadata only and page by page. A Pod names its
+//! Secret in the marker annotation Sesame puts on every Pod it mutates, so
+//! no Pod spec is read.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::kube::api::{DeleteParams, ListParams, Preconditions};
+use ::kube::core::PartialObjectMeta;
+use ::kube::runtime::reflector::Store;
+use ::kube::{Api, Client};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use tokio::sync::watch;
+
+use super::metrics::KubeMetrics;
+
+/// Whether a Secret is old enough to be collected (pure).
+pub fn past_grace(secret: &Secret, now: Timestamp, grace: Duration) -> bool {
+    let grace = SignedDuration::try_from(grace).unwrap_or(SignedDuration::MAX);
+    secret
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .is_some_and(|t| t.0.saturating_add(grace).unwrap_or(t.0) <= now)
+}
+
+/// Namespaces that hold at least one Secret past its grace period (pure):
+/// the only ones whose Pods need listing.
+pub fn namespaces_to_scan<'a>(
+    secrets: impl IntoIterator<Item = &'a Secret>,
+    now: Timestamp,
+    grace: Duration,
+) -> BTreeSet<String> {
+    secrets
+        .into_iter()
+        .filter(|s| past_grace(s, now, grace) && s.metadata.deletion_timestamp.is_none())
+        .filter_map(|s| s.metadata.namespace.clone())
+        .collect()
+}
+
+/// The Secrets of `namespace` to delete: past grace and named by no Pod's
+/// marker annotation (pure).
+pub fn select_garbage<'a>(
+    secrets: impl IntoIterator<Item = &'a Secret>,
+    namespace: &str,
+    referenced: &HashSet<String>,
+    now: Timestamp,
+    grace: Duration,
+) -> Vec<&'a Secret> {
+    secrets
+        .into_iter()
+        .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|s| s.metadata.deletion_timestamp.is_none() && past_grace(s, now, grace))
+        .filter(|s| s.metadata.name.as_ref().is_some_and(|n| !referenced.contains(n)))
+        .collect()
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    pub namespaces: usize,
+    pub pods_seen: usize,
+    pub deleted: Vec<String>,
+}
+
+/// Runs collection passes against the API.
+pub struct GarbageCollector {
+    pub client: Client,
+    pub cache: Store<Secret>,
+    pub grace: Duration,
+    /// Pods per list page.
+    pub page_size: u32,
+    pub metrics: Arc<KubeMetrics>,
+}
+
+impl GarbageCollector {
+    /// Secret names the Pods of `namespace` use, from their marker annotation.
+    async fn referenced(
+        &self,
+        namespace: &str,
+        marker_key: &str,
+    ) -> Result<(HashSet<String>, usize), ::kube::Error> {
+        let api: Api<PartialObjectMeta<Pod>> = Api::namespaced(self.client.clone(), namespace);
+        let mut names = HashSet::new();
+        let mut seen = 0;
+        let mut params = ListParams::default().limit(self.page_size);
+        loop {
+            let page = api.list(&params).await?;
+            seen += page.items.len();
+            for pod in &page.items {
+                if let Some(name) = pod.metadata.annotations.as_ref().and_then(|a| a.get(marker_key)) {
+                    names.insert(name.clone());
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => return Ok((names, seen)),
+            }
+        }
+    }
+
+    /// One pass. `leading` is checked before every delete so that a replica
+    /// that lost the Lease stops at once.
+    pub async fn run_once(
+        &self,
+        marker_key: &str,
+        leading: &watch::Receiver<bool>,
+    ) -> Result<GcReport, ::kube::Error> {
+        let now = Timestamp::now();
+        let secrets = self.cache.state();
+        let mut by_namespace: BTreeMap<String, Vec<&Secret>> = BTreeMap::new();
+        for s in &secrets {
+            if let Some(ns) = &s.metadata.namespace {
+                by_namespace.entry(ns.clone()).or_default().push(s);
+            }
+        }
+        let mut report = GcReport::default();
+        for namespace in namespaces_to_scan(secrets.iter().map(AsRef::as_ref), now, self.grace) {
+            let (referenced, seen) = self.referenced(&namespace, marker_key).await?;
+            report.namespaces += 1;
+            report.pods_seen += seen;
+            let candidates = by_namespace.get(&namespace).map(Vec::as_slice).unwrap_or(&[]);
+            for secret in select_garbage(
+                candidates.iter().copied(),
+                &namespace,
+                &referenced,
+                now,
+                self.grace,
+            ) {
+                if !*leading.borrow() {
+                    return Ok(report);
+                }
+                let name = secret.metadata.name.clone().unwrap_or_default();
+                // Preconditions: a Secret re-applied since the cache saw it is kept.
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: secret.metadata.uid.clone(),
+                        resource_version: secret.metadata.resource_version.clone(),
+                    }),
+                    ..Default::default()
+                };
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+                match api.delete(&name, &params).await {
+                    Ok(_) => {
+                        tracing::info!(namespace = %namespace, secret = %name, "deleted unreferenced managed Secret");
+                        self.metrics.gc_deleted();
+                        report.deleted.push(format!("{namespace}/{name}"));
+                    }
+                    Err(::kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn secret(ns: &str, name: &str, created: i64) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                creation_timestamp: Some(Time(at(created))),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_old_unreferenced_secrets_of_the_namespace_go() {
+        let grace = Duration::from_secs(600);
+        let secrets = [
+            secret("a", "sesame-old-used", 0),
+            secret("a", "sesame-old-unused", 0),
+            secret("a", "sesame-new-unused", 900),
+            secret("b", "sesame-other-ns", 0),
+        ];
+        let referenced: HashSet<String> = ["sesame-old-used".to_owned(), "inline".to_owned()].into();
+        let now = at(1000);
+        let gone: Vec<&str> = select_garbage(&secrets, "a", &referenced, now, grace)
+            .into_iter()
+            .filter_map(|s| s.metadata.name.as_deref())
+            .collect();
+        assert_eq!(gone, ["sesame-old-unused"]);
+    }
+
+    #[test]
+    fn only_namespaces_with_old_secrets_are_listed() {
+        let grace = Duration::from_secs(600);
+        let mut deleting = secret("c", "sesame-deleting", 0);
+        deleting.metadata.deletion_timestamp = Some(Time(at(1)));
+        let secrets = [
+            secret("a", "x", 0),
+            secret("a", "y", 0),
+            secret("b", "young", 950),
+            deleting,
+        ];
+        let scan = namespaces_to_scan(&secrets, at(1000), grace);
+        assert_eq!(scan.into_iter().collect::<Vec<_>>(), ["a"]);
+        // Exactly at the grace boundary counts as old enough.
+        assert!(past_grace(&secret("a", "x", 400), at(1000), grace));
+        assert!(!past_grace(&secret("a", "x", 401), at(1000), grace));
+        // No creation time (never stored): never collected.
+        let mut unknown = secret("a", "x", 0);
+        unknown.metadata.creation_timestamp = None;
+        assert!(!past_grace(&unknown, at(1000), grace));
+    }
+}

@@ -1,0 +1,142 @@
+//! The leader-only background work: one task keeps the Lease, another runs
+//! rotation and garbage collection while this replica holds it. Both stop
+//! at shutdown; the Lease is released so another replica takes over at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::gc::GarbageCollector;
+use super::lease::LeaseElector;
+use super::metrics::KubeMetrics;
+use super::rotation::Rotator;
+use crate::pipeline::SharedEngine;
+
+/// Timing of the background work.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// How often the Lease is renewed (a third of its duration).
+    pub renew_every: Duration,
+    /// How often rotation looks for due Secrets (cheap: reads the cache).
+    pub tick: Duration,
+    pub gc_interval: Duration,
+}
+
+impl Schedule {
+    pub fn new(lease_duration: Duration, gc_interval: Duration) -> Self {
+        Self {
+            renew_every: lease_duration / 3,
+            tick: gc_interval.min(Duration::from_secs(10)),
+            gc_interval,
+        }
+    }
+}
+
+/// A unique identity for this replica: the Pod name (or host name) and a
+/// random suffix, so that a restarted Pod is a new holder.
+pub fn identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "sesame".to_owned());
+    format!("{host}-{:08x}", fastrand::u32(..))
+}
+
+/// Starts both tasks. The returned task ends after the Lease was released
+/// at shutdown; waiting for it lets the next leader start at once.
+pub fn spawn(
+    elector: LeaseElector,
+    gc: GarbageCollector,
+    rotator: Rotator,
+    engine: SharedEngine,
+    metrics: Arc<KubeMetrics>,
+    schedule: Schedule,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let (leading_tx, leading_rx) = watch::channel(false);
+    tokio::spawn(work(gc, rotator, engine, leading_rx, schedule, shutdown.clone()));
+    tokio::spawn(keep_lease(elector, leading_tx, metrics, schedule, shutdown))
+}
+
+async fn keep_lease(
+    elector: LeaseElector,
+    leading: watch::Sender<bool>,
+    metrics: Arc<KubeMetrics>,
+    schedule: Schedule,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let now_leading =
+            match tokio::time::timeout(schedule.renew_every, elector.try_acquire_or_renew()).await {
+                Ok(Ok(l)) => l,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "leader election failed; not leading");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("leader election timed out; not leading");
+                    false
+                }
+            };
+        if now_leading != *leading.borrow() {
+            tracing::info!(
+                identity = elector.identity(),
+                leading = now_leading,
+                "leadership changed"
+            );
+        }
+        let _ = leading.send(now_leading);
+        metrics.set_leader(now_leading);
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(schedule.renew_every) => false,
+            _ = shutdown.wait_for(|s| *s) => true,
+        };
+        if stopping {
+            let _ = leading.send(false);
+            metrics.set_leader(false);
+            if now_leading {
+                elector.release().await;
+            }
+            return;
+        }
+    }
+}
+
+async fn work(
+    gc: GarbageCollector,
+    rotator: Rotator,
+    engine: SharedEngine,
+    mut leading: watch::Receiver<bool>,
+    schedule: Schedule,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut next_gc = Instant::now() + schedule.gc_interval;
+    loop {
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => if r.is_err() { return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let report = rotator.run_once(&leading).await;
+        if report.checked > 0 {
+            tracing::debug!(?report, "rotation pass");
+        }
+        if Instant::now() >= next_gc {
+            let marker = engine.load().marker_key().to_owned();
+            match gc.run_once(&marker, &leading).await {
+                Ok(r) => tracing::debug!(
+                    namespaces = r.namespaces,
+                    pods = r.pods_seen,
+                    deleted = r.deleted.len(),
+                    "garbage collection pass"
+                ),
+                Err(e) => tracing::warn!(error = %e, "garbage collection pass failed"),
+            }
+            next_gc = Instant::now() + schedule.gc_interval;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(schedule.tick) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}

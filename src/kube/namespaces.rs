@@ -1,0 +1,39 @@
+//! Namespace labels for the policy, from a metadata-only watch of
+//! Namespaces: no API call per review.
+
+use std::collections::BTreeMap;
+
+use ::kube::core::PartialObjectMeta;
+use ::kube::runtime::reflector::{ObjectRef, Store};
+use ::kube::runtime::watcher;
+use ::kube::{Api, Client};
+use k8s_openapi::api::core::v1::Namespace;
+use tokio::sync::watch;
+
+use super::NamespaceLabels;
+
+/// The watch-backed cache of Namespace metadata.
+#[derive(Clone)]
+pub struct NamespaceCache {
+    store: Store<PartialObjectMeta<Namespace>>,
+}
+
+impl NamespaceCache {
+    pub fn start(client: Client, shutdown: watch::Receiver<bool>) -> Self {
+        let api: Api<PartialObjectMeta<Namespace>> = Api::all(client);
+        let store = super::reflect::spawn(api, watcher::Config::default(), "namespaces", shutdown);
+        Self { store }
+    }
+
+    /// Waits until the first list has arrived (or the watch stopped).
+    pub async fn wait_until_ready(&self) {
+        let _ = self.store.wait_until_ready().await;
+    }
+}
+
+impl NamespaceLabels for NamespaceCache {
+    fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        let ns = self.store.get(&ObjectRef::new(namespace))?;
+        Some(ns.metadata.labels.clone().unwrap_or_default())
+    }
+}

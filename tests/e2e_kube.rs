@@ -1,0 +1,469 @@
+//! End to end against a real kube-apiserver: runs when
+//! `SESAME_E2E_KUBECONFIG` names a kubeconfig (see docs/e2e.md); otherwise
+//! prints one line and passes as skipped.
+//!
+//! The suite starts Sesame in-process on 127.0.0.1, registers a
+//! MutatingWebhookConfiguration (`clientConfig.url` + `caBundle`, limited to
+//! a fresh namespace; deleted at the end, also on failure), and checks with
+//! real Pods: the mutation, the managed Secret and its owners, dry-run,
+//! policy denials the client sees, garbage collection of a bare Pod's Secret
+//! and a rotation with its rolling restart. It needs no controllers or
+//! kubelet: ReplicaSets and Deployments are created as inert objects.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use futures::FutureExt;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use sesame::cli::{Cli, Command};
+use sesame::kube::client::{connect, KubeMode};
+
+const PREFIX: &str = "sesame.dev";
+
+struct Env {
+    client: Client,
+    ns: String,
+    dir: tempfile::TempDir,
+}
+
+fn obj<T: DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+async fn create<K>(api: &Api<K>, v: Value) -> K
+where
+    K: kube::Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    api.create(&PostParams::default(), &obj(v)).await.unwrap()
+}
+
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Serving certificate for 127.0.0.1 and its CA: the harness PKI beside the
+/// kubeconfig when present (run/pki/webhook.crt), else a generated pair.
+fn certificates(kubeconfig: &Path, dir: &Path) -> String {
+    let pki = kubeconfig.parent().unwrap_or(Path::new(".")).join("pki");
+    let cert_dir = dir.join("certs");
+    std::fs::create_dir_all(&cert_dir).unwrap();
+    let ca = if pki.join("webhook.crt").exists() {
+        std::fs::copy(pki.join("webhook.crt"), cert_dir.join("tls.crt")).unwrap();
+        std::fs::copy(pki.join("webhook.key"), cert_dir.join("tls.key")).unwrap();
+        std::fs::read_to_string(pki.join("ca.crt")).unwrap()
+    } else {
+        let certs = sesame::certs::generate(&["127.0.0.1".to_owned()], 1).unwrap();
+        sesame::certs::write(&cert_dir, &certs).unwrap();
+        certs.ca_cert_pem
+    };
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(ca)
+}
+
+fn secrets_file(ns: &str, password: &str) -> String {
+    format!(
+        "apps/{ns}/db:\n  password: {password}\n  user: app\napps/{ns}/tls:\n  tls.crt: CERT\napps/{ns}/bare: bare-value\nlabelled/shared: shared-token\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_against_a_real_api_server() {
+    let Some(kubeconfig) = std::env::var_os("SESAME_E2E_KUBECONFIG").map(PathBuf::from) else {
+        println!("skipped: set SESAME_E2E_KUBECONFIG to a kubeconfig to run the Kubernetes end-to-end suite (docs/e2e.md)");
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = connect(KubeMode::Required, Some(&kubeconfig))
+        .await
+        .unwrap()
+        .expect("a client");
+    let suffix = format!(
+        "{}-{:04x}",
+        k8s_openapi::jiff::Timestamp::now().as_second(),
+        fastrand::u16(..)
+    );
+    let ns = format!("sesame-e2e-{suffix}");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_bundle = certificates(&kubeconfig, dir.path());
+
+    // The namespace (labelled for the namespaceSelector rule) and its
+    // `default` ServiceAccount (no controller-manager creates it).
+    create(
+        &Api::<Namespace>::all(client.clone()),
+        json!({"metadata": {"name": ns, "labels": {"sesame-e2e": "labelled"}}}),
+    )
+    .await;
+    create(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+        json!({"metadata": {"name": "default"}}),
+    )
+    .await;
+
+    std::fs::write(
+        dir.path().join("secrets.yaml"),
+        secrets_file(&ns, "first-password"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("sesame.yaml"),
+        "stores:\n  - {name: dev, file: {path: secrets.yaml}, cacheTtl: 0s, refreshInterval: 10s}\n\
+         policy:\n  rules:\n\
+         \x20   - {name: own-subtree, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/**']}\n\
+         \x20   - name: labelled-shared\n      namespaceSelector: {matchLabels: {sesame-e2e: labelled}}\n      stores: [dev]\n      paths: ['labelled/*']\n",
+    )
+    .unwrap();
+    let args = match Cli::parse_from([
+        "sesame",
+        "serve",
+        "--config",
+        dir.path().join("sesame.yaml").to_str().unwrap(),
+        "--bind-address",
+        "127.0.0.1",
+        "--tls-port",
+        "0",
+        "--admin-port",
+        "0",
+        "--cert-dir",
+        dir.path().join("certs").to_str().unwrap(),
+        "--kube",
+        "required",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--lease-namespace",
+        &ns,
+        "--gc-grace",
+        "3s",
+        "--gc-interval",
+        "2s",
+    ])
+    .command
+    {
+        Command::Serve(a) => a,
+        _ => unreachable!(),
+    };
+    let handle = sesame::run::start(&args, None).await.unwrap();
+    assert_eq!(handle.writer_kind, "kubernetes");
+
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let webhook_name = format!("sesame-e2e-{suffix}");
+    create(
+        &webhooks,
+        json!({
+            "metadata": {"name": webhook_name},
+            "webhooks": [{
+                "name": "pods.sesame.dev",
+                "clientConfig": {"url": format!("https://127.0.0.1:{}/mutate", handle.webhook_addr.port()), "caBundle": ca_bundle},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "sideEffects": "NoneOnDryRun",
+                "admissionReviewVersions": ["v1"],
+                "failurePolicy": "Fail",
+                "reinvocationPolicy": "IfNeeded",
+                "timeoutSeconds": 10
+            }]
+        }),
+    )
+    .await;
+
+    let env = Env { client, ns, dir };
+    let outcome = std::panic::AssertUnwindSafe(scenarios(&env)).catch_unwind().await;
+
+    // Always clean up: a webhook left behind with failurePolicy Fail would
+    // block Pods in that namespace. The namespace itself cannot be deleted
+    // without a controller-manager; its name is unique.
+    let _ = webhooks.delete(&webhook_name, &DeleteParams::default()).await;
+    handle.shutdown();
+    handle.wait().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    // The leader gave its Lease up on shutdown, so a successor need not wait.
+    let lease = Api::<Lease>::namespaced(env.client.clone(), &env.ns)
+        .get("sesame-leader")
+        .await
+        .unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity, None);
+}
+
+fn pod(name: &str, annotations: Value, owner: Option<(&str, &str)>) -> Value {
+    let mut p = json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+    });
+    if let Some((rs, uid)) = owner {
+        p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": uid, "controller": true}]);
+    }
+    p
+}
+
+async fn scenarios(env: &Env) {
+    let ns = env.ns.as_str();
+    let pods = Api::<Pod>::namespaced(env.client.clone(), ns);
+    let secrets = Api::<Secret>::namespaced(env.client.clone(), ns);
+    let deployments = Api::<Deployment>::namespaced(env.client.clone(), ns);
+    let replicasets = Api::<ReplicaSet>::namespaced(env.client.clone(), ns);
+    let marker = format!("{PREFIX}/injected");
+
+    // Inert workload objects: a Deployment and two ReplicaSets of a rollout.
+    let template = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}});
+    let deployment = create(
+        &deployments,
+        json!({"metadata": {"name": "web"}, "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}}, "template": template}}),
+    )
+    .await;
+    let d_uid = deployment.metadata.uid.clone().unwrap();
+    let mut rs_uids = Vec::new();
+    for rs in ["web-1", "web-2"] {
+        let created = create(
+            &replicasets,
+            json!({
+                "metadata": {"name": rs, "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": d_uid, "controller": true}]},
+                "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}}, "template": template}
+            }),
+        )
+        .await;
+        rs_uids.push(created.metadata.uid.unwrap());
+    }
+
+    let annotations = json!({
+        format!("{PREFIX}/env.DB_PASSWORD"): "dev:apps/{ns}/db#password".replace("{ns}", ns),
+        format!("{PREFIX}/file.tls"): format!("dev:apps/{ns}/tls#tls.crt path=/etc/tls/tls.crt"),
+        format!("{PREFIX}/restart-on-rotation"): "true",
+    });
+
+    // The webhook configuration takes a moment to reach the API server's informer.
+    eventually("the webhook to mutate Pods", Duration::from_secs(20), || {
+        let pods = pods.clone();
+        let annotations = annotations.clone();
+        let uid = rs_uids[0].clone();
+        let marker = marker.clone();
+        async move {
+            let probe = pod("probe", annotations, Some(("web-1", &uid)));
+            let created: Pod = pods
+                .create(
+                    &PostParams {
+                        dry_run: true,
+                        ..Default::default()
+                    },
+                    &obj(probe),
+                )
+                .await
+                .unwrap();
+            created
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(&marker))
+        }
+    })
+    .await;
+
+    // 1. A Pod of ReplicaSet web-1 is mutated and its Secret written, owned by web-1.
+    let p1 = create(
+        &pods,
+        pod("web-1-a", annotations.clone(), Some(("web-1", &rs_uids[0]))),
+    )
+    .await;
+    let secret_name = p1.metadata.annotations.as_ref().unwrap()[&marker].clone();
+    assert!(secret_name.starts_with("sesame-"), "{secret_name}");
+    let env_var = &p1.spec.as_ref().unwrap().containers[0].env.as_ref().unwrap()[0];
+    assert_eq!(env_var.name, "DB_PASSWORD");
+    let key_ref = env_var
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(key_ref.name, secret_name);
+    let secret = secrets.get(&secret_name).await.unwrap();
+    let data = secret.data.clone().unwrap();
+    assert_eq!(data[&key_ref.key].0, b"first-password");
+    assert_eq!(
+        secret.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+        "sesame"
+    );
+    let secret_annotations = secret.metadata.annotations.clone().unwrap();
+    assert!(
+        secret_annotations[&format!("{PREFIX}/references")].contains(&format!("dev:apps/{ns}/db#password"))
+    );
+    assert_eq!(
+        secret_annotations[&format!("{PREFIX}/restart-on-rotation")],
+        "true"
+    );
+    assert!(!secret_annotations.values().any(|v| v.contains("first-password")));
+    let owners: Vec<String> = secret
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|o| o.uid)
+        .collect();
+    assert_eq!(owners, [rs_uids[0].clone()]);
+    let managers: Vec<String> = secret
+        .metadata
+        .managed_fields
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| {
+            (m.operation.as_deref() == Some("Apply"))
+                .then_some(m.manager)
+                .flatten()
+        })
+        .collect();
+    assert_eq!(
+        managers,
+        ["sesame"],
+        "written by server-side apply as field manager sesame"
+    );
+
+    // 2. The next ReplicaSet of the rollout becomes a second owner.
+    create(
+        &pods,
+        pod("web-2-a", annotations.clone(), Some(("web-2", &rs_uids[1]))),
+    )
+    .await;
+    let owners: Vec<String> = secrets
+        .get(&secret_name)
+        .await
+        .unwrap()
+        .metadata
+        .owner_references
+        .unwrap()
+        .into_iter()
+        .map(|o| o.uid)
+        .collect();
+    assert_eq!(owners, rs_uids);
+
+    // 3. Dry run: the Pod comes back mutated, nothing is written.
+    let dry_annotations = json!({format!("{PREFIX}/env.USER"): format!("dev:apps/{ns}/db#user")});
+    let dry: Pod = pods
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &obj(pod("dry", dry_annotations, None)),
+        )
+        .await
+        .unwrap();
+    let dry_secret = dry.metadata.annotations.as_ref().unwrap()[&marker].clone();
+    assert_ne!(dry_secret, secret_name);
+    assert!(
+        secrets.get_opt(&dry_secret).await.unwrap().is_none(),
+        "dry run wrote a Secret"
+    );
+    assert!(pods.get_opt("dry").await.unwrap().is_none());
+
+    // 4. Policy denials reach the client as admission errors.
+    let denied = pods
+        .create(
+            &PostParams::default(),
+            &obj(pod(
+                "thief",
+                json!({format!("{PREFIX}/env.X"): "dev:apps/other-team/db#password"}),
+                None,
+            )),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(denied.contains("denied the request"), "{denied}");
+    assert!(denied.contains("apps/other-team/db"), "{denied}");
+    let mut sneaky = pod("sneaky", json!({}), None);
+    sneaky["spec"]["volumes"] = json!([{"name": "s", "secret": {"secretName": secret_name}}]);
+    let denied = pods
+        .create(&PostParams::default(), &obj(sneaky))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(denied.contains("Sesame manages for other Pods"), "{denied}");
+
+    // 5. A rule with a namespaceSelector applies through the Namespace cache.
+    let labelled = create(
+        &pods,
+        pod(
+            "labelled",
+            json!({format!("{PREFIX}/env.TOKEN"): "dev:labelled/shared"}),
+            None,
+        ),
+    )
+    .await;
+    assert!(labelled.metadata.annotations.unwrap().contains_key(&marker));
+
+    // 6. Garbage collection: a bare Pod's Secret goes once the Pod is gone.
+    let bare = create(
+        &pods,
+        pod(
+            "bare",
+            json!({format!("{PREFIX}/env.B"): format!("dev:apps/{ns}/bare")}),
+            None,
+        ),
+    )
+    .await;
+    let bare_secret = bare.metadata.annotations.unwrap()[&marker].clone();
+    assert!(secrets.get_opt(&bare_secret).await.unwrap().is_some());
+    pods.delete("bare", &DeleteParams::default()).await.unwrap();
+    eventually("GC of the bare Pod's Secret", Duration::from_secs(40), || {
+        let secrets = secrets.clone();
+        let name = bare_secret.clone();
+        async move { secrets.get_opt(&name).await.unwrap().is_none() }
+    })
+    .await;
+    assert!(
+        secrets.get_opt(&secret_name).await.unwrap().is_some(),
+        "a used Secret was collected"
+    );
+
+    // 7. Rotation: a changed value reaches the Secret, and the opted-in
+    // Deployment gets a rolling restart.
+    std::fs::write(
+        env.dir.path().join("secrets.yaml"),
+        secrets_file(ns, "second-password"),
+    )
+    .unwrap();
+    let key = key_ref.key.clone();
+    eventually("the rotated value", Duration::from_secs(40), || {
+        let secrets = secrets.clone();
+        let (name, key) = (secret_name.clone(), key.clone());
+        async move {
+            let s = secrets.get(&name).await.unwrap();
+            s.data.unwrap()[&key].0 == b"second-password"
+        }
+    })
+    .await;
+    eventually("the rolling restart", Duration::from_secs(10), || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get("web").await.unwrap();
+            d.spec
+                .and_then(|s| s.template.metadata)
+                .and_then(|m| m.annotations)
+                .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"))
+        }
+    })
+    .await;
+}
