@@ -1218,3 +1218,117 @@ fn api_server_accepts_the_rendered_objects() {
         failures.join("\n")
     );
 }
+
+/// With `SESAME_KUBECONFIG`, the guard policy as rendered is installed under
+/// a scratch name, bound to a scratch namespace only, and judged by the real
+/// API server on Pods created with `--dry-run=server`: its CEL runs there.
+#[test]
+fn api_server_enforces_the_guard() {
+    let Some(kubeconfig) = std::env::var_os("SESAME_KUBECONFIG") else {
+        eprintln!("skipping: SESAME_KUBECONFIG not set (no API server to run the guard policy)");
+        return;
+    };
+    let Some((kubectl, _)) = tools() else { return };
+    let scratch = format!("sesame-guard-{}", std::process::id());
+    let k = |args: &[&str]| {
+        let mut cmd = Command::new(&kubectl);
+        cmd.env("KUBECONFIG", &kubeconfig).args(args);
+        cmd
+    };
+    let objects = kustomize(&kubectl, &root().join("deploy/overlays/self-managed"));
+    let mut policy = objects
+        .iter()
+        .find(|o| o["kind"] == "ValidatingAdmissionPolicy")
+        .unwrap()
+        .clone();
+    let mut binding = objects
+        .iter()
+        .find(|o| o["kind"] == "ValidatingAdmissionPolicyBinding")
+        .unwrap()
+        .clone();
+    policy["metadata"] = serde_json::json!({"name": scratch});
+    binding["metadata"] = serde_json::json!({"name": scratch});
+    binding["spec"]["policyName"] = Value::String(scratch.clone());
+    // Only the scratch namespace, so no other workload on the server is judged.
+    binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+        .as_array_mut()
+        .unwrap()
+        .push(
+            serde_json::json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": [scratch]}),
+        );
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{scratch}.json"));
+    std::fs::write(
+        &file,
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [policy, binding]}).to_string(),
+    )
+    .unwrap();
+    run(&mut k(&["create", "namespace", &scratch]));
+    // A Service account for the Pods, in case no controller makes `default`.
+    let _ = k(&["-n", &scratch, "create", "serviceaccount", "default"]).output();
+    run(k(&["apply", "-f"]).arg(&file));
+
+    let pod = |annotations: Value| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "app", "namespace": scratch, "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]}
+        })
+        .to_string()
+    };
+    let try_create = |manifest: String| -> (bool, String) {
+        let mut child = k(&["create", "--dry-run=server", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(manifest.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let asks = pod(serde_json::json!({"sesame.dev/env.DB_PASSWORD": "vault:apps/db#password"}));
+    // The API server loads new policies within a second or so.
+    let mut verdict = (true, String::new());
+    for _ in 0..40 {
+        verdict = try_create(asks.clone());
+        if !verdict.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let marked = try_create(pod(serde_json::json!({
+        "sesame.dev/env.DB_PASSWORD": "vault:apps/db#password",
+        MARKER: "sesame-app-0123456789",
+    })));
+    let plain = try_create(pod(serde_json::json!({"example.com/owner": "team-a"})));
+    let only_marker = try_create(pod(serde_json::json!({MARKER: "inline"})));
+
+    let _ = k(&["delete", "-f"]).arg(&file).output();
+    let _ = k(&["delete", "namespace", &scratch, "--wait=false"]).output();
+
+    assert!(
+        !verdict.0,
+        "a Pod asking for Sesame without the marker must be denied"
+    );
+    assert!(
+        verdict.1.contains("Sesame did not process this Pod"),
+        "{}",
+        verdict.1
+    );
+    assert!(marked.0, "a mutated Pod is admitted: {}", marked.1);
+    assert!(plain.0, "a Pod that does not ask is admitted: {}", plain.1);
+    assert!(
+        only_marker.0,
+        "the marker alone is not a request: {}",
+        only_marker.1
+    );
+}
