@@ -6,7 +6,8 @@
 # The binary alone is also what `cargo build --release` makes; nothing else
 # goes into the image (configuration and certificates are mounted).
 
-ARG RUST_VERSION=1.85
+# The toolchain the project is built and tested with.
+ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
