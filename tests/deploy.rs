@@ -8,7 +8,7 @@
 //!
 //! Needs `kubectl` and `helm` (scripts/deps/30-kubectl-helm.sh). Without them
 //! the tests skip with one line, or fail when `SESAME_REQUIRE_TOOLS=1`.
-//! `SESAME_KUBECONFIG` pointing at a real API server adds a server-side
+//! `SESAME_E2E_KUBECONFIG` pointing at a real API server adds a server-side
 //! dry run of every rendered object.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -1134,7 +1134,7 @@ fn rbac_is_least_privilege() {
 
 // ---------------------------------------------------------------- real API server
 
-/// With `SESAME_KUBECONFIG`, a real API server judges every rendered object
+/// With `SESAME_E2E_KUBECONFIG`, a real API server judges every rendered object
 /// (`kubectl apply --dry-run=server`): schema, defaults, CEL compilation of
 /// the guard and the match conditions. The namespaced objects go into a
 /// scratch namespace (created and deleted here) so nothing touches a real
@@ -1142,8 +1142,8 @@ fn rbac_is_least_privilege() {
 /// are left out.
 #[test]
 fn api_server_accepts_the_rendered_objects() {
-    let Some(kubeconfig) = std::env::var_os("SESAME_KUBECONFIG") else {
-        eprintln!("skipping: SESAME_KUBECONFIG not set (no API server for a server-side dry run)");
+    let Some(kubeconfig) = std::env::var_os("SESAME_E2E_KUBECONFIG") else {
+        eprintln!("skipping: SESAME_E2E_KUBECONFIG not set (no API server for a server-side dry run)");
         return;
     };
     let Some((kubectl, helm_bin)) = tools() else {
@@ -1219,13 +1219,13 @@ fn api_server_accepts_the_rendered_objects() {
     );
 }
 
-/// With `SESAME_KUBECONFIG`, the guard policy as rendered is installed under
+/// With `SESAME_E2E_KUBECONFIG`, the guard policy as rendered is installed under
 /// a scratch name, bound to a scratch namespace only, and judged by the real
 /// API server on Pods created with `--dry-run=server`: its CEL runs there.
 #[test]
 fn api_server_enforces_the_guard() {
-    let Some(kubeconfig) = std::env::var_os("SESAME_KUBECONFIG") else {
-        eprintln!("skipping: SESAME_KUBECONFIG not set (no API server to run the guard policy)");
+    let Some(kubeconfig) = std::env::var_os("SESAME_E2E_KUBECONFIG") else {
+        eprintln!("skipping: SESAME_E2E_KUBECONFIG not set (no API server to run the guard policy)");
         return;
     };
     let Some((kubectl, _)) = tools() else { return };
