@@ -1332,3 +1332,189 @@ fn api_server_enforces_the_guard() {
         only_marker.1
     );
 }
+
+/// With `SESAME_E2E_KUBECONFIG`: the webhook configuration and the guard as
+/// rendered from deploy/, installed on a real API server with only the
+/// endpoint replaced (a Sesame started here on 127.0.0.1 stands in for the
+/// Service, as no container runtime runs here) and scoped to a scratch
+/// namespace. The API server must send a Pod that asks to Sesame and admit
+/// the mutated Pod; while Sesame is down, reject it (failurePolicy Fail), have
+/// the guard reject it (failurePolicy Ignore), and admit it unmutated once the
+/// namespace is labelled to fail open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_calls_the_installed_webhook() {
+    let Some(kubeconfig) = std::env::var_os("SESAME_E2E_KUBECONFIG") else {
+        eprintln!("skipping: SESAME_E2E_KUBECONFIG not set (no API server to install the webhook on)");
+        return;
+    };
+    let Some((kubectl, _)) = tools() else { return };
+    let scratch = format!("sesame-webhook-{}", std::process::id());
+    let k = |args: &[&str]| {
+        let mut cmd = Command::new(&kubectl);
+        cmd.env("KUBECONFIG", &kubeconfig).args(args);
+        cmd
+    };
+
+    // Sesame on 127.0.0.1 with a certificate the webhook configuration trusts.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&scratch);
+    let certs = sesame::certs::generate(&sesame::certs::service_sans("sesame", NS), 1).unwrap();
+    sesame::certs::write(&dir.join("certs"), &certs).unwrap();
+    let config = dir.join("sesame.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "stores:\n  - name: dev\n    file: {{path: {}}}\npolicy:\n  rules:\n    - {{name: shared, namespaces: ['*'], stores: [dev], paths: ['shared/*']}}\n",
+            root().join("examples/secrets.yaml").display()
+        ),
+    )
+    .unwrap();
+    let args = sesame::cli::ServeArgs {
+        config: sesame::cli::ConfigArg { config: Some(config) },
+        bind_address: "127.0.0.1".parse().unwrap(),
+        tls_port: 0,
+        admin_port: 0,
+        cert_dir: dir.join("certs"),
+        reload_interval: std::time::Duration::from_secs(10),
+        max_body_bytes: 3 * 1024 * 1024,
+        drain_timeout: std::time::Duration::from_secs(1),
+    };
+    let server = sesame::run::start(&args, None).await.unwrap();
+    let url = format!("https://127.0.0.1:{}/mutate", server.webhook_addr.port());
+
+    // The rendered objects, renamed and scoped to the scratch namespace.
+    let objects = kustomize(&kubectl, &root().join("deploy/overlays/self-managed"));
+    let only_scratch =
+        serde_json::json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": [scratch]});
+    let mut items = Vec::new();
+    for kind in [
+        "MutatingWebhookConfiguration",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
+        let mut o = objects.iter().find(|o| o["kind"] == kind).unwrap().clone();
+        o["metadata"] = serde_json::json!({"name": scratch});
+        match kind {
+            "MutatingWebhookConfiguration" => {
+                for w in o["webhooks"].as_array_mut().unwrap() {
+                    w["clientConfig"] = serde_json::json!({"url": url, "caBundle": certs.ca_bundle()});
+                    let exprs = w["namespaceSelector"]["matchExpressions"].as_array_mut().unwrap();
+                    exprs.push(only_scratch.clone());
+                }
+            }
+            "ValidatingAdmissionPolicyBinding" => {
+                o["spec"]["policyName"] = Value::String(scratch.clone());
+                let exprs = o["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+                    .as_array_mut()
+                    .unwrap();
+                exprs.push(only_scratch.clone());
+            }
+            _ => {}
+        }
+        items.push(o);
+    }
+    let file = dir.join("install.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
+    )
+    .unwrap();
+    run(&mut k(&["create", "namespace", &scratch]));
+    let _ = k(&["-n", &scratch, "create", "serviceaccount", "default"]).output();
+    run(k(&["apply", "-f"]).arg(&file));
+
+    let pod_file = dir.join("pod.json");
+    std::fs::write(
+        &pod_file,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "app", "namespace": scratch,
+                         "annotations": {"sesame.dev/env.NEW_CHECKOUT": "dev:shared/feature-flags#newCheckout"}},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    // Returns the admitted Pod, or the API server's refusal.
+    let create = || -> Result<Value, String> {
+        let out = k(&["create", "--dry-run=server", "-o", "json", "-f"])
+            .arg(&pod_file)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(serde_json::from_slice(&out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    // New webhook configurations and policies reach the API server's
+    // admission chain within a second or two.
+    let eventually = |want: &dyn Fn(&Result<Value, String>) -> bool| {
+        let mut last = create();
+        for _ in 0..40 {
+            if want(&last) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            last = create();
+        }
+        last
+    };
+    let mutated = eventually(&|r| {
+        r.as_ref()
+            .is_ok_and(|p| !p["metadata"]["annotations"][MARKER].is_null())
+    });
+
+    server.shutdown();
+    server.wait().await;
+    let refused = create();
+    // The platform's other choice, failurePolicy Ignore: the guard refuses.
+    run(k(&[
+        "patch",
+        "mutatingwebhookconfiguration",
+        &scratch,
+        "--type=json",
+        "-p",
+    ])
+    .arg(r#"[{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]"#));
+    let guarded = eventually(&|r| {
+        r.as_ref()
+            .is_err_and(|e| e.contains("Sesame did not process this Pod"))
+    });
+    run(&mut k(&[
+        "label",
+        "namespace",
+        &scratch,
+        "sesame.dev/failure-policy=open",
+    ]));
+    let open = eventually(&|r| r.is_ok());
+
+    let _ = k(&["delete", "-f"]).arg(&file).output();
+    let _ = k(&["delete", "namespace", &scratch, "--wait=false"]).output();
+
+    let pod = mutated.expect("the Pod is admitted once Sesame mutated it");
+    assert!(
+        !pod["metadata"]["annotations"][MARKER].is_null(),
+        "marker set: {pod}"
+    );
+    let env = &pod["spec"]["containers"][0]["env"][0];
+    assert_eq!(env["name"], "NEW_CHECKOUT", "{pod}");
+    assert!(
+        env["valueFrom"]["secretKeyRef"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("sesame-"),
+        "{pod}"
+    );
+    let refusal = refused.expect_err("with Sesame down, failurePolicy Fail rejects the Pod");
+    assert!(
+        refusal.contains("failed calling webhook \"inject.sesame.dev\""),
+        "{refusal}"
+    );
+    let refusal = guarded.expect_err("with failurePolicy Ignore, the guard rejects the unmutated Pod");
+    assert!(refusal.contains("ValidatingAdmissionPolicy"), "{refusal}");
+    let pod = open.expect("a fail-open namespace admits the Pod while Sesame is down");
+    assert!(
+        pod["metadata"]["annotations"][MARKER].is_null(),
+        "unmutated: {pod}"
+    );
+}
