@@ -842,6 +842,42 @@ fn helm_chart_renders_schema_valid_objects_and_lints_clean() {
 #[test]
 fn helm_rejects_values_that_would_break_the_webhook() {
     let Some((_, helm_bin)) = tools() else { return };
+    let render = |set: &str, skip_schema: bool| {
+        let mut cmd = Command::new(&helm_bin);
+        cmd.args(["template", "sesame"])
+            .arg(root().join("deploy/helm/sesame"))
+            .args(["--set", set]);
+        if skip_schema {
+            cmd.arg("--skip-schema-validation");
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{set} must fail the render");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // values.schema.json: wrong values and misspelt keys.
+    for (set, message) in [
+        (
+            "webhook.timeoutSeconds=15",
+            "'/webhook/timeoutSeconds': maximum: got 15, want 10",
+        ),
+        (
+            "webhook.failurePolicy=Sometimes",
+            "'/webhook/failurePolicy': value must be one of",
+        ),
+        (
+            "certificates.mode=manual",
+            "'/certificates/mode': value must be one of",
+        ),
+        (
+            "webhook.timeoutSecond=3",
+            "additional properties 'timeoutSecond' not allowed",
+        ),
+        ("logFormat=xml", "'/logFormat': value must be one of"),
+    ] {
+        let stderr = render(set, false);
+        assert!(stderr.contains(message), "{set}: {stderr}");
+    }
+    // The templates check again, for renders that skip the schema.
     for (set, message) in [
         (
             "webhook.timeoutSeconds=15",
@@ -854,14 +890,7 @@ fn helm_rejects_values_that_would_break_the_webhook() {
         ("certificates.mode=manual", "certificates.mode must be"),
         ("networkPolicy.enabled=true", "needs networkPolicy.apiServerCIDRs"),
     ] {
-        let out = Command::new(&helm_bin)
-            .args(["template", "sesame"])
-            .arg(root().join("deploy/helm/sesame"))
-            .args(["--set", set])
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{set} must fail the render");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = render(set, true);
         assert!(stderr.contains(message), "{set}: {stderr}");
     }
 }
@@ -1517,4 +1546,99 @@ async fn api_server_calls_the_installed_webhook() {
         pod["metadata"]["annotations"][MARKER].is_null(),
         "unmutated: {pod}"
     );
+}
+
+/// Another release name and namespace reach every reference between objects.
+#[test]
+fn helm_release_name_and_namespace_flow_through() {
+    let Some((_, helm_bin)) = tools() else { return };
+    let objects = parse_stream(&run(Command::new(&helm_bin)
+        .args(["template", "vault-injector"])
+        .arg(root().join("deploy/helm/sesame"))
+        .args([
+            "--namespace",
+            "platform",
+            "--set",
+            "certificates.mode=cert-manager",
+        ])));
+    validate_all("helm release vault-injector", &objects);
+    let name = "vault-injector-sesame";
+    for o in &objects {
+        let object_name = o["metadata"]["name"].as_str().unwrap();
+        assert!(object_name.starts_with(name), "{} {object_name}", o["kind"]);
+        if !o["metadata"]["namespace"].is_null() {
+            assert_eq!(
+                o["metadata"]["namespace"], "platform",
+                "{} {object_name}",
+                o["kind"]
+            );
+        }
+    }
+    let hooks = webhooks(&objects);
+    for w in &hooks {
+        let svc = w.client_config.service.clone().unwrap();
+        assert_eq!((svc.name.as_str(), svc.namespace.as_str()), (name, "platform"));
+        let sel = w.namespace_selector.clone().unwrap();
+        assert!(
+            !selects(&sel, &namespace("platform", &[])),
+            "its own namespace is excluded"
+        );
+        assert!(!selects(&sel, &namespace("kube-system", &[])));
+    }
+    let role: ClusterRole = one(&objects, "ClusterRole");
+    let mwc: MutatingWebhookConfiguration = one(&objects, "MutatingWebhookConfiguration");
+    assert_eq!(
+        mwc.metadata.annotations.unwrap()["cert-manager.io/inject-ca-from"],
+        format!("platform/{name}-tls")
+    );
+    assert!(role.rules.unwrap().iter().all(|r| r.resource_names.is_none()));
+    let self_managed = helm(&helm_bin, &[]);
+    let role: ClusterRole = one(&self_managed, "ClusterRole");
+    let mwc: MutatingWebhookConfiguration = one(&self_managed, "MutatingWebhookConfiguration");
+    let names: Vec<String> = role
+        .rules
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.resource_names)
+        .flatten()
+        .collect();
+    assert_eq!(
+        names,
+        [mwc.metadata.name.unwrap()],
+        "RBAC names the webhook configuration it patches"
+    );
+
+    let d: Deployment = one(&objects, "Deployment");
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    let sa: ServiceAccount = one(&objects, "ServiceAccount");
+    assert_eq!(pod.service_account_name, sa.metadata.name);
+    let binding: ClusterRoleBinding = one(&objects, "ClusterRoleBinding");
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (subject.name.as_str(), subject.namespace.as_deref()),
+        (name, Some("platform"))
+    );
+    let volumes = pod.volumes.unwrap();
+    let tls = volumes
+        .iter()
+        .find(|v| v.name == "tls")
+        .unwrap()
+        .secret
+        .clone()
+        .unwrap();
+    let serving = objects
+        .iter()
+        .find(|o| o["kind"] == "Certificate" && o["metadata"]["name"] == format!("{name}-tls"))
+        .unwrap();
+    assert_eq!(serving["spec"]["secretName"].as_str(), tls.secret_name.as_deref());
+    assert_eq!(serving["spec"]["dnsNames"][0], format!("{name}.platform.svc"));
+    let cm: ConfigMap = one(&objects, "ConfigMap");
+    let config_volume = volumes.iter().find(|v| v.name == "config").unwrap();
+    assert_eq!(
+        config_volume.config_map.clone().unwrap().name,
+        cm.metadata.name.unwrap()
+    );
+    let binding: ValidatingAdmissionPolicyBinding = one(&objects, "ValidatingAdmissionPolicyBinding");
+    let vap: ValidatingAdmissionPolicy = one(&objects, "ValidatingAdmissionPolicy");
+    assert_eq!(Some(binding.spec.policy_name), vap.metadata.name);
 }
