@@ -108,6 +108,10 @@ fn kustomize_with(kubectl: &Path, name: &str, extra: &str) -> Vec<Value> {
     kustomize(kubectl, &dir)
 }
 
+fn overlay(kubectl: &Path, name: &str) -> Vec<Value> {
+    kustomize(kubectl, &root().join("deploy/overlays").join(name))
+}
+
 fn all_components(kubectl: &Path) -> Vec<Value> {
     kustomize_with(
         kubectl,
@@ -766,11 +770,11 @@ fn kustomize_renders_schema_valid_objects() {
     }
     validate_all("base", &base);
 
-    let self_managed = kustomize(&kubectl, &root().join("deploy/overlays/self-managed"));
+    let self_managed = overlay(&kubectl, "self-managed");
     assert_eq!(kinds_and_names(&self_managed), expected);
     validate_all("overlays/self-managed", &self_managed);
 
-    let cm = kustomize(&kubectl, &root().join("deploy/overlays/cert-manager"));
+    let cm = overlay(&kubectl, "cert-manager");
     let extra: BTreeSet<_> = kinds_and_names(&cm).difference(&expected).cloned().collect();
     let want: BTreeSet<_> = [
         ("Issuer", "sesame-selfsigned"),
@@ -900,7 +904,7 @@ fn webhook_scope_failure_handling_and_exclusions() {
     let Some((kubectl, helm_bin)) = tools() else {
         return;
     };
-    let base = kustomize(&kubectl, &root().join("deploy/overlays/self-managed"));
+    let base = overlay(&kubectl, "self-managed");
     check_webhooks("kustomize", &base, "Fail", &["kube-system"]);
     check_webhooks("helm defaults", &helm(&helm_bin, &[]), "Fail", &["kube-system"]);
     let custom = helm(&helm_bin, HELM_NON_DEFAULT);
@@ -934,10 +938,7 @@ fn deployment_is_hardened_and_drains() {
     let Some((kubectl, helm_bin)) = tools() else {
         return;
     };
-    check_deployment(
-        "kustomize",
-        &kustomize(&kubectl, &root().join("deploy/overlays/self-managed")),
-    );
+    check_deployment("kustomize", &overlay(&kubectl, "self-managed"));
     check_deployment("helm defaults", &helm(&helm_bin, &[]));
     check_deployment("helm non-default", &helm(&helm_bin, HELM_NON_DEFAULT));
 }
@@ -947,10 +948,7 @@ fn guard_policy_keys_on_the_marker() {
     let Some((kubectl, helm_bin)) = tools() else {
         return;
     };
-    check_guard(
-        "kustomize",
-        &kustomize(&kubectl, &root().join("deploy/overlays/self-managed")),
-    );
+    check_guard("kustomize", &overlay(&kubectl, "self-managed"));
     check_guard("helm", &helm(&helm_bin, &[]));
     // The marker the guard tests is the one the code writes.
     assert_eq!(
@@ -996,12 +994,9 @@ fn chart_matches_the_kustomize_base() {
         return;
     };
     let pairs = [
+        (overlay(&kubectl, "self-managed"), helm(&helm_bin, &[])),
         (
-            kustomize(&kubectl, &root().join("deploy/overlays/self-managed")),
-            helm(&helm_bin, &[]),
-        ),
-        (
-            kustomize(&kubectl, &root().join("deploy/overlays/cert-manager")),
+            overlay(&kubectl, "cert-manager"),
             helm(&helm_bin, &["certificates.mode=cert-manager"]),
         ),
     ];
@@ -1075,10 +1070,7 @@ fn cert_manager_mode_waits_for_its_certificate() {
         return;
     };
     for (what, objects) in [
-        (
-            "kustomize",
-            kustomize(&kubectl, &root().join("deploy/overlays/cert-manager")),
-        ),
+        ("kustomize", overlay(&kubectl, "cert-manager")),
         ("helm", helm(&helm_bin, &["certificates.mode=cert-manager"])),
     ] {
         let mwc: MutatingWebhookConfiguration = one(&objects, "MutatingWebhookConfiguration");
@@ -1123,7 +1115,7 @@ fn cert_manager_mode_waits_for_its_certificate() {
 #[test]
 fn rbac_is_least_privilege() {
     let Some((kubectl, _)) = tools() else { return };
-    let objects = kustomize(&kubectl, &root().join("deploy/overlays/self-managed"));
+    let objects = overlay(&kubectl, "self-managed");
     let role: ClusterRole = one(&objects, "ClusterRole");
     for rule in role.rules.unwrap_or_default() {
         let verbs = rule.verbs.clone();
@@ -1163,44 +1155,170 @@ fn rbac_is_least_privilege() {
 
 // ---------------------------------------------------------------- real API server
 
-/// With `SESAME_E2E_KUBECONFIG`, a real API server judges every rendered object
+/// A scratch namespace on the API server that `SESAME_E2E_KUBECONFIG` names,
+/// plus the cluster-scoped objects a test installed there; all are deleted
+/// when it drops, also when the test fails.
+struct Scratch {
+    kubectl: PathBuf,
+    kubeconfig: std::ffi::OsString,
+    name: String,
+    installed: Vec<PathBuf>,
+}
+
+impl Scratch {
+    /// `None` (with one line) when no API server is configured.
+    fn new(purpose: &str) -> Option<Self> {
+        let Some(kubeconfig) = std::env::var_os("SESAME_E2E_KUBECONFIG") else {
+            eprintln!("skipping: SESAME_E2E_KUBECONFIG not set (no API server for this check)");
+            return None;
+        };
+        let (kubectl, _) = tools()?;
+        let scratch = Self {
+            kubectl,
+            kubeconfig,
+            name: format!("sesame-{purpose}-{}", std::process::id()),
+            installed: Vec::new(),
+        };
+        run(&mut scratch.kubectl(&["create", "namespace", &scratch.name]));
+        // A service account for test Pods, in case no controller makes one.
+        let _ = scratch
+            .kubectl(&["-n", &scratch.name, "create", "serviceaccount", "default"])
+            .output();
+        Some(scratch)
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
+        cmd
+    }
+
+    /// Writes `value` as a JSON file named after the scratch namespace.
+    fn file(&self, suffix: &str, value: &Value) -> PathBuf {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{suffix}.json", self.name));
+        std::fs::write(&path, value.to_string()).unwrap();
+        path
+    }
+
+    /// Creates `items` for real; they are deleted on drop.
+    fn install(&mut self, items: Vec<Value>) {
+        let file = self.file(
+            &format!("install-{}", self.installed.len()),
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}),
+        );
+        run(self.kubectl(&["apply", "-f"]).arg(&file));
+        self.installed.push(file);
+    }
+
+    /// A rendered cluster-scoped object under the scratch name, with its
+    /// namespace selectors narrowed to the scratch namespace so that nothing
+    /// else on the server is affected.
+    fn scoped(&self, objects: &[Value], kind: &str) -> Value {
+        let mut o = objects.iter().find(|o| o["kind"] == kind).unwrap().clone();
+        o["metadata"] = serde_json::json!({"name": self.name});
+        let only = serde_json::json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": [self.name]});
+        let mut selectors: Vec<&mut Value> = match kind {
+            "MutatingWebhookConfiguration" => o["webhooks"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .map(|w| &mut w["namespaceSelector"])
+                .collect(),
+            "ValidatingAdmissionPolicyBinding" => vec![&mut o["spec"]["matchResources"]["namespaceSelector"]],
+            _ => Vec::new(),
+        };
+        for s in &mut selectors {
+            s["matchExpressions"].as_array_mut().unwrap().push(only.clone());
+        }
+        if kind == "ValidatingAdmissionPolicyBinding" {
+            o["spec"]["policyName"] = Value::String(self.name.clone());
+        }
+        o
+    }
+
+    /// Creates a Pod with `annotations` in the scratch namespace as a server
+    /// dry run: the admitted (mutated) Pod, or the API server's refusal.
+    fn create_pod(&self, annotations: Value) -> Result<Value, String> {
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "app", "namespace": self.name, "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]}
+        });
+        let file = self.file("pod", &pod);
+        let out = self
+            .kubectl(&["create", "--dry-run=server", "-o", "json", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(serde_json::from_slice(&out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Repeats `create_pod` until `want` holds (for up to 10 s): new webhook
+    /// configurations, policies and namespace labels reach the API server's
+    /// admission chain within a second or two.
+    fn eventually(
+        &self,
+        annotations: &Value,
+        want: impl Fn(&Result<Value, String>) -> bool,
+    ) -> Result<Value, String> {
+        let mut last = self.create_pod(annotations.clone());
+        for _ in 0..40 {
+            if want(&last) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            last = self.create_pod(annotations.clone());
+        }
+        last
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for file in &self.installed {
+            let _ = self
+                .kubectl(&["delete", "--ignore-not-found", "-f"])
+                .arg(file)
+                .output();
+        }
+        let _ = self
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"])
+            .output();
+    }
+}
+
+fn marked(pod: &Value) -> bool {
+    !pod["metadata"]["annotations"][MARKER].is_null()
+}
+
+/// A real API server judges every rendered object
 /// (`kubectl apply --dry-run=server`): schema, defaults, CEL compilation of
-/// the guard and the match conditions. The namespaced objects go into a
-/// scratch namespace (created and deleted here) so nothing touches a real
-/// install; kinds from CRDs the server lacks (ServiceMonitor, cert-manager)
-/// are left out.
+/// the guard and the match conditions. The namespaced objects go into the
+/// scratch namespace, which enforces the restricted Pod Security level, so a
+/// violation shows as a warning; kinds from CRDs the server lacks
+/// (ServiceMonitor, cert-manager) are left out.
 #[test]
 fn api_server_accepts_the_rendered_objects() {
-    let Some(kubeconfig) = std::env::var_os("SESAME_E2E_KUBECONFIG") else {
-        eprintln!("skipping: SESAME_E2E_KUBECONFIG not set (no API server for a server-side dry run)");
+    let Some(scratch) = Scratch::new("dryrun") else {
         return;
     };
     let Some((kubectl, helm_bin)) = tools() else {
         return;
     };
-    let scratch = format!("sesame-deploy-{}", std::process::id());
-    let k = |args: &[&str]| {
-        let mut cmd = Command::new(&kubectl);
-        cmd.env("KUBECONFIG", &kubeconfig).args(args);
-        cmd
-    };
-    run(&mut k(&["create", "namespace", &scratch]));
-    run(&mut k(&[
+    run(&mut scratch.kubectl(&[
         "label",
         "namespace",
-        &scratch,
+        &scratch.name,
         "pod-security.kubernetes.io/enforce=restricted",
         "pod-security.kubernetes.io/warn=restricted",
     ]));
     let renders = [
-        (
-            "kustomize self-managed",
-            kustomize(&kubectl, &root().join("deploy/overlays/self-managed")),
-        ),
-        (
-            "kustomize cert-manager",
-            kustomize(&kubectl, &root().join("deploy/overlays/cert-manager")),
-        ),
+        ("kustomize self-managed", overlay(&kubectl, "self-managed")),
+        ("kustomize cert-manager", overlay(&kubectl, "cert-manager")),
         ("kustomize components", all_components(&kubectl)),
         ("helm defaults", helm(&helm_bin, &[])),
         ("helm non-default", helm(&helm_bin, HELM_NON_DEFAULT)),
@@ -1217,15 +1335,16 @@ fn api_server_accepts_the_rendered_objects() {
                 continue;
             }
             if o["metadata"]["namespace"].is_string() {
-                o["metadata"]["namespace"] = Value::String(scratch.clone());
+                o["metadata"]["namespace"] = Value::String(scratch.name.clone());
             }
             docs.push(o);
         }
-        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs});
-        let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("{scratch}-{}.json", what.replace(' ', "-")));
-        std::fs::write(&file, list.to_string()).unwrap();
-        let out = k(&["apply", "--dry-run=server", "-f"])
+        let file = scratch.file(
+            &what.replace(' ', "-"),
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs}),
+        );
+        let out = scratch
+            .kubectl(&["apply", "--dry-run=server", "-f"])
             .arg(&file)
             .output()
             .unwrap();
@@ -1240,7 +1359,6 @@ fn api_server_accepts_the_rendered_objects() {
             failures.push(format!("{what}:\n{stderr}"));
         }
     }
-    run(&mut k(&["delete", "namespace", &scratch, "--wait=false"]));
     assert!(
         failures.is_empty(),
         "the API server refused or warned:\n{}",
@@ -1248,144 +1366,53 @@ fn api_server_accepts_the_rendered_objects() {
     );
 }
 
-/// With `SESAME_E2E_KUBECONFIG`, the guard policy as rendered is installed under
-/// a scratch name, bound to a scratch namespace only, and judged by the real
-/// API server on Pods created with `--dry-run=server`: its CEL runs there.
+/// The guard policy as rendered, installed under the scratch name and bound
+/// to the scratch namespace only, judged by the real API server: its CEL runs
+/// there.
 #[test]
 fn api_server_enforces_the_guard() {
-    let Some(kubeconfig) = std::env::var_os("SESAME_E2E_KUBECONFIG") else {
-        eprintln!("skipping: SESAME_E2E_KUBECONFIG not set (no API server to run the guard policy)");
+    let Some(mut scratch) = Scratch::new("guard") else {
         return;
     };
-    let Some((kubectl, _)) = tools() else { return };
-    let scratch = format!("sesame-guard-{}", std::process::id());
-    let k = |args: &[&str]| {
-        let mut cmd = Command::new(&kubectl);
-        cmd.env("KUBECONFIG", &kubeconfig).args(args);
-        cmd
-    };
-    let objects = kustomize(&kubectl, &root().join("deploy/overlays/self-managed"));
-    let mut policy = objects
-        .iter()
-        .find(|o| o["kind"] == "ValidatingAdmissionPolicy")
-        .unwrap()
-        .clone();
-    let mut binding = objects
-        .iter()
-        .find(|o| o["kind"] == "ValidatingAdmissionPolicyBinding")
-        .unwrap()
-        .clone();
-    policy["metadata"] = serde_json::json!({"name": scratch});
-    binding["metadata"] = serde_json::json!({"name": scratch});
-    binding["spec"]["policyName"] = Value::String(scratch.clone());
-    // Only the scratch namespace, so no other workload on the server is judged.
-    binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
-        .as_array_mut()
-        .unwrap()
-        .push(
-            serde_json::json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": [scratch]}),
-        );
-    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{scratch}.json"));
-    std::fs::write(
-        &file,
-        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [policy, binding]}).to_string(),
-    )
-    .unwrap();
-    run(&mut k(&["create", "namespace", &scratch]));
-    // A Service account for the Pods, in case no controller makes `default`.
-    let _ = k(&["-n", &scratch, "create", "serviceaccount", "default"]).output();
-    run(k(&["apply", "-f"]).arg(&file));
-
-    let pod = |annotations: Value| {
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "app", "namespace": scratch, "annotations": annotations},
-            "spec": {"containers": [{"name": "app", "image": "app:1"}]}
-        })
-        .to_string()
-    };
-    let try_create = |manifest: String| -> (bool, String) {
-        let mut child = k(&["create", "--dry-run=server", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(manifest.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let asks = pod(serde_json::json!({"sesame.dev/env.DB_PASSWORD": "vault:apps/db#password"}));
-    // The API server loads new policies within a second or so.
-    let mut verdict = (true, String::new());
-    for _ in 0..40 {
-        verdict = try_create(asks.clone());
-        if !verdict.0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    let marked = try_create(pod(serde_json::json!({
+    let objects = overlay(&scratch.kubectl, "self-managed");
+    scratch.install(vec![
+        scratch.scoped(&objects, "ValidatingAdmissionPolicy"),
+        scratch.scoped(&objects, "ValidatingAdmissionPolicyBinding"),
+    ]);
+    let asks = serde_json::json!({"sesame.dev/env.DB_PASSWORD": "vault:apps/db#password"});
+    let refused = scratch.eventually(&asks, |r| r.is_err());
+    let refusal = refused.expect_err("a Pod asking for Sesame without the marker is denied");
+    assert!(refusal.contains("Sesame did not process this Pod"), "{refusal}");
+    let with_marker = scratch.create_pod(serde_json::json!({
         "sesame.dev/env.DB_PASSWORD": "vault:apps/db#password",
         MARKER: "sesame-app-0123456789",
-    })));
-    let plain = try_create(pod(serde_json::json!({"example.com/owner": "team-a"})));
-    let only_marker = try_create(pod(serde_json::json!({MARKER: "inline"})));
-
-    let _ = k(&["delete", "-f"]).arg(&file).output();
-    let _ = k(&["delete", "namespace", &scratch, "--wait=false"]).output();
-
+    }));
+    assert!(with_marker.is_ok(), "a mutated Pod is admitted: {with_marker:?}");
+    let plain = scratch.create_pod(serde_json::json!({"example.com/owner": "team-a"}));
+    assert!(plain.is_ok(), "a Pod that does not ask is admitted: {plain:?}");
+    let only_marker = scratch.create_pod(serde_json::json!({MARKER: "inline"}));
     assert!(
-        !verdict.0,
-        "a Pod asking for Sesame without the marker must be denied"
-    );
-    assert!(
-        verdict.1.contains("Sesame did not process this Pod"),
-        "{}",
-        verdict.1
-    );
-    assert!(marked.0, "a mutated Pod is admitted: {}", marked.1);
-    assert!(plain.0, "a Pod that does not ask is admitted: {}", plain.1);
-    assert!(
-        only_marker.0,
-        "the marker alone is not a request: {}",
-        only_marker.1
+        only_marker.is_ok(),
+        "the marker alone is not a request: {only_marker:?}"
     );
 }
 
-/// With `SESAME_E2E_KUBECONFIG`: the webhook configuration and the guard as
-/// rendered from deploy/, installed on a real API server with only the
-/// endpoint replaced (a Sesame started here on 127.0.0.1 stands in for the
-/// Service, as no container runtime runs here) and scoped to a scratch
-/// namespace. The API server must send a Pod that asks to Sesame and admit
-/// the mutated Pod; while Sesame is down, reject it (failurePolicy Fail), have
-/// the guard reject it (failurePolicy Ignore), and admit it unmutated once the
-/// namespace is labelled to fail open.
+/// The webhook configuration and the guard as rendered from deploy/,
+/// installed on a real API server with only the endpoint replaced (a Sesame
+/// started here on 127.0.0.1 stands in for the Service, as no container
+/// runtime runs here) and scoped to the scratch namespace. The API server must
+/// send a Pod that asks to Sesame and admit the mutated Pod; while Sesame is
+/// down, reject it (failurePolicy Fail), have the guard reject it
+/// (failurePolicy Ignore), and admit it unmutated once the namespace is
+/// labelled to fail open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_calls_the_installed_webhook() {
-    let Some(kubeconfig) = std::env::var_os("SESAME_E2E_KUBECONFIG") else {
-        eprintln!("skipping: SESAME_E2E_KUBECONFIG not set (no API server to install the webhook on)");
+    let Some(mut scratch) = Scratch::new("webhook") else {
         return;
-    };
-    let Some((kubectl, _)) = tools() else { return };
-    let scratch = format!("sesame-webhook-{}", std::process::id());
-    let k = |args: &[&str]| {
-        let mut cmd = Command::new(&kubectl);
-        cmd.env("KUBECONFIG", &kubeconfig).args(args);
-        cmd
     };
 
     // Sesame on 127.0.0.1 with a certificate the webhook configuration trusts.
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&scratch);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&scratch.name);
     let certs = sesame::certs::generate(&sesame::certs::service_sans("sesame", NS), 1).unwrap();
     sesame::certs::write(&dir.join("certs"), &certs).unwrap();
     let config = dir.join("sesame.yaml");
@@ -1410,121 +1437,46 @@ async fn api_server_calls_the_installed_webhook() {
     let server = sesame::run::start(&args, None).await.unwrap();
     let url = format!("https://127.0.0.1:{}/mutate", server.webhook_addr.port());
 
-    // The rendered objects, renamed and scoped to the scratch namespace.
-    let objects = kustomize(&kubectl, &root().join("deploy/overlays/self-managed"));
-    let only_scratch =
-        serde_json::json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": [scratch]});
-    let mut items = Vec::new();
-    for kind in [
-        "MutatingWebhookConfiguration",
-        "ValidatingAdmissionPolicy",
-        "ValidatingAdmissionPolicyBinding",
-    ] {
-        let mut o = objects.iter().find(|o| o["kind"] == kind).unwrap().clone();
-        o["metadata"] = serde_json::json!({"name": scratch});
-        match kind {
-            "MutatingWebhookConfiguration" => {
-                for w in o["webhooks"].as_array_mut().unwrap() {
-                    w["clientConfig"] = serde_json::json!({"url": url, "caBundle": certs.ca_bundle()});
-                    let exprs = w["namespaceSelector"]["matchExpressions"].as_array_mut().unwrap();
-                    exprs.push(only_scratch.clone());
-                }
-            }
-            "ValidatingAdmissionPolicyBinding" => {
-                o["spec"]["policyName"] = Value::String(scratch.clone());
-                let exprs = o["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
-                    .as_array_mut()
-                    .unwrap();
-                exprs.push(only_scratch.clone());
-            }
-            _ => {}
-        }
-        items.push(o);
+    let objects = overlay(&scratch.kubectl, "self-managed");
+    let mut webhook = scratch.scoped(&objects, "MutatingWebhookConfiguration");
+    for w in webhook["webhooks"].as_array_mut().unwrap() {
+        w["clientConfig"] = serde_json::json!({"url": url, "caBundle": certs.ca_bundle()});
     }
-    let file = dir.join("install.json");
-    std::fs::write(
-        &file,
-        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
-    )
-    .unwrap();
-    run(&mut k(&["create", "namespace", &scratch]));
-    let _ = k(&["-n", &scratch, "create", "serviceaccount", "default"]).output();
-    run(k(&["apply", "-f"]).arg(&file));
+    scratch.install(vec![
+        webhook,
+        scratch.scoped(&objects, "ValidatingAdmissionPolicy"),
+        scratch.scoped(&objects, "ValidatingAdmissionPolicyBinding"),
+    ]);
 
-    let pod_file = dir.join("pod.json");
-    std::fs::write(
-        &pod_file,
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "app", "namespace": scratch,
-                         "annotations": {"sesame.dev/env.NEW_CHECKOUT": "dev:shared/feature-flags#newCheckout"}},
-            "spec": {"containers": [{"name": "app", "image": "app:1"}]}
-        })
-        .to_string(),
-    )
-    .unwrap();
-    // Returns the admitted Pod, or the API server's refusal.
-    let create = || -> Result<Value, String> {
-        let out = k(&["create", "--dry-run=server", "-o", "json", "-f"])
-            .arg(&pod_file)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(serde_json::from_slice(&out.stdout).unwrap())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    };
-    // New webhook configurations and policies reach the API server's
-    // admission chain within a second or two.
-    let eventually = |want: &dyn Fn(&Result<Value, String>) -> bool| {
-        let mut last = create();
-        for _ in 0..40 {
-            if want(&last) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(250));
-            last = create();
-        }
-        last
-    };
-    let mutated = eventually(&|r| {
-        r.as_ref()
-            .is_ok_and(|p| !p["metadata"]["annotations"][MARKER].is_null())
-    });
-
+    let asks = serde_json::json!({"sesame.dev/env.NEW_CHECKOUT": "dev:shared/feature-flags#newCheckout"});
+    let mutated = scratch.eventually(&asks, |r| r.as_ref().is_ok_and(marked));
     server.shutdown();
     server.wait().await;
-    let refused = create();
+    let refused = scratch.create_pod(asks.clone());
     // The platform's other choice, failurePolicy Ignore: the guard refuses.
-    run(k(&[
-        "patch",
-        "mutatingwebhookconfiguration",
-        &scratch,
-        "--type=json",
-        "-p",
-    ])
-    .arg(r#"[{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]"#));
-    let guarded = eventually(&|r| {
+    run(scratch
+        .kubectl(&[
+            "patch",
+            "mutatingwebhookconfiguration",
+            &scratch.name,
+            "--type=json",
+            "-p",
+        ])
+        .arg(r#"[{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]"#));
+    let guarded = scratch.eventually(&asks, |r| {
         r.as_ref()
             .is_err_and(|e| e.contains("Sesame did not process this Pod"))
     });
-    run(&mut k(&[
+    run(&mut scratch.kubectl(&[
         "label",
         "namespace",
-        &scratch,
+        &scratch.name,
         "sesame.dev/failure-policy=open",
     ]));
-    let open = eventually(&|r| r.is_ok());
-
-    let _ = k(&["delete", "-f"]).arg(&file).output();
-    let _ = k(&["delete", "namespace", &scratch, "--wait=false"]).output();
+    let open = scratch.eventually(&asks, |r| r.is_ok());
 
     let pod = mutated.expect("the Pod is admitted once Sesame mutated it");
-    assert!(
-        !pod["metadata"]["annotations"][MARKER].is_null(),
-        "marker set: {pod}"
-    );
+    assert!(marked(&pod), "marker set: {pod}");
     let env = &pod["spec"]["containers"][0]["env"][0];
     assert_eq!(env["name"], "NEW_CHECKOUT", "{pod}");
     assert!(
@@ -1542,10 +1494,7 @@ async fn api_server_calls_the_installed_webhook() {
     let refusal = guarded.expect_err("with failurePolicy Ignore, the guard rejects the unmutated Pod");
     assert!(refusal.contains("ValidatingAdmissionPolicy"), "{refusal}");
     let pod = open.expect("a fail-open namespace admits the Pod while Sesame is down");
-    assert!(
-        pod["metadata"]["annotations"][MARKER].is_null(),
-        "unmutated: {pod}"
-    );
+    assert!(!marked(&pod), "unmutated: {pod}");
 }
 
 /// Another release name and namespace reach every reference between objects.
