@@ -510,22 +510,6 @@ async fn plain_http_garbage_and_slow_clients_on_the_tls_port_do_no_harm() {
     still_serves(&s).await;
 }
 
-fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-}
-
 #[tokio::test]
 async fn tls_offers_h2_and_http11_and_only_tls12_and_13() {
     let s = TestServer::start().await;
