@@ -276,8 +276,9 @@ pub struct ServeProcess {
 }
 
 impl ServeProcess {
-    /// Starts the binary on `dir` (its `sesame.yaml` and `certs/`).
-    pub async fn spawn(dir: &Path) -> Self {
+    /// Starts the binary on `dir` (its `sesame.yaml` and `certs/`); `extra`
+    /// flags are added (the drain timeout, for one, defaults to 25 s).
+    pub async fn spawn(dir: &Path, extra: &[&str]) -> Self {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_sesame"))
@@ -294,7 +295,8 @@ impl ServeProcess {
                 "--admin-port",
                 "0",
             ])
-            .args(["--kube", "off", "--drain-timeout", "10s"])
+            .args(["--kube", "off"])
+            .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

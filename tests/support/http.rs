@@ -40,6 +40,17 @@ pub async fn serve<F>(handler: F) -> (String, Arc<AtomicUsize>)
 where
     F: Fn(usize, &Request) -> Response + Send + Sync + 'static,
 {
+    serve_async(move |n, request| std::future::ready(handler(n, &request))).await
+}
+
+/// `serve` with a handler that may take its time (a stand-in that stalls).
+/// Requests on one connection are answered in order; other connections are
+/// served meanwhile.
+pub async fn serve_async<F, Fut>(handler: F) -> (String, Arc<AtomicUsize>)
+where
+    F: Fn(usize, Request) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let count = Arc::new(AtomicUsize::new(0));
@@ -54,7 +65,7 @@ where
                 // Requests one after another on a kept-alive connection.
                 while let Some(request) = read_request(&mut stream).await {
                     let n = counter.fetch_add(1, Ordering::SeqCst);
-                    let answer = handler(n, &request);
+                    let answer = handler(n, request).await;
                     let mut head = format!(
                         "HTTP/1.1 {}\r\ncontent-length: {}\r\n",
                         answer.status,

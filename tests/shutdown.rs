@@ -1,0 +1,189 @@
+//! Graceful shutdown: once asked to stop (SIGTERM, or `ServerHandle::shutdown`
+//! on the same path), the server accepts no new connection, finishes the
+//! reviews in flight with proper answers, and then returns. The in-flight
+//! review is held in a Vault store stand-in that answers only when released
+//! (tests/support/slow_vault.rs names the Vault API documents it follows).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+#[path = "support/http.rs"]
+mod http;
+#[path = "support/slow_vault.rs"]
+mod slow_vault;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use slow_vault::SlowVault;
+
+const BARE: &str = "real-pod-create-bare.json";
+
+/// A review whose Pod asks the slow store for `apps/team-a/<path>` as env var `env`.
+fn slow_review(env: &str, path: &str) -> Value {
+    let key = format!("sesame.dev/env.{env}");
+    let value = format!("slow:apps/team-a/{path}");
+    with_annotations(BARE, &[(&key, &value)])
+}
+
+/// Sends a review in the background; the task yields the HTTP status and body.
+fn send(
+    client: reqwest::Client,
+    url: String,
+    review: Value,
+) -> tokio::task::JoinHandle<Result<(u16, Value), String>> {
+    tokio::spawn(async move {
+        let resp = client
+            .post(&url)
+            .json(&review)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.map_err(|e| e.to_string())?))
+    })
+}
+
+/// Asserts a complete, positive AdmissionReview answer that injects `env`.
+fn assert_mutated(review: &Value, answer: &(u16, Value), env: &str) {
+    let (status, body) = answer;
+    assert_eq!(*status, 200, "{body}");
+    assert_eq!(body["kind"], "AdmissionReview");
+    let response = &body["response"];
+    assert_eq!(response["uid"], review["request"]["uid"]);
+    assert_eq!(response["allowed"], true, "{response}");
+    let pod = patched_pod(review, response);
+    let var = env_var(&pod, "app", env).unwrap_or_else(|| panic!("{env} not injected: {response}"));
+    assert!(var["valueFrom"]["secretKeyRef"]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("sesame-"));
+}
+
+/// Waits until connecting to `addr` is refused: the listener is gone.
+async fn wait_until_refused(addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return started.elapsed(),
+            // Accepted into the backlog just before the listener closed, or reset then.
+            _ => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "still accepting connections 3 s after shutdown"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_reviews_in_flight_over_h1_and_h2_and_refuses_new_connections() {
+    let vault = SlowVault::start(json!({"password": "pw-from-vault", "token": "tok-from-vault"})).await;
+    let (dir, ca) = vault.prepare("8s");
+    let s = TestServer::start_in(dir, Some(ca), |a| a.drain_timeout = Duration::from_secs(10)).await;
+
+    let over_h1 = slow_review("DB_PASSWORD", "db#password");
+    let over_h2 = slow_review("API_TOKEN", "api#token");
+    let h1 = send(s.client(false), s.url.clone(), over_h1.clone());
+    let h2 = send(s.client(true), s.url.clone(), over_h2.clone());
+    // Both reviews are inside the pipeline, waiting for the store.
+    vault.wait_for_reads(2).await;
+
+    let TestServer { handle, dir, .. } = s;
+    let addr = handle.webhook_addr;
+    let admin = handle.admin_addr;
+    handle.shutdown();
+    let refused_after = wait_until_refused(addr).await;
+    println!("new connections refused {refused_after:?} after shutdown");
+    wait_until_refused(admin).await;
+    assert!(!h1.is_finished() && !h2.is_finished());
+
+    let waiting = tokio::spawn(handle.wait());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the server stopped before its reviews were answered"
+    );
+    vault.release();
+    assert_mutated(&over_h1, &h1.await.unwrap().unwrap(), "DB_PASSWORD");
+    assert_mutated(&over_h2, &h2.await.unwrap().unwrap(), "API_TOKEN");
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("wait() returns once the drained reviews are answered")
+        .unwrap();
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_binary_and_it_exits_0() {
+    let vault = SlowVault::start(json!({"password": "pw-from-vault"})).await;
+    let (dir, ca) = vault.prepare("8s");
+    let mut server = ServeProcess::spawn(dir.path(), &[]).await;
+    let review = slow_review("DB_PASSWORD", "db#password");
+    let in_flight = send(client_for(&ca, false), server.url(), review.clone());
+    vault.wait_for_reads(1).await;
+
+    server.sigterm();
+    wait_until_refused(server.webhook_addr).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !in_flight.is_finished(),
+        "the review must wait for its store, not be cut off"
+    );
+    vault.release();
+    assert_mutated(&review, &in_flight.await.unwrap().unwrap(), "DB_PASSWORD");
+
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{:#?}", server.lines());
+    let logs = server.json_logs();
+    assert!(
+        logs.iter().any(|l| l["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("shutdown signal received")),
+        "{:#?}",
+        server.lines()
+    );
+    let all = server.lines().join("\n");
+    assert!(!all.contains("pw-from-vault"), "a secret value was logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_timeout_bounds_how_long_a_stuck_review_delays_the_exit() {
+    let vault = SlowVault::start(json!({"password": "pw-from-vault"})).await;
+    let (dir, ca) = vault.prepare("8s");
+    let mut server = ServeProcess::spawn(dir.path(), &["--drain-timeout", "1s"]).await;
+    let stuck = send(
+        client_for(&ca, false),
+        server.url(),
+        slow_review("DB_PASSWORD", "db#password"),
+    );
+    vault.wait_for_reads(1).await;
+
+    let started = Instant::now();
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(6)).await;
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(0), "{:#?}", server.lines());
+    // Well before the 8 s store budget would have answered the review.
+    assert!(took < Duration::from_secs(5), "exit took {took:?}");
+    assert!(
+        server.json_logs().iter().any(|l| l["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("drain timeout passed")),
+        "{:#?}",
+        server.lines()
+    );
+    // The review that outlived the drain has its connection closed: the API
+    // server retries it or applies the webhook's failure policy.
+    let result = tokio::time::timeout(Duration::from_secs(5), stuck)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_err(), "{result:?}");
+}
