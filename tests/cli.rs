@@ -1,0 +1,558 @@
+//! The `sesame` binary's commands as a user runs them: `mutate` on Pods,
+//! workloads, several documents and stdin; `check-config` on good and broken
+//! files; `gen-certs` and the certificates it writes; and the audit log of
+//! `serve --log-format json`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Runs the binary in `dir` (so that no stray `sesame.yaml` is picked up).
+fn sesame(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sesame"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8(out.stdout.clone()).unwrap(),
+        String::from_utf8(out.stderr.clone()).unwrap(),
+    )
+}
+
+/// A directory with the test configuration and file store.
+fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), CONFIG, SECRETS);
+    dir
+}
+
+/// `sesame mutate -c sesame.yaml` with `args`; asserts success and that no
+/// value is printed; returns the printed documents.
+fn mutate_ok(dir: &Path, args: &[&str], stdin: Option<&str>) -> Vec<Value> {
+    let mut all = vec!["mutate", "-c", "sesame.yaml"];
+    all.extend_from_slice(args);
+    let out = sesame(dir, &all, stdin);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_no_secret(&stdout);
+    assert_no_secret(&stderr);
+    documents(&stdout)
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+const POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: team-a
+  annotations:
+    sesame.dev/env.DB_PASSWORD: "dev:apps/team-a/db#password"
+    sesame.dev/dir.tls: "dev:apps/team-a/tls path=/etc/tls mode=0400"
+spec:
+  containers:
+    - name: app
+      image: nginx
+"#;
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api
+  annotations: {owner: team-a}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata:
+      labels: {app: api}
+      annotations:
+        sesame.dev/env-from.db: "dev:apps/team-a/db prefix=DB_"
+    spec:
+      containers:
+        - {name: api, image: api:1}
+        - {name: sidecar, image: proxy:1}
+"#;
+
+const CRONJOB: &str = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly}
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        metadata:
+          annotations:
+            sesame.dev/env.TOKEN: "dev:apps/team-a/api-token"
+        spec:
+          restartPolicy: Never
+          containers: [{name: job, image: busybox}]
+"#;
+
+const CONFIGMAP: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {level: info}
+"#;
+
+/// Asserts that `secret` is the managed Secret in `namespace` with values
+/// hidden, and returns its name and keys.
+fn hidden_secret(secret: &Value, namespace: &str) -> (String, Vec<String>) {
+    assert_eq!(secret["kind"], "Secret");
+    assert_eq!(secret["metadata"]["namespace"], namespace);
+    let data = secret["data"].as_object().unwrap();
+    for v in data.values() {
+        let v = v.as_str().unwrap();
+        assert!(v.contains("hidden") && v.contains("--show-values"), "{v}");
+    }
+    (
+        secret["metadata"]["name"].as_str().unwrap().to_owned(),
+        data.keys().cloned().collect(),
+    )
+}
+
+fn secret_key_ref(env: &Value) -> (String, String) {
+    let r = &env["valueFrom"]["secretKeyRef"];
+    (
+        r["name"].as_str().unwrap().to_owned(),
+        r["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn mutate_prints_the_pod_and_the_secret_with_keys_only() {
+    let dir = workdir();
+    std::fs::write(dir.path().join("pod.yaml"), POD).unwrap();
+    let docs = mutate_ok(dir.path(), &["-f", "pod.yaml", "--namespace", "team-a"], None);
+    assert_eq!(docs.len(), 2, "{docs:?}");
+    let (pod, secret) = (&docs[0], &docs[1]);
+    let (name, keys) = hidden_secret(secret, "team-a");
+    assert!(name.starts_with("sesame-"));
+
+    let env = env_var(pod, "app", "DB_PASSWORD").unwrap();
+    assert_eq!(secret_key_ref(env), (name.clone(), "db.password".to_owned()));
+    let volume = &pod["spec"]["volumes"][0];
+    assert_eq!(volume["secret"]["secretName"], name.as_str());
+    let items = volume["secret"]["items"].as_array().unwrap();
+    let files: Vec<&str> = items.iter().map(|i| i["path"].as_str().unwrap()).collect();
+    assert_eq!(files, ["ca.crt", "tls.crt", "tls.key"]);
+    for item in items {
+        assert_eq!(item["mode"], 0o400);
+        assert!(keys.contains(&item["key"].as_str().unwrap().to_owned()));
+    }
+    assert!(keys.contains(&"db.password".to_owned()));
+    let mount = &pod["spec"]["containers"][0]["volumeMounts"][0];
+    assert_eq!(mount["mountPath"], "/etc/tls");
+    assert_eq!(
+        pod["metadata"]["annotations"]["sesame.dev/injected"],
+        name.as_str()
+    );
+    assert_eq!(
+        secret["metadata"]["annotations"]["sesame.dev/references"],
+        "dev:apps/team-a/db#password\ndev:apps/team-a/tls"
+    );
+}
+
+#[test]
+fn show_values_prints_the_values_base64() {
+    let dir = workdir();
+    std::fs::write(dir.path().join("pod.yaml"), POD).unwrap();
+    let out = sesame(
+        dir.path(),
+        &["mutate", "-c", "sesame.yaml", "-f", "pod.yaml", "--show-values"],
+        None,
+    );
+    assert!(out.status.success());
+    let docs = documents(&text(&out).0);
+    let data = docs[1]["data"].as_object().unwrap();
+    let decoded = |k: &str| {
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(data[k].as_str().unwrap())
+            .unwrap();
+        String::from_utf8(b).unwrap()
+    };
+    assert_eq!(decoded("db.password"), "s3cr3t-team-a-password");
+    assert_eq!(decoded("tls.tls.key"), "KEY-PEM-TEAM-A");
+    assert_eq!(decoded("tls.ca.crt"), "CA-PEM-TEAM-A");
+}
+
+#[test]
+fn mutate_patches_the_pod_template_of_a_deployment_and_a_cronjob() {
+    let dir = workdir();
+    std::fs::write(dir.path().join("deploy.yaml"), DEPLOYMENT).unwrap();
+    let docs = mutate_ok(dir.path(), &["-f", "deploy.yaml", "-n", "team-a"], None);
+    let (deployment, secret) = (&docs[0], &docs[1]);
+    let (name, _) = hidden_secret(secret, "team-a");
+    assert_eq!(deployment["kind"], "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    // The workload's own metadata is left alone; the template gets the marker.
+    assert_eq!(deployment["metadata"]["annotations"], json!({"owner": "team-a"}));
+    let template = &deployment["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["annotations"]["sesame.dev/injected"],
+        name.as_str()
+    );
+    for container in ["api", "sidecar"] {
+        for var in ["DB_HOST", "DB_PORT", "DB_USERNAME", "DB_PASSWORD", "DB_DATABASE"] {
+            let env = env_var(template, container, var).unwrap_or_else(|| panic!("{container}: {var}"));
+            assert_eq!(secret_key_ref(env).0, name);
+        }
+    }
+
+    std::fs::write(dir.path().join("cron.yaml"), CRONJOB).unwrap();
+    let docs = mutate_ok(dir.path(), &["-f", "cron.yaml", "-n", "team-a"], None);
+    let (name, keys) = hidden_secret(&docs[1], "team-a");
+    let template = &docs[0]["spec"]["jobTemplate"]["spec"]["template"];
+    let env = env_var(template, "job", "TOKEN").unwrap();
+    assert_eq!(secret_key_ref(env), (name, "api-token".to_owned()));
+    assert_eq!(keys, ["api-token"]);
+    assert_eq!(docs[0]["spec"]["schedule"], "0 3 * * *");
+}
+
+#[test]
+fn mutate_reads_several_documents_from_a_file_or_stdin() {
+    let dir = workdir();
+    let manifest = format!("{CONFIGMAP}---{POD}---{DEPLOYMENT}");
+    std::fs::write(dir.path().join("all.yaml"), &manifest).unwrap();
+    let docs = mutate_ok(dir.path(), &["-f", "all.yaml", "-n", "team-a"], None);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ConfigMap", "Pod", "Secret", "Deployment", "Secret"]);
+    assert_eq!(docs[0], serde_yaml::from_str::<Value>(CONFIGMAP).unwrap());
+    // Different references, different Secrets.
+    assert_ne!(docs[2]["metadata"]["name"], docs[4]["metadata"]["name"]);
+
+    let from_stdin = sesame(
+        dir.path(),
+        &["mutate", "-c", "sesame.yaml", "-f", "-", "-n", "team-a"],
+        Some(&manifest),
+    );
+    assert!(from_stdin.status.success());
+    assert_eq!(documents(&text(&from_stdin).0), docs, "stdin and file differ");
+}
+
+#[test]
+fn the_namespace_flag_decides_what_the_policy_allows() {
+    let dir = workdir();
+    std::fs::write(dir.path().join("pod.yaml"), POD).unwrap();
+    // Without the flag, the object's own namespace (team-a) is used.
+    let docs = mutate_ok(dir.path(), &["-f", "pod.yaml"], None);
+    assert_eq!(docs[1]["metadata"]["namespace"], "team-a");
+
+    // In team-b, team-a's secrets are out of reach: denied, with the reason on stderr.
+    let out = sesame(
+        dir.path(),
+        &[
+            "mutate",
+            "-c",
+            "sesame.yaml",
+            "-f",
+            "pod.yaml",
+            "--namespace",
+            "team-b",
+        ],
+        None,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
+    for part in [
+        "denied (document 1)",
+        "\"team-b\"",
+        "own-subtree",
+        "apps/team-b/**",
+    ] {
+        assert!(stderr.contains(part), "{part} missing in: {stderr}");
+    }
+    assert!(
+        !stdout.contains("kind: Pod"),
+        "a denied Pod is not printed: {stdout}"
+    );
+    assert_no_secret(&stdout);
+    assert_no_secret(&stderr);
+
+    // One denied document among good ones: the others are printed, the exit code still fails.
+    let manifest = format!("{CONFIGMAP}---{POD}");
+    let out = sesame(
+        dir.path(),
+        &["mutate", "-c", "sesame.yaml", "-f", "-", "-n", "team-b"],
+        Some(&manifest),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let (stdout, stderr) = text(&out);
+    assert!(stderr.contains("denied (document 2)"), "{stderr}");
+    let kinds: Vec<Value> = documents(&stdout).iter().map(|d| d["kind"].clone()).collect();
+    assert_eq!(kinds, [json!("ConfigMap")]);
+}
+
+#[test]
+fn check_config_accepts_a_valid_file() {
+    let dir = workdir();
+    let out = sesame(dir.path(), &["check-config", "-c", "sesame.yaml"], None);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "sesame.yaml: valid (1 stores, 1 policy rules)");
+}
+
+#[test]
+fn check_config_names_the_field_and_line_of_what_is_broken() {
+    let dir = workdir();
+    let base = "annotationPrefix: sesame.dev\nstores:\n  - name: dev\n    file: {path: secrets.yaml}\n";
+    // (file, what the message must name)
+    let cases: &[(String, &[&str])] = &[
+        (
+            format!("{base}    cacheTTL: 5s\n"),
+            &["stores[0]", "unknown field `cacheTTL`", "line 5"],
+        ),
+        (
+            format!("{base}resolveTimeout: soon\n"),
+            &["resolveTimeout", "line 5"],
+        ),
+        (
+            format!("{base}policy:\n  rules:\n    - name: r\n      namespaces: team-a\n"),
+            &["policy.rules[0].namespaces", "line 8"],
+        ),
+        (
+            "stores:\n  - name: dev\n   file: {path: x}\n".to_owned(),
+            &["line 3"],
+        ),
+        // Checked after parsing: the field, without a line.
+        (
+            format!(
+                "{base}policy:\n  rules:\n    - {{name: r, namespaces: ['*'], stores: [vault], paths: ['**']}}\n"
+            ),
+            &["policy.rules[0].stores[0]", "no store is named \"vault\""],
+        ),
+        (
+            format!("{base}resolveTimeout: 30s\n"),
+            &["resolveTimeout", "10 s"],
+        ),
+    ];
+    for (yaml, parts) in cases {
+        std::fs::write(dir.path().join("broken.yaml"), yaml).unwrap();
+        let out = sesame(dir.path(), &["check-config", "-c", "broken.yaml"], None);
+        let (stdout, stderr) = text(&out);
+        assert!(!out.status.success(), "{yaml} was accepted");
+        assert!(!stdout.contains("valid"), "{stdout}");
+        for part in *parts {
+            assert!(stderr.contains(part), "{part} missing for\n{yaml}\nin: {stderr}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gen_certs_writes_a_pair_that_serve_uses_for_the_service_names() {
+    let dir = workdir();
+    let out = sesame(
+        dir.path(),
+        &[
+            "gen-certs",
+            "--out",
+            "certs",
+            "--service",
+            "svc",
+            "--namespace",
+            "ns",
+        ],
+        None,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let certs = dir.path().join("certs");
+    let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(std::fs::read_to_string(certs.join("tls.key"))
+        .unwrap()
+        .contains("PRIVATE KEY"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(certs.join("tls.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "tls.key mode {:o}", mode & 0o777);
+    // stdout is the caBundle alone: base64 of the CA PEM.
+    let bundle = base64::engine::general_purpose::STANDARD
+        .decode(stdout.trim())
+        .unwrap();
+    assert_eq!(String::from_utf8(bundle).unwrap(), ca);
+    assert!(stderr.contains("svc.ns.svc"), "{stderr}");
+
+    // `serve` takes the directory as it is; handshakes trusting only that CA
+    // succeed for the Service's names and loopback, and fail for others.
+    let server = ServeProcess::spawn(dir.path(), &[]).await;
+    let connector = tls_connector(&ca);
+    for (name, valid) in [
+        ("svc.ns.svc", true),
+        ("svc.ns.svc.cluster.local", true),
+        ("localhost", true),
+        ("127.0.0.1", true),
+        ("svc.other.svc", false),
+        ("sesame.sesame-system.svc", false),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(server.webhook_addr).await.unwrap();
+        let server_name = rustls_pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        let result = connector.connect(server_name, tcp).await;
+        match (result, valid) {
+            (Ok(_), true) => {}
+            (Err(e), false) => assert!(e.to_string().contains("not valid for name"), "{name}: {e}"),
+            (Ok(_), false) => panic!("{name} must not be accepted"),
+            (Err(e), true) => panic!("{name}: {e}"),
+        }
+    }
+    let review = fixture("real-pod-create-bare.json");
+    let resp = client_for(&ca, true)
+        .post(server.url())
+        .json(&review)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// A review with its own uid (the audit lines are told apart by uid).
+fn with_uid(mut review: Value, uid: &str) -> Value {
+    review["request"]["uid"] = json!(uid);
+    review
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_writes_one_json_audit_line_per_decision_and_no_value() {
+    let dir = workdir();
+    let ca = write_certs(&dir.path().join("certs"));
+    let mut server = ServeProcess::spawn(dir.path(), &[]).await;
+    let client = client_for(&ca, false);
+
+    let mutated = fixture("real-pod-create-bare.json");
+    let every_property = with_uid(
+        with_annotations(
+            "real-pod-create-bare.json",
+            &[("sesame.dev/env-from.db", "dev:apps/team-a/db prefix=DB_")],
+        ),
+        "0b7e0c1e-0000-4000-8000-000000000001",
+    );
+    let generate_name = fixture("real-pod-create-generatename-owned.json");
+    let policy_denied = fixture("real-pod-create-ns-labels.json");
+    let malformed = with_uid(
+        with_annotations(
+            "real-pod-create-bare.json",
+            &[("sesame.dev/env.X", "dev:apps/team-a/db#password colour=red")],
+        ),
+        "0b7e0c1e-0000-4000-8000-000000000002",
+    );
+    let untouched = [
+        fixture("pod-create-bare-no-env.json"),
+        fixture("configmap-create.json"),
+    ];
+    let decided = [
+        &mutated,
+        &every_property,
+        &generate_name,
+        &policy_denied,
+        &malformed,
+    ];
+    for review in decided.iter().copied().chain(&untouched) {
+        let resp = client.post(server.url()).json(review).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    server.sigterm();
+    assert!(server.wait_exit(Duration::from_secs(10)).await.success());
+
+    let all = server.lines().join("\n");
+    assert_no_secret(&all);
+    let decisions: Vec<Value> = server
+        .json_logs()
+        .into_iter()
+        .filter(|l| l["message"] == "admission decision")
+        .collect();
+    let uid_of = |line: &Value| -> String {
+        let spans = line["spans"].as_array().unwrap();
+        spans.iter().find_map(|s| s["uid"].as_str()).unwrap().to_owned()
+    };
+    assert_eq!(decisions.len(), decided.len(), "{decisions:#?}");
+    for review in decided {
+        let uid = review["request"]["uid"].as_str().unwrap();
+        let lines: Vec<&Value> = decisions.iter().filter(|l| uid_of(l) == uid).collect();
+        assert_eq!(lines.len(), 1, "{uid}: {decisions:#?}");
+    }
+    let line = |review: &Value| -> (Value, Value) {
+        let uid = review["request"]["uid"].as_str().unwrap();
+        let line = decisions.iter().find(|l| uid_of(l) == uid).unwrap();
+        let span = line["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "review")
+            .unwrap()
+            .clone();
+        (line.clone(), span)
+    };
+
+    let (l, span) = line(&mutated);
+    assert_eq!(l["allowed"], true);
+    assert_eq!(span["namespace"], "team-a");
+    assert_eq!(span["pod"], "web");
+    assert!(l["references"]
+        .as_str()
+        .unwrap()
+        .contains("dev:apps/team-a/db#password by rule own-subtree"));
+    assert!(l["secret"].as_str().unwrap().starts_with("sesame-"));
+
+    let (l, _) = line(&every_property);
+    let refs = l["references"].as_str().unwrap();
+    assert!(refs.contains("dev:apps/team-a/db by rule own-subtree"), "{refs}");
+
+    let (l, span) = line(&generate_name);
+    assert_eq!(l["allowed"], true);
+    assert_eq!(span["pod"], "api-7d9f8b-*");
+
+    let (l, span) = line(&policy_denied);
+    assert_eq!(l["allowed"], false);
+    assert_eq!(l["code"], 403);
+    assert_eq!(span["namespace"], "team-b");
+    assert_eq!(span["pod"], "worker");
+    assert!(l["references"]
+        .as_str()
+        .unwrap()
+        .contains("dev:apps/team-a/db#password"));
+    let reason = l["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("own-subtree") && reason.contains("apps/team-b/**"),
+        "{reason}"
+    );
+
+    let (l, _) = line(&malformed);
+    assert_eq!(l["allowed"], false);
+    assert_eq!(l["code"], 400);
+    assert!(l["reason"].as_str().unwrap().contains("colour"));
+}
