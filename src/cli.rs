@@ -134,6 +134,28 @@ impl Default for KubeArgs {
     }
 }
 
+impl ServeArgs {
+    /// Serving on 127.0.0.1 with ephemeral ports, without a cluster: for
+    /// embedding and tests. Fields can be changed afterwards.
+    pub fn loopback(config: PathBuf, cert_dir: PathBuf) -> Self {
+        Self {
+            config: ConfigArg { config: Some(config) },
+            bind_address: IpAddr::from([127, 0, 0, 1]),
+            tls_port: 0,
+            admin_port: 0,
+            cert_dir,
+            reload_interval: Duration::from_secs(10),
+            max_body_bytes: 3 * 1024 * 1024,
+            client_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
+            kube: KubeArgs {
+                mode: KubeMode::Off,
+                ..KubeArgs::default()
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct MutateArgs {
     #[command(flatten)]

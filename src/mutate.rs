@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use base64::Engine as _;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::cli::MutateArgs;
 use crate::config::Config;
 use crate::inject::{ManagedSecret, PodView};
+use crate::kube::secret::ApplyBody;
 use crate::pipeline::{Engine, PodInput, Verdict};
 use crate::telemetry::Metrics;
 
@@ -94,36 +94,30 @@ pub async fn mutate_object(
     }
 }
 
-/// The managed Secret as a manifest; values only when asked for.
-pub fn secret_manifest(secret: &ManagedSecret, show_values: bool) -> Value {
-    let data: serde_json::Map<String, Value> = secret
-        .data
+/// The managed Secret exactly as the Kubernetes writer would apply it, with
+/// each value replaced by its size unless `show_values` is set.
+pub fn secret_manifest(secret: &ManagedSecret, prefix: &str, show_values: bool) -> Value {
+    let owners: Vec<_> = secret
+        .owners
         .iter()
-        .map(|(k, v)| {
-            let shown = if show_values {
-                Value::String(base64::engine::general_purpose::STANDARD.encode(v.expose()))
-            } else {
-                Value::String(format!("<{} bytes, hidden; --show-values to print>", v.len()))
-            };
-            (k.clone(), shown)
-        })
+        .map(crate::kube::secret::secret_owner)
         .collect();
-    let refs: Vec<String> = secret.references.iter().map(ToString::to_string).collect();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": secret.name,
-            "namespace": secret.namespace,
-            "labels": {"app.kubernetes.io/managed-by": "sesame"},
-            "annotations": {
-                "sesame.dev/references": refs.join("\n"),
-                "sesame.dev/content-hash": secret.content_hash,
-            },
-        },
-        "data": data,
-    })
+    let keys = crate::kube::secret::SecretAnnotations::new(prefix);
+    let ApplyBody(mut body) =
+        crate::kube::secret::apply_body(secret, &owners, &keys, &crate::kube::secret::now_rfc3339());
+    if !show_values {
+        if let Some(Value::Object(data)) = body.get_mut("data") {
+            for (key, shown) in data.iter_mut() {
+                let len = secret.data.get(key).map_or(0, |v| v.len());
+                *shown = Value::String(format!("<{len} bytes, hidden; --show-values to print>"));
+            }
+        }
+        // A hash of short values could be brute-forced from a CI log.
+        if let Some(Value::Object(annotations)) = body.pointer_mut("/metadata/annotations") {
+            annotations.remove(&keys.content_hash);
+        }
+    }
+    body
 }
 
 pub async fn run(args: &MutateArgs) -> anyhow::Result<ExitCode> {
@@ -153,7 +147,7 @@ pub async fn run(args: &MutateArgs) -> anyhow::Result<ExitCode> {
                 }
                 out.push(m.object);
                 if let Some(s) = &m.secret {
-                    out.push(secret_manifest(s, args.show_values));
+                    out.push(secret_manifest(s, engine.prefix(), args.show_values));
                 }
             }
             Err(message) => {

@@ -241,7 +241,9 @@ pub fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // The review span's fields (uid, namespace, pod) as one `span` object.
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };

@@ -1424,16 +1424,8 @@ async fn api_server_calls_the_installed_webhook() {
         ),
     )
     .unwrap();
-    let args = sesame::cli::ServeArgs {
-        config: sesame::cli::ConfigArg { config: Some(config) },
-        bind_address: "127.0.0.1".parse().unwrap(),
-        tls_port: 0,
-        admin_port: 0,
-        cert_dir: dir.join("certs"),
-        reload_interval: std::time::Duration::from_secs(10),
-        max_body_bytes: 3 * 1024 * 1024,
-        drain_timeout: std::time::Duration::from_secs(1),
-    };
+    let mut args = sesame::cli::ServeArgs::loopback(config, dir.join("certs"));
+    args.drain_timeout = std::time::Duration::from_secs(1);
     let server = sesame::run::start(&args, None).await.unwrap();
     let url = format!("https://127.0.0.1:{}/mutate", server.webhook_addr.port());
 

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use tracing::Instrument;
 
 use crate::inject::PodView;
 use crate::kube::{DryRunWriter, NamespaceLabels, SecretWriter, WriteOutcome};
-use crate::pipeline::{Engine, PodInput, SharedEngine, Verdict};
+use crate::pipeline::{Engine, Mutation, PodInput, SharedEngine, Verdict};
 use crate::telemetry::Metrics;
 use review::{ResponseOut, ReviewIn, ReviewOut, StatusOut, API_VERSION, KIND};
 
@@ -131,7 +132,6 @@ impl Admission {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| pod.display_name());
         let span = tracing::info_span!("review", uid = %request.uid, namespace, pod = %pod_name, dry_run);
-        let _enter = span.enter();
 
         // Leave a margin for writing the Secret and answering.
         let budget = timeout.map(|t| {
@@ -146,7 +146,20 @@ impl Admission {
             budget,
             namespace_labels: labels.as_ref(),
         };
-        let verdict = engine.evaluate(&input).await;
+        let verdict = engine.evaluate(&input).instrument(span.clone()).await;
+        // The Secret is written before answering: a Pod never points at a Secret that does not exist.
+        let written = match &verdict {
+            Verdict::Mutated(Mutation {
+                secret: Some(secret), ..
+            }) => Some(if dry_run {
+                DryRunWriter.apply(secret).await
+            } else {
+                self.writer.apply(secret).instrument(span.clone()).await
+            }),
+            _ => None,
+        };
+        // No await below: the span may be entered for the decision's log line.
+        let _enter = span.enter();
         match verdict {
             Verdict::Untouched => (allow(), "allowed"),
             Verdict::Denied(d) => {
@@ -165,12 +178,7 @@ impl Admission {
             }
             Verdict::Mutated(m) => {
                 let mut warnings = m.warnings;
-                if let Some(secret) = &m.secret {
-                    let result = if dry_run {
-                        DryRunWriter.apply(secret).await
-                    } else {
-                        self.writer.apply(secret).await
-                    };
+                if let Some(result) = written {
                     match result {
                         Ok(WriteOutcome::Applied) => self.metrics.secret_write("applied"),
                         Ok(WriteOutcome::Unchanged) => self.metrics.secret_write("unchanged"),

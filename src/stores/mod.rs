@@ -255,3 +255,67 @@ impl Stores {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers every fetch after `delay` with the path as the value.
+    struct Slow {
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl Store for Slow {
+        fn provider(&self) -> &'static str {
+            "slow"
+        }
+        async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
+            tokio::time::sleep(self.delay).await;
+            locators
+                .iter()
+                .map(|l| Ok(SecretData::Value(SecretValue::from(l.path.as_str()))))
+                .collect()
+        }
+    }
+
+    fn stores() -> Stores {
+        let metrics = Arc::new(Metrics::new());
+        let mut stores = Stores::default();
+        for (name, delay) in [("fast", Duration::ZERO), ("hung", Duration::from_secs(3600))] {
+            let cached = CachedStore::new(
+                name.into(),
+                Arc::new(Slow { delay }),
+                Duration::from_secs(60),
+                Duration::ZERO,
+                metrics.clone(),
+            );
+            stores.insert(name, Arc::new(cached));
+        }
+        stores
+    }
+
+    fn req(store: &str, path: &str) -> StoreRequest {
+        StoreRequest {
+            store: store.into(),
+            locator: SecretLocator::new(path, None),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_store_times_out_alone_and_the_others_answer() {
+        let stores = stores();
+        let requests = [
+            req("fast", "a"),
+            req("hung", "b"),
+            req("fast", "c"),
+            req("nope", "d"),
+        ];
+        // The hung store would take an hour: returning at all shows the budget bounds it.
+        let answers = stores.resolve(&requests, Duration::from_millis(100)).await;
+        assert_eq!(answers[0].as_ref().unwrap().get(None).unwrap().expose(), b"a");
+        assert_eq!(answers[1].as_ref().unwrap_err(), &StoreError::Timeout);
+        assert_eq!(answers[2].as_ref().unwrap().get(None).unwrap().expose(), b"c");
+        assert!(matches!(answers[3], Err(StoreError::InvalidRequest(_))));
+    }
+}

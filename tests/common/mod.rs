@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::Value;
-use sesame::cli::{ConfigArg, KubeArgs, ServeArgs};
-use sesame::kube::client::KubeMode;
+use sesame::cli::ServeArgs;
 use sesame::run::{start, ServerHandle};
 
 pub const SECRETS: &str = r#"
@@ -155,24 +154,11 @@ pub fn write_certs(dir: &Path) -> String {
 }
 
 pub fn serve_args(dir: &Path) -> ServeArgs {
-    ServeArgs {
-        config: ConfigArg {
-            config: Some(dir.join("sesame.yaml")),
-        },
-        bind_address: "127.0.0.1".parse().unwrap(),
-        tls_port: 0,
-        admin_port: 0,
-        cert_dir: dir.join("certs"),
-        reload_interval: Duration::from_millis(100),
-        max_body_bytes: 64 * 1024,
-        drain_timeout: Duration::from_secs(5),
-        client_timeout: Duration::from_millis(500),
-        // These tests run without a cluster, even where KUBECONFIG is set.
-        kube: KubeArgs {
-            mode: KubeMode::Off,
-            ..KubeArgs::default()
-        },
-    }
+    let mut args = ServeArgs::loopback(dir.join("sesame.yaml"), dir.join("certs"));
+    args.reload_interval = Duration::from_millis(100);
+    args.max_body_bytes = 64 * 1024;
+    args.client_timeout = Duration::from_millis(500);
+    args
 }
 
 pub fn client_for(ca_pem: &str, h2: bool) -> reqwest::Client {
