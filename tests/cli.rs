@@ -464,8 +464,10 @@ async fn gen_certs_writes_a_pair_that_serve_uses_for_the_service_names() {
     assert_eq!(resp.status(), 200);
 }
 
-/// A review with its own uid (the audit lines are told apart by uid).
-fn with_uid(mut review: Value, uid: &str) -> Value {
+/// The captured bare Pod review with other annotations and its own uid
+/// (the audit lines are told apart by uid).
+fn bare_review(uid: &str, annotations: &[(&str, &str)]) -> Value {
+    let mut review = with_annotations("real-pod-create-bare.json", annotations);
     review["request"]["uid"] = json!(uid);
     review
 }
@@ -478,21 +480,15 @@ async fn serve_writes_one_json_audit_line_per_decision_and_no_value() {
     let client = client_for(&ca, false);
 
     let mutated = fixture("real-pod-create-bare.json");
-    let every_property = with_uid(
-        with_annotations(
-            "real-pod-create-bare.json",
-            &[("sesame.dev/env-from.db", "dev:apps/team-a/db prefix=DB_")],
-        ),
+    let every_property = bare_review(
         "0b7e0c1e-0000-4000-8000-000000000001",
+        &[("sesame.dev/env-from.db", "dev:apps/team-a/db prefix=DB_")],
     );
     let generate_name = fixture("real-pod-create-generatename-owned.json");
     let policy_denied = fixture("real-pod-create-ns-labels.json");
-    let malformed = with_uid(
-        with_annotations(
-            "real-pod-create-bare.json",
-            &[("sesame.dev/env.X", "dev:apps/team-a/db#password colour=red")],
-        ),
+    let malformed = bare_review(
         "0b7e0c1e-0000-4000-8000-000000000002",
+        &[("sesame.dev/env.X", "dev:apps/team-a/db#password colour=red")],
     );
     let untouched = [
         fixture("pod-create-bare-no-env.json"),

@@ -70,7 +70,7 @@ async fn a_silent_store_is_denied_within_its_budget_while_other_reviews_are_serv
     for name in [BARE, "pod-create-bare-no-env.json", "configmap-create.json", BARE] {
         let (r, took) = timed(&s, &s.url, &fixture(name)).await;
         assert_eq!(r["allowed"], true, "{name}: {r}");
-        assert!(took < Duration::from_secs(1), "{name} took {took:?}");
+        assert!(took < Duration::from_secs(2), "{name} took {took:?}");
     }
     assert!(!hanging.is_finished(), "answered before its budget ran out");
 
