@@ -286,7 +286,14 @@ impl Config {
                 message: e.into_inner().to_string(),
             }
         })?;
-        config.validate()?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { field, message } => ConfigError::Parse {
+                origin: origin.to_owned(),
+                field,
+                message,
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -557,7 +564,7 @@ mod tests {
         ];
         for (yaml, field) in cases {
             let err = Config::from_yaml(yaml, "t").unwrap_err().to_string();
-            assert!(err.starts_with(field), "{yaml} -> {err}");
+            assert!(err.starts_with(&format!("t: {field}")), "{yaml} -> {err}");
         }
     }
 

@@ -4,11 +4,16 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     let cli = sesame::cli::Cli::parse();
     sesame::telemetry::init_logging(cli.log_format, &cli.log_level);
+    let serving = matches!(cli.command, sesame::cli::Command::Serve(_));
     match sesame::run::run(cli.command).await {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            // The server reports through its (possibly JSON) log; the other commands to the terminal.
+            if serving {
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }

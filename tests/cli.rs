@@ -371,16 +371,16 @@ fn check_config_names_the_field_and_line_of_what_is_broken() {
             "stores:\n  - name: dev\n   file: {path: x}\n".to_owned(),
             &["line 3"],
         ),
-        // Checked after parsing: the field, without a line.
+        // Checked after parsing: the file and the field, without a line.
         (
             format!(
                 "{base}policy:\n  rules:\n    - {{name: r, namespaces: ['*'], stores: [vault], paths: ['**']}}\n"
             ),
-            &["policy.rules[0].stores[0]", "no store is named \"vault\""],
+            &["broken.yaml: policy.rules[0].stores[0]", "no store is named \"vault\""],
         ),
         (
             format!("{base}resolveTimeout: 30s\n"),
-            &["resolveTimeout", "10 s"],
+            &["broken.yaml: resolveTimeout", "10 s"],
         ),
     ];
     for (yaml, parts) in cases {

@@ -667,5 +667,8 @@ async fn configured_from_yaml_and_resolved_through_stores() {
         "bad.yaml",
     )
     .unwrap_err();
-    assert!(err.to_string().starts_with("stores[0].vault.auth:"), "{err}");
+    assert!(
+        err.to_string().starts_with("bad.yaml: stores[0].vault.auth:"),
+        "{err}"
+    );
 }

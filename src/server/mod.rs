@@ -97,7 +97,10 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(1000);
     let builder = Arc::new(builder);
+    // Every connection task, so that those still open after the drain can be closed.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.wait_for(|s| *s) => break,
@@ -115,7 +118,7 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             match acceptor {
                 Some(acceptor) => {
                     let tls =
@@ -151,6 +154,7 @@ pub async fn serve(
     {
         tracing::warn!("drain timeout passed; closing remaining connections");
     }
+    connections.shutdown().await;
 }
 
 /// Binds a TCP listener, with the address in the error.

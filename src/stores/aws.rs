@@ -607,7 +607,10 @@ mod tests {
             "t.yaml",
         )
         .unwrap_err();
-        assert!(err.to_string().starts_with("stores[0].aws.endpoint:"), "{err}");
+        assert!(
+            err.to_string().starts_with("t.yaml: stores[0].aws.endpoint:"),
+            "{err}"
+        );
         let err = crate::config::Config::from_yaml(
             "stores:\n  - name: aws\n    aws: {region: eu-west-1, roleArn: x}\n",
             "t.yaml",
