@@ -385,54 +385,47 @@ fn place<'a>(injection: &Injection, data: &'a SecretData) -> Result<Vec<(String,
     match &injection.target {
         Target::Env { name } => single(name.clone()),
         Target::File { path, .. } => single(file_name(path)),
-        Target::EnvFrom { prefix } => {
-            let props = data.properties().map_err(prop_err)?;
-            let mut out = Vec::with_capacity(props.len());
-            for (k, value) in props {
-                let name = format!("{prefix}{}", env_key(k));
-                if !is_env_name(&name) {
-                    return Err(invalid(
-                        injection,
-                        format!("property \"{k}\" does not make a valid env var name ({name})"),
-                    ));
-                }
-                out.push((
-                    name,
-                    Placed {
-                        identity: SecretRef {
-                            property: Some(k.clone()),
-                            ..r.clone()
-                        },
-                        value,
-                    },
-                ));
+        Target::EnvFrom { prefix } => each_property(data, r, prop_err, |k| {
+            let name = format!("{prefix}{}", env_key(k));
+            if is_env_name(&name) {
+                Ok(name)
+            } else {
+                Err(invalid(
+                    injection,
+                    format!("property \"{k}\" does not make a valid env var name ({name})"),
+                ))
             }
-            Ok(out)
-        }
-        Target::Dir { .. } => {
-            let props = data.properties().map_err(prop_err)?;
-            let mut out = Vec::with_capacity(props.len());
-            for (k, value) in props {
-                if k.is_empty() || k == "." || k == ".." || k.contains('/') || k.len() > 253 {
-                    return Err(invalid(
-                        injection,
-                        format!("property \"{k}\" is not a usable file name"),
-                    ));
-                }
-                out.push((
-                    k.clone(),
-                    Placed {
-                        identity: SecretRef {
-                            property: Some(k.clone()),
-                            ..r.clone()
-                        },
-                        value,
-                    },
-                ));
+        }),
+        Target::Dir { .. } => each_property(data, r, prop_err, |k| {
+            if k.is_empty() || k == "." || k == ".." || k.contains('/') || k.len() > 253 {
+                Err(invalid(
+                    injection,
+                    format!("property \"{k}\" is not a usable file name"),
+                ))
+            } else {
+                Ok(k.to_owned())
             }
-            Ok(out)
-        }
+        }),
     }
+}
+
+/// Places every property of a secret under the name `name_of` gives it.
+fn each_property<'a>(
+    data: &'a SecretData,
+    reference: &SecretRef,
+    prop_err: impl FnOnce(PropertyError) -> PlanError,
+    name_of: impl Fn(&str) -> Result<String, PlanError>,
+) -> Result<Vec<(String, Placed<'a>)>, PlanError> {
+    let props = data.properties().map_err(prop_err)?;
+    let mut out = Vec::with_capacity(props.len());
+    for (k, value) in props {
+        let identity = SecretRef {
+            property: Some(k.clone()),
+            ..reference.clone()
+        };
+        out.push((name_of(k)?, Placed { identity, value }));
+    }
+    Ok(out)
 }
 
 /// Property key to env var suffix: upper case; anything but letters, digits
