@@ -121,8 +121,6 @@ mod imp {
 
     /// Ids per `BatchGetSecretValue` call (the API's limit).
     const BATCH_LIMIT: usize = 20;
-    /// Single requests in flight at once for one batch.
-    const CONCURRENCY: usize = 8;
 
     /// An AWS Secrets Manager store.
     pub struct AwsStore {
@@ -225,7 +223,10 @@ mod imp {
         }
 
         async fn get_singly(&self, locators: &[&SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-            fetch_each(locators, CONCURRENCY, |l| self.get_one(l)).await
+            fetch_each(locators, crate::stores::common::FETCH_CONCURRENCY, |l| {
+                self.get_one(l)
+            })
+            .await
         }
 
         /// Current versions of up to `BATCH_LIMIT` secrets in one call. `None`

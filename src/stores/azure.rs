@@ -342,7 +342,7 @@ impl Store for AzureStore {
     }
 
     async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        futures::future::join_all(locators.iter().map(|l| self.get_secret(l))).await
+        super::common::fetch_each(locators, super::common::FETCH_CONCURRENCY, |l| self.get_secret(l)).await
     }
 
     /// Obtains a token (which also starts its background refresh).

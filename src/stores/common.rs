@@ -161,6 +161,9 @@ impl Retry {
     }
 }
 
+/// How many reads of one batch a provider without a batch API runs at once.
+pub const FETCH_CONCURRENCY: usize = 8;
+
 /// Runs `fetch` for every item, at most `limit` at once; answers keep the
 /// items' order. For providers without a batch API.
 pub async fn fetch_each<'a, T, F, Fut>(items: &'a [T], limit: usize, fetch: F) -> Vec<Fut::Output>

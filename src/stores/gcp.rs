@@ -249,7 +249,7 @@ impl Store for GcpStore {
     }
 
     async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        futures::future::join_all(locators.iter().map(|l| self.access(l))).await
+        super::common::fetch_each(locators, super::common::FETCH_CONCURRENCY, |l| self.access(l)).await
     }
 
     /// Obtains a token (which also starts its background refresh).

@@ -362,7 +362,7 @@ impl Store for InfisicalStore {
     }
 
     async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        futures::future::join_all(locators.iter().map(|l| self.read(l))).await
+        super::common::fetch_each(locators, super::common::FETCH_CONCURRENCY, |l| self.read(l)).await
     }
 
     /// Signs in (which also starts the background token refresh).

@@ -707,9 +707,6 @@ impl Drop for VaultStore {
     }
 }
 
-/// Requests in flight at once for one batch.
-const BATCH_CONCURRENCY: usize = 8;
-
 impl VaultStore {
     /// Builds the client and logs in. A failed first login is logged, not
     /// fatal: the background task keeps trying and `check` reports it, so a
@@ -824,7 +821,7 @@ impl Store for VaultStore {
     }
 
     async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        fetch_each(locators, BATCH_CONCURRENCY, |l| self.read(l)).await
+        fetch_each(locators, super::common::FETCH_CONCURRENCY, |l| self.read(l)).await
     }
 
     /// Looks the current token up (`lookup-self`): reachability and a valid token.
