@@ -101,20 +101,22 @@ function done(summary, latency, requests)
 end
 EOF
 
-# Prints "req/s p50_us p99_us failures" for one run.
-run_h1() { # url body
-    BODY=$2 "${pin_client[@]}" wrk -t1 -c"$H1_CONNECTIONS" -d"${WARMUP}s" -s "$tmp/post.lua" "$1" >/dev/null
-    BODY=$2 "${pin_client[@]}" wrk -t1 -c"$H1_CONNECTIONS" -d"${DURATION}s" -s "$tmp/post.lua" "$1" |
+# CPU time (user + system, in clock ticks) the server has used so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+
+# Each prints "req/s p50_us p99_us failures" for one run.
+run_h1() { # duration url body
+    BODY=$3 "${pin_client[@]}" wrk -t1 -c"$H1_CONNECTIONS" -d"${1}s" -s "$tmp/post.lua" "$2" |
         awk '/^RESULT/ { print $2, $3, $4, $5 }'
 }
 
-run_h2() { # url body
+run_h2() { # duration url body
     local log=$tmp/h2.log out
     rm -f "$log"
-    out=$("${pin_client[@]}" h2load -t1 -c"$H2_CONNECTIONS" -m"$H2_STREAMS" \
-        --warm-up-time="${WARMUP}s" -D"$DURATION" -d "$2" \
-        -H 'content-type: application/json' --log-file="$log" "$1")
-    local rps failed
+    out=$("${pin_client[@]}" h2load -t1 -c"$H2_CONNECTIONS" -m"$H2_STREAMS" -D"$1" -d "$3" \
+        -H 'content-type: application/json' --log-file="$log" "$2")
+    local rps failed non2xx
     rps=$(awk '/^finished in/ { gsub(",", "", $4); printf "%.0f", $4 }' <<<"$out")
     failed=$(awk '/^requests:/ { print $10 + $12 + $14 }' <<<"$out")
     non2xx=$(awk '/^status codes:/ { print $5 + $7 + $9 }' <<<"$out")
@@ -134,19 +136,26 @@ wait_for() { # url [curl flags]
 }
 
 results=()
-measure() { # server url case body
-    local proto line
+measure() { # server pid url case body
+    local proto line before after
     for proto in h1 h2; do
-        line=$("run_$proto" "$2" "$4")
-        results+=("$1 $proto $3 $line")
-        echo "  $1 $proto $3: $line" >&2
+        "run_$proto" "$WARMUP" "$3" "$5" >/dev/null
+        before=$(cpu_ticks "$2")
+        line=$("run_$proto" "$DURATION" "$3" "$5")
+        after=$(cpu_ticks "$2")
+        # Server CPU per request: comparable even when the server is not saturated.
+        line="$line $(awk -v t=$((after - before)) -v us="$tick_us" -v rps="${line%% *}" -v d="$DURATION" \
+            'BEGIN { printf "%.1f", t * us / (rps * d) }')"
+        results+=("$1 $proto $4 $line")
+        echo "  $1 $proto $4: $line" >&2
     done
 }
 
 echo "sesame: $sesame on 127.0.0.1:$TLS_PORT, ${DURATION}s per run" >&2
 "${pin_server[@]}" "$sesame" serve --config benches/data/sesame.yaml --cert-dir "$tmp/certs" \
     --bind-address 127.0.0.1 --tls-port "$TLS_PORT" --admin-port "$ADMIN_PORT" 2>"$tmp/sesame.log" &
-pids+=($!)
+sesame_pid=$!
+pids+=("$sesame_pid")
 wait_for "http://127.0.0.1:$ADMIN_PORT/readyz" -f
 url=https://127.0.0.1:$TLS_PORT/mutate?timeout=10s
 
@@ -158,8 +167,8 @@ check=$(curl -ks --http2 -H 'content-type: application/json' --data-binary @"$tm
 jq -e '.response.allowed == true and .response.patchType == "JSONPatch"' <<<"$check" >/dev/null ||
     { echo "case (b) is not mutated: $check" >&2; exit 1; }
 
-measure sesame "$url" a "$tmp/a.json"
-measure sesame "$url" b "$tmp/b.json"
+measure sesame "$sesame_pid" "$url" a "$tmp/a.json"
+measure sesame "$sesame_pid" "$url" b "$tmp/b.json"
 
 if [[ -n ${BASELINE_BIN:-} ]]; then
     mkdir "$tmp/baseline"
@@ -168,16 +177,17 @@ if [[ -n ${BASELINE_BIN:-} ]]; then
     echo "baseline: $BASELINE_BIN on 127.0.0.1:$BASELINE_PORT" >&2
     (cd "$tmp/baseline" && ADMISSION_PRIVATE_IP=127.0.0.1 exec "${pin_server[@]}" "$BASELINE_BIN" \
         >"$tmp/baseline.log" 2>&1) &
-    pids+=($!)
+    baseline_pid=$!
+    pids+=("$baseline_pid")
     wait_for "https://127.0.0.1:$BASELINE_PORT/"
-    measure baseline "https://127.0.0.1:$BASELINE_PORT/mutate?timeout=10s" a "$tmp/a.json"
+    measure baseline "$baseline_pid" "https://127.0.0.1:$BASELINE_PORT/mutate?timeout=10s" a "$tmp/a.json"
 fi
 
 echo
-printf '%-9s %-5s %-4s %10s %9s %9s %8s\n' server proto case 'req/s' 'p50 µs' 'p99 µs' failed
+printf '%-9s %-5s %-4s %10s %9s %9s %8s %12s\n' server proto case 'req/s' 'p50 µs' 'p99 µs' failed 'CPU µs/req'
 for r in "${results[@]}"; do
-    read -r server proto case rps p50 p99 bad <<<"$r"
-    printf '%-9s %-5s %-4s %10s %9s %9s %8s\n' "$server" "$proto" "$case" "$rps" "$p50" "$p99" "$bad"
+    read -r server proto case rps p50 p99 bad cpu <<<"$r"
+    printf '%-9s %-5s %-4s %10s %9s %9s %8s %12s\n' "$server" "$proto" "$case" "$rps" "$p50" "$p99" "$bad" "$cpu"
 done
 echo
 rps_of() { # server proto case
