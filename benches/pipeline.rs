@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use serde_json::Value;
 
 use sesame::admission::Admission;
@@ -151,5 +151,34 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
+/// `PIPELINE_PROFILE=<case> PIPELINE_ITERATIONS=<n>` runs one case n times
+/// without criterion, for `perf stat -e instructions` or callgrind: counts
+/// that do not move with the load of a shared machine.
+fn profile(case: &str, iterations: u64) {
+    let s = setup();
+    let body = match case {
+        "no-annotations" => &s.plain,
+        "5-references" => &s.annotated,
+        other => panic!("unknown case {other}; use no-annotations or 5-references"),
+    };
+    s.runtime.block_on(async {
+        for _ in 0..iterations {
+            std::hint::black_box(s.admission.review(body, None).await.expect("review"));
+        }
+    });
+}
+
 criterion_group!(benches, pipeline);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(case) = std::env::var("PIPELINE_PROFILE") {
+        let iterations = std::env::var("PIPELINE_ITERATIONS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        profile(&case, iterations);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
