@@ -24,6 +24,10 @@ use sesame::pipeline::{Engine, PodInput, SharedEngine, Verdict};
 use sesame::stores::Stores;
 use sesame::telemetry::Metrics;
 
+/// The allocator `sesame` runs with (src/main.rs), so that figures match.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const FIXTURE: &str = "real-pod-create-generatename-owned.json";
 /// `request.namespace` of the fixture; the policy gives it `apps/team-a/**`.
 const NAMESPACE: &str = "team-a";
