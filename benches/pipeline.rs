@@ -1,9 +1,10 @@
-//! The in-process pipeline, without sockets or TLS: one real AdmissionReview
-//! (the captured `generateName` Pod of a ReplicaSet) as (i) a Pod without
-//! Sesame annotations, (ii) the same Pod with five references against a
-//! `file` store (benches/data/) with a warm cache, and (iii) `Engine::evaluate` alone on that
-//! second Pod. Run with `cargo bench --bench pipeline`; figures go into
-//! docs/performance.md. No thresholds here: criterion reports, people judge.
+//! The in-process pipeline, without sockets or TLS, on one real
+//! AdmissionReview (the captured `generateName` Pod of a ReplicaSet):
+//! (i) the Pod without Sesame annotations, (ii) the same Pod with five
+//! references against the `file` store of benches/data/ with a warm cache,
+//! (iii) `Engine::evaluate` alone on that second Pod. Run with
+//! `cargo bench --bench pipeline`; figures go into docs/performance.md.
+//! No thresholds here: criterion reports, people judge.
 
 // A benchmark is a test program: a broken setup should stop it loudly.
 #![allow(clippy::expect_used, clippy::panic)]
