@@ -89,7 +89,10 @@ impl Admission {
             kind: KIND,
             response,
         };
-        serde_json::to_vec(&out).map_err(|e| ReviewError::NotJson(e.to_string()))
+        let patch_len = out.response.patch.as_ref().map_or(0, |p| p.get().len());
+        let mut body = Vec::with_capacity(512 + patch_len);
+        serde_json::to_writer(&mut body, &out).map_err(|e| ReviewError::NotJson(e.to_string()))?;
+        Ok(body)
     }
 
     async fn decide(
@@ -212,12 +215,12 @@ impl Admission {
                 );
                 let mut response = allow();
                 if !m.patch.is_empty() {
-                    match serde_json::to_vec(&m.patch) {
-                        Ok(bytes) => {
-                            response.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+                    match encode_patch(&m.patch) {
+                        Some(patch) => {
+                            response.patch = Some(patch);
                             response.patch_type = Some("JSONPatch");
                         }
-                        Err(_) => {
+                        None => {
                             return (
                                 deny(&request.uid, 500, "the patch could not be encoded".into()),
                                 "error",
@@ -232,6 +235,17 @@ impl Admission {
             }
         }
     }
+}
+
+/// The patch as the JSON string of its base64, ready to be written raw.
+fn encode_patch(patch: &[json_patch::PatchOperation]) -> Option<Box<serde_json::value::RawValue>> {
+    let mut json = Vec::with_capacity(256 * patch.len());
+    serde_json::to_writer(&mut json, patch).ok()?;
+    let mut quoted = String::with_capacity(json.len().div_ceil(3) * 4 + 2);
+    quoted.push('"');
+    base64::engine::general_purpose::STANDARD.encode_string(&json, &mut quoted);
+    quoted.push('"');
+    serde_json::value::RawValue::from_string(quoted).ok()
 }
 
 fn deny(uid: &str, code: u16, message: String) -> ResponseOut {
@@ -266,4 +280,38 @@ fn audit_annotations(granted: &[String], secret: Option<&str>) -> BTreeMap<Strin
         out.insert("secret".to_owned(), s.to_owned());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use json_patch::jsonptr::PointerBuf;
+    use json_patch::{AddOperation, PatchOperation};
+
+    #[test]
+    fn encoded_patch_is_a_json_string_of_the_base64_patch() {
+        let patch = vec![PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["metadata", "annotations", "sesame.dev/injected"]),
+            value: serde_json::json!("sesame-0123 \"quoted\" / ~"),
+        })];
+        let raw = encode_patch(&patch).expect("encodes");
+        let text: String = serde_json::from_str(raw.get()).expect("a JSON string");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .expect("base64");
+        let decoded: Vec<PatchOperation> = serde_json::from_slice(&bytes).expect("a JSON Patch");
+        assert_eq!(decoded, patch);
+        let response = ResponseOut {
+            uid: "u".into(),
+            allowed: true,
+            patch: Some(raw),
+            patch_type: Some("JSONPatch"),
+            ..Default::default()
+        };
+        let out: serde_json::Value = serde_json::to_value(&response).expect("serialises");
+        assert_eq!(
+            out["patch"].as_str().map(str::len),
+            Some(bytes.len().div_ceil(3) * 4)
+        );
+    }
 }

@@ -61,9 +61,10 @@ pub struct ResponseOut {
     pub allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<StatusOut>,
-    /// Base64 of the JSON Patch.
+    /// Base64 of the JSON Patch, already quoted: base64 needs no JSON
+    /// escaping, so it is written as is instead of scanned byte by byte.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch: Option<String>,
+    pub patch: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch_type: Option<&'static str>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]

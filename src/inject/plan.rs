@@ -511,45 +511,52 @@ fn identity_parts(r: &SecretRef) -> [&str; 4] {
 /// Secret keys that a person can read (`db.password`), with a hash suffix
 /// only where two references would otherwise share one.
 fn assign_keys<'a>(identities: &BTreeSet<&'a SecretRef>) -> BTreeMap<&'a SecretRef, String> {
-    let base = |r: &SecretRef| {
-        let last = r.path.rsplit('/').next().unwrap_or(&r.path);
-        let raw = match &r.property {
-            Some(p) => format!("{last}.{p}"),
-            None => last.to_owned(),
-        };
-        let clean: String = raw
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(200)
-            .collect();
-        if clean.is_empty() || clean == "." || clean == ".." {
-            "value".to_owned()
-        } else {
-            clean
-        }
-    };
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for r in identities {
-        *counts.entry(base(r)).or_default() += 1;
+    let bases: Vec<(&'a SecretRef, String)> = identities.iter().map(|r| (*r, key_base(r))).collect();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, b) in &bases {
+        *counts.entry(b.as_str()).or_default() += 1;
     }
-    identities
+    let shared: Vec<bool> = bases
         .iter()
-        .map(|r| {
-            let b = base(r);
-            let key = if counts.get(&b).copied().unwrap_or(0) > 1 {
+        .map(|(_, b)| counts.get(b.as_str()).copied().unwrap_or(0) > 1)
+        .collect();
+    bases
+        .into_iter()
+        .zip(shared)
+        .map(|((r, b), shared)| {
+            let key = if shared {
                 format!("{b}-{}", &short_hash(&identity_parts(r))[..6])
             } else {
                 b
             };
-            (*r, key)
+            (r, key)
         })
         .collect()
+}
+
+/// `<last path segment>[.<property>]`, reduced to the characters a Secret
+/// key allows, at most 200 of them.
+fn key_base(r: &SecretRef) -> String {
+    let last = r.path.rsplit('/').next().unwrap_or(&r.path);
+    let property = r.property.as_deref();
+    let raw = last.chars().chain(
+        property
+            .into_iter()
+            .flat_map(|p| std::iter::once('.').chain(p.chars())),
+    );
+    let mut clean = String::with_capacity(last.len() + property.map_or(0, |p| p.len() + 1));
+    for c in raw.take(200) {
+        clean.push(if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') {
+            c
+        } else {
+            '_'
+        });
+    }
+    if clean.is_empty() || clean == "." || clean == ".." {
+        "value".to_owned()
+    } else {
+        clean
+    }
 }
 
 /// `sesame-<hash>` of the namespace and the set of references: the same
