@@ -87,7 +87,7 @@ fn setup() -> Setup {
     let metrics = Arc::new(Metrics::new());
     let loaded = Config::load(Some(&Path::new(DATA).join("sesame.yaml"))).expect("config");
     let engine = runtime.block_on(async {
-        let stores = Stores::from_config(&loaded.config.stores, &loaded.base_dir, &metrics)
+        let stores = Stores::from_config(&loaded.config.stores, &loaded.base_dir, &metrics, None)
             .await
             .expect("stores");
         Engine::new(&loaded.config, stores).expect("engine")
@@ -146,6 +146,7 @@ fn pipeline(c: &mut Criterion) {
                 pod: &pod,
                 base: "",
                 budget: None,
+                namespace_labels: None,
             };
             match engine.evaluate(&input).await {
                 Verdict::Mutated(m) => m,
