@@ -337,6 +337,15 @@ fn one<T: DeserializeOwned>(objects: &[Value], kind: &str) -> T {
     serde_json::from_value(found[0].clone()).unwrap()
 }
 
+/// The object of `kind` named `name`.
+fn named<T: DeserializeOwned>(objects: &[Value], kind: &str, name: &str) -> T {
+    let found = objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"));
+    serde_json::from_value(found.clone()).unwrap()
+}
+
 fn has_kind(objects: &[Value], kind: &str) -> bool {
     objects.iter().any(|o| o["kind"] == kind)
 }
@@ -384,6 +393,19 @@ fn webhook<'a>(hooks: &'a [MutatingWebhook], name: &str) -> &'a MutatingWebhook 
         .iter()
         .find(|w| w.name == name)
         .unwrap_or_else(|| panic!("no webhook {name}"))
+}
+
+/// The literal value of the Sesame container's environment variable `name`.
+fn env_of(objects: &[Value], name: &str) -> String {
+    let d: Deployment = one(objects, "Deployment");
+    let container = d.spec.unwrap().template.spec.unwrap().containers.remove(0);
+    container
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value)
+        .unwrap_or_else(|| panic!("no {name} in the Deployment"))
 }
 
 fn configmap_config(objects: &[Value]) -> Config {
@@ -749,6 +771,8 @@ fn kustomize_renders_schema_valid_objects() {
         ("ServiceAccount", "sesame"),
         ("ClusterRole", "sesame"),
         ("ClusterRoleBinding", "sesame"),
+        ("ClusterRole", "sesame-certificates"),
+        ("ClusterRoleBinding", "sesame-certificates"),
         ("Role", "sesame"),
         ("RoleBinding", "sesame"),
         ("ConfigMap", "sesame-config"),
@@ -776,6 +800,18 @@ fn kustomize_renders_schema_valid_objects() {
 
     let cm = overlay(&kubectl, "cert-manager");
     let extra: BTreeSet<_> = kinds_and_names(&cm).difference(&expected).cloned().collect();
+    let missing: BTreeSet<_> = expected.difference(&kinds_and_names(&cm)).cloned().collect();
+    let certificate_rbac: BTreeSet<_> = [
+        ("ClusterRole", "sesame-certificates"),
+        ("ClusterRoleBinding", "sesame-certificates"),
+    ]
+    .into_iter()
+    .map(|(k, n)| (k.to_owned(), n.to_owned()))
+    .collect();
+    assert_eq!(
+        missing, certificate_rbac,
+        "cert-manager drops the certificate RBAC"
+    );
     let want: BTreeSet<_> = [
         ("Issuer", "sesame-selfsigned"),
         ("Issuer", "sesame-ca"),
@@ -1009,8 +1045,18 @@ fn chart_matches_the_kustomize_base() {
         let h_hooks = serde_json::to_value(webhooks(h)).unwrap();
         assert_eq!(k_hooks, h_hooks, "webhook rules and settings");
         for kind in ["ClusterRole", "Role"] {
-            let spec = |objs: &[Value]| objs.iter().find(|o| o["kind"] == kind).unwrap()["rules"].clone();
-            assert_eq!(spec(k), spec(h), "{kind} rules");
+            let rules = |objs: &[Value]| -> BTreeMap<String, Value> {
+                objs.iter()
+                    .filter(|o| o["kind"] == kind)
+                    .map(|o| {
+                        (
+                            o["metadata"]["name"].as_str().unwrap().to_owned(),
+                            o["rules"].clone(),
+                        )
+                    })
+                    .collect()
+            };
+            assert_eq!(rules(k), rules(h), "{kind} rules");
         }
         for kind in ["ValidatingAdmissionPolicy", "Certificate", "Issuer", "Service"] {
             // By name: the two renderers order objects of one kind differently.
@@ -1051,11 +1097,15 @@ fn chart_matches_the_kustomize_base() {
             args.retain(|a| !a.as_str().unwrap().starts_with("--log-level="));
         }
         assert_eq!(kc, hc, "container");
-        assert_eq!(
-            serde_json::to_value(&kp.volumes).unwrap(),
-            serde_json::to_value(&hp.volumes).unwrap(),
-            "volumes"
-        );
+        // By name: a strategic-merge patch moves the patched volume first.
+        let volumes = |p: &k8s_openapi::api::core::v1::PodSpec| -> BTreeMap<String, Value> {
+            p.volumes
+                .iter()
+                .flatten()
+                .map(|v| (v.name.clone(), serde_json::to_value(v).unwrap()))
+                .collect()
+        };
+        assert_eq!(volumes(&kp), volumes(&hp), "volumes");
         assert_eq!(
             kp.termination_grace_period_seconds,
             hp.termination_grace_period_seconds
@@ -1097,7 +1147,8 @@ fn cert_manager_mode_waits_for_its_certificate() {
             .unwrap();
         assert_eq!(tls.secret_name.as_deref(), Some("sesame-tls"), "{what}");
         assert_eq!(tls.optional, Some(false), "{what}: waits for the certificate");
-        // cert-manager writes the caBundle, so Sesame gets no access to it.
+        // cert-manager writes the caBundle, so Sesame gets no access to it,
+        // and Sesame serves the mounted files.
         let role: ClusterRole = one(&objects, "ClusterRole");
         assert!(
             role.rules.unwrap_or_default().iter().all(|r| !r
@@ -1107,6 +1158,7 @@ fn cert_manager_mode_waits_for_its_certificate() {
                 .contains(&"mutatingwebhookconfigurations".to_string())),
             "{what}"
         );
+        assert_eq!(env_of(&objects, "SESAME_CERT_MODE"), "files", "{what}");
     }
 }
 
@@ -1116,8 +1168,13 @@ fn cert_manager_mode_waits_for_its_certificate() {
 fn rbac_is_least_privilege() {
     let Some((kubectl, _)) = tools() else { return };
     let objects = overlay(&kubectl, "self-managed");
-    let role: ClusterRole = one(&objects, "ClusterRole");
-    for rule in role.rules.unwrap_or_default() {
+    let roles: Vec<ClusterRole> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole")
+        .map(|o| serde_json::from_value(o.clone()).unwrap())
+        .collect();
+    assert_eq!(roles.len(), 2);
+    for rule in roles.into_iter().flat_map(|r| r.rules.unwrap_or_default()) {
         let verbs = rule.verbs.clone();
         assert!(
             !verbs
@@ -1137,20 +1194,35 @@ fn rbac_is_least_privilege() {
         if resources.contains(&"pods".to_string()) {
             assert_eq!(
                 verbs,
-                ["list", "watch"],
-                "Pods are never read one by one nor changed"
+                ["list"],
+                "Pods are never read one by one, watched nor changed"
             );
         }
     }
     let lease_role: Role = one(&objects, "Role");
     assert_eq!(lease_role.metadata.namespace.as_deref(), Some(NS));
-    let binding: ClusterRoleBinding = one(&objects, "ClusterRoleBinding");
+    for rule in lease_role.rules.unwrap_or_default() {
+        if rule.verbs.iter().any(|v| v != "create") {
+            assert_eq!(
+                rule.resource_names,
+                Some(vec!["sesame-leader".to_string()]),
+                "only the leader Lease is read and renewed"
+            );
+        }
+    }
     let sa: ServiceAccount = one(&objects, "ServiceAccount");
-    let subject = &binding.subjects.unwrap()[0];
-    assert_eq!(
-        (subject.name.as_str(), subject.namespace.as_deref()),
-        (sa.metadata.name.as_deref().unwrap(), Some(NS))
-    );
+    for name in ["sesame", "sesame-certificates"] {
+        let binding: ClusterRoleBinding = named(&objects, "ClusterRoleBinding", name);
+        assert_eq!(binding.role_ref.name, name);
+        let subject = &binding.subjects.unwrap()[0];
+        assert_eq!(
+            (subject.name.as_str(), subject.namespace.as_deref()),
+            (sa.metadata.name.as_deref().unwrap(), Some(NS))
+        );
+    }
+    // Sesame is told the names its RBAC grants.
+    assert_eq!(env_of(&objects, "SESAME_CERT_MODE"), "self-managed");
+    assert_eq!(env_of(&objects, "SESAME_WEBHOOK_CONFIG"), "sesame");
 }
 
 // ---------------------------------------------------------------- real API server
@@ -1433,6 +1505,11 @@ async fn api_server_calls_the_installed_webhook() {
         reload_interval: std::time::Duration::from_secs(10),
         max_body_bytes: 3 * 1024 * 1024,
         drain_timeout: std::time::Duration::from_secs(1),
+        client_timeout: std::time::Duration::from_secs(10),
+        kube: sesame::cli::KubeArgs {
+            mode: sesame::kube::client::KubeMode::Off,
+            ..Default::default()
+        },
     };
     let server = sesame::run::start(&args, None).await.unwrap();
     let url = format!("https://127.0.0.1:{}/mutate", server.webhook_addr.port());
@@ -1541,8 +1618,11 @@ fn helm_release_name_and_namespace_flow_through() {
         format!("platform/{name}-tls")
     );
     assert!(role.rules.unwrap().iter().all(|r| r.resource_names.is_none()));
-    let self_managed = helm(&helm_bin, &[]);
-    let role: ClusterRole = one(&self_managed, "ClusterRole");
+    let self_managed = parse_stream(&run(Command::new(&helm_bin)
+        .args(["template", "vault-injector"])
+        .arg(root().join("deploy/helm/sesame"))
+        .args(["--namespace", "platform"])));
+    let role: ClusterRole = named(&self_managed, "ClusterRole", &format!("{name}-certificates"));
     let mwc: MutatingWebhookConfiguration = one(&self_managed, "MutatingWebhookConfiguration");
     let names: Vec<String> = role
         .rules
@@ -1553,8 +1633,18 @@ fn helm_release_name_and_namespace_flow_through() {
         .collect();
     assert_eq!(
         names,
-        [mwc.metadata.name.unwrap()],
+        [mwc.metadata.name.clone().unwrap()],
         "RBAC names the webhook configuration it patches"
+    );
+    assert_eq!(
+        env_of(&self_managed, "SESAME_WEBHOOK_CONFIG"),
+        mwc.metadata.name.unwrap(),
+        "and Sesame is told that name"
+    );
+    assert_eq!(env_of(&self_managed, "SESAME_SERVICE"), name);
+    assert_eq!(
+        env_of(&self_managed, "SESAME_CERT_SECRET"),
+        format!("{name}-certs")
     );
 
     let d: Deployment = one(&objects, "Deployment");
