@@ -119,6 +119,18 @@ impl Material {
         pems.iter().map(|p| format!("{}\n", p.trim_end())).collect()
     }
 
+    /// The serving pair as TLS uses it; `origin` names it in errors.
+    fn certified_key(
+        &self,
+        origin: &str,
+    ) -> Result<rustls::sign::CertifiedKey, crate::server::tls::TlsError> {
+        certified_key(
+            self.serving.cert_pem.as_bytes(),
+            self.serving.key_pem.as_bytes(),
+            std::path::Path::new(origin),
+        )
+    }
+
     /// Identifies the serving pair, to notice a change.
     fn serving_fingerprint(&self) -> [u8; 32] {
         let mut h = Sha256::new();
@@ -606,11 +618,7 @@ impl CertManager {
                 Err(e) => return Err(e),
             }
         };
-        let key = certified_key(
-            synced.material.serving.cert_pem.as_bytes(),
-            synced.material.serving.key_pem.as_bytes(),
-            std::path::Path::new(&self.secret_name),
-        )?;
+        let key = synced.material.certified_key(&self.secret_name)?;
         if let Err(e) = self.publish(&synced.material.trust_bundle()).await {
             tracing::warn!(error = %e, "could not write the caBundle; retrying in the background");
         }
@@ -680,12 +688,7 @@ impl CertManager {
         }
         let new_fingerprint = synced.material.serving_fingerprint();
         if new_fingerprint != *fingerprint {
-            let key = certified_key(
-                synced.material.serving.cert_pem.as_bytes(),
-                synced.material.serving.key_pem.as_bytes(),
-                std::path::Path::new(&self.secret_name),
-            )?;
-            resolver.set(key);
+            resolver.set(synced.material.certified_key(&self.secret_name)?);
             *fingerprint = new_fingerprint;
             tracing::info!(secret = %self.secret_name, "serving certificate replaced");
         }
