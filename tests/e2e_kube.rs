@@ -597,7 +597,13 @@ async fn self_managed_certificates_against_a_real_api_server() {
     ]);
     // Two replicas starting at once.
     let (a, b) = tokio::join!(sesame::run::start(&args, None), sesame::run::start(&args, None));
-    let (a, b) = (a.unwrap(), b.unwrap());
+    let (a, b) = match (a, b) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            let _ = webhooks.delete(&webhook_name, &DeleteParams::default()).await;
+            panic!("start failed: {:?} / {:?}", a.err(), b.err());
+        }
+    };
     let outcome = std::panic::AssertUnwindSafe(self_managed_checks(&client, &ns, &webhook_name, &a, &b))
         .catch_unwind()
         .await;
