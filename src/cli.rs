@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::kube::certs::CertMode;
 use crate::kube::client::KubeMode;
 use crate::telemetry::LogFormat;
 
@@ -32,6 +33,8 @@ pub struct Cli {
     pub log_level: String,
 }
 
+// Parsed once at start; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the mutating webhook over TLS, with an admin port for probes and metrics.
@@ -106,8 +109,12 @@ pub struct KubeArgs {
     /// Kubeconfig file to use instead of in-cluster config or KUBECONFIG.
     #[arg(long, env = "SESAME_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Namespace of the leader-election Lease (default: the Pod's own
-    /// namespace from the service-account mount, else `default`).
+    /// Sesame's own namespace: where its certificate Secret lives, the
+    /// Service's namespace in the certificate, and the default for the Lease
+    /// (default: from the service-account mount, else `default`).
+    #[arg(long, env = "SESAME_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Namespace of the leader-election Lease (default: Sesame's own).
     #[arg(long, env = "SESAME_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
     /// Name of the leader-election Lease for garbage collection and rotation.
@@ -119,6 +126,48 @@ pub struct KubeArgs {
     /// How often the leader looks for unreferenced managed Secrets.
     #[arg(long, env = "SESAME_GC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub gc_interval: Duration,
+    #[command(flatten)]
+    pub certs: CertArgs,
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone, Args)]
+pub struct CertArgs {
+    /// `files`: tls.crt/tls.key in --cert-dir (cert-manager, or your own);
+    /// `self-managed`: Sesame keeps a CA and a serving certificate in a
+    /// Secret and writes the caBundle of its webhook configuration.
+    #[arg(long, env = "SESAME_CERT_MODE", value_enum, default_value = "files")]
+    pub cert_mode: CertMode,
+    /// Self-managed: the Secret (in Sesame's namespace) holding the CA and
+    /// the serving certificate.
+    #[arg(long, env = "SESAME_CERT_SECRET", default_value = "sesame-certs")]
+    pub cert_secret: String,
+    /// Self-managed: the MutatingWebhookConfiguration whose caBundle Sesame writes.
+    #[arg(long, env = "SESAME_WEBHOOK_CONFIG", default_value = "sesame")]
+    pub webhook_config: String,
+    /// Self-managed: the Service the API server calls (names in the certificate).
+    #[arg(long, env = "SESAME_SERVICE", default_value = "sesame")]
+    pub service: String,
+    /// Self-managed: lifetime of a serving certificate; renewed at two thirds.
+    #[arg(long, env = "SESAME_SERVING_CERT_VALIDITY", default_value = "365d", value_parser = humantime::parse_duration)]
+    pub serving_cert_validity: Duration,
+    /// Self-managed: lifetime of the CA; replaced at two thirds, announced in
+    /// the caBundle before it signs anything.
+    #[arg(long, env = "SESAME_CA_VALIDITY", default_value = "3650d", value_parser = humantime::parse_duration)]
+    pub ca_validity: Duration,
+}
+
+impl Default for CertArgs {
+    fn default() -> Self {
+        Self {
+            cert_mode: CertMode::Files,
+            cert_secret: "sesame-certs".into(),
+            webhook_config: "sesame".into(),
+            service: "sesame".into(),
+            serving_cert_validity: Duration::from_secs(365 * 86_400),
+            ca_validity: Duration::from_secs(3650 * 86_400),
+        }
+    }
 }
 
 impl Default for KubeArgs {
@@ -126,10 +175,12 @@ impl Default for KubeArgs {
         Self {
             mode: KubeMode::Auto,
             kubeconfig: None,
+            namespace: None,
             lease_namespace: None,
             lease_name: "sesame-leader".into(),
             gc_grace: Duration::from_secs(600),
             gc_interval: Duration::from_secs(300),
+            certs: CertArgs::default(),
         }
     }
 }
@@ -185,4 +236,33 @@ pub struct GenCertsArgs {
     /// Validity of the serving certificate in days (the CA lives twice as long).
     #[arg(long, default_value_t = 365)]
     pub days: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+        let cli = Cli::parse_from([
+            "sesame",
+            "serve",
+            "--cert-mode",
+            "self-managed",
+            "--namespace",
+            "ns",
+        ]);
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.kube.certs.cert_mode, CertMode::SelfManaged);
+        assert_eq!(args.kube.namespace.as_deref(), Some("ns"));
+        assert_eq!(args.kube.certs.webhook_config, "sesame");
+        assert_eq!(
+            args.kube.certs.serving_cert_validity,
+            CertArgs::default().serving_cert_validity
+        );
+    }
 }

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::admission::Admission;
 use crate::cli::{Command, ConfigArg, GenCertsArgs, ServeArgs};
 use crate::config::{Config, LoadedConfig};
+use crate::kube::certs::{CertManager, CertMode, Material, Policy};
 use crate::kube::{DryRunWriter, SecretWriter};
 use crate::pipeline::{Engine, SharedEngine};
 use crate::server::admin::Readiness;
@@ -83,7 +84,8 @@ pub struct ServerHandle {
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
     pub engine: SharedEngine,
-    /// Present when the server generated its own certificate: the caBundle PEM.
+    /// Present when Sesame made its own certificate (generated, or
+    /// self-managed at start): the caBundle PEM.
     pub generated_ca_pem: Option<String>,
     /// `kubernetes` or `dry-run`: how managed Secrets are written.
     pub writer_kind: &'static str,
@@ -125,7 +127,17 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
 
     // Certificates are checked before anything binds.
     let paths = CertPaths::in_dir(&args.cert_dir);
-    let (resolver, generated_ca_pem) = if paths.exist() {
+    let mut cert_manager = None;
+    let (resolver, generated_ca_pem) = if args.kube.certs.cert_mode == CertMode::SelfManaged {
+        let client = kube.as_ref().context(
+            "--cert-mode=self-managed needs the Kubernetes API (in a cluster it is found by itself; else --kube and --kubeconfig)",
+        )?;
+        let (manager, material, resolver) = self_managed(client, args, &metrics).await?;
+        let resolver = Arc::new(resolver);
+        let ca = material.trust_bundle();
+        cert_manager = Some((manager, material));
+        (resolver, Some(ca))
+    } else if paths.exist() {
         let (key, digest) = server::tls::load(&paths)?;
         let resolver = Arc::new(CertResolver::new(key));
         resolver.spawn_reloader(paths.clone(), digest, args.reload_interval);
@@ -146,14 +158,14 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
         );
         (Arc::new(CertResolver::new(key)), Some(certs.ca_cert_pem))
     };
-    let tls_config = Arc::new(server::tls::server_config(resolver)?);
+    let tls_config = Arc::new(server::tls::server_config(resolver.clone())?);
 
     let mut admission = Admission::new(engine.clone(), Arc::new(DryRunWriter), metrics.clone());
     let mut kube_task = None;
     match (writer, &kube) {
         (Some(w), _) => admission = admission.with_writer(w),
         (None, Some(client)) => {
-            let (with_kube, task) = crate::kube::start(
+            let started = crate::kube::start(
                 client,
                 admission,
                 &loaded.config,
@@ -163,8 +175,17 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
                 shutdown_rx.clone(),
             )
             .await;
-            admission = with_kube;
-            kube_task = Some(task);
+            admission = started.admission;
+            kube_task = Some(started.task);
+            if let Some((manager, material)) = cert_manager.take() {
+                manager.spawn(
+                    resolver.clone(),
+                    &material,
+                    started.leading,
+                    args.reload_interval,
+                    shutdown_rx.clone(),
+                );
+            }
         }
         (None, None) => {
             tracing::info!("no Kubernetes API configured: managed Secrets are not written (dry-run writer)")
@@ -237,6 +258,40 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
         tasks,
     })
 }
+
+/// Creates or reads the self-managed certificate before anything binds.
+async fn self_managed(
+    client: &::kube::Client,
+    args: &ServeArgs,
+    metrics: &Metrics,
+) -> anyhow::Result<(CertManager, Material, CertResolver)> {
+    let c = &args.kube.certs;
+    let namespace = crate::kube::own_namespace(&args.kube);
+    let policy = Policy {
+        sans: crate::certs::service_sans(&c.service, &namespace),
+        serving_validity: c.serving_cert_validity,
+        ca_validity: c.ca_validity,
+        // The API server sees a new caBundle within seconds; replicas re-read
+        // the Secret every reload interval.
+        overlap: args.reload_interval * 3,
+    };
+    let manager = CertManager::new(
+        client.clone(),
+        &namespace,
+        &c.cert_secret,
+        &c.webhook_config,
+        policy,
+        metrics,
+    );
+    let (material, resolver) = manager
+        .bootstrap(CERT_BOOTSTRAP_DEADLINE)
+        .await
+        .context("self-managed certificate")?;
+    Ok((manager, material, resolver))
+}
+
+/// How long start-up keeps trying to get the self-managed certificate.
+const CERT_BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Ready once every store passes its check; checked again every few seconds
 /// so that a store outage shows on /readyz. Readiness drops at shutdown so

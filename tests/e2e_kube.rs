@@ -467,3 +467,313 @@ async fn scenarios(env: &Env) {
     })
     .await;
 }
+
+fn serve_args(args: &[&str]) -> sesame::cli::ServeArgs {
+    let mut all = vec!["sesame", "serve"];
+    all.extend_from_slice(args);
+    match Cli::parse_from(all).command {
+        Command::Serve(a) => a,
+        _ => unreachable!(),
+    }
+}
+
+/// A dry-run Pod create in `ns` that asks for `dev:apps/<ns>/db#password`:
+/// `Ok(true)` when the API server admitted it mutated.
+async fn dry_run_mutated(pods: &Api<Pod>, ns: &str, name: &str) -> Result<bool, String> {
+    let p = pod(
+        name,
+        json!({format!("{PREFIX}/env.DB_PASSWORD"): format!("dev:apps/{ns}/db#password")}),
+        None,
+    );
+    let params = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    match pods.create(&params, &obj(p)).await {
+        Ok(p) => Ok(p
+            .metadata
+            .annotations
+            .is_some_and(|a| a.contains_key(&format!("{PREFIX}/injected")))),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Self-managed certificates on a real API server: two Sesame instances
+/// agree on one certificate kept in a Secret, write the caBundle of their
+/// webhook configuration, the API server calls each of them with TLS
+/// verified against that bundle, and a serving-certificate renewal (40 s
+/// certificates here) happens under load without a failed admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_managed_certificates_against_a_real_api_server() {
+    let Some(kubeconfig) = std::env::var_os("SESAME_E2E_KUBECONFIG").map(PathBuf::from) else {
+        println!("skipped: set SESAME_E2E_KUBECONFIG to a kubeconfig to run the Kubernetes end-to-end suite (docs/e2e.md)");
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = connect(KubeMode::Required, Some(&kubeconfig))
+        .await
+        .unwrap()
+        .expect("a client");
+    let suffix = format!(
+        "{}-{:04x}",
+        k8s_openapi::jiff::Timestamp::now().as_second(),
+        fastrand::u16(..)
+    );
+    let ns = format!("sesame-certs-{suffix}");
+    create(
+        &Api::<Namespace>::all(client.clone()),
+        json!({"metadata": {"name": ns}}),
+    )
+    .await;
+    create(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+        json!({"metadata": {"name": "default"}}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secrets.yaml"), secrets_file(&ns, "pw")).unwrap();
+    std::fs::write(
+        dir.path().join("sesame.yaml"),
+        "stores:\n  - {name: dev, file: {path: secrets.yaml}}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/**']}\n",
+    )
+    .unwrap();
+
+    // The webhook configuration exists first, without a caBundle, as the
+    // install creates it; its endpoint is set once Sesame listens.
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let webhook_name = format!("sesame-certs-{suffix}");
+    let hook = |name: &str, selector: Value| {
+        json!({
+            "name": name,
+            "clientConfig": {"url": "https://127.0.0.1:1/mutate"},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": selector,
+            "sideEffects": "NoneOnDryRun",
+            "admissionReviewVersions": ["v1"],
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 10
+        })
+    };
+    create(
+        &webhooks,
+        json!({
+            "metadata": {"name": webhook_name},
+            "webhooks": [
+                hook("pods.sesame.dev", json!({"matchLabels": {"kubernetes.io/metadata.name": ns}})),
+                // Never called; only its caBundle is checked.
+                hook("idle.sesame.dev", json!({"matchLabels": {"sesame-e2e-never": "true"}})),
+            ]
+        }),
+    )
+    .await;
+
+    let config = dir.path().join("sesame.yaml");
+    let certs_dir = dir.path().join("no-certs");
+    let args = serve_args(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--bind-address",
+        "127.0.0.1",
+        "--tls-port",
+        "0",
+        "--admin-port",
+        "0",
+        "--cert-dir",
+        certs_dir.to_str().unwrap(),
+        "--reload-interval",
+        "1s",
+        "--kube",
+        "required",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--namespace",
+        &ns,
+        "--cert-mode",
+        "self-managed",
+        "--webhook-config",
+        &webhook_name,
+        "--serving-cert-validity",
+        "40s",
+    ]);
+    // Two replicas starting at once.
+    let (a, b) = tokio::join!(sesame::run::start(&args, None), sesame::run::start(&args, None));
+    let (a, b) = match (a, b) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            let _ = webhooks.delete(&webhook_name, &DeleteParams::default()).await;
+            panic!("start failed: {:?} / {:?}", a.err(), b.err());
+        }
+    };
+    let outcome = std::panic::AssertUnwindSafe(self_managed_checks(&client, &ns, &webhook_name, &a, &b))
+        .catch_unwind()
+        .await;
+    let _ = webhooks.delete(&webhook_name, &DeleteParams::default()).await;
+    for h in [a, b] {
+        h.shutdown();
+        h.wait().await;
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn self_managed_checks(
+    client: &Client,
+    ns: &str,
+    webhook_name: &str,
+    a: &sesame::run::ServerHandle,
+    b: &sesame::run::ServerHandle,
+) {
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+
+    // One Secret, one CA: both replicas serve from it.
+    let secret = secrets.get("sesame-certs").await.unwrap();
+    let data = secret.data.clone().unwrap();
+    let ca = String::from_utf8(data["ca.crt"].0.clone()).unwrap();
+    let bundle = a.generated_ca_pem.clone().unwrap();
+    assert_eq!(
+        bundle,
+        b.generated_ca_pem.clone().unwrap(),
+        "both replicas trust one CA"
+    );
+    assert_eq!(bundle.trim_end(), ca.trim_end());
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+
+    // Every webhook of the configuration carries that CA, written by
+    // server-side apply as its own field manager.
+    let mwc = webhooks.get(webhook_name).await.unwrap();
+    for w in mwc.webhooks.clone().unwrap() {
+        let got = w.client_config.ca_bundle.expect("caBundle").0;
+        assert_eq!(
+            String::from_utf8(got).unwrap().trim_end(),
+            ca.trim_end(),
+            "{}",
+            w.name
+        );
+    }
+    assert!(mwc
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .iter()
+        .any(
+            |m| m.manager.as_deref() == Some(sesame::kube::certs::FIELD_MANAGER)
+                && m.operation.as_deref() == Some("Apply")
+        ));
+
+    // The API server calls each replica and trusts it through that bundle.
+    let point_at = |port: u16| {
+        let webhooks = webhooks.clone();
+        let name = webhook_name.to_owned();
+        async move {
+            let patch = json!([{"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": format!("https://127.0.0.1:{port}/mutate")}]);
+            webhooks
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Json::<()>(serde_json::from_value(patch).unwrap()),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    for (which, handle) in [("a", a), ("b", b)] {
+        point_at(handle.webhook_addr.port()).await;
+        eventually(
+            &format!("replica {which} to mutate through the API server"),
+            Duration::from_secs(20),
+            || {
+                let pods = pods.clone();
+                async move { dry_run_mutated(&pods, ns, "probe").await == Ok(true) }
+            },
+        )
+        .await;
+    }
+    // A real Pod, mutated by replica b.
+    let created = create(
+        &pods,
+        pod(
+            "real",
+            json!({format!("{PREFIX}/env.DB_PASSWORD"): format!("dev:apps/{ns}/db#password")}),
+            None,
+        ),
+    )
+    .await;
+    assert!(created
+        .metadata
+        .annotations
+        .unwrap()
+        .contains_key(&format!("{PREFIX}/injected")));
+
+    // Renewal under load: 40 s certificates are due about 7 s after issue.
+    // Admissions go on every 200 ms while the leader renews and both
+    // replicas swap; none may fail, and the CA (the caBundle) stays.
+    let first_serving = data["tls.crt"].0.clone();
+    let started = std::time::Instant::now();
+    let (mut admitted, mut renewed) = (0, false);
+    while started.elapsed() < Duration::from_secs(40) {
+        let result = dry_run_mutated(&pods, ns, "load").await;
+        assert_eq!(
+            result,
+            Ok(true),
+            "an admission failed during renewal after {admitted} successes"
+        );
+        admitted += 1;
+        let now = secrets.get("sesame-certs").await.unwrap().data.unwrap();
+        renewed = now["tls.crt"].0 != first_serving;
+        assert_eq!(now["ca.crt"].0, ca.as_bytes(), "the CA stays");
+        if renewed && started.elapsed() > Duration::from_secs(4) {
+            // Give both replicas a reload interval to swap, then stop.
+            for _ in 0..15 {
+                assert_eq!(dry_run_mutated(&pods, ns, "load").await, Ok(true));
+                admitted += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(renewed, "the serving certificate was not renewed within 40 s");
+    let mwc = webhooks.get(webhook_name).await.unwrap();
+    let got = mwc.webhooks.unwrap()[0]
+        .client_config
+        .ca_bundle
+        .clone()
+        .unwrap()
+        .0;
+    assert_eq!(
+        String::from_utf8(got).unwrap().trim_end(),
+        ca.trim_end(),
+        "caBundle unchanged"
+    );
+    println!("renewal: {admitted} admissions, none failed");
+
+    // Both replicas now serve the renewed certificate, to a client that
+    // trusts only the CA in the Secret.
+    let current = secrets.get("sesame-certs").await.unwrap().data.unwrap();
+    let serving = rustls_pki_types::pem::PemObject::from_pem_slice(&current["tls.crt"].0)
+        .map(|c: rustls_pki_types::CertificateDer<'static>| c.as_ref().to_vec())
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .tls_info(true)
+        .build()
+        .unwrap();
+    for handle in [a, b] {
+        let resp = client
+            .get(format!("https://127.0.0.1:{}/mutate", handle.webhook_addr.port()))
+            .send()
+            .await
+            .unwrap();
+        let info = resp.extensions().get::<reqwest::tls::TlsInfo>().unwrap();
+        assert_eq!(
+            info.peer_certificate(),
+            Some(&serving[..]),
+            "renewed certificate served"
+        );
+    }
+}

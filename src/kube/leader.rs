@@ -37,14 +37,16 @@ impl Schedule {
 /// A unique identity for this replica: the Pod name (or host name) and a
 /// random suffix, so that a restarted Pod is a new holder.
 pub fn identity() -> String {
-    let host = std::env::var("POD_NAME")
+    let host = std::env::var("SESAME_POD_NAME")
+        .or_else(|_| std::env::var("POD_NAME"))
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "sesame".to_owned());
     format!("{host}-{:08x}", fastrand::u32(..))
 }
 
 /// Starts both tasks. The returned task ends after the Lease was released
-/// at shutdown; waiting for it lets the next leader start at once.
+/// at shutdown; waiting for it lets the next leader start at once. The
+/// receiver says whether this replica leads (for other leader-only work).
 pub fn spawn(
     elector: LeaseElector,
     gc: GarbageCollector,
@@ -53,10 +55,18 @@ pub fn spawn(
     metrics: Arc<KubeMetrics>,
     schedule: Schedule,
     shutdown: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
+) -> (tokio::task::JoinHandle<()>, watch::Receiver<bool>) {
     let (leading_tx, leading_rx) = watch::channel(false);
-    tokio::spawn(work(gc, rotator, engine, leading_rx, schedule, shutdown.clone()));
-    tokio::spawn(keep_lease(elector, leading_tx, metrics, schedule, shutdown))
+    tokio::spawn(work(
+        gc,
+        rotator,
+        engine,
+        leading_rx.clone(),
+        schedule,
+        shutdown.clone(),
+    ));
+    let task = tokio::spawn(keep_lease(elector, leading_tx, metrics, schedule, shutdown));
+    (task, leading_rx)
 }
 
 async fn keep_lease(

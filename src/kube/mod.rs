@@ -2,6 +2,7 @@
 //! API implementations, the client, watch-backed caches of managed Secrets
 //! and Namespaces, and (leader-elected) garbage collection and rotation.
 
+pub mod certs;
 pub mod client;
 pub mod gc;
 pub mod leader;
@@ -32,9 +33,13 @@ const CACHE_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// How long a Lease stays valid without renewal (client-go's default).
 const LEASE_DURATION: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// The namespace Sesame runs in, from the service-account mount; `default`
-/// outside a cluster.
-fn own_namespace() -> String {
+/// The namespace Sesame runs in: `--namespace` (the Deployment sets it from
+/// the downward API), else the service-account mount; `default` outside a
+/// cluster.
+pub fn own_namespace(args: &KubeArgs) -> String {
+    if let Some(ns) = args.namespace.as_deref().filter(|s| !s.is_empty()) {
+        return ns.to_owned();
+    }
     std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
         .ok()
         .map(|s| s.trim().to_owned())
@@ -48,12 +53,20 @@ pub trait NamespaceLabels: Send + Sync + 'static {
     fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
 }
 
+/// What [`start`] hands back.
+pub struct Started {
+    pub admission: Admission,
+    /// Ends once the leader Lease is released at shutdown.
+    pub task: tokio::task::JoinHandle<()>,
+    /// Whether this replica holds the leader Lease.
+    pub leading: watch::Receiver<bool>,
+}
+
 /// Starts the Kubernetes side of `serve`: the managed-Secret writer with its
 /// cache, the Namespace cache, and the leader-elected background loops.
 /// Waits (briefly) for the first list of both caches, so that the first
 /// reviews see current Secrets and namespace labels. Everything stops when
-/// `shutdown` turns true; the returned task ends once the leader Lease is
-/// released.
+/// `shutdown` turns true.
 pub async fn start(
     client: &::kube::Client,
     admission: Admission,
@@ -62,7 +75,7 @@ pub async fn start(
     engine: SharedEngine,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
-) -> (Admission, tokio::task::JoinHandle<()>) {
+) -> Started {
     let writer = writer::KubeSecretWriter::start(client.clone(), &config.annotation_prefix, shutdown.clone());
     let namespaces = namespaces::NamespaceCache::start(client.clone(), shutdown.clone());
     let synced = tokio::time::timeout(CACHE_SYNC_TIMEOUT, async {
@@ -78,7 +91,10 @@ pub async fn start(
         ),
     }
     let kube_metrics = Arc::new(metrics::KubeMetrics::register(&metrics));
-    let lease_namespace = args.lease_namespace.clone().unwrap_or_else(own_namespace);
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| own_namespace(args));
     let identity = leader::identity();
     tracing::info!(lease = %format!("{lease_namespace}/{}", args.lease_name), %identity, "leader election for garbage collection and rotation");
     let elector = lease::LeaseElector::new(
@@ -101,7 +117,7 @@ pub async fn start(
         engine: engine.clone(),
         metrics: kube_metrics.clone(),
     };
-    let leader = leader::spawn(
+    let (task, leading) = leader::spawn(
         elector,
         gc,
         rotator,
@@ -113,7 +129,11 @@ pub async fn start(
     let admission = admission
         .with_writer(Arc::new(writer))
         .with_namespaces(Arc::new(namespaces));
-    (admission, leader)
+    Started {
+        admission,
+        task,
+        leading,
+    }
 }
 
 /// What became of a managed Secret.

@@ -4,7 +4,7 @@
 //! which namespaces a Pod may read). The Secret's data keys are properties.
 //!
 //! RBAC: `get` on `secrets` in every namespace Pods may read from (see
-//! deploy/rbac.yaml).
+//! deploy/base/rbac.yaml).
 
 use std::sync::Arc;
 

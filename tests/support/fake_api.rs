@@ -11,7 +11,12 @@
 //! - Lease v1, https://kubernetes.io/docs/reference/kubernetes-api/cluster-resources/lease-v1/
 //!   (optimistic concurrency: a PUT whose `metadata.resourceVersion` is stale
 //!   gets 409 Conflict);
-//! - DeleteOptions `preconditions` (uid, resourceVersion → 409 on mismatch).
+//! - DeleteOptions `preconditions` (uid, resourceVersion → 409 on mismatch);
+//! - JSON merge patch carrying `metadata.resourceVersion`: a precondition
+//!   (409 Conflict when stale), as the API server treats it;
+//! - MutatingWebhookConfiguration v1, https://kubernetes.io/docs/reference/kubernetes-api/extend-resources/mutating-webhook-configuration-v1/
+//!   (cluster-scoped; `webhooks` is a list map keyed by `name`, so an apply
+//!   that names a webhook merges into that entry).
 //!
 //! Simplifications, none of which Sesame's behaviour depends on: apply
 //! merges labels and annotations key by key and replaces `ownerReferences`
@@ -66,8 +71,17 @@ struct Event {
     object: Value,
 }
 
+/// An object stored by "another client" just before a matching request.
+struct Interleave {
+    method: Method,
+    path_contains: String,
+    key: Key,
+    object: Value,
+}
+
 struct St {
     objects: Mutex<BTreeMap<Key, Value>>,
+    interleaves: Mutex<Vec<Interleave>>,
     rv: AtomicU64,
     uid: AtomicU64,
     requests: Mutex<Vec<Recorded>>,
@@ -92,6 +106,9 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "deployments" => ("Deployment", "apps/v1"),
         "statefulsets" => ("StatefulSet", "apps/v1"),
         "daemonsets" => ("DaemonSet", "apps/v1"),
+        "mutatingwebhookconfigurations" => {
+            ("MutatingWebhookConfiguration", "admissionregistration.k8s.io/v1")
+        }
         _ => ("Unknown", "v1"),
     }
 }
@@ -306,6 +323,24 @@ async fn handle(
         accept: accept.clone(),
         body: parsed_body.clone(),
     });
+    let interleave = {
+        let mut pending = st.interleaves.lock().unwrap();
+        pending
+            .iter()
+            .position(|i| i.method == method && uri.path().contains(&i.path_contains))
+            .map(|at| pending.remove(at))
+    };
+    if let Some(i) = interleave {
+        let exists = st.objects.lock().unwrap().contains_key(&i.key);
+        let (resource, namespace, name) = i.key;
+        st.store(
+            &resource,
+            &namespace,
+            &name,
+            i.object,
+            if exists { "MODIFIED" } else { "ADDED" },
+        );
+    }
     {
         let mut faults = st.faults.lock().unwrap();
         if let Some(f) = faults
@@ -456,6 +491,18 @@ fn patch(
                 if let Some(v) = body.get(field) {
                     obj[field] = v.clone();
                 }
+            }
+            // A list map keyed by name: each applied entry merges into the
+            // entry of that name (a new name is appended).
+            if let Some(entries) = body.get("webhooks").and_then(Value::as_array) {
+                let mut list = obj["webhooks"].as_array().cloned().unwrap_or_default();
+                for entry in entries {
+                    match list.iter_mut().find(|w| w["name"] == entry["name"]) {
+                        Some(existing) => merge(existing, entry),
+                        None => list.push(entry.clone()),
+                    }
+                }
+                obj["webhooks"] = Value::Array(list);
             }
             let obj = st.store(
                 &target.resource,
@@ -642,6 +689,7 @@ impl FakeApi {
         let (events, _) = broadcast::channel(1024);
         let st = Arc::new(St {
             objects: Mutex::new(BTreeMap::new()),
+            interleaves: Mutex::new(Vec::new()),
             rv: AtomicU64::new(100),
             uid: AtomicU64::new(1),
             requests: Mutex::new(Vec::new()),
@@ -702,6 +750,24 @@ impl FakeApi {
                 r.method == method && r.path.contains(path_contains) && !r.query.contains_key("watch")
             })
             .collect()
+    }
+
+    /// Stores `obj` as another client would, right before the server handles
+    /// the next request of `method` whose path contains `path_contains`: a
+    /// deterministic lost race.
+    pub fn put_before_next(
+        &self,
+        method: &str,
+        path_contains: &str,
+        (resource, namespace, name): (&str, &str, &str),
+        obj: Value,
+    ) {
+        self.st.interleaves.lock().unwrap().push(Interleave {
+            method: method.parse().unwrap(),
+            path_contains: path_contains.to_owned(),
+            key: (resource.to_owned(), namespace.to_owned(), name.to_owned()),
+            object: obj,
+        });
     }
 
     /// The next `times` requests of `method` whose path contains `path_contains`
