@@ -54,7 +54,6 @@ fn managed(namespace: &str, value: &str, owners: Vec<OwnerReference>) -> Managed
     ManagedSecret {
         name: "sesame-0123456789abcdef".into(),
         namespace: namespace.into(),
-        content_hash: content_hash(&data),
         data,
         references: vec![r.clone()],
         sources: [("db.password".to_owned(), r)].into(),
@@ -161,7 +160,7 @@ async fn writer_applies_with_server_side_apply_and_skips_current_secrets() {
     );
     assert_eq!(
         annotations["sesame.dev/content-hash"],
-        first.content_hash.as_str()
+        content_hash(&first.data).as_str()
     );
     let sources: Value = serde_json::from_str(annotations["sesame.dev/sources"].as_str().unwrap()).unwrap();
     assert_eq!(

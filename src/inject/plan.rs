@@ -68,8 +68,6 @@ pub struct ManagedSecret {
     pub sources: BTreeMap<String, SecretRef>,
     /// The Pod asked for a rolling restart of its workload when a value rotates.
     pub restart_on_rotation: bool,
-    /// Hash of keys and values, to tell whether a stored copy is current.
-    pub content_hash: String,
     /// The Pod's controller, so that the garbage collector deletes the Secret with it.
     pub owners: Vec<OwnerReference>,
 }
@@ -335,7 +333,6 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
         Some(ManagedSecret {
             name: secret_name(input.namespace, &references),
             namespace: input.namespace.to_owned(),
-            content_hash: content_hash(&data),
             data,
             references,
             sources,

@@ -169,7 +169,7 @@ pub fn decide(existing: Option<&Secret>, wanted: &ManagedSecret, keys: &SecretAn
         .is_some_and(|v| v == "true");
     let up_to_date = labelled
         && owners.len() == current_owners.len()
-        && stored_hash(existing) == wanted.content_hash
+        && stored_data_equals(existing, &wanted.data)
         && annotations.and_then(|a| a.get(&keys.sources)) == Some(&sources_json(wanted))
         && restart_recorded == wanted.restart_on_rotation;
     if up_to_date {
@@ -177,6 +177,16 @@ pub fn decide(existing: Option<&Secret>, wanted: &ManagedSecret, keys: &SecretAn
     } else {
         ApplyDecision::Apply { owners }
     }
+}
+
+/// Whether a stored Secret holds exactly `data`: compared byte for byte,
+/// which is cheaper on the admission path than hashing both sides.
+pub fn stored_data_equals(secret: &Secret, data: &BTreeMap<String, SecretValue>) -> bool {
+    let stored = secret.data.as_ref();
+    stored.map_or(0, BTreeMap::len) == data.len()
+        && data
+            .iter()
+            .all(|(k, v)| stored.and_then(|s| s.get(k)).is_some_and(|b| b.0 == v.expose()))
 }
 
 /// The content hash of what a stored Secret holds.
@@ -232,7 +242,7 @@ pub fn apply_body(
     annotations.insert(keys.sources.clone(), Value::String(sources_json(secret)));
     annotations.insert(
         keys.content_hash.clone(),
-        Value::String(secret.content_hash.clone()),
+        Value::String(content_hash(&secret.data)),
     );
     annotations.insert(keys.refreshed_at.clone(), Value::String(now_rfc3339.to_owned()));
     if secret.restart_on_rotation {
@@ -292,7 +302,6 @@ mod tests {
         ManagedSecret {
             name: "sesame-0123456789abcdef".into(),
             namespace: "team-a".into(),
-            content_hash: content_hash(&data),
             data,
             references: vec![r.clone()],
             sources: [("db.password".to_owned(), r)].into(),
@@ -410,7 +419,7 @@ mod tests {
         assert_eq!(v["metadata"]["labels"][MANAGED_BY_LABEL], "sesame");
         let a = &v["metadata"]["annotations"];
         assert_eq!(a["sesame.dev/references"], "vault:secret/app/db#password");
-        assert_eq!(a["sesame.dev/content-hash"], wanted.content_hash.as_str());
+        assert_eq!(a["sesame.dev/content-hash"], content_hash(&wanted.data).as_str());
         assert_eq!(a["sesame.dev/restart-on-rotation"], "true");
         let annotations_text = a.to_string();
         assert!(!annotations_text.contains("s3cr3t"));
@@ -423,5 +432,36 @@ mod tests {
         let sources = parse_sources(&s, &keys).unwrap();
         assert_eq!(sources["db.password"].path, "secret/app/db");
         assert_eq!(sources["db.password"].property.as_deref(), Some("password"));
+    }
+
+    #[test]
+    fn stored_data_is_compared_byte_for_byte() {
+        let wanted = managed(vec![]);
+        let stored = |pairs: &[(&str, &[u8])]| Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        assert!(stored_data_equals(
+            &stored(&[("db.password", b"s3cr3t")]),
+            &wanted.data
+        ));
+        assert!(!stored_data_equals(
+            &stored(&[("db.password", b"other")]),
+            &wanted.data
+        ));
+        assert!(!stored_data_equals(
+            &stored(&[("db.password", b"s3cr3t"), ("x", b"y")]),
+            &wanted.data
+        ));
+        assert!(!stored_data_equals(
+            &stored(&[("db.user", b"s3cr3t")]),
+            &wanted.data
+        ));
+        assert!(!stored_data_equals(&Secret::default(), &wanted.data));
     }
 }

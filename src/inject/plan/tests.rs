@@ -172,7 +172,7 @@ fn secret_keys_do_not_depend_on_annotation_order_and_never_collide() {
     let (f, r) = (forward.secret.clone().unwrap(), reversed.secret.clone().unwrap());
     assert_eq!(f.name, r.name);
     assert_eq!(f.sources, r.sources);
-    assert_eq!(f.content_hash, r.content_hash);
+    assert_eq!(f.data, r.data);
     assert_eq!(env_keys(&forward), env_keys(&reversed));
 
     let keys = env_keys(&forward);
