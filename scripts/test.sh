@@ -15,4 +15,7 @@ for dep in scripts/deps/*.sh; do
 done
 # Tests that need an installed tool fail instead of skipping when this is set.
 export SESAME_REQUIRE_TOOLS=1
+if [ -z "${SESAME_E2E_KUBECONFIG:-}" ]; then
+  echo "== end-to-end suites against a real API server skip: SESAME_E2E_KUBECONFIG is not set (docs/e2e.md)"
+fi
 cargo test --locked --lib --bins --tests "$@"
