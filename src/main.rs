@@ -8,7 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = sesame::cli::Cli::parse();
-    sesame::telemetry::init_logging(cli.log_format, &cli.log_level);
+    let _log = sesame::telemetry::init_logging(cli.log_format, &cli.log_level);
     let serving = matches!(cli.command, sesame::cli::Command::Serve(_));
     match sesame::run::run(cli.command).await {
         Ok(code) => code,

@@ -231,8 +231,18 @@ pub enum LogFormat {
 }
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides `level`.
-pub fn init_logging(format: LogFormat, level: &str) {
+///
+/// Lines are written by a background thread through a buffer that is
+/// flushed whenever no more lines are waiting: under load many audit lines
+/// share one `write`, instead of one system call per review on the request
+/// path. It never drops lines (it blocks when far behind). Keep the guard
+/// until exit: dropping it flushes what is left.
+pub fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("sesame-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     // Colour only for a person at a terminal: in a container the escape codes
     // end up in the log store, and writing them costs time on every review.
@@ -240,7 +250,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder
             .json()
@@ -251,4 +261,5 @@ pub fn init_logging(format: LogFormat, level: &str) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    guard
 }
