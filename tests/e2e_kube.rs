@@ -87,17 +87,26 @@ fn secrets_file(ns: &str, password: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e2e_against_a_real_api_server() {
+/// The kubeconfig and a client for the API server under test, or `None`
+/// (after one line saying so) when `SESAME_E2E_KUBECONFIG` is not set.
+async fn e2e_client() -> Option<(PathBuf, kube::Client)> {
     let Some(kubeconfig) = std::env::var_os("SESAME_E2E_KUBECONFIG").map(PathBuf::from) else {
         println!("skipped: set SESAME_E2E_KUBECONFIG to a kubeconfig to run the Kubernetes end-to-end suite (docs/e2e.md)");
-        return;
+        return None;
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = connect(KubeMode::Required, Some(&kubeconfig))
         .await
         .unwrap()
         .expect("a client");
+    Some((kubeconfig, client))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_against_a_real_api_server() {
+    let Some((kubeconfig, client)) = e2e_client().await else {
+        return;
+    };
     let suffix = format!(
         "{}-{:04x}",
         k8s_openapi::jiff::Timestamp::now().as_second(),
@@ -505,15 +514,9 @@ async fn dry_run_mutated(pods: &Api<Pod>, ns: &str, name: &str) -> Result<bool, 
 /// certificates here) happens under load without a failed admission.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_managed_certificates_against_a_real_api_server() {
-    let Some(kubeconfig) = std::env::var_os("SESAME_E2E_KUBECONFIG").map(PathBuf::from) else {
-        println!("skipped: set SESAME_E2E_KUBECONFIG to a kubeconfig to run the Kubernetes end-to-end suite (docs/e2e.md)");
+    let Some((kubeconfig, client)) = e2e_client().await else {
         return;
     };
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = connect(KubeMode::Required, Some(&kubeconfig))
-        .await
-        .unwrap()
-        .expect("a client");
     let suffix = format!(
         "{}-{:04x}",
         k8s_openapi::jiff::Timestamp::now().as_second(),
