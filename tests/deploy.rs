@@ -1281,6 +1281,31 @@ impl Scratch {
         path
     }
 
+    /// Server-side dry run of `items`; the API server's answer when it
+    /// refused or warned. A warning (e.g. a Pod Security violation) counts as
+    /// a refusal; the note about a missing last-applied annotation on an
+    /// object that already exists on the server does not.
+    fn dry_run(&self, name: &str, items: Vec<Value>) -> Result<(), String> {
+        let file = self.file(
+            name,
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}),
+        );
+        let out = self
+            .kubectl(&["apply", "--dry-run=server", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let warned = stderr
+            .lines()
+            .any(|l| l.contains("Warning") && !l.contains("last-applied-configuration"));
+        if out.status.success() && !warned {
+            Ok(())
+        } else {
+            Err(stderr.into_owned())
+        }
+    }
+
     /// Creates `items` for real; they are deleted on drop.
     fn install(&mut self, items: Vec<Value>) {
         let file = self.file(
@@ -1421,23 +1446,7 @@ fn api_server_accepts_the_rendered_objects() {
             }
             docs.push(o);
         }
-        let file = scratch.file(
-            &what.replace(' ', "-"),
-            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs}),
-        );
-        let out = scratch
-            .kubectl(&["apply", "--dry-run=server", "-f"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        // A warning (e.g. a Pod Security violation) counts as a refusal; the
-        // note about a missing last-applied annotation on an object that
-        // already exists on the server does not.
-        let warned = stderr
-            .lines()
-            .any(|l| l.contains("Warning") && !l.contains("last-applied-configuration"));
-        if !out.status.success() || warned {
+        if let Err(stderr) = scratch.dry_run(&what.replace(' ', "-"), docs) {
             failures.push(format!("{what}:\n{stderr}"));
         }
     }
@@ -1805,20 +1814,10 @@ async fn installs_from_deploy_and_mutates_a_pod() {
     // The namespace first (the server dry-runs objects only into an existing
     // one), then every object as a dry run, then for real.
     scratch.install(vec![namespace_obj.expect("a Namespace")]);
-    let list = scratch.file(
-        "install-all",
-        &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": rest}),
-    );
-    let out = scratch
-        .kubectl(&["apply", "--dry-run=server", "-f"])
-        .arg(&list)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !stderr.contains("Warning"),
-        "dry run refused: {stderr}"
-    );
+    if let Err(stderr) = scratch.dry_run("install-all", rest.clone()) {
+        panic!("dry run refused: {stderr}");
+    }
+    let sa = container_sa(&rest);
     scratch.install(rest);
     run(&mut scratch.kubectl(&[
         "get",
@@ -1831,7 +1830,6 @@ async fn installs_from_deploy_and_mutates_a_pod() {
     ]));
 
     // A kubeconfig for the install's ServiceAccount (TokenRequest API).
-    let sa = container_sa(&list);
     let token = run(&mut scratch.kubectl(&["create", "token", &sa, "-n", &install_ns, "--duration=1h"]));
     let admin = serde_yaml::from_str::<Value>(
         &std::fs::read_to_string(std::env::var("SESAME_E2E_KUBECONFIG").unwrap()).unwrap(),
@@ -1924,14 +1922,8 @@ async fn installs_from_deploy_and_mutates_a_pod() {
 }
 
 /// The ServiceAccount the rendered Deployment runs as.
-fn container_sa(list: &Path) -> String {
-    let all: Value = serde_json::from_str(&std::fs::read_to_string(list).unwrap()).unwrap();
-    let d = all["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["kind"] == "Deployment")
-        .unwrap();
+fn container_sa(objects: &[Value]) -> String {
+    let d = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
     d["spec"]["template"]["spec"]["serviceAccountName"]
         .as_str()
         .unwrap()

@@ -87,6 +87,16 @@ fn secrets_file(ns: &str, password: &str) -> String {
     )
 }
 
+/// A suffix for names on a shared API server, where namespaces cannot be
+/// deleted and earlier runs leave theirs behind.
+fn unique_suffix() -> String {
+    format!(
+        "{}-{:04x}",
+        k8s_openapi::jiff::Timestamp::now().as_second(),
+        fastrand::u16(..)
+    )
+}
+
 /// The kubeconfig and a client for the API server under test, or `None`
 /// (after one line saying so) when `SESAME_E2E_KUBECONFIG` is not set.
 async fn e2e_client() -> Option<(PathBuf, kube::Client)> {
@@ -107,11 +117,7 @@ async fn e2e_against_a_real_api_server() {
     let Some((kubeconfig, client)) = e2e_client().await else {
         return;
     };
-    let suffix = format!(
-        "{}-{:04x}",
-        k8s_openapi::jiff::Timestamp::now().as_second(),
-        fastrand::u16(..)
-    );
+    let suffix = unique_suffix();
     let ns = format!("sesame-e2e-{suffix}");
     let dir = tempfile::tempdir().unwrap();
     let ca_bundle = certificates(&kubeconfig, dir.path());
@@ -517,11 +523,7 @@ async fn self_managed_certificates_against_a_real_api_server() {
     let Some((kubeconfig, client)) = e2e_client().await else {
         return;
     };
-    let suffix = format!(
-        "{}-{:04x}",
-        k8s_openapi::jiff::Timestamp::now().as_second(),
-        fastrand::u16(..)
-    );
+    let suffix = unique_suffix();
     let ns = format!("sesame-certs-{suffix}");
     create(
         &Api::<Namespace>::all(client.clone()),
