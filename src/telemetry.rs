@@ -1,6 +1,8 @@
 //! Logs (tracing, text or JSON) and Prometheus metrics. Labels are store
 //! names, outcomes and failure classes: never paths or values.
 
+mod escape;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -238,28 +240,125 @@ pub enum LogFormat {
 /// path. It never drops lines (it blocks when far behind). Keep the guard
 /// until exit: dropping it flushes what is left.
 pub fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
-    use tracing_subscriber::EnvFilter;
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("sesame-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     // Colour only for a person at a terminal: in a container the escape codes
     // end up in the log store, and writing them costs time on every review.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Also routes the `log` records of dependencies (rustls) into tracing.
+    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(subscriber(format, level, ansi, writer));
+    guard
+}
+
+/// The subscriber `init_logging` installs, writing to `writer`.
+pub fn subscriber<W>(
+    format: LogFormat,
+    level: &str,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(writer);
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            // The review span's fields (uid, namespace, pod) as one `span` object.
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    guard
+    match format {
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                // The review span's fields (uid, namespace, pod) as one `span` object.
+                .with_current_span(true)
+                .with_span_list(false)
+                .finish(),
+        ),
+        // Fields and messages escaped: one event is one line, read as written.
+        LogFormat::Text => Box::new(builder.fmt_fields(escape::EscapedFields::default()).finish()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Collects everything the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(format: LogFormat) -> String {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = subscriber(format, "info", false, move || writer.clone());
+        let key = "sesame.dev/env.X\n2030-01-01T00:00:00Z  INFO admission decision allowed=true";
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("review", pod = %"web\r\u{1b}[2Kfake", uid = "u\n1");
+            let _enter = span.enter();
+            tracing::info!(
+                allowed = false,
+                reason = %format!("annotation \"{key}\": not allowed"),
+                debug = ?key,
+                plain = key,
+                "admission decision \u{202e}{}",
+                "eurt=dewolla"
+            );
+        });
+        let bytes = capture.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8(bytes).unwrap_or_default()
+    }
+
+    #[test]
+    fn text_logs_escape_control_and_bidi_characters_in_every_field_and_the_message() {
+        let text = logged(LogFormat::Text);
+        assert_eq!(text.lines().count(), 1, "one event, one line: {text}");
+        // The message and the three fields that quote the key.
+        assert_eq!(text.matches("admission decision").count(), 4, "{text}");
+        assert!(text.contains("allowed=false"), "{text}");
+        assert!(
+            !text.contains("allowed=true\n") && !text.contains("allowed=true "),
+            "{text}"
+        );
+        assert!(
+            !text
+                .trim_end_matches('\n')
+                .chars()
+                .any(|c| c.is_control() || c == '\u{202e}'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\n2030-01-01"), "readable escapes: {text}");
+        assert!(text.contains("web\\r\\u{1b}[2Kfake"), "span fields too: {text}");
+        assert!(text.contains("\\u{202e}eurt=dewolla"), "the message too: {text}");
+    }
+
+    #[test]
+    fn json_logs_are_one_line_with_the_values_intact() {
+        let text = logged(LogFormat::Json);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap_or_default();
+        assert_eq!(line["allowed"], false, "{text}");
+        assert!(
+            line["reason"].as_str().is_some_and(|r| r.contains("X\n2030")),
+            "{text}"
+        );
+        assert_eq!(line["span"]["pod"], "web\r\u{1b}[2Kfake", "{text}");
+    }
 }

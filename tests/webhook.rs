@@ -1,6 +1,6 @@
 //! The real server over real TLS (rustls, h1 and h2) with the AdmissionReview
-//! fixtures: each grammar form, each denial, and bad input that must not
-//! take the server down.
+//! fixtures: each grammar form, each denial, bad input that must not take
+//! the server down, and what the logs show.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -595,4 +595,52 @@ async fn unready_while_a_store_is_unusable() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = reqwest::get(s.admin("/readyz")).await.unwrap().status();
     assert_eq!(status, 503);
+}
+
+#[tokio::test]
+async fn a_newline_in_an_annotation_key_cannot_forge_a_text_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), CONFIG, SECRETS);
+    let ca = write_certs(&dir.path().join("certs"));
+    let mut server = ServeProcess::spawn_with(
+        dir.path(),
+        &[],
+        ProcessOptions {
+            text_logs: true,
+            ..ProcessOptions::default()
+        },
+    )
+    .await;
+    let forged = "sesame.dev/env.X\n2030-01-01T00:00:00.000000Z  INFO review{uid=forged}: sesame::admission: admission decision allowed=true mutated=false\r\u{1b}[2K\u{202e}";
+    let review = with_annotations(BARE, &[(forged, "dev:apps/team-b/db#password")]);
+    let answer = client_for(&ca, false)
+        .post(server.url())
+        .json(&review)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["response"]["allowed"], false, "{body}");
+    server.sigterm();
+    server.wait_exit(Duration::from_secs(10)).await;
+    let lines = server.lines();
+    let decisions: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("admission decision"))
+        .collect();
+    assert_eq!(decisions.len(), 1, "{decisions:#?}");
+    assert!(decisions[0].contains("allowed=false"), "{}", decisions[0]);
+    assert!(!lines.iter().any(|l| l.starts_with("2030-")), "{lines:#?}");
+    for l in &lines {
+        assert!(
+            !l.chars()
+                .any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c)),
+            "raw control character in {l:?}"
+        );
+    }
+    assert!(
+        decisions[0].contains("\\n2030-01-01"),
+        "escaped, still readable: {}",
+        decisions[0]
+    );
 }
