@@ -2,9 +2,12 @@
 //! names, outcomes and failure classes: never paths or values.
 
 mod escape;
+mod process;
 
 use std::sync::Mutex;
 use std::time::Duration;
+
+pub use process::max_open_files;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -16,6 +19,12 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub features: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,6 +47,8 @@ pub struct StoreErrorLabels {
 /// Every metric Sesame exports.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// The standard, unprefixed `process_*` metrics.
+    process: Registry,
     reviews: Family<OutcomeLabels, Counter>,
     review_duration: Histogram,
     store_duration: Family<StoreProviderLabels, Histogram>,
@@ -68,6 +79,20 @@ impl Metrics {
         let mut registry = Registry::with_prefix("sesame");
         let reviews = Family::<OutcomeLabels, Counter>::default();
         let review_duration = Histogram::new(latency_buckets());
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                features: compiled_features().join(","),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with the version and the store features compiled in",
+            build_info,
+        );
+        let mut process = Registry::default();
+        process.register_collector(Box::new(process::ProcessCollector));
         let store_duration = Family::<StoreProviderLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(latency_buckets())
         });
@@ -126,6 +151,7 @@ impl Metrics {
         );
         Self {
             registry: Mutex::new(registry),
+            process,
             reviews,
             review_duration,
             store_duration,
@@ -217,12 +243,33 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
         if let Ok(registry) = self.registry.lock() {
-            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+            let _ = encode_registry(&mut out, &registry);
         }
+        let _ = encode_registry(&mut out, &self.process);
+        let _ = encode_eof(&mut out);
         out
     }
+}
+
+/// The store features this binary was built with.
+fn compiled_features() -> Vec<&'static str> {
+    let mut features = Vec::new();
+    if cfg!(feature = "aws") {
+        features.push("aws");
+    }
+    if cfg!(feature = "gcp") {
+        features.push("gcp");
+    }
+    if cfg!(feature = "azure") {
+        features.push("azure");
+    }
+    if cfg!(feature = "infisical") {
+        features.push("infisical");
+    }
+    features
 }
 
 /// Log output format.
