@@ -50,6 +50,7 @@ pub struct Metrics {
     /// The standard, unprefixed `process_*` metrics.
     process: Registry,
     reviews: Family<OutcomeLabels, Counter>,
+    reviews_in_flight: Gauge,
     review_duration: Histogram,
     store_duration: Family<StoreProviderLabels, Histogram>,
     store_errors: Family<StoreErrorLabels, Counter>,
@@ -78,6 +79,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("sesame");
         let reviews = Family::<OutcomeLabels, Counter>::default();
+        let reviews_in_flight = Gauge::default();
         let review_duration = Histogram::new(latency_buckets());
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
@@ -112,6 +114,11 @@ impl Metrics {
             "admission_review_duration_seconds",
             "Time to answer one admission review",
             review_duration.clone(),
+        );
+        registry.register(
+            "admission_reviews_in_flight",
+            "Admission reviews being answered now",
+            reviews_in_flight.clone(),
         );
         registry.register(
             "store_request_duration_seconds",
@@ -153,6 +160,7 @@ impl Metrics {
             registry: Mutex::new(registry),
             process,
             reviews,
+            reviews_in_flight,
             review_duration,
             store_duration,
             store_errors,
@@ -177,6 +185,12 @@ impl Metrics {
             })
             .inc();
         self.review_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a review in flight until the guard is dropped.
+    pub fn review_started(&self) -> InFlight {
+        self.reviews_in_flight.inc();
+        InFlight(self.reviews_in_flight.clone())
     }
 
     pub fn store_request(&self, store: &str, provider: &str, elapsed: Duration) {
@@ -251,6 +265,15 @@ impl Metrics {
         let _ = encode_registry(&mut out, &self.process);
         let _ = encode_eof(&mut out);
         out
+    }
+}
+
+/// A review in flight; dropping it ends the count.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

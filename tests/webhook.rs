@@ -644,6 +644,10 @@ async fn metrics_carry_build_info_and_process_figures_and_parse() {
         .unwrap()
         .as_secs_f64();
     assert!(start > now - 3600.0 && start <= now + 1.0, "{start} vs {now}");
+    assert!(
+        sample(&text, "sesame_admission_reviews_in_flight") == Some(0.0),
+        "{text}"
+    );
     assert!(sample(&text, "process_threads").unwrap() >= 2.0);
 }
 

@@ -66,10 +66,13 @@ async fn mutate(State(admission): State<Arc<Admission>>, RawQuery(query): RawQue
     });
     match admission.review(&body, timeout).await {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Err(e) => {
-            admission.metrics().review("bad_request", Duration::ZERO);
+        Err(e) if e.is_bad_request() => {
             tracing::debug!(error = %e, "request is not an admission review");
             (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "review failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
         }
     }
 }
