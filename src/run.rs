@@ -194,12 +194,12 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
     let writer_kind = admission.writer_kind();
     tracing::info!(writer = writer_kind, "managed Secret writer");
     let admission = Arc::new(admission);
-    let limits = Limits {
-        max_body_bytes: args.max_body_bytes,
-        drain_timeout: args.drain_timeout,
-        handshake_timeout: args.client_timeout,
-        header_read_timeout: args.client_timeout,
-    };
+    let limits = Limits::new(
+        args.max_body_bytes,
+        args.client_timeout,
+        args.drain_timeout,
+        &args.connections,
+    );
 
     let webhook_listener = server::bind(SocketAddr::new(args.bind_address, args.tls_port)).await?;
     let admin_listener = server::bind(SocketAddr::new(args.bind_address, args.admin_port)).await?;
@@ -210,21 +210,18 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
     let mut tasks = vec![
         tokio::spawn(server::serve(
             webhook_listener,
-            Some(tls_config),
+            server::Port::webhook(tls_config, limits),
             server::webhook_router(admission, limits),
-            limits,
+            metrics.clone(),
             shutdown_rx.clone(),
         )),
-        tokio::spawn(server::serve(
+        server::spawn_admin(
             admin_listener,
-            None,
+            server::Port::admin(limits),
             server::admin::router(readiness.clone(), metrics.clone()),
-            Limits {
-                drain_timeout: Duration::from_secs(1),
-                ..limits
-            },
+            metrics.clone(),
             shutdown_rx.clone(),
-        )),
+        )?,
     ];
     tasks.extend(kube_task);
     tracing::info!(%webhook_addr, %admin_addr, "serving");

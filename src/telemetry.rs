@@ -22,6 +22,17 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    pub port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    pub port: String,
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
     pub features: String,
@@ -52,6 +63,10 @@ pub struct Metrics {
     reviews: Family<OutcomeLabels, Counter>,
     reviews_in_flight: Gauge,
     review_duration: Histogram,
+    connections: Family<PortLabels, Gauge>,
+    requests_in_flight: Family<PortLabels, Gauge>,
+    connections_shed: Family<ShedLabels, Counter>,
+    accept_errors: Family<PortLabels, Counter>,
     store_duration: Family<StoreProviderLabels, Histogram>,
     store_errors: Family<StoreErrorLabels, Counter>,
     cache_hits: Family<StoreLabels, Counter>,
@@ -81,6 +96,10 @@ impl Metrics {
         let reviews = Family::<OutcomeLabels, Counter>::default();
         let reviews_in_flight = Gauge::default();
         let review_duration = Histogram::new(latency_buckets());
+        let connections = Family::<PortLabels, Gauge>::default();
+        let requests_in_flight = Family::<PortLabels, Gauge>::default();
+        let connections_shed = Family::<ShedLabels, Counter>::default();
+        let accept_errors = Family::<PortLabels, Counter>::default();
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -119,6 +138,26 @@ impl Metrics {
             "admission_reviews_in_flight",
             "Admission reviews being answered now",
             reviews_in_flight.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open connections by port (webhook, admin)",
+            connections.clone(),
+        );
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being answered by port",
+            requests_in_flight.clone(),
+        );
+        registry.register(
+            "connections_shed",
+            "Connections closed at a full port: evicted (the longest idle, to make room) or refused (all busy)",
+            connections_shed.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accept calls by port (e.g. out of file descriptors)",
+            accept_errors.clone(),
         );
         registry.register(
             "store_request_duration_seconds",
@@ -162,6 +201,10 @@ impl Metrics {
             reviews,
             reviews_in_flight,
             review_duration,
+            connections,
+            requests_in_flight,
+            connections_shed,
+            accept_errors,
             store_duration,
             store_errors,
             cache_hits,
@@ -191,6 +234,40 @@ impl Metrics {
     pub fn review_started(&self) -> InFlight {
         self.reviews_in_flight.inc();
         InFlight(self.reviews_in_flight.clone())
+    }
+
+    pub fn set_connections(&self, port: &str, open: usize) {
+        self.connections
+            .get_or_create(&PortLabels {
+                port: port.to_owned(),
+            })
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// The gauge of `port`'s HTTP requests in flight.
+    pub fn requests_in_flight(&self, port: &str) -> Gauge {
+        self.requests_in_flight
+            .get_or_create(&PortLabels {
+                port: port.to_owned(),
+            })
+            .clone()
+    }
+
+    pub fn connection_shed(&self, port: &str, action: &str) {
+        self.connections_shed
+            .get_or_create(&ShedLabels {
+                port: port.to_owned(),
+                action: action.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn accept_error(&self, port: &str) {
+        self.accept_errors
+            .get_or_create(&PortLabels {
+                port: port.to_owned(),
+            })
+            .inc();
     }
 
     pub fn store_request(&self, store: &str, provider: &str, elapsed: Duration) {
