@@ -204,17 +204,22 @@ async fn watch_over<C>(
     tracing::debug!(%peer, ?reason, "closing connection");
     // HTTP/1.1 closes at once when idle, or after the response in flight;
     // HTTP/2 sends GOAWAY and lets open streams finish. A request in flight
-    // gets the drain timeout. Without one there is nothing to wait for but
+    // gets the drain timeout (at shutdown, the port's drain covers all). Without one there is nothing to wait for but
     // the goodbye to be written: an idle connection gets a moment for it (a
     // client half-way through its headers gets no more), and an evicted one
     // a single attempt, since its descriptor is wanted now.
     conn.as_mut().graceful_shutdown();
     let grace = match (reason, slot.activity()) {
-        (Close::Shutdown, _) | (_, Activity::Busy(_)) => limits.drain_timeout,
-        (Close::Idle, _) => IDLE_CLOSE_GRACE,
-        (Close::Evicted, _) => Duration::ZERO,
+        // The port's drain bounds the whole shutdown, and says when it cuts one off.
+        (Close::Shutdown, _) => None,
+        (_, Activity::Busy(_)) => Some(limits.drain_timeout),
+        (Close::Idle, _) => Some(IDLE_CLOSE_GRACE),
+        (Close::Evicted, _) => Some(Duration::ZERO),
     };
     let closed = async {
+        let Some(grace) = grace else {
+            return Ok(conn.as_mut().await);
+        };
         tokio::select! {
             biased;
             ended = conn.as_mut() => Ok(ended),
