@@ -1,7 +1,8 @@
 //! Hostile connections against the real server over real TLS: clients that
 //! connect and say nothing, keep a connection open, trickle a body, open
-//! more connections than the port takes, or exhaust the file descriptors.
-//! Each time the API server's reviews and the probes must still be answered.
+//! more connections than the port takes, or exhaust the file descriptors;
+//! and one review that computes for long on the only worker thread. Each
+//! time the API server's reviews and the probes must still be answered.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -479,4 +481,93 @@ async fn out_of_file_descriptors_the_probes_and_reviews_still_answer_and_the_log
         "{capped} cap lines: one per 10 s at most"
     );
     drop(idle);
+}
+
+/// A review that computes for long: 200 containers × 200 references (40 000
+/// env vars in the patch), padded past the offload threshold.
+fn heavy_review() -> Value {
+    let mut annotations: Vec<(String, String)> = (0..200)
+        .map(|i| {
+            (
+                format!("sesame.dev/env.V{i}"),
+                "dev:apps/team-a/db#password".to_owned(),
+            )
+        })
+        .collect();
+    annotations.push(("example.com/padding".into(), "x".repeat(80 * 1024)));
+    let pairs: Vec<(&str, &str)> = annotations
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut review = with_annotations(BARE, &pairs);
+    let containers: Vec<Value> = (0..200)
+        .map(|i| json!({"name": format!("c{i}"), "image": "busybox"}))
+        .collect();
+    review["request"]["object"]["spec"]["containers"] = Value::Array(containers);
+    review
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_worker_a_heavy_review_does_not_hold_up_others_or_the_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), CONFIG, SECRETS);
+    let ca = write_certs(&dir.path().join("certs"));
+    let server = ServeProcess::spawn_with(
+        dir.path(),
+        &[],
+        ProcessOptions {
+            env: &[("TOKIO_WORKER_THREADS", "1")],
+            ..ProcessOptions::default()
+        },
+    )
+    .await;
+    let client = client_for(&ca, false);
+    let url = server.url();
+    let heavy = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let resp = client.post(&url).json(&heavy_review()).send().await.unwrap();
+            (resp.status().as_u16(), resp.bytes().await.unwrap().len())
+        }
+    });
+    // The heavy review is being computed.
+    let admin = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = admin
+            .get(server.admin("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if sample(&text, "sesame_admission_reviews_in_flight") == Some(1.0) {
+            break;
+        }
+        assert!(
+            !heavy.is_finished(),
+            "the heavy review ended before it was seen in flight"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the heavy review never showed in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let live = admin.get(server.admin("/livez")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    let small = client.post(&url).json(&fixture(BARE)).send().await.unwrap();
+    assert_eq!(small.status(), 200);
+    small.bytes().await.unwrap();
+    assert!(
+        !heavy.is_finished(),
+        "the small review and the probe must be answered while the heavy one computes"
+    );
+    let (status, len) = heavy.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(len > 1_000_000, "the heavy review's patch is big: {len} bytes");
 }

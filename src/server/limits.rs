@@ -25,7 +25,14 @@ pub struct ConnectionArgs {
     /// Open connections on the admin port at most (same rule).
     #[arg(long, env = "SESAME_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = at_least_one)]
     pub admin_max_connections: usize,
+    /// Reviews with a larger body run on a blocking thread, a few at a time,
+    /// so that their CPU work does not hold up other connections; smaller
+    /// ones are answered on the spot. 0 sends every review there.
+    #[arg(long, env = "SESAME_OFFLOAD_ABOVE_BYTES", default_value_t = DEFAULT_OFFLOAD_ABOVE_BYTES)]
+    pub offload_above_bytes: usize,
 }
+
+const DEFAULT_OFFLOAD_ABOVE_BYTES: usize = 64 * 1024;
 
 fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -42,6 +49,7 @@ impl Default for ConnectionArgs {
             idle_timeout: Duration::from_secs(120),
             max_connections: 1024,
             admin_max_connections: 64,
+            offload_above_bytes: DEFAULT_OFFLOAD_ABOVE_BYTES,
         }
     }
 }
@@ -65,6 +73,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open connections on the admin port at most.
     pub admin_max_connections: usize,
+    /// Reviews with a larger body run on the blocking pool.
+    pub offload_above_bytes: usize,
 }
 
 impl Default for Limits {
@@ -100,6 +110,7 @@ impl Limits {
             drain_timeout,
             max_connections: connections.max_connections.max(1),
             admin_max_connections: connections.admin_max_connections.max(1),
+            offload_above_bytes: connections.offload_above_bytes,
         }
     }
 

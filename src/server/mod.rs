@@ -1,6 +1,6 @@
 //! The HTTPS webhook server and the plain-HTTP admin server: accept loops
 //! with a connection cap and back-off, TLS, the timeouts of each phase of a
-//! connection, graceful drain on shutdown. The admin port
+//! connection, review scheduling, graceful drain on shutdown. The admin port
 //! runs on its own thread and runtime, so that it answers however busy the
 //! webhook port is.
 
@@ -8,6 +8,7 @@ mod accept;
 pub mod admin;
 mod connection;
 mod limits;
+mod offload;
 mod table;
 pub mod tls;
 
@@ -31,20 +32,27 @@ use crate::telemetry::Metrics;
 use accept::{AcceptBackoff, LogLimiter};
 use connection::{Connection, Protocols};
 pub use limits::{ConnectionArgs, Limits};
+pub use offload::ReviewLane;
 use table::ConnectionTable;
 
 #[derive(Clone)]
 struct Webhook {
     admission: Arc<Admission>,
+    lane: Arc<ReviewLane>,
     limits: Limits,
 }
 
 /// The webhook routes: `POST /mutate` and nothing else.
 pub fn webhook_router(admission: Arc<Admission>, limits: Limits) -> Router {
+    let lane = Arc::new(ReviewLane::new(limits.offload_above_bytes));
     Router::new()
         .route("/mutate", post(mutate))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found: Sesame serves POST /mutate\n") })
-        .with_state(Webhook { admission, limits })
+        .with_state(Webhook {
+            admission,
+            lane,
+            limits,
+        })
 }
 
 async fn mutate(
@@ -65,13 +73,12 @@ async fn mutate(
         Err(refusal) => return refusal,
     };
     let received = Instant::now();
-    let mut json = Vec::with_capacity(1024);
     match webhook
-        .admission
-        .review_into(&body, timeout, received, &mut json)
+        .lane
+        .review(&webhook.admission, body, timeout, received)
         .await
     {
-        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) if e.is_bad_request() => {
             tracing::debug!(error = %e, "request is not an admission review");
             (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
