@@ -277,7 +277,7 @@ pub struct LoadedConfig {
 impl Config {
     /// Parses and validates YAML text. `origin` names the source in errors.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let de = serde_yaml::Deserializer::from_str(text);
+        let de = serde_norway::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
             ConfigError::Parse {

@@ -134,7 +134,7 @@ pub async fn run(args: &MutateArgs) -> anyhow::Result<ExitCode> {
 
     let mut out = Vec::new();
     let mut denied = false;
-    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
         let value =
             Value::deserialize(doc).with_context(|| format!("document {} is not YAML/JSON", i + 1))?;
         if value.is_null() {
@@ -159,7 +159,7 @@ pub async fn run(args: &MutateArgs) -> anyhow::Result<ExitCode> {
     for doc in &out {
         println!(
             "---\n{}",
-            serde_yaml::to_string(doc).context("printing YAML")?.trim_end()
+            serde_norway::to_string(doc).context("printing YAML")?.trim_end()
         );
     }
     Ok(if denied {

@@ -86,7 +86,7 @@ fn run(cmd: &mut Command) -> String {
 
 /// Every YAML document of a rendered stream, as JSON.
 fn parse_stream(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
+    serde_norway::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).unwrap())
         .filter(|v| !v.is_null())
         .collect()
@@ -1831,7 +1831,7 @@ async fn installs_from_deploy_and_mutates_a_pod() {
 
     // A kubeconfig for the install's ServiceAccount (TokenRequest API).
     let token = run(&mut scratch.kubectl(&["create", "token", &sa, "-n", &install_ns, "--duration=1h"]));
-    let admin = serde_yaml::from_str::<Value>(
+    let admin = serde_norway::from_str::<Value>(
         &std::fs::read_to_string(std::env::var("SESAME_E2E_KUBECONFIG").unwrap()).unwrap(),
     )
     .unwrap();
@@ -1853,13 +1853,13 @@ async fn installs_from_deploy_and_mutates_a_pod() {
 
     // The shipped configuration with a `kubernetes` store added: Sesame
     // reads the application's Secret with its own ServiceAccount.
-    let mut config: Value = serde_yaml::from_str(&config_yaml).unwrap();
+    let mut config: Value = serde_norway::from_str(&config_yaml).unwrap();
     config["stores"] = serde_json::json!([{"name": "k8s", "kubernetes": {}}]);
     config["policy"]["rules"] = serde_json::json!([
         {"name": "own", "namespaces": ["*"], "stores": ["k8s"], "paths": ["{namespace}/*"]}
     ]);
     let config_file = dir.join("sesame.yaml");
-    std::fs::write(&config_file, serde_yaml::to_string(&config).unwrap()).unwrap();
+    std::fs::write(&config_file, serde_norway::to_string(&config).unwrap()).unwrap();
 
     // The container's arguments and environment, with what must differ on
     // this machine: files, loopback ports, the kubeconfig.

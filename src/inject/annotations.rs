@@ -449,8 +449,8 @@ enum ModeText {
 }
 
 fn parse_structured(key: &str, value: &str) -> Result<Vec<Injection>, GrammarError> {
-    // serde_yaml reads JSON too; its messages give positions, not the value.
-    let entries: Vec<Entry> = serde_yaml::from_str(value).map_err(|e| {
+    // serde_norway reads JSON too; its messages give positions, not the value.
+    let entries: Vec<Entry> = serde_norway::from_str(value).map_err(|e| {
         let msg = e.to_string();
         err(key, format!("not a YAML/JSON list of entries: {msg}"))
     })?;

@@ -492,11 +492,11 @@ mod tests {
             "vaultUrl: https://v.vault.azure.net\nauth:\n  workloadIdentity: {}\n",
             "vaultUrl: https://v.vault.azure.net\nauth:\n  managedIdentity: {clientId: 00000000-0000-0000-0000-000000000001}\n",
         ] {
-            let c: AzureStoreConfig = serde_yaml::from_str(yaml).unwrap();
+            let c: AzureStoreConfig = serde_norway::from_str(yaml).unwrap();
             c.validate("azure").unwrap();
         }
         let bad: AzureStoreConfig =
-            serde_yaml::from_str("vaultUrl: not-a-url\nauth:\n  managedIdentity: {}\n").unwrap();
+            serde_norway::from_str("vaultUrl: not-a-url\nauth:\n  managedIdentity: {}\n").unwrap();
         assert!(bad
             .validate("azure")
             .unwrap_err()

@@ -37,8 +37,8 @@ impl FileStore {
             let text = tokio::fs::read_to_string(&self.path).await.map_err(|e| {
                 StoreError::Unreachable(format!("cannot read {}: {}", self.path.display(), e.kind()))
             })?;
-            // serde_yaml reads JSON too. Its errors quote no values, only positions.
-            let doc: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(&text).map_err(|e| {
+            // serde_norway reads JSON too. Its errors quote no values, only positions.
+            let doc: BTreeMap<String, serde_norway::Value> = serde_norway::from_str(&text).map_err(|e| {
                 let at = e
                     .location()
                     .map(|l| format!(" at line {}", l.line()))
@@ -51,7 +51,7 @@ impl FileStore {
 }
 
 enum Source {
-    Doc(BTreeMap<String, serde_yaml::Value>),
+    Doc(BTreeMap<String, serde_norway::Value>),
     Dir(PathBuf),
 }
 
@@ -82,19 +82,19 @@ impl Store for FileStore {
 }
 
 fn from_doc(
-    doc: &BTreeMap<String, serde_yaml::Value>,
+    doc: &BTreeMap<String, serde_norway::Value>,
     locator: &SecretLocator,
 ) -> Result<SecretData, StoreError> {
     let entry = doc.get(&locator.path).ok_or(StoreError::NotFound)?;
     let versions = match entry {
-        serde_yaml::Value::Mapping(m) if m.len() == 1 && m.contains_key("versions") => m.get("versions"),
+        serde_norway::Value::Mapping(m) if m.len() == 1 && m.contains_key("versions") => m.get("versions"),
         _ => None,
     };
     match (versions, &locator.version) {
         (None, None) => yaml_secret(entry),
         (None, Some(_)) => Err(StoreError::VersionNotFound),
-        (Some(serde_yaml::Value::Mapping(versions)), wanted) => {
-            let mut ids: Vec<(String, &serde_yaml::Value)> = versions
+        (Some(serde_norway::Value::Mapping(versions)), wanted) => {
+            let mut ids: Vec<(String, &serde_norway::Value)> = versions
                 .iter()
                 .filter_map(|(k, v)| scalar_text(k).map(|k| (k, v)))
                 .collect();
@@ -122,18 +122,18 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-fn scalar_text(v: &serde_yaml::Value) -> Option<String> {
+fn scalar_text(v: &serde_norway::Value) -> Option<String> {
     match v {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        serde_norway::Value::String(s) => Some(s.clone()),
+        serde_norway::Value::Number(n) => Some(n.to_string()),
+        serde_norway::Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
 }
 
-fn yaml_secret(v: &serde_yaml::Value) -> Result<SecretData, StoreError> {
+fn yaml_secret(v: &serde_norway::Value) -> Result<SecretData, StoreError> {
     match v {
-        serde_yaml::Value::Mapping(m) => {
+        serde_norway::Value::Mapping(m) => {
             let mut props = BTreeMap::new();
             for (k, v) in m {
                 let (Some(k), Some(v)) = (scalar_text(k), scalar_text(v)) else {

@@ -836,7 +836,7 @@ mod tests {
     use super::*;
 
     fn config(yaml: &str) -> VaultStoreConfig {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_norway::from_str(yaml).unwrap()
     }
 
     #[test]
