@@ -19,3 +19,4 @@ pub mod run;
 pub mod server;
 pub mod stores;
 pub mod telemetry;
+pub mod validate;

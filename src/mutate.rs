@@ -130,7 +130,7 @@ pub async fn run(args: &MutateArgs) -> anyhow::Result<ExitCode> {
     };
     let loaded = Config::load(args.config.resolve().as_deref())?;
     let metrics = Arc::new(Metrics::new());
-    let engine = crate::run::build_engine(&loaded, &metrics).await?;
+    let engine = Engine::from_config(&loaded, &metrics, None).await?;
 
     let mut out = Vec::new();
     let mut denied = false;

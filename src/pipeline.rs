@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use json_patch::PatchOperation;
 
-use crate::config::Config;
+use crate::config::{Config, LoadedConfig};
 use crate::inject::annotations::{self, INJECTED_SUFFIX};
 use crate::inject::plan::MANAGED_PREFIX;
 use crate::inject::{build_patch, build_plan, Grant, ManagedSecret, PlanInput, PodView, SecretRef};
 use crate::policy::{NamespacePolicy, Subject};
 use crate::stores::{SecretLocator, StoreRequest, Stores};
+use crate::telemetry::Metrics;
 
 /// Everything the pipeline needs, built once from the configuration and
 /// swapped whole when the configuration changes.
@@ -81,11 +82,12 @@ impl Denial {
 }
 
 impl Engine {
-    pub fn new(config: &Config, stores: Stores) -> Result<Self, String> {
-        Ok(Self {
+    /// An engine over stores built elsewhere (tests, benches).
+    pub fn new(config: &Config, stores: Stores) -> Self {
+        Self {
             marker_key: format!("{}/{}", config.annotation_prefix, INJECTED_SUFFIX),
             prefix: config.annotation_prefix.clone(),
-            policy: NamespacePolicy::new(&config.policy)?,
+            policy: NamespacePolicy::new(&config.policy),
             stores,
             resolve_timeout: config.resolve_timeout,
             refresh_intervals: config
@@ -93,7 +95,18 @@ impl Engine {
                 .iter()
                 .filter_map(|s| s.refresh_interval.map(|d| (s.name.clone(), d)))
                 .collect(),
-        })
+        }
+    }
+
+    /// Builds the stores of a loaded configuration and the engine over
+    /// them. `kube` is the Kubernetes client, for the `kubernetes` store.
+    pub async fn from_config(
+        loaded: &LoadedConfig,
+        metrics: &Arc<Metrics>,
+        kube: Option<&::kube::Client>,
+    ) -> anyhow::Result<Self> {
+        let stores = Stores::from_config(&loaded.config.stores, &loaded.base_dir, metrics, kube).await?;
+        Ok(Self::new(&loaded.config, stores))
     }
 
     pub fn prefix(&self) -> &str {
@@ -283,7 +296,6 @@ mod tests {
     use super::*;
     use crate::inject::annotations::SecretRef as Ref;
     use crate::stores::{CachedStore, SecretData, SecretValue, Store, StoreError};
-    use crate::telemetry::Metrics;
 
     /// A namespaced in-memory store that records the paths it was asked for.
     struct Namespaced(std::sync::Mutex<Vec<String>>);
@@ -327,7 +339,7 @@ mod tests {
                 metrics,
             )),
         );
-        Engine::new(&config, stores).unwrap()
+        Engine::new(&config, stores)
     }
 
     fn pod(annotations: &[(&str, &str)], extra_spec: serde_json::Value) -> PodView {

@@ -12,14 +12,13 @@ use tokio::sync::watch;
 
 use crate::admission::Admission;
 use crate::cli::{Command, ConfigArg, GenCertsArgs, ServeArgs};
-use crate::config::{Config, LoadedConfig};
+use crate::config::Config;
 use crate::kube::certs::{CertManager, CertMode, Material, Policy};
 use crate::kube::{DryRunWriter, SecretWriter};
 use crate::pipeline::{Engine, SharedEngine};
 use crate::server::admin::Readiness;
 use crate::server::tls::{CertPaths, CertResolver};
 use crate::server::{self, Limits};
-use crate::stores::Stores;
 use crate::telemetry::Metrics;
 
 /// Runs one CLI command.
@@ -60,21 +59,6 @@ fn gen_certs(args: &GenCertsArgs) -> anyhow::Result<ExitCode> {
     );
     println!("{}", certs.ca_bundle());
     Ok(ExitCode::SUCCESS)
-}
-
-/// Builds the engine (stores and policy) from a loaded configuration.
-pub async fn build_engine(loaded: &LoadedConfig, metrics: &Arc<Metrics>) -> anyhow::Result<Engine> {
-    build_engine_with(loaded, metrics, None).await
-}
-
-/// Builds the engine with the Kubernetes client (for the `kubernetes` store).
-pub async fn build_engine_with(
-    loaded: &LoadedConfig,
-    metrics: &Arc<Metrics>,
-    kube: Option<&::kube::Client>,
-) -> anyhow::Result<Engine> {
-    let stores = Stores::from_config(&loaded.config.stores, &loaded.base_dir, metrics, kube).await?;
-    Engine::new(&loaded.config, stores).map_err(|e| anyhow::anyhow!("{}: policy: {e}", loaded.origin))
 }
 
 /// A running server.
@@ -121,7 +105,7 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
         crate::kube::client::connect(args.kube.mode, args.kube.kubeconfig.as_deref()).await?
     };
     let engine: SharedEngine = Arc::new(ArcSwap::from_pointee(
-        build_engine_with(&loaded, &metrics, kube.as_ref()).await?,
+        Engine::from_config(&loaded, &metrics, kube.as_ref()).await?,
     ));
     tracing::info!(config = %loaded.origin, stores = loaded.config.stores.len(), rules = loaded.config.policy.rules.len(), "configuration loaded");
 
@@ -364,7 +348,7 @@ fn spawn_config_reloader(
             if loaded.config == current {
                 continue;
             }
-            match build_engine_with(&loaded, &metrics, kube.as_ref()).await {
+            match Engine::from_config(&loaded, &metrics, kube.as_ref()).await {
                 Ok(new_engine) => {
                     engine.store(Arc::new(new_engine));
                     current = loaded.config;

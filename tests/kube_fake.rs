@@ -94,7 +94,7 @@ async fn file_engine(
     let stores = sesame::stores::Stores::from_config(&config.stores, dir.path(), &metrics, None)
         .await
         .unwrap();
-    let engine = sesame::pipeline::Engine::new(&config, stores).unwrap();
+    let engine = sesame::pipeline::Engine::new(&config, stores);
     (dir, Arc::new(arc_swap::ArcSwap::from_pointee(engine)), metrics)
 }
 

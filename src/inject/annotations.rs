@@ -12,8 +12,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::config::is_dns_label;
 use crate::policy::validate_secret_path;
+use crate::validate::is_dns_label;
 
 /// Annotation Sesame writes on Pods it mutated; its value names the managed
 /// Secret (or `inline`). Admission policies and the garbage collector read it.

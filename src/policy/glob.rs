@@ -81,6 +81,11 @@ impl PathPattern {
         })
     }
 
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
     /// The pattern with `{namespace}` filled in, for messages.
     pub fn render(&self, namespace: &str) -> String {
         self.source.replace("{namespace}", namespace)

@@ -2,15 +2,17 @@
 //! account may read which paths of which store. Pure functions over the
 //! configuration and what the caller knows of the Pod; default deny.
 
+mod config;
 mod glob;
 mod selector;
 
 use std::collections::BTreeMap;
 
+pub use config::{
+    InlinePolicy, LabelSelector, LabelSelectorRequirement, PolicyConfig, PolicyRule, SelectorOperator,
+};
 pub use glob::{glob_is_valid, glob_match, PathPattern};
 pub use selector::selector_matches;
-
-use crate::config::{LabelSelector, PolicyConfig};
 
 /// Who asks: the Pod's namespace, that namespace's labels when known (from
 /// the Namespace cache) and the Pod's service account.
@@ -93,29 +95,24 @@ pub enum PolicyDenial {
 }
 
 impl NamespacePolicy {
-    pub fn new(config: &PolicyConfig) -> Result<Self, String> {
+    /// Compiles a loaded policy; its patterns were parsed when it was read.
+    pub fn new(config: &PolicyConfig) -> Self {
         let rules = config
             .rules
             .iter()
-            .map(|r| {
-                Ok(Rule {
-                    name: r.name.clone(),
-                    namespaces: r.namespaces.clone(),
-                    namespace_selector: r.namespace_selector.clone(),
-                    service_accounts: r.service_accounts.clone(),
-                    stores: r.stores.clone(),
-                    paths: r
-                        .paths
-                        .iter()
-                        .map(|p| PathPattern::parse(p))
-                        .collect::<Result<_, _>>()?,
-                })
+            .map(|r| Rule {
+                name: r.name.clone(),
+                namespaces: r.namespaces.clone(),
+                namespace_selector: r.namespace_selector.clone(),
+                service_accounts: r.service_accounts.clone(),
+                stores: r.stores.clone(),
+                paths: r.paths.clone(),
             })
-            .collect::<Result<_, String>>()?;
-        Ok(Self {
+            .collect();
+        Self {
             rules,
             inline_namespaces: config.inline.namespaces.clone(),
-        })
+        }
     }
 
     /// Returns the name of the rule that grants `subject` read access to
@@ -230,7 +227,6 @@ pub fn validate_secret_path(path: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{InlinePolicy, PolicyRule};
 
     fn policy() -> NamespacePolicy {
         NamespacePolicy::new(&PolicyConfig {
@@ -241,7 +237,7 @@ mod tests {
                     service_accounts: vec![],
                     namespaces: vec!["team-*".into()],
                     stores: vec!["vault".into()],
-                    paths: vec!["secret/{namespace}/**".into()],
+                    paths: patterns(&["secret/{namespace}/**"]),
                 },
                 PolicyRule {
                     name: "shared-ro".into(),
@@ -249,14 +245,17 @@ mod tests {
                     service_accounts: vec![],
                     namespaces: vec!["*".into()],
                     stores: vec!["*".into()],
-                    paths: vec!["shared/*/public".into()],
+                    paths: patterns(&["shared/*/public"]),
                 },
             ],
             inline: InlinePolicy {
                 namespaces: vec!["dev".into(), "sandbox-*".into()],
             },
         })
-        .unwrap()
+    }
+
+    fn patterns(paths: &[&str]) -> Vec<PathPattern> {
+        paths.iter().map(|p| PathPattern::parse(p).unwrap()).collect()
     }
 
     #[test]
@@ -302,7 +301,7 @@ mod tests {
 
     #[test]
     fn default_deny() {
-        let p = NamespacePolicy::new(&PolicyConfig::default()).unwrap();
+        let p = NamespacePolicy::new(&PolicyConfig::default());
         assert!(matches!(
             p.authorize(&Subject::namespace("a"), "b", "c"),
             Err(PolicyDenial::NoRuleForStore { .. })
@@ -355,7 +354,7 @@ mod tests {
             namespace_selector: None,
             service_accounts: vec![],
             stores: stores.iter().map(|s| (*s).to_owned()).collect(),
-            paths: paths.iter().map(|s| (*s).to_owned()).collect(),
+            paths: patterns(paths),
         }
     }
 
@@ -364,13 +363,12 @@ mod tests {
             rules,
             inline: InlinePolicy::default(),
         })
-        .unwrap()
     }
 
     #[test]
     fn namespace_selector_needs_known_labels() {
         let mut r = rule("payments", &[], &["vault"], &["payments/**"]);
-        r.namespace_selector = Some(crate::config::LabelSelector {
+        r.namespace_selector = Some(LabelSelector {
             match_labels: [("team".to_owned(), "payments".to_owned())].into(),
             ..Default::default()
         });

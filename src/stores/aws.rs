@@ -18,6 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::Store;
+use crate::validate::{is_http_url, FieldError};
 
 /// `stores[].aws`: which region and, optionally, which endpoint.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -33,27 +34,23 @@ pub struct AwsStoreConfig {
 }
 
 impl AwsStoreConfig {
-    /// Checks what serde cannot; the error is `(field below aws, message)`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks what serde cannot; fields are below `aws`.
+    pub fn validate(&self) -> Result<(), FieldError> {
         if let Some(region) = &self.region {
             let ok = !region.is_empty()
                 && region
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if !ok {
-                return Err(("region".into(), "must look like eu-west-1".into()));
+                return Err(FieldError::new("region", "must look like eu-west-1"));
             }
         }
         if let Some(endpoint) = &self.endpoint {
-            match reqwest::Url::parse(endpoint) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-                _ => {
-                    return Err((
-                        "endpoint".into(),
-                        "must be an http(s) URL such as https://secretsmanager.eu-west-1.amazonaws.com"
-                            .into(),
-                    ))
-                }
+            if !is_http_url(endpoint) {
+                return Err(FieldError::new(
+                    "endpoint",
+                    "must be an http(s) URL such as https://secretsmanager.eu-west-1.amazonaws.com",
+                ));
             }
         }
         Ok(())
@@ -157,7 +154,7 @@ mod imp {
         pub async fn new(config: &AwsStoreConfig) -> anyhow::Result<Self> {
             config
                 .validate()
-                .map_err(|(field, message)| anyhow::anyhow!("aws.{field}: {message}"))?;
+                .map_err(|e| anyhow::anyhow!("{}", e.within("aws")))?;
             let http = aws_smithy_http_client::Builder::new()
                 .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
                 .build_https();
@@ -584,12 +581,12 @@ mod tests {
             region: Some("EU West".into()),
             endpoint: None,
         };
-        assert_eq!(bad_region.validate().unwrap_err().0, "region");
+        assert_eq!(bad_region.validate().unwrap_err().field, "region");
         let bad_endpoint = AwsStoreConfig {
             region: None,
             endpoint: Some("secretsmanager.local".into()),
         };
-        assert_eq!(bad_endpoint.validate().unwrap_err().0, "endpoint");
+        assert_eq!(bad_endpoint.validate().unwrap_err().field, "endpoint");
     }
 
     #[test]

@@ -17,11 +17,10 @@ use zeroize::Zeroizing;
 
 use super::common::{http_client, status_error, CredentialSource, Retry};
 use super::token::{
-    check_source, check_url, error_code, invalid, oauth_token, send_once, unauthorized, AccessToken,
-    TokenCache, TokenProvider,
+    error_code, oauth_token, send_once, unauthorized, AccessToken, TokenCache, TokenProvider,
 };
 use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
-use crate::config::ConfigError;
+use crate::validate::{check_url, FieldError};
 
 const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 const DEFAULT_IMDS: &str = "http://169.254.169.254";
@@ -153,26 +152,25 @@ fn is_secret_name(s: &str) -> bool {
 }
 
 impl AzureStoreConfig {
-    /// Checks the fields serde cannot; `field` is the section's path.
-    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
-        check_url(&self.vault_url, format!("{field}.vaultUrl"))?;
-        check_url(&self.resource, format!("{field}.resource"))?;
-        check_url(&self.imds_endpoint, format!("{field}.imdsEndpoint"))?;
+    /// Checks the fields serde cannot; fields are below the section.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_url(&self.vault_url, "vaultUrl")?;
+        check_url(&self.resource, "resource")?;
+        check_url(&self.imds_endpoint, "imdsEndpoint")?;
         if let Some(host) = &self.authority_host {
-            check_url(host, format!("{field}.authorityHost"))?;
+            check_url(host, "authorityHost")?;
         }
         let Some(method) = self.auth.method() else {
-            return Err(invalid(
-                format!("{field}.auth"),
+            return Err(FieldError::new(
+                "auth",
                 "set exactly one of clientSecret, workloadIdentity, managedIdentity",
             ));
         };
         let ids = match method {
             AzureAuth::ClientSecret(a) => {
-                check_source(
-                    &a.client_secret,
-                    format!("{field}.auth.clientSecret.clientSecret"),
-                )?;
+                a.client_secret
+                    .validate()
+                    .map_err(|e| e.within("auth.clientSecret.clientSecret"))?;
                 vec![
                     ("clientSecret.tenantId", Some(&a.tenant_id)),
                     ("clientSecret.clientId", Some(&a.client_id)),
@@ -186,8 +184,8 @@ impl AzureStoreConfig {
         };
         for (name, id) in ids {
             if let Some(id) = id.filter(|id| !is_directory_id(id)) {
-                return Err(invalid(
-                    format!("{field}.auth.{name}"),
+                return Err(FieldError::new(
+                    format!("auth.{name}"),
                     format!("\"{id}\" is not a GUID or domain"),
                 ));
             }
@@ -493,14 +491,10 @@ mod tests {
             "vaultUrl: https://v.vault.azure.net\nauth:\n  managedIdentity: {clientId: 00000000-0000-0000-0000-000000000001}\n",
         ] {
             let c: AzureStoreConfig = serde_norway::from_str(yaml).unwrap();
-            c.validate("azure").unwrap();
+            c.validate().unwrap();
         }
         let bad: AzureStoreConfig =
             serde_norway::from_str("vaultUrl: not-a-url\nauth:\n  managedIdentity: {}\n").unwrap();
-        assert!(bad
-            .validate("azure")
-            .unwrap_err()
-            .to_string()
-            .starts_with("azure.vaultUrl"));
+        assert_eq!(bad.validate().unwrap_err().field, "vaultUrl");
     }
 }

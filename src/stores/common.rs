@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{SecretValue, StoreError};
+use crate::validate::FieldError;
 
 /// Where a credential (token, client secret, key file) is read from. Never
 /// from the configuration file itself: only a pointer to it lives there.
@@ -30,11 +31,11 @@ impl CredentialSource {
         }
     }
 
-    /// Checks that exactly one source is set; `field` names it in the error.
-    pub fn validate(&self, field: &str) -> Result<(), String> {
+    /// Checks that exactly one source is set.
+    pub fn validate(&self) -> Result<(), FieldError> {
         match (&self.file, &self.env) {
             (Some(_), None) | (None, Some(_)) => Ok(()),
-            _ => Err(format!("{field}: set exactly one of file or env")),
+            _ => Err(FieldError::new("", "set exactly one of file or env")),
         }
     }
 
@@ -245,7 +246,7 @@ mod tests {
             file: None,
             env: None
         }
-        .validate("x")
+        .validate()
         .is_err());
     }
 }

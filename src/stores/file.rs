@@ -10,9 +10,28 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
-use crate::config::FileStoreConfig;
+use crate::validate::FieldError;
+
+/// `stores[].file`: where the secrets are.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileStoreConfig {
+    /// A YAML/JSON file or a directory of `.env` files, relative to the config file.
+    pub path: PathBuf,
+}
+
+impl FileStoreConfig {
+    /// Checks what serde cannot; fields are below `file`.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.path.as_os_str().is_empty() {
+            return Err(FieldError::new("path", "must not be empty"));
+        }
+        Ok(())
+    }
+}
 
 /// Reads secrets from local files on every fetch (the cache sits in front),
 /// so edits show up once the cache entry expires.

@@ -21,11 +21,10 @@ use zeroize::Zeroizing;
 
 use super::common::{http_client, status_error, transport_error, CredentialSource, Retry};
 use super::token::{
-    check_source, check_url, error_code, invalid, oauth_token, send_once, unauthorized, AccessToken,
-    TokenCache, TokenProvider,
+    error_code, oauth_token, send_once, unauthorized, AccessToken, TokenCache, TokenProvider,
 };
 use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
-use crate::config::ConfigError;
+use crate::validate::{check_url, FieldError};
 
 const DEFAULT_ENDPOINT: &str = "https://secretmanager.googleapis.com";
 const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
@@ -65,20 +64,20 @@ fn default_timeout() -> Duration {
 }
 
 impl GcpStoreConfig {
-    /// Checks the fields serde cannot; `field` is the section's path.
-    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+    /// Checks the fields serde cannot; fields are below the section.
+    pub fn validate(&self) -> Result<(), FieldError> {
         if let Some(c) = &self.credentials {
-            check_source(c, format!("{field}.credentials"))?;
+            c.validate().map_err(|e| e.within("credentials"))?;
         }
         if let Some(p) = &self.project {
             if !is_project_id(p) {
-                return Err(invalid(
-                    format!("{field}.project"),
+                return Err(FieldError::new(
+                    "project",
                     format!("\"{p}\" is not a project id or number"),
                 ));
             }
         }
-        check_url(&self.endpoint, format!("{field}.endpoint"))
+        check_url(&self.endpoint, "endpoint")
     }
 }
 

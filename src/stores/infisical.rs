@@ -20,11 +20,9 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::common::{http_client, status_error, CredentialSource, Retry};
-use super::token::{
-    check_source, check_url, error_code, invalid, send_once, AccessToken, Answer, TokenCache, TokenProvider,
-};
+use super::token::{error_code, send_once, AccessToken, Answer, TokenCache, TokenProvider};
 use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
-use crate::config::ConfigError;
+use crate::validate::{check_url, FieldError};
 
 /// The last path segment that reads a whole folder.
 pub const FOLDER_MARKER: &str = "@all";
@@ -123,9 +121,9 @@ fn default_timeout() -> Duration {
 }
 
 impl InfisicalStoreConfig {
-    /// Checks the fields serde cannot; `field` is the section's path.
-    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
-        check_url(&self.api_url, format!("{field}.apiUrl"))?;
+    /// Checks the fields serde cannot; fields are below the section.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_url(&self.api_url, "apiUrl")?;
         for (name, value) in [
             ("projectId", &self.project_id),
             ("environment", &self.environment),
@@ -135,39 +133,36 @@ impl InfisicalStoreConfig {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
             {
-                return Err(invalid(
-                    format!("{field}.{name}"),
-                    "must be letters, digits, '-' and '_'",
-                ));
+                return Err(FieldError::new(name, "must be letters, digits, '-' and '_'"));
             }
         }
         let Some(method) = self.auth.method() else {
-            return Err(invalid(
-                format!("{field}.auth"),
+            return Err(FieldError::new(
+                "auth",
                 "set exactly one of universalAuth, kubernetesAuth, serviceToken",
             ));
         };
         match method {
             InfisicalAuth::UniversalAuth(a) => {
                 if a.client_id.trim().is_empty() {
-                    return Err(invalid(
-                        format!("{field}.auth.universalAuth.clientId"),
+                    return Err(FieldError::new(
+                        "auth.universalAuth.clientId",
                         "must not be empty",
                     ));
                 }
-                check_source(
-                    &a.client_secret,
-                    format!("{field}.auth.universalAuth.clientSecret"),
-                )
+                a.client_secret
+                    .validate()
+                    .map_err(|e| e.within("auth.universalAuth.clientSecret"))
             }
-            InfisicalAuth::KubernetesAuth(a) if a.identity_id.trim().is_empty() => Err(invalid(
-                format!("{field}.auth.kubernetesAuth.identityId"),
+            InfisicalAuth::KubernetesAuth(a) if a.identity_id.trim().is_empty() => Err(FieldError::new(
+                "auth.kubernetesAuth.identityId",
                 "must not be empty",
             )),
             InfisicalAuth::KubernetesAuth(_) => Ok(()),
-            InfisicalAuth::ServiceToken(a) => {
-                check_source(&a.token, format!("{field}.auth.serviceToken.token"))
-            }
+            InfisicalAuth::ServiceToken(a) => a
+                .token
+                .validate()
+                .map_err(|e| e.within("auth.serviceToken.token")),
         }
     }
 }

@@ -13,7 +13,18 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
-use crate::config::is_dns_label;
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{is_dns_label, is_dns_subdomain};
+
+/// `stores[].kubernetes`: Secrets read with Sesame's own service account.
+/// A reference path is `name` (a Secret in the Pod's namespace) or
+/// `namespace/name`; the pipeline turns `name` into `<Pod namespace>/name`
+/// before the policy sees it, and a rule only grants another namespace when
+/// its path names that namespace literally.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesStoreConfig {}
 
 pub struct KubernetesStore {
     client: Option<Client>,
@@ -59,7 +70,7 @@ pub fn split_path(path: &str) -> Result<(&str, &str), StoreError> {
             "\"{namespace}\" is not a namespace name"
         )));
     }
-    if !crate::config::is_dns_subdomain(name) || name.contains('/') {
+    if !is_dns_subdomain(name) || name.contains('/') {
         return Err(StoreError::InvalidRequest(format!(
             "\"{name}\" is not a Secret name"
         )));

@@ -7,6 +7,7 @@ pub mod aws;
 pub mod azure;
 mod cache;
 pub mod common;
+mod config;
 pub mod file;
 #[cfg(feature = "gcp")]
 pub mod gcp;
@@ -25,9 +26,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use cache::CachedStore;
+pub use config::{validate_stores, ProviderConfig, StoreConfig};
 pub use value::{json_properties, PropertyError, SecretData, SecretValue};
 
-use crate::config::{ProviderConfig, StoreConfig};
 use crate::telemetry::Metrics;
 
 /// What a store fetches: one secret (all of its properties) at one version.
@@ -133,7 +134,10 @@ pub async fn build_store(
     base_dir: &std::path::Path,
     kube: Option<&::kube::Client>,
 ) -> anyhow::Result<Arc<dyn Store>> {
-    match config.provider()? {
+    match config
+        .provider()
+        .map_err(|e| e.within(&format!("stores[{}]", config.name)))?
+    {
         ProviderConfig::File(file) => Ok(Arc::new(file::FileStore::new(file, base_dir))),
         ProviderConfig::Vault(vault) => Ok(Arc::new(vault::VaultStore::new(vault, base_dir).await?)),
         ProviderConfig::Aws(aws) => aws::build(aws).await,

@@ -13,9 +13,8 @@ use tokio::task::AbortHandle;
 // Tokio's clock, so that tests with paused time exercise expiry and refresh.
 use tokio::time::Instant;
 
-use super::common::{status_error, transport_error, CredentialSource, Retry};
+use super::common::{status_error, transport_error, Retry};
 use super::{SecretValue, StoreError};
-use crate::config::ConfigError;
 
 /// A token as the identity provider issued it.
 pub struct AccessToken {
@@ -213,30 +212,6 @@ pub async fn send_once(request: reqwest::RequestBuilder) -> Result<reqwest::Resp
         return Err(status_error(status, ""));
     }
     Ok(response)
-}
-
-/// Checks a credential source of a provider section at start-up.
-pub fn check_source(source: &CredentialSource, field: String) -> Result<(), ConfigError> {
-    source.validate(&field).map_err(|_| ConfigError::Invalid {
-        field,
-        message: "set exactly one of file or env".into(),
-    })
-}
-
-/// Checks that a configured address is an http(s) URL.
-pub fn check_url(url: &str, field: String) -> Result<(), ConfigError> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
-        _ => Err(invalid(field, format!("\"{url}\" is not an http(s) URL"))),
-    }
-}
-
-/// A configuration error in a provider section.
-pub fn invalid(field: String, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        message: message.into(),
-    }
 }
 
 /// A provider error code (`SecretNotFound`, `PERMISSION_DENIED`,

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{fetch_each, http_client, status_error, transport_error, CredentialSource, Retry};
 use super::{json_properties, SecretData, SecretLocator, SecretValue, Store, StoreError};
+use crate::validate::{exactly_one, is_http_url, FieldError};
 
 /// `stores[].vault`: where Vault is, which KV mount to read, how to log in.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -107,12 +108,11 @@ fn default_kubernetes_mount() -> String {
 }
 
 impl VaultStoreConfig {
-    /// Checks what serde cannot; the error is `(field below vault, message)`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let invalid = |field: &str, message: &str| Err((field.to_owned(), message.to_owned()));
-        match Url::parse(&self.address) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-            _ => return invalid("address", "must be an http(s) URL such as https://vault:8200"),
+    /// Checks what serde cannot; fields are below `vault`.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let invalid = |field: &str, message: &str| Err(FieldError::new(field, message));
+        if !is_http_url(&self.address) {
+            return invalid("address", "must be an http(s) URL such as https://vault:8200");
         }
         if let Some(ns) = &self.namespace {
             if !mount_is_valid(ns) || !ns.bytes().all(|b| b.is_ascii_graphic()) {
@@ -129,18 +129,16 @@ impl VaultStoreConfig {
             return invalid("kvVersion", "must be 1 or 2");
         }
         let auth = &self.auth;
-        let set = [
-            auth.token.is_some(),
-            auth.app_role.is_some(),
-            auth.kubernetes.is_some(),
+        let methods = [
+            auth.token.as_ref().map(drop),
+            auth.app_role.as_ref().map(drop),
+            auth.kubernetes.as_ref().map(drop),
         ];
-        if set.iter().filter(|s| **s).count() != 1 {
+        if exactly_one(methods).is_err() {
             return invalid("auth", "set exactly one of token, appRole or kubernetes");
         }
         if let Some(token) = &auth.token {
-            token
-                .validate("auth.token")
-                .map_err(|m| ("auth.token".to_owned(), m))?;
+            token.validate().map_err(|e| e.within("auth.token"))?;
         }
         if let Some(app_role) = &auth.app_role {
             match &app_role.role_id {
@@ -148,14 +146,14 @@ impl VaultStoreConfig {
                     return invalid("auth.appRole.roleId", "must not be empty")
                 }
                 RoleIdSource::Plain(_) => {}
-                RoleIdSource::Source(source) => source
-                    .validate("roleId")
-                    .map_err(|m| ("auth.appRole.roleId".to_owned(), m))?,
+                RoleIdSource::Source(source) => {
+                    source.validate().map_err(|e| e.within("auth.appRole.roleId"))?
+                }
             }
             app_role
                 .secret_id
-                .validate("secretId")
-                .map_err(|m| ("auth.appRole.secretId".to_owned(), m))?;
+                .validate()
+                .map_err(|e| e.within("auth.appRole.secretId"))?;
             if !mount_is_valid(&app_role.mount) {
                 return invalid("auth.appRole.mount", "must be a path such as approle");
             }
@@ -714,7 +712,7 @@ impl VaultStore {
     pub async fn new(config: &VaultStoreConfig, base_dir: &Path) -> anyhow::Result<Self> {
         config
             .validate()
-            .map_err(|(field, message)| anyhow::anyhow!("vault.{field}: {message}"))?;
+            .map_err(|e| anyhow::anyhow!("{}", e.within("vault")))?;
         let ca = config.ca_file.as_ref().map(|p| base_dir.join(p));
         let http = http_client(ca.as_deref(), Duration::from_secs(5))?;
         let base = Url::parse(&config.address)?;
@@ -875,7 +873,7 @@ mod tests {
             ),
         ];
         for (yaml, field) in cases {
-            assert_eq!(config(yaml).validate().unwrap_err().0, field, "{yaml}");
+            assert_eq!(config(yaml).validate().unwrap_err().field, field, "{yaml}");
         }
     }
 
