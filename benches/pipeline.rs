@@ -17,10 +17,9 @@ use arc_swap::ArcSwap;
 use criterion::{criterion_group, Criterion, Throughput};
 use serde_json::Value;
 
-use sesame::admission::Admission;
+use sesame::admission::{Admission, DryRunWriter};
 use sesame::config::Config;
 use sesame::inject::PodView;
-use sesame::kube::DryRunWriter;
 use sesame::pipeline::{Engine, PodInput, SharedEngine, Verdict};
 use sesame::telemetry::Metrics;
 

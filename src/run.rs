@@ -10,11 +10,11 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, DryRunWriter, NamespaceLabels, SecretWriter};
 use crate::cli::{Command, ConfigArg, GenCertsArgs, ServeArgs};
 use crate::config::Config;
-use crate::kube::certs::{CertManager, CertMode, Material, Policy};
-use crate::kube::{DryRunWriter, SecretWriter};
+use crate::kube::certs::{CertManager, Material, Policy};
+use crate::kube::CertMode;
 use crate::pipeline::{Engine, SharedEngine};
 use crate::server::admin::Readiness;
 use crate::server::tls::{CertPaths, CertResolver};
@@ -25,7 +25,7 @@ use crate::telemetry::Metrics;
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => {
-            let handle = start(&args, None).await?;
+            let handle = start(&args).await?;
             server::spawn_signal_handler(handle.shutdown.clone());
             handle.wait().await;
             Ok(ExitCode::SUCCESS)
@@ -92,18 +92,14 @@ impl ServerHandle {
 }
 
 /// Loads configuration and certificates, binds both ports and starts serving.
-/// `writer` overrides the Secret writer; without it, the Kubernetes writer is
-/// used when an API is configured (`--kube`), else the dry-run writer.
-pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> anyhow::Result<ServerHandle> {
+/// Managed Secrets are written through the Kubernetes API when one is
+/// configured (`--kube`), else only reported (the dry-run writer).
+pub async fn start(args: &ServeArgs) -> anyhow::Result<ServerHandle> {
     let metrics = Arc::new(Metrics::new());
     let config_path = args.config.resolve();
     let loaded = Config::load(config_path.as_deref())?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let kube = if writer.is_some() {
-        None
-    } else {
-        crate::kube::client::connect(args.kube.mode, args.kube.kubeconfig.as_deref()).await?
-    };
+    let kube = crate::kube::client::connect(args.kube.mode, args.kube.kubeconfig.as_deref()).await?;
     let engine: SharedEngine = Arc::new(ArcSwap::from_pointee(
         Engine::from_config(&loaded, &metrics, kube.as_ref()).await?,
     ));
@@ -144,22 +140,18 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
     };
     let tls_config = Arc::new(server::tls::server_config(resolver.clone())?);
 
-    let mut admission = Admission::new(engine.clone(), Arc::new(DryRunWriter), metrics.clone());
     let mut kube_task = None;
-    match (writer, &kube) {
-        (Some(w), _) => admission = admission.with_writer(w),
-        (None, Some(client)) => {
+    let (writer, namespaces): (Arc<dyn SecretWriter>, Option<Arc<dyn NamespaceLabels>>) = match &kube {
+        Some(client) => {
             let started = crate::kube::start(
                 client,
-                admission,
-                &loaded.config,
+                &loaded.config.annotation_prefix,
                 &args.kube,
                 engine.clone(),
                 metrics.clone(),
                 shutdown_rx.clone(),
             )
             .await;
-            admission = started.admission;
             kube_task = Some(started.task);
             if let Some((manager, material)) = cert_manager.take() {
                 manager.spawn(
@@ -170,10 +162,16 @@ pub async fn start(args: &ServeArgs, writer: Option<Arc<dyn SecretWriter>>) -> a
                     shutdown_rx.clone(),
                 );
             }
+            (started.writer, Some(started.namespaces))
         }
-        (None, None) => {
-            tracing::info!("no Kubernetes API configured: managed Secrets are not written (dry-run writer)")
+        None => {
+            tracing::info!("no Kubernetes API configured: managed Secrets are not written (dry-run writer)");
+            (Arc::new(DryRunWriter), None)
         }
+    };
+    let mut admission = Admission::new(engine.clone(), writer, metrics.clone());
+    if let Some(namespaces) = namespaces {
+        admission = admission.with_namespaces(namespaces);
     }
     let writer_kind = admission.writer_kind();
     tracing::info!(writer = writer_kind, "managed Secret writer");
@@ -250,7 +248,7 @@ async fn self_managed(
     metrics: &Metrics,
 ) -> anyhow::Result<(CertManager, Material, CertResolver)> {
     let c = &args.kube.certs;
-    let namespace = crate::kube::own_namespace(&args.kube);
+    let namespace = args.kube.own_namespace();
     let policy = Policy {
         sans: crate::certs::service_sans(&c.service, &namespace),
         serving_validity: c.serving_cert_validity,

@@ -1517,7 +1517,7 @@ async fn api_server_calls_the_installed_webhook() {
     .unwrap();
     let mut args = sesame::cli::ServeArgs::loopback(config, dir.join("certs"));
     args.drain_timeout = std::time::Duration::from_secs(1);
-    let server = sesame::run::start(&args, None).await.unwrap();
+    let server = sesame::run::start(&args).await.unwrap();
     let url = format!("https://127.0.0.1:{}/mutate", server.webhook_addr.port());
 
     let objects = overlay(&scratch.kubectl, "self-managed");
@@ -1904,12 +1904,9 @@ async fn installs_from_deploy_and_mutates_a_pod() {
         sesame::cli::Command::Serve(a) => a,
         _ => unreachable!(),
     };
-    assert_eq!(
-        args.kube.certs.cert_mode,
-        sesame::kube::certs::CertMode::SelfManaged
-    );
+    assert_eq!(args.kube.certs.cert_mode, sesame::kube::CertMode::SelfManaged);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let server = sesame::run::start(&args, None).await.unwrap();
+    let server = sesame::run::start(&args).await.unwrap();
     let outcome =
         std::panic::AssertUnwindSafe(installed_checks(&scratch, &install_ns, &webhook_name, &server))
             .catch_unwind()

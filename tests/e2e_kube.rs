@@ -26,7 +26,8 @@ use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use sesame::cli::{Cli, Command};
-use sesame::kube::client::{connect, KubeMode};
+use sesame::kube::client::connect;
+use sesame::kube::KubeMode;
 
 const PREFIX: &str = "sesame.dev";
 
@@ -177,7 +178,7 @@ async fn e2e_against_a_real_api_server() {
         Command::Serve(a) => a,
         _ => unreachable!(),
     };
-    let handle = sesame::run::start(&args, None).await.unwrap();
+    let handle = sesame::run::start(&args).await.unwrap();
     assert_eq!(handle.writer_kind, "kubernetes");
 
     let webhooks = Api::<MutatingWebhookConfiguration>::all(client.clone());
@@ -601,7 +602,7 @@ async fn self_managed_certificates_against_a_real_api_server() {
         "40s",
     ]);
     // Two replicas starting at once.
-    let (a, b) = tokio::join!(sesame::run::start(&args, None), sesame::run::start(&args, None));
+    let (a, b) = tokio::join!(sesame::run::start(&args), sesame::run::start(&args));
     let (a, b) = match (a, b) {
         (Ok(a), Ok(b)) => (a, b),
         (a, b) => {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use fake_api::FakeApi;
 use serde_json::{json, Value};
+use sesame::admission::{NamespaceLabels, SecretWriter, WriteError, WriteOutcome};
 use sesame::inject::annotations::SecretRef;
 use sesame::inject::plan::content_hash;
 use sesame::inject::pod::OwnerReference;
@@ -25,7 +26,6 @@ use sesame::kube::metrics::KubeMetrics;
 use sesame::kube::namespaces::NamespaceCache;
 use sesame::kube::rotation::Rotator;
 use sesame::kube::writer::KubeSecretWriter;
-use sesame::kube::{NamespaceLabels, SecretWriter, WriteError, WriteOutcome};
 use sesame::stores::kubernetes::KubernetesStore;
 use sesame::stores::{SecretLocator, SecretValue, Store, StoreError};
 use tokio::sync::watch;

@@ -3,6 +3,7 @@
 //! that are not admission reviews get an error; everything else gets an
 //! answer (`allowed` or a safe `deny`), never a 5xx.
 
+pub mod ports;
 pub mod review;
 
 use std::collections::BTreeMap;
@@ -13,9 +14,9 @@ use base64::Engine as _;
 use tracing::Instrument;
 
 use crate::inject::PodView;
-use crate::kube::{DryRunWriter, NamespaceLabels, SecretWriter, WriteOutcome};
 use crate::pipeline::{Engine, Mutation, PodInput, SharedEngine, Verdict};
 use crate::telemetry::Metrics;
+pub use ports::{DryRunWriter, NamespaceLabels, SecretWriter, WriteError, WriteOutcome};
 use review::{ResponseOut, ReviewIn, ReviewOut, StatusOut, API_VERSION, KIND};
 
 /// A request that is not a usable AdmissionReview (HTTP 400).
@@ -45,12 +46,6 @@ impl Admission {
             metrics,
             namespaces: None,
         }
-    }
-
-    /// Replaces the Secret writer.
-    pub fn with_writer(mut self, writer: Arc<dyn SecretWriter>) -> Self {
-        self.writer = writer;
-        self
     }
 
     /// Gives the policy namespace labels (for `namespaceSelector` rules).
@@ -183,11 +178,11 @@ impl Admission {
                 let mut warnings = m.warnings;
                 if let Some(result) = written {
                     match result {
-                        Ok(WriteOutcome::Applied) => self.metrics.secret_write("applied"),
-                        Ok(WriteOutcome::Unchanged) => self.metrics.secret_write("unchanged"),
-                        Ok(WriteOutcome::NotWritten(w)) => {
-                            self.metrics.secret_write("not_written");
-                            warnings.push(w);
+                        Ok(outcome) => {
+                            self.metrics.secret_write(outcome.label());
+                            if let WriteOutcome::NotWritten(w) = outcome {
+                                warnings.push(w);
+                            }
                         }
                         Err(e) => {
                             self.metrics.secret_write("failed");

@@ -41,16 +41,6 @@ use crate::certs::{CertError, CertInfo, KeyedCert};
 use crate::server::tls::{certified_key, CertResolver};
 use crate::telemetry::Metrics;
 
-/// Where the serving certificate comes from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum CertMode {
-    /// tls.crt and tls.key in the certificate directory, re-read when they change.
-    #[default]
-    Files,
-    /// A CA and a serving certificate kept by Sesame in a Secret.
-    SelfManaged,
-}
-
 /// Field manager of the caBundle writes: Sesame owns that field only, so
 /// re-applying the manifests (kubectl, Helm) never conflicts with it.
 pub const FIELD_MANAGER: &str = "sesame-certificates";

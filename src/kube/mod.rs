@@ -1,7 +1,9 @@
-//! The Kubernetes API side: the `SecretWriter` seam with its dry-run and
-//! API implementations, the client, watch-backed caches of managed Secrets
-//! and Namespaces, and (leader-elected) garbage collection and rotation.
+//! The Kubernetes API side: the client, the managed-Secret writer and the
+//! Namespace cache (implementations of the admission path's ports),
+//! watch-backed caches, and (leader-elected) garbage collection and
+//! rotation.
 
+mod args;
 pub mod certs;
 pub mod client;
 pub mod gc;
@@ -14,16 +16,12 @@ pub mod rotation;
 pub mod secret;
 pub mod writer;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::admission::Admission;
-use crate::cli::KubeArgs;
-use crate::config::Config;
-use crate::inject::ManagedSecret;
+pub use args::{CertArgs, CertMode, KubeArgs, KubeMode};
+
 use crate::pipeline::SharedEngine;
 use crate::telemetry::Metrics;
 
@@ -33,29 +31,12 @@ const CACHE_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// How long a Lease stays valid without renewal (client-go's default).
 const LEASE_DURATION: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// The namespace Sesame runs in: `--namespace` (the Deployment sets it from
-/// the downward API), else the service-account mount; `default` outside a
-/// cluster.
-pub fn own_namespace(args: &KubeArgs) -> String {
-    if let Some(ns) = args.namespace.as_deref().filter(|s| !s.is_empty()) {
-        return ns.to_owned();
-    }
-    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "default".to_owned())
-}
-
-/// Labels of a namespace, for `namespaceSelector` policy rules.
-pub trait NamespaceLabels: Send + Sync + 'static {
-    /// `None` when the namespace is not known (yet).
-    fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
-}
-
-/// What [`start`] hands back.
+/// What [`start`] built.
 pub struct Started {
-    pub admission: Admission,
+    /// Writes managed Secrets through the API (the admission path's `SecretWriter`).
+    pub writer: Arc<writer::KubeSecretWriter>,
+    /// Namespace labels from a watch (the admission path's `NamespaceLabels`).
+    pub namespaces: Arc<namespaces::NamespaceCache>,
     /// Ends once the leader Lease is released at shutdown.
     pub task: tokio::task::JoinHandle<()>,
     /// Whether this replica holds the leader Lease.
@@ -69,14 +50,13 @@ pub struct Started {
 /// `shutdown` turns true.
 pub async fn start(
     client: &::kube::Client,
-    admission: Admission,
-    config: &Config,
+    prefix: &str,
     args: &KubeArgs,
     engine: SharedEngine,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Started {
-    let writer = writer::KubeSecretWriter::start(client.clone(), &config.annotation_prefix, shutdown.clone());
+    let writer = writer::KubeSecretWriter::start(client.clone(), prefix, shutdown.clone());
     let namespaces = namespaces::NamespaceCache::start(client.clone(), shutdown.clone());
     let synced = tokio::time::timeout(CACHE_SYNC_TIMEOUT, async {
         let _ = writer.cache().wait_until_ready().await;
@@ -91,10 +71,7 @@ pub async fn start(
         ),
     }
     let kube_metrics = Arc::new(metrics::KubeMetrics::register(&metrics));
-    let lease_namespace = args
-        .lease_namespace
-        .clone()
-        .unwrap_or_else(|| own_namespace(args));
+    let lease_namespace = args.lease_namespace();
     let identity = leader::identity();
     tracing::info!(lease = %format!("{lease_namespace}/{}", args.lease_name), %identity, "leader election for garbage collection and rotation");
     let elector = lease::LeaseElector::new(
@@ -126,68 +103,10 @@ pub async fn start(
         leader::Schedule::new(LEASE_DURATION, args.gc_interval),
         shutdown,
     );
-    let admission = admission
-        .with_writer(Arc::new(writer))
-        .with_namespaces(Arc::new(namespaces));
     Started {
-        admission,
+        writer: Arc::new(writer),
+        namespaces: Arc::new(namespaces),
         task,
         leading,
     }
-}
-
-/// What became of a managed Secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// Created or updated.
-    Applied,
-    /// Already up to date; nothing was sent.
-    Unchanged,
-    /// Deliberately not written; the text becomes an AdmissionResponse warning.
-    NotWritten(String),
-}
-
-/// Why a Secret could not be written. Messages carry API status codes and
-/// reasons, never values.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WriteError {
-    #[error("the API server refused the managed Secret {name}: {reason}")]
-    Refused { name: String, reason: String },
-    #[error("the API server could not be reached to write the managed Secret {name}: {reason}")]
-    Unreachable { name: String, reason: String },
-}
-
-/// Writes the plan's Secret before the Pod is admitted.
-#[async_trait]
-pub trait SecretWriter: Send + Sync + 'static {
-    async fn apply(&self, secret: &ManagedSecret) -> Result<WriteOutcome, WriteError>;
-
-    /// `dry-run` or `kubernetes`, for the start-up log.
-    fn kind(&self) -> &'static str;
-}
-
-/// Writes nothing and says so.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DryRunWriter;
-
-#[async_trait]
-impl SecretWriter for DryRunWriter {
-    async fn apply(&self, secret: &ManagedSecret) -> Result<WriteOutcome, WriteError> {
-        Ok(WriteOutcome::NotWritten(dry_run_warning(secret)))
-    }
-
-    fn kind(&self) -> &'static str {
-        "dry-run"
-    }
-}
-
-/// The warning for a Secret that was not written: its name and keys, no values.
-pub fn dry_run_warning(secret: &ManagedSecret) -> String {
-    let keys: Vec<&str> = secret.data.keys().map(String::as_str).collect();
-    format!(
-        "dry run: Sesame did not write Secret {}/{} (keys: {})",
-        secret.namespace,
-        secret.name,
-        keys.join(", ")
-    )
 }

@@ -10,7 +10,7 @@ use ::kube::{Api, Client};
 use k8s_openapi::api::core::v1::Namespace;
 use tokio::sync::watch;
 
-use super::NamespaceLabels;
+use crate::admission::NamespaceLabels;
 
 /// The watch-backed cache of Namespace metadata.
 #[derive(Clone)]

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::secret::{
     apply_body, decide, now_rfc3339, ApplyDecision, SecretAnnotations, FIELD_MANAGER, MANAGED_SELECTOR,
 };
-use super::{SecretWriter, WriteError, WriteOutcome};
+use crate::admission::{SecretWriter, WriteError, WriteOutcome};
 use crate::inject::ManagedSecret;
 
 /// Writes managed Secrets through the API.
