@@ -10,6 +10,7 @@ pub mod admission;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod denial;
 pub mod inject;
 pub mod kube;
 pub mod mutate;

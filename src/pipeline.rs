@@ -7,6 +7,7 @@ use std::time::Duration;
 use json_patch::PatchOperation;
 
 use crate::config::{Config, LoadedConfig};
+use crate::denial::DenialClass;
 use crate::inject::annotations::{self, INJECTED_SUFFIX};
 use crate::inject::plan::MANAGED_PREFIX;
 use crate::inject::{build_patch, build_plan, Grant, ManagedSecret, PlanInput, PodView, SecretRef};
@@ -62,22 +63,25 @@ pub struct Mutation {
 /// paths and rules, never a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
-    pub code: u16,
-    /// Metric label: `malformed`, `policy`, `not_found`, `unreachable`, ...
-    pub class: &'static str,
+    /// Why: the class knows the HTTP code and the metric label.
+    pub class: DenialClass,
     pub message: String,
     /// The references involved, for the audit log line.
     pub references: Vec<SecretRef>,
 }
 
 impl Denial {
-    fn new(code: u16, class: &'static str, message: String, references: Vec<SecretRef>) -> Self {
+    fn new(class: DenialClass, message: String, references: Vec<SecretRef>) -> Self {
         Self {
-            code,
             class,
             message,
             references,
         }
+    }
+
+    /// The HTTP code of the AdmissionResponse status.
+    pub fn code(&self) -> u16 {
+        self.class.code()
     }
 }
 
@@ -159,7 +163,7 @@ impl Engine {
         let annotations = input.pod.metadata.annotations.as_ref().unwrap_or(&empty);
         let mut request = match annotations::parse(&self.prefix, annotations) {
             Ok(r) => r,
-            Err(e) => return Verdict::Denied(Denial::new(400, "malformed", e.to_string(), Vec::new())),
+            Err(e) => return Verdict::Denied(Denial::new(DenialClass::Malformed, e.to_string(), Vec::new())),
         };
         // Namespaced stores: `name` means the Pod's own namespace.
         for injection in &mut request.injections {
@@ -192,8 +196,7 @@ impl Engine {
                 let mut known: Vec<&str> = self.stores.names().collect();
                 known.sort_unstable();
                 return Verdict::Denied(Denial::new(
-                    400,
-                    "unknown_store",
+                    DenialClass::UnknownStore,
                     format!(
                         "annotation \"{}\": no store is named \"{}\" (configured: {})",
                         injection.source,
@@ -212,8 +215,7 @@ impl Engine {
                 }),
                 Err(denial) => {
                     return Verdict::Denied(Denial::new(
-                        403,
-                        "policy",
+                        DenialClass::Policy,
                         format!("annotation \"{}\": {denial}", injection.source),
                         references,
                     ))
@@ -243,7 +245,7 @@ impl Engine {
             resolved: &resolved,
         }) {
             Ok(p) => p,
-            Err(e) => return Verdict::Denied(Denial::new(e.code(), e.class(), e.to_string(), references)),
+            Err(e) => return Verdict::Denied(Denial::new(e.class(), e.to_string(), references)),
         };
         if let Some(secret) = &mut plan.secret {
             secret.restart_on_rotation = request.restart_on_rotation;
@@ -256,7 +258,7 @@ impl Engine {
         }
         let patch = match build_patch(input.pod, &plan, input.base, &self.marker_key, secret_name) {
             Ok(p) => p,
-            Err(e) => return Verdict::Denied(Denial::new(422, "conflict", e.0, references)),
+            Err(e) => return Verdict::Denied(Denial::new(DenialClass::Conflict, e.0, references)),
         };
         // Grants only for what was placed: skipped optional references are warnings.
         let warnings = plan.warnings;
@@ -277,8 +279,7 @@ fn foreign_secret(name: &str, own: Option<&str>) -> Denial {
         None => "its annotations produce none".to_owned(),
     };
     Denial::new(
-        403,
-        "policy",
+        DenialClass::Policy,
         format!("the Pod refers to Secret \"{name}\", which Sesame manages for other Pods; {allowed}"),
         Vec::new(),
     )
@@ -392,7 +393,7 @@ mod tests {
         let Verdict::Denied(d) = run(&e, &other).await else {
             panic!("allowed")
         };
-        assert_eq!(d.class, "policy");
+        assert_eq!(d.class, DenialClass::Policy);
         let mut ci = other.clone();
         ci.spec.service_account_name = Some("ci".into());
         assert!(matches!(run(&e, &ci).await, Verdict::Mutated(_)));
@@ -419,7 +420,7 @@ mod tests {
         let Verdict::Denied(d) = run(&e, &bare).await else {
             panic!("allowed")
         };
-        assert_eq!(d.code, 403);
+        assert_eq!(d.code(), 403);
         assert!(d.message.contains("sesame-0123456789abcdef"), "{}", d.message);
 
         // Annotated, but also mounts a Secret its annotations do not produce.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use tracing::Instrument;
 
+use crate::denial::DenialClass;
 use crate::inject::PodView;
 use crate::pipeline::{Engine, Mutation, PodInput, SharedEngine, Verdict};
 use crate::telemetry::Metrics;
@@ -28,6 +29,30 @@ pub enum ReviewError {
     WrongType { api_version: String, kind: String },
     #[error("the AdmissionReview has no request")]
     NoRequest,
+}
+
+/// What a review came to: the `outcome` of `sesame_admission_reviews_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not a Pod CREATE (or no object): allowed without a look.
+    Skipped,
+    /// Allowed without a patch.
+    Allowed,
+    /// Allowed with a patch.
+    Mutated,
+    Denied(DenialClass),
+}
+
+impl Outcome {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Skipped => "skipped",
+            Self::Allowed => "allowed",
+            Self::Mutated => "mutated",
+            Self::Denied(class) => class.outcome(),
+        }
+    }
 }
 
 /// The admission side of the server.
@@ -78,7 +103,7 @@ impl Admission {
         let request = review.request.ok_or(ReviewError::NoRequest)?;
         let engine = self.engine.load();
         let (response, outcome) = self.decide(&engine, &request, timeout, started).await;
-        self.metrics.review(outcome, started.elapsed());
+        self.metrics.review(outcome.label(), started.elapsed());
         let out = ReviewOut {
             api_version: API_VERSION,
             kind: KIND,
@@ -96,7 +121,7 @@ impl Admission {
         request: &review::RequestIn<'_>,
         timeout: Option<Duration>,
         started: Instant,
-    ) -> (ResponseOut, &'static str) {
+    ) -> (ResponseOut, Outcome) {
         let allow = || ResponseOut {
             uid: request.uid.clone(),
             allowed: true,
@@ -107,20 +132,23 @@ impl Admission {
             && request.operation == "CREATE"
             && request.sub_resource.as_deref().unwrap_or("").is_empty();
         if !is_pod_create {
-            return (allow(), "skipped");
+            return (allow(), Outcome::Skipped);
         }
         let Some(object) = request.object else {
-            return (allow(), "skipped");
+            return (allow(), Outcome::Skipped);
         };
         let pod: PodView = match serde_json::from_str(object.get()) {
             Ok(p) => p,
             Err(e) => {
                 let message = format!("the Pod in the review could not be read: {e}");
-                return (deny(&request.uid, 400, message), "denied_malformed");
+                return (
+                    deny(&request.uid, DenialClass::Malformed, message),
+                    Outcome::Denied(DenialClass::Malformed),
+                );
             }
         };
         if !engine.concerns(&pod) {
-            return (allow(), "allowed");
+            return (allow(), Outcome::Allowed);
         }
         let namespace = request.namespace.as_deref().unwrap_or("");
         let dry_run = request.dry_run.unwrap_or(false);
@@ -159,20 +187,19 @@ impl Admission {
         // No await below: the span may be entered for the decision's log line.
         let _enter = span.enter();
         match verdict {
-            Verdict::Untouched => (allow(), "allowed"),
+            Verdict::Untouched => (allow(), Outcome::Allowed),
             Verdict::Denied(d) => {
                 let refs: Vec<String> = d.references.iter().map(ToString::to_string).collect();
                 tracing::info!(
                     allowed = false,
-                    code = d.code,
-                    class = d.class,
+                    code = d.code(),
+                    class = d.class.label(),
                     references = ?refs,
                     reason = %d.message,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "admission decision"
                 );
-                let class = denied_outcome(d.class);
-                (deny(&request.uid, d.code, d.message), class)
+                (deny(&request.uid, d.class, d.message), Outcome::Denied(d.class))
             }
             Verdict::Mutated(m) => {
                 let mut warnings = m.warnings;
@@ -186,11 +213,12 @@ impl Admission {
                         }
                         Err(e) => {
                             self.metrics.secret_write("failed");
-                            tracing::warn!(allowed = false, class = "secret_write", reason = %e, "admission decision");
+                            let class = DenialClass::SecretWrite;
+                            tracing::warn!(allowed = false, class = class.label(), reason = %e, "admission decision");
                             let message = format!(
                                 "{e}; the Pod is not admitted, since it would refer to a Secret that may not exist"
                             );
-                            return (deny(&request.uid, 503, message), "denied_secret_write");
+                            return (deny(&request.uid, class, message), Outcome::Denied(class));
                         }
                     }
                 }
@@ -216,17 +244,23 @@ impl Admission {
                             response.patch_type = Some("JSONPatch");
                         }
                         None => {
+                            let class = DenialClass::Internal;
                             return (
-                                deny(&request.uid, 500, "the patch could not be encoded".into()),
-                                "error",
-                            )
+                                deny(&request.uid, class, "the patch could not be encoded".into()),
+                                Outcome::Denied(class),
+                            );
                         }
                     }
                 }
                 response.audit_annotations =
                     audit_annotations(&granted, m.secret.as_ref().map(|s| s.name.as_str()));
                 response.warnings = warnings;
-                (response, if m.patch.is_empty() { "allowed" } else { "mutated" })
+                let outcome = if m.patch.is_empty() {
+                    Outcome::Allowed
+                } else {
+                    Outcome::Mutated
+                };
+                (response, outcome)
             }
         }
     }
@@ -243,25 +277,12 @@ fn encode_patch(patch: &[json_patch::PatchOperation]) -> Option<Box<serde_json::
     serde_json::value::RawValue::from_string(quoted).ok()
 }
 
-fn deny(uid: &str, code: u16, message: String) -> ResponseOut {
+fn deny(uid: &str, class: DenialClass, message: String) -> ResponseOut {
     ResponseOut {
         uid: uid.to_owned(),
         allowed: false,
-        status: Some(StatusOut::failure(code, message)),
+        status: Some(StatusOut::failure(class.code(), message)),
         ..Default::default()
-    }
-}
-
-fn denied_outcome(class: &str) -> &'static str {
-    match class {
-        "malformed" => "denied_malformed",
-        "policy" => "denied_policy",
-        "unknown_store" => "denied_unknown_store",
-        "not_found" | "missing_property" => "denied_not_found",
-        "conflict" => "denied_conflict",
-        "timeout" => "denied_timeout",
-        "unreachable" | "unauthorised" | "throttled" | "invalid_response" => "denied_store_error",
-        _ => "denied_invalid",
     }
 }
 

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::annotations::{is_env_name, Injection, Mode, SecretRef, Target};
 use super::pod::{OwnerReference, PodView};
+use crate::denial::DenialClass;
 use crate::stores::{PropertyError, SecretData, SecretValue, StoreError};
 
 /// Names of managed Secrets and volumes start with this.
@@ -120,27 +121,21 @@ pub enum PlanError {
 }
 
 impl PlanError {
-    /// HTTP-style code for the AdmissionResponse status.
-    pub fn code(&self) -> u16 {
+    /// The class of the denial (which knows its code and labels).
+    pub fn class(&self) -> DenialClass {
         match self {
-            Self::Store { error, .. } if error.is_not_found() => 404,
-            Self::Store { .. } => 503,
-            Self::Property { .. } => 404,
-            Self::InlineForbidden { .. } => 403,
-            Self::Invalid { .. } | Self::UnknownContainer { .. } | Self::Conflict { .. } => 422,
+            Self::Store { error, .. } => DenialClass::from(error),
+            Self::Property { .. } => DenialClass::MissingProperty,
+            Self::Invalid { .. } => DenialClass::Invalid,
+            Self::UnknownContainer { .. } => DenialClass::UnknownContainer,
+            Self::InlineForbidden { .. } => DenialClass::Policy,
+            Self::Conflict { .. } => DenialClass::Conflict,
         }
     }
 
-    /// Metric label.
-    pub fn class(&self) -> &'static str {
-        match self {
-            Self::Store { error, .. } => error.class(),
-            Self::Property { .. } => "missing_property",
-            Self::Invalid { .. } => "invalid",
-            Self::UnknownContainer { .. } => "unknown_container",
-            Self::InlineForbidden { .. } => "policy",
-            Self::Conflict { .. } => "conflict",
-        }
+    /// The HTTP code of the AdmissionResponse status.
+    pub fn code(&self) -> u16 {
+        self.class().code()
     }
 }
 
