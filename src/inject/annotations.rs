@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::validate_secret_path;
 use crate::validate::is_dns_label;
@@ -26,15 +26,49 @@ pub const MODE_SUFFIX: &str = "mode";
 /// Structured form annotation.
 pub const SECRETS_SUFFIX: &str = "secrets";
 
-/// Where a value comes from: the fields of an External Secrets `remoteRef`,
-/// plus the store name. Connection settings never appear here: a Pod can only
-/// name a store that the configuration defines.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Where a value comes from: a store name, a path, and optionally a
+/// property and a version. Connection settings never appear here: a Pod can
+/// only name a store that the configuration defines.
+///
+/// A managed Secret records, per key, the reference it holds in this very
+/// type (its `sources` annotation, as JSON): every field a reference has is
+/// recorded and read back, so rotation re-resolves exactly what admission
+/// resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SecretRef {
     pub store: String,
     pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub property: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+}
+
+impl std::str::FromStr for SecretRef {
+    type Err = GrammarError;
+
+    /// Reads the compact form that `Display` writes:
+    /// `<store>:<path>[#<property>][ version=<version>]`, with the checks of
+    /// the annotation grammar.
+    fn from_str(text: &str) -> Result<Self, GrammarError> {
+        const WHAT: &str = "reference";
+        let mut tokens = text.split_whitespace();
+        let reference = tokens
+            .next()
+            .ok_or_else(|| err(WHAT, "expected <store>:<path>[#property]"))?;
+        let version = match tokens.next() {
+            None => None,
+            Some(t) => Some(
+                t.strip_prefix("version=")
+                    .ok_or_else(|| err(WHAT, format!("\"{t}\" is not version=<version>")))?
+                    .to_owned(),
+            ),
+        };
+        if tokens.next().is_some() {
+            return Err(err(WHAT, "only version= may follow the reference"));
+        }
+        parse_reference(WHAT, reference, version)
+    }
 }
 
 impl fmt::Display for SecretRef {
@@ -748,5 +782,38 @@ mod tests {
         let bad = annotations(&[("sesame.dev/restart-on-rotation", "yes")]);
         let e = parse("sesame.dev", &bad).unwrap_err();
         assert_eq!(e.annotation, "sesame.dev/restart-on-rotation");
+    }
+
+    /// Every field of a reference set: it survives the compact text form
+    /// (the `references` annotation) and the JSON record (the `sources`
+    /// annotation). A new field breaks this test until both carry it.
+    #[test]
+    fn a_reference_with_every_field_round_trips() {
+        let full = SecretRef {
+            store: "vault".into(),
+            path: "secret/team-a/db".into(),
+            property: Some("password".into()),
+            version: Some("7".into()),
+        };
+        let text = full.to_string();
+        assert_eq!(text, "vault:secret/team-a/db#password version=7");
+        assert_eq!(text.parse::<SecretRef>().unwrap(), full);
+        let json = serde_json::to_string(&full).unwrap();
+        assert_eq!(serde_json::from_str::<SecretRef>(&json).unwrap(), full);
+
+        let bare = SecretRef {
+            property: None,
+            version: None,
+            ..full
+        };
+        assert_eq!(bare.to_string().parse::<SecretRef>().unwrap(), bare);
+        assert_eq!(
+            serde_json::to_string(&bare).unwrap(),
+            r#"{"store":"vault","path":"secret/team-a/db"}"#,
+            "unset fields are left out, as Secrets written before recorded them"
+        );
+        for bad in ["", "no-colon", "a:b extra", "a:b version=", "a:../b"] {
+            assert!(bad.parse::<SecretRef>().is_err(), "{bad}");
+        }
     }
 }

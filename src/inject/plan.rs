@@ -8,6 +8,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::annotations::{is_env_name, Injection, Mode, SecretRef, Target};
+use super::data::{secret_data, DataError, Fetched};
 use super::pod::{OwnerReference, PodView};
 use crate::denial::DenialClass;
 use crate::stores::{PropertyError, SecretData, SecretValue, StoreError};
@@ -146,7 +147,9 @@ pub struct PlanInput<'a> {
     pub mode: Mode,
     pub inline_allowed: bool,
     pub injections: &'a [Injection],
-    /// One answer per injection, in the same order.
+    /// One answer per injection, in the same order. Injections of the same
+    /// secret (store, path, version) have the same answer, as
+    /// `Stores::resolve` gives it: the Secret's data is taken per secret.
     pub resolved: &'a [Result<Arc<SecretData>, StoreError>],
 }
 
@@ -170,6 +173,8 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
     let mut warnings = Vec::new();
     // Per injection: the containers and the values it places.
     let mut accepted: Vec<Accepted<'_, '_>> = Vec::new();
+    // The answers of accepted injections, for the Secret's data.
+    let mut fetched = Fetched::new();
     for (injection, answer) in input.injections.iter().zip(input.resolved) {
         let containers = select_containers(input.pod, injection)?;
         let data = match answer {
@@ -191,7 +196,10 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
             }
         };
         match place(injection, data) {
-            Ok(values) => accepted.push((injection, containers, values)),
+            Ok(values) => {
+                fetched.insert(injection.reference.request(), Ok(data.clone()));
+                accepted.push((injection, containers, values));
+            }
             Err(PlanError::Property { .. }) if injection.optional => {
                 warnings.push(format!(
                     "optional {} ({}) not found; skipped",
@@ -211,7 +219,8 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
     let keys = assign_keys(&identities);
     let key_of = |r: &SecretRef| keys.get(r).cloned().unwrap_or_default();
 
-    let mut data: BTreeMap<String, SecretValue> = BTreeMap::new();
+    // Which reference each key of the Secret holds; the values follow from
+    // them through `secret_data`, as they do at rotation.
     let mut sources: BTreeMap<String, SecretRef> = BTreeMap::new();
     let mut env: Vec<PlannedEnv> = Vec::new();
     let mut seen_env: BTreeMap<(ContainerRef, String), String> = BTreeMap::new();
@@ -232,7 +241,6 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
                         EnvSource::Inline(placed.value.clone())
                     } else {
                         let key = key_of(&placed.identity);
-                        data.insert(key.clone(), placed.value.clone());
                         sources.insert(key.clone(), placed.identity.clone());
                         EnvSource::SecretKey(key)
                     };
@@ -269,7 +277,6 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
                 let items = volumes.entry((dir, containers.clone())).or_default();
                 for (file_name, placed) in values {
                     let key = key_of(&placed.identity);
-                    data.insert(key.clone(), placed.value.clone());
                     sources.insert(key.clone(), placed.identity.clone());
                     if items.iter().any(|i| &i.path == file_name) {
                         return Err(PlanError::Conflict {
@@ -322,13 +329,13 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
         let set: BTreeSet<SecretRef> = accepted.iter().map(|(i, _, _)| i.reference.clone()).collect();
         set.into_iter().collect()
     };
-    let secret = if data.is_empty() {
+    let secret = if sources.is_empty() {
         None
     } else {
         Some(ManagedSecret {
             name: secret_name(input.namespace, &references),
             namespace: input.namespace.to_owned(),
-            data,
+            data: secret_data(&sources, &fetched).map_err(|e| data_error(&accepted, e))?,
             references,
             sources,
             restart_on_rotation: false,
@@ -346,6 +353,36 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
         marker,
         warnings,
     })
+}
+
+/// A value placed above that the Secret's data then lacks: cannot happen,
+/// since both read the same answers; named after the injection anyway.
+fn data_error(accepted: &[Accepted<'_, '_>], e: DataError) -> PlanError {
+    let annotation = |r: &SecretRef| {
+        accepted
+            .iter()
+            .find(|(i, _, _)| i.reference.request() == r.request())
+            .map(|(i, _, _)| i.source.clone())
+            .unwrap_or_default()
+    };
+    match e {
+        DataError::Store { reference, error, .. } => PlanError::Store {
+            annotation: annotation(&reference),
+            store: reference.store.clone(),
+            path: reference.path.clone(),
+            error,
+        },
+        DataError::Property { reference, error, .. } => PlanError::Property {
+            annotation: annotation(&reference),
+            store: reference.store.clone(),
+            path: reference.path.clone(),
+            error,
+        },
+        DataError::NotFetched { reference, .. } => PlanError::Invalid {
+            annotation: annotation(&reference),
+            message: format!("nothing was fetched from store \"{}\"", reference.store),
+        },
+    }
 }
 
 fn invalid(injection: &Injection, message: impl Into<String>) -> PlanError {

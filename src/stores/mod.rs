@@ -158,7 +158,7 @@ pub struct Stores {
 }
 
 /// One reference to resolve: which store, which secret.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StoreRequest {
     pub store: String,
     pub locator: SecretLocator,

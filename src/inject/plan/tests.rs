@@ -236,11 +236,11 @@ fn files_in_one_directory_share_one_volume() {
     let items = vec![
         (
             file("b", "dev:apps/team-a/tls#crt", "/etc/app/tls.crt", Some(0o444)),
-            props(&[("crt", "C")]),
+            props(&[("crt", "C"), ("key", "K")]),
         ),
         (
             file("a", "dev:apps/team-a/tls#key", "/etc/app/tls.key", Some(0o400)),
-            props(&[("key", "K")]),
+            props(&[("crt", "C"), ("key", "K")]),
         ),
         (
             file("c", "dev:apps/team-a/token", "/var/run/token/value", None),
