@@ -11,13 +11,13 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::admission::{Admission, DryRunWriter, NamespaceLabels, SecretWriter};
+use crate::certs::{CertPaths, CertResolver};
 use crate::cli::{Command, ConfigArg, GenCertsArgs, ServeArgs};
 use crate::config::Config;
 use crate::kube::certs::{CertManager, Material, Policy};
 use crate::kube::CertMode;
 use crate::pipeline::{Engine, SharedEngine};
 use crate::server::admin::Readiness;
-use crate::server::tls::{CertPaths, CertResolver};
 use crate::server::{self, Limits};
 use crate::telemetry::Metrics;
 
@@ -118,15 +118,20 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<ServerHandle> {
         cert_manager = Some((manager, material));
         (resolver, Some(ca))
     } else if paths.exist() {
-        let (key, digest) = server::tls::load(&paths)?;
+        let (key, digest) = crate::certs::load(&paths)?;
         let resolver = Arc::new(CertResolver::new(key));
-        resolver.spawn_reloader(paths.clone(), digest, args.reload_interval);
+        tokio::spawn(crate::certs::reload(
+            resolver.clone(),
+            paths.clone(),
+            digest,
+            args.reload_interval,
+        ));
         tracing::info!(cert = %paths.cert.display(), "serving certificate loaded");
         (resolver, None)
     } else {
         let certs = crate::certs::generate(&crate::certs::service_sans("sesame", "sesame-system"), 365)
             .context("generating a self-signed certificate")?;
-        let key = server::tls::certified_key(
+        let key = crate::certs::certified_key(
             certs.cert_pem.as_bytes(),
             certs.key_pem.as_bytes(),
             Path::new("generated"),
@@ -138,7 +143,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<ServerHandle> {
         );
         (Arc::new(CertResolver::new(key)), Some(certs.ca_cert_pem))
     };
-    let tls_config = Arc::new(server::tls::server_config(resolver.clone())?);
+    let tls_config = Arc::new(crate::certs::server_config(resolver.clone())?);
 
     let mut kube_task = None;
     let (writer, namespaces): (Arc<dyn SecretWriter>, Option<Arc<dyn NamespaceLabels>>) = match &kube {

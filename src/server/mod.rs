@@ -2,7 +2,6 @@
 //! TLS, header-read and handshake timeouts, graceful drain on shutdown.
 
 pub mod admin;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
