@@ -1,8 +1,8 @@
-//! Start-up: builds the pieces from the configuration and runs a command.
+//! `serve`: configuration, stores, certificates (checked before anything
+//! binds), the Kubernetes side, both listeners and the background loops.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +10,11 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use super::readiness::spawn_readiness;
+use super::reload::spawn_config_reloader;
 use crate::admission::{Admission, DryRunWriter, NamespaceLabels, SecretWriter};
 use crate::certs::{CertPaths, CertResolver};
-use crate::cli::{Command, ConfigArg, GenCertsArgs, ServeArgs};
+use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::kube::certs::{CertManager, Material, Policy};
 use crate::kube::CertMode;
@@ -20,46 +22,6 @@ use crate::pipeline::{Engine, SharedEngine};
 use crate::server::admin::Readiness;
 use crate::server::{self, Limits};
 use crate::telemetry::Metrics;
-
-/// Runs one CLI command.
-pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {
-        Command::Serve(args) => {
-            let handle = start(&args).await?;
-            server::spawn_signal_handler(handle.shutdown.clone());
-            handle.wait().await;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Mutate(args) => crate::mutate::run(&args).await,
-        Command::CheckConfig(arg) => check_config(&arg),
-        Command::GenCerts(args) => gen_certs(&args),
-    }
-}
-
-fn check_config(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
-    let path = arg.resolve();
-    let loaded = Config::load(path.as_deref())?;
-    println!(
-        "{}: valid ({} stores, {} policy rules)",
-        loaded.origin,
-        loaded.config.stores.len(),
-        loaded.config.policy.rules.len()
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-fn gen_certs(args: &GenCertsArgs) -> anyhow::Result<ExitCode> {
-    let sans = crate::certs::service_sans(&args.service, &args.namespace);
-    let certs = crate::certs::generate(&sans, args.days).context("generating certificates")?;
-    crate::certs::write(&args.out, &certs).with_context(|| format!("writing to {}", args.out.display()))?;
-    eprintln!(
-        "wrote {0}/ca.crt, {0}/tls.crt and {0}/tls.key for {1}; caBundle:",
-        args.out.display(),
-        sans.join(", ")
-    );
-    println!("{}", certs.ca_bundle());
-    Ok(ExitCode::SUCCESS)
-}
 
 /// A running server.
 pub struct ServerHandle {
@@ -73,7 +35,7 @@ pub struct ServerHandle {
     pub generated_ca_pem: Option<String>,
     /// `kubernetes` or `dry-run`: how managed Secrets are written.
     pub writer_kind: &'static str,
-    shutdown: watch::Sender<bool>,
+    pub(super) shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -279,90 +241,3 @@ async fn self_managed(
 
 /// How long start-up keeps trying to get the self-managed certificate.
 const CERT_BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(60);
-
-/// Ready once every store passes its check; checked again every few seconds
-/// so that a store outage shows on /readyz. Readiness drops at shutdown so
-/// that the Service stops sending new reviews during the drain.
-fn spawn_readiness(
-    engine: SharedEngine,
-    readiness: Arc<Readiness>,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    tokio::spawn(async move {
-        let mut logged_failures = true;
-        loop {
-            let failures = engine.load().stores().check_all(Duration::from_secs(5)).await;
-            let ready = failures.is_empty();
-            if !ready && logged_failures {
-                for (store, e) in &failures {
-                    tracing::warn!(store = %store, error = %e, "store not usable; not ready");
-                }
-            }
-            logged_failures = ready;
-            if readiness.get() != ready {
-                tracing::info!(ready, "readiness changed");
-            }
-            readiness.set(ready);
-            metrics.set_ready(ready);
-            let pause = if ready {
-                Duration::from_secs(10)
-            } else {
-                Duration::from_secs(1)
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = shutdown.wait_for(|s| *s) => {
-                    readiness.set(false);
-                    metrics.set_ready(false);
-                    return;
-                }
-            }
-        }
-    });
-}
-
-/// Re-reads the configuration file (a mounted ConfigMap changes by symlink
-/// swap, so its content is compared, not its path's events). A valid new
-/// configuration replaces the engine; an invalid one is logged and ignored.
-fn spawn_config_reloader(
-    path: PathBuf,
-    mut current: Config,
-    engine: SharedEngine,
-    metrics: Arc<Metrics>,
-    kube: Option<::kube::Client>,
-    interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-            let loaded = match Config::load(Some(&path)) {
-                Ok(l) => l,
-                Err(e) => {
-                    metrics.config_reload("invalid");
-                    tracing::warn!(error = %e, "configuration file changed but is not valid; keeping the running configuration");
-                    continue;
-                }
-            };
-            if loaded.config == current {
-                continue;
-            }
-            match Engine::from_config(&loaded, &metrics, kube.as_ref()).await {
-                Ok(new_engine) => {
-                    engine.store(Arc::new(new_engine));
-                    current = loaded.config;
-                    metrics.config_reload("applied");
-                    tracing::info!(config = %path.display(), "configuration reloaded");
-                }
-                Err(e) => {
-                    metrics.config_reload("invalid");
-                    tracing::warn!(error = %e, "new configuration could not be applied; keeping the running one");
-                }
-            }
-        }
-    });
-}

@@ -1,0 +1,56 @@
+//! The configuration reload: a valid changed file replaces the engine.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::pipeline::{Engine, SharedEngine};
+use crate::telemetry::Metrics;
+
+/// Re-reads the configuration file (a mounted ConfigMap changes by symlink
+/// swap, so its content is compared, not its path's events). A valid new
+/// configuration replaces the engine; an invalid one is logged and ignored.
+pub(super) fn spawn_config_reloader(
+    path: PathBuf,
+    mut current: Config,
+    engine: SharedEngine,
+    metrics: Arc<Metrics>,
+    kube: Option<::kube::Client>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let loaded = match Config::load(Some(&path)) {
+                Ok(l) => l,
+                Err(e) => {
+                    metrics.config_reload("invalid");
+                    tracing::warn!(error = %e, "configuration file changed but is not valid; keeping the running configuration");
+                    continue;
+                }
+            };
+            if loaded.config == current {
+                continue;
+            }
+            match Engine::from_config(&loaded, &metrics, kube.as_ref()).await {
+                Ok(new_engine) => {
+                    engine.store(Arc::new(new_engine));
+                    current = loaded.config;
+                    metrics.config_reload("applied");
+                    tracing::info!(config = %path.display(), "configuration reloaded");
+                }
+                Err(e) => {
+                    metrics.config_reload("invalid");
+                    tracing::warn!(error = %e, "new configuration could not be applied; keeping the running one");
+                }
+            }
+        }
+    });
+}
