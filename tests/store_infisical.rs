@@ -425,6 +425,8 @@ async fn rate_limits_and_server_errors_are_retried() {
 async fn the_token_is_refreshed_in_the_background_before_it_expires() {
     let s = setup(2, UNIVERSAL).await;
     fetch(&s.store, "API_KEY", None).await.unwrap();
+    // The store's upkeep, as `serve` runs it.
+    let _upkeep = s.store.upkeep().map(tokio::spawn);
     tokio::time::sleep(Duration::from_millis(1900)).await;
     assert_eq!(s.infisical.issued.load(Ordering::SeqCst), 2);
     assert_eq!(s.fake.requests_to("/api/v3/").len(), 1);

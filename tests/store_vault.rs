@@ -419,6 +419,8 @@ async fn short_lived_approle_tokens_are_renewed_then_replaced_in_the_background(
     let store = VaultStore::new(&config(&bao, "secret", 2, auth), dir.path())
         .await
         .unwrap();
+    // The store's upkeep, as `serve` runs it.
+    let _upkeep = store.upkeep().map(tokio::spawn);
     read_continuously(&store, Duration::from_secs(10)).await;
     let counts = store.auth_counts();
     assert!(counts.renewals >= 1, "{counts:?}");
@@ -432,6 +434,7 @@ async fn short_lived_token_is_renewed_in_the_background() {
     bao.seed().await;
     let token = bao.token(&["sesame-read"], "4s").await;
     let (store, _dir) = token_store(&bao, &token, "secret", 2).await;
+    let _upkeep = store.upkeep().map(tokio::spawn);
     read_continuously(&store, Duration::from_secs(9)).await;
     let counts = store.auth_counts();
     assert!(counts.renewals >= 2, "{counts:?}");

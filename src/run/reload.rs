@@ -41,6 +41,9 @@ pub(super) fn spawn_config_reloader(
             }
             match Engine::from_config(&loaded, &metrics, kube.as_ref()).await {
                 Ok(new_engine) => {
+                    for (_, upkeep) in new_engine.stores().upkeeps() {
+                        tokio::spawn(upkeep);
+                    }
                     engine.store(Arc::new(new_engine));
                     current = loaded.config;
                     metrics.config_reload("applied");

@@ -66,6 +66,9 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<ServerHandle> {
         Engine::from_config(&loaded, &metrics, kube.as_ref()).await?,
     ));
     tracing::info!(config = %loaded.origin, stores = loaded.config.stores.len(), rules = loaded.config.policy.rules.len(), "configuration loaded");
+    for (_, upkeep) in engine.load().stores().upkeeps() {
+        tokio::spawn(upkeep);
+    }
 
     // Certificates are checked before anything binds.
     let paths = CertPaths::in_dir(&args.cert_dir);

@@ -5,8 +5,8 @@
 //! container credentials, shared profiles, and instance metadata. It talks
 //! TLS through rustls with *ring*, the crypto provider the rest of Sesame uses.
 //!
-//! Credentials are fetched at start and refreshed by a background task at two
-//! thirds of their lifetime; requests only read them from memory.
+//! Credentials are fetched at start and refreshed by the store's upkeep at
+//! two thirds of their lifetime; requests only read them from memory.
 //!
 //! A version is a `VersionId` when it is 32 to 64 characters long (the length
 //! AWS requires of version ids, which are UUIDs unless a client chose its
@@ -96,7 +96,7 @@ mod imp {
     use std::collections::HashMap;
     use std::fmt;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Weak};
     use std::time::{Duration, SystemTime};
 
     use arc_swap::ArcSwapOption;
@@ -114,7 +114,7 @@ mod imp {
 
     use super::{AwsStoreConfig, VersionSelector};
     use crate::stores::common::fetch_each;
-    use crate::stores::{SecretData, SecretLocator, SecretValue, Store, StoreError};
+    use crate::stores::{SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
 
     /// Ids per `BatchGetSecretValue` call (the API's limit).
     const BATCH_LIMIT: usize = 20;
@@ -128,7 +128,6 @@ mod imp {
         batch: AtomicBool,
         region: String,
         endpoint: Option<String>,
-        upkeep: tokio::task::AbortHandle,
     }
 
     impl fmt::Debug for AwsStore {
@@ -138,12 +137,6 @@ mod imp {
                 .field("endpoint", &self.endpoint)
                 .field("batch", &self.batch.load(Ordering::Relaxed))
                 .finish_non_exhaustive()
-        }
-    }
-
-    impl Drop for AwsStore {
-        fn drop(&mut self) {
-            self.upkeep.abort();
         }
     }
 
@@ -174,7 +167,6 @@ mod imp {
             if let Err(e) = credentials.refresh().await {
                 tracing::warn!(error = %e, "no AWS credentials yet; retrying in the background");
             }
-            let upkeep = tokio::spawn(credentials.clone().maintain()).abort_handle();
             let mut builder = sm::config::Builder::from(&sdk)
                 .credentials_provider(SharedCredentialsProvider::new(CredentialsHandle(
                     credentials.clone(),
@@ -202,7 +194,6 @@ mod imp {
                 batch: AtomicBool::new(true),
                 region,
                 endpoint: config.endpoint.clone(),
-                upkeep,
             })
         }
 
@@ -388,6 +379,11 @@ mod imp {
                 }),
             }
         }
+
+        /// Refreshes the credentials before they expire.
+        fn upkeep(&self) -> Option<Upkeep> {
+            Some(Box::pin(maintain(Arc::downgrade(&self.credentials))))
+        }
     }
 
     /// The default chain behind an in-memory copy that a background task
@@ -437,25 +433,30 @@ mod imp {
                 None => Duration::ZERO,
             }
         }
+    }
 
-        async fn maintain(self: Arc<Self>) {
-            let mut failures: u32 = 0;
-            loop {
-                let wait = if failures > 0 {
+    /// Keeps the credentials fresh; ends once the store is dropped.
+    async fn maintain(weak: Weak<RefreshingCredentials>) {
+        let mut failures: u32 = 0;
+        loop {
+            let wait = {
+                let Some(creds) = weak.upgrade() else { return };
+                if failures > 0 {
                     Duration::from_secs(1)
                         .saturating_mul(1 << failures.min(5))
                         .min(Duration::from_secs(30))
                 } else {
-                    self.next_refresh()
-                };
-                tokio::time::sleep(wait).await;
-                let _guard = self.lock.lock().await;
-                match self.refresh().await {
-                    Ok(()) => failures = 0,
-                    Err(e) => {
-                        failures = failures.saturating_add(1);
-                        tracing::warn!(error = %e, "could not refresh AWS credentials; will try again");
-                    }
+                    creds.next_refresh()
+                }
+            };
+            tokio::time::sleep(wait).await;
+            let Some(creds) = weak.upgrade() else { return };
+            let _guard = creds.lock.lock().await;
+            match creds.refresh().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, "could not refresh AWS credentials; will try again");
                 }
             }
         }

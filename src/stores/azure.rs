@@ -15,11 +15,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::bearer::{error_code, oauth_token, send_once, unauthorized};
 use super::common::{http_client, status_error, CredentialSource, Retry};
-use super::token::{
-    error_code, oauth_token, send_once, unauthorized, AccessToken, TokenCache, TokenProvider,
-};
-use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
+use super::token::{AccessToken, TokenCache, TokenProvider};
+use super::{SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
 use crate::validate::{check_url, FieldError};
 
 const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
@@ -343,9 +342,14 @@ impl Store for AzureStore {
         super::common::fetch_each(locators, super::common::FETCH_CONCURRENCY, |l| self.get_secret(l)).await
     }
 
-    /// Obtains a token (which also starts its background refresh).
+    /// Obtains a token.
     async fn check(&self) -> Result<(), StoreError> {
         self.tokens.token().await.map(|_| ())
+    }
+
+    /// Obtains a new token before the current one expires.
+    fn upkeep(&self) -> Option<Upkeep> {
+        Some(Box::pin(self.tokens.upkeep()))
     }
 }
 

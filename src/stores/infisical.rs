@@ -19,9 +19,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::bearer::{error_code, send_once, Answer};
 use super::common::{http_client, status_error, CredentialSource, Retry};
-use super::token::{error_code, send_once, AccessToken, Answer, TokenCache, TokenProvider};
-use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
+use super::token::{AccessToken, TokenCache, TokenProvider};
+use super::{SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
 use crate::validate::{check_url, FieldError};
 
 /// The last path segment that reads a whole folder.
@@ -360,9 +361,14 @@ impl Store for InfisicalStore {
         super::common::fetch_each(locators, super::common::FETCH_CONCURRENCY, |l| self.read(l)).await
     }
 
-    /// Signs in (which also starts the background token refresh).
+    /// Signs in.
     async fn check(&self) -> Result<(), StoreError> {
         self.tokens.token().await.map(|_| ())
+    }
+
+    /// Signs in again before the token expires.
+    fn upkeep(&self) -> Option<Upkeep> {
+        Some(Box::pin(self.tokens.upkeep()))
     }
 }
 
@@ -501,6 +507,7 @@ impl TokenProvider for Login {
         Ok(AccessToken {
             value: SecretValue::from(answer.access_token),
             lifetime: Some(Duration::from_secs(answer.expires_in.unwrap_or(7200))),
+            renewable: false,
         })
     }
 }
@@ -518,6 +525,7 @@ impl TokenProvider for StaticToken {
         Ok(AccessToken {
             value: self.source.read(&self.base_dir).await?,
             lifetime: None,
+            renewable: false,
         })
     }
 }

@@ -5,6 +5,8 @@
 pub mod aws;
 #[cfg(feature = "azure")]
 pub mod azure;
+#[cfg(any(feature = "gcp", feature = "azure", feature = "infisical"))]
+mod bearer;
 mod cache;
 pub mod common;
 mod config;
@@ -14,7 +16,6 @@ pub mod gcp;
 #[cfg(feature = "infisical")]
 pub mod infisical;
 pub mod kubernetes;
-#[cfg(any(feature = "gcp", feature = "azure", feature = "infisical"))]
 pub mod token;
 mod value;
 pub mod vault;
@@ -125,7 +126,17 @@ pub trait Store: Send + Sync + 'static {
     async fn check(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Background work the store needs while it is in use (keeping a token
+    /// or credentials fresh), for the caller to run as a task: it ends once
+    /// the store is dropped. Nothing is spawned by the store itself.
+    fn upkeep(&self) -> Option<Upkeep> {
+        None
+    }
 }
+
+/// A store's background work; see [`Store::upkeep`].
+pub type Upkeep = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
 
 /// Builds a provider from its configuration. `kube` is the Kubernetes
 /// client, when there is one (for the `kubernetes` provider).
@@ -198,6 +209,14 @@ impl Stores {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.stores.keys().map(String::as_str)
+    }
+
+    /// Every store's upkeep, by store name, for the caller to run.
+    pub fn upkeeps(&self) -> Vec<(String, Upkeep)> {
+        self.stores
+            .iter()
+            .filter_map(|(name, store)| store.inner().upkeep().map(|u| (name.clone(), u)))
+            .collect()
     }
 
     /// Resolves many references: grouped per store, every store in parallel,
