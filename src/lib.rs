@@ -19,5 +19,6 @@ pub mod policy;
 pub mod run;
 pub mod server;
 pub mod stores;
+pub mod tasks;
 pub mod telemetry;
 pub mod validate;

@@ -322,14 +322,8 @@ async fn ca_replacement_never_serves_an_untrusted_certificate() {
     assert_eq!(material.serving, start.serving);
     let resolver = Arc::new(resolver);
     let (_lead, leading) = watch::channel(true);
-    let (stop, shutdown) = watch::channel(false);
-    let task = m.spawn(
-        resolver.clone(),
-        &material,
-        leading,
-        Duration::from_millis(100),
-        shutdown,
-    );
+    // The upkeep, as `serve` runs it.
+    let task = tokio::spawn(m.run(resolver.clone(), material, leading, Duration::from_millis(100)));
 
     let trusted = |bundle: &str, cert: &[u8]| {
         let served = CertInfo::parse(&pem_of(cert)).unwrap();
@@ -389,8 +383,7 @@ async fn ca_replacement_never_serves_an_untrusted_certificate() {
             "{writes:?}"
         );
     }
-    let _ = stop.send(true);
-    task.await.unwrap();
+    task.abort();
 }
 
 fn pem_of(der: &[u8]) -> String {

@@ -98,8 +98,10 @@ async fn file_engine(
     (dir, Arc::new(arc_swap::ArcSwap::from_pointee(engine)), metrics)
 }
 
-async fn ready_writer(api: &FakeApi, shutdown: watch::Receiver<bool>) -> KubeSecretWriter {
-    let writer = KubeSecretWriter::start(api.client(), "sesame.dev", shutdown);
+/// The writer over its cache, the cache's watch running as `serve` runs it.
+async fn ready_writer(api: &FakeApi) -> KubeSecretWriter {
+    let (writer, watch) = KubeSecretWriter::watching(api.client(), "sesame.dev");
+    tokio::spawn(watch);
     tokio::time::timeout(Duration::from_secs(5), writer.cache().wait_until_ready())
         .await
         .expect("cache synced")
@@ -110,8 +112,7 @@ async fn ready_writer(api: &FakeApi, shutdown: watch::Receiver<bool>) -> KubeSec
 #[tokio::test]
 async fn writer_applies_with_server_side_apply_and_skips_current_secrets() {
     let api = FakeApi::start().await;
-    let (_stop, shutdown) = watch::channel(false);
-    let writer = ready_writer(&api, shutdown).await;
+    let writer = ready_writer(&api).await;
 
     // The cache: a label-selected, paginated list, then a watch from its resourceVersion.
     let list = &api.calls("GET", "/api/v1/secrets")[0];
@@ -202,8 +203,7 @@ async fn writer_applies_with_server_side_apply_and_skips_current_secrets() {
 #[tokio::test]
 async fn write_failures_deny_with_the_api_status_and_throttling_is_retried_once() {
     let api = FakeApi::start().await;
-    let (_stop, shutdown) = watch::channel(false);
-    let writer = ready_writer(&api, shutdown).await;
+    let writer = ready_writer(&api).await;
     let path = "/api/v1/namespaces/team-a/secrets/";
     let secret = managed("team-a", "s3cr3t", vec![]);
 
@@ -232,8 +232,7 @@ async fn admission_denies_a_pod_whose_secret_cannot_be_written() {
     use sesame::admission::Admission;
 
     let api = FakeApi::start().await;
-    let (_stop, shutdown) = watch::channel(false);
-    let writer = Arc::new(ready_writer(&api, shutdown).await);
+    let writer = Arc::new(ready_writer(&api).await);
     let (_dir, engine, metrics) = file_engine(
         "apps/team-a/db:\n  password: pw\n",
         "stores:\n  - {name: dev, file: {path: secrets.yaml}}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/**']}\n",
@@ -332,8 +331,8 @@ async fn namespace_labels_come_from_a_metadata_only_watch() {
         json!({"metadata": {"labels": {"team": "payments"}}}),
     );
     api.put("namespaces", "", "plain", json!({"metadata": {}}));
-    let (_stop, shutdown) = watch::channel(false);
-    let cache = NamespaceCache::start(api.client(), shutdown);
+    let (cache, watch) = NamespaceCache::watching(api.client());
+    tokio::spawn(watch);
     tokio::time::timeout(Duration::from_secs(5), cache.wait_until_ready())
         .await
         .unwrap();
@@ -484,8 +483,7 @@ async fn gc_lists_only_namespaces_with_old_secrets_page_by_page() {
     }
     api.put("pods", "gc-c", "elsewhere", json!({"metadata": {}}));
 
-    let (_stop, shutdown) = watch::channel(false);
-    let writer = ready_writer(&api, shutdown).await;
+    let writer = ready_writer(&api).await;
     let metrics = sesame::telemetry::Metrics::new();
     let gc = GarbageCollector {
         client: api.client(),
@@ -592,8 +590,7 @@ async fn rotation_updates_changed_values_and_restarts_the_deployment() {
         json!({"metadata": {}, "spec": {"template": {"metadata": {}}}}),
     );
 
-    let (_stop, shutdown) = watch::channel(false);
-    let writer = ready_writer(&api, shutdown).await;
+    let writer = ready_writer(&api).await;
     let rotator = Rotator {
         client: api.client(),
         cache: writer.cache().clone(),

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 pub use args::{CertArgs, CertMode, KubeArgs, KubeMode};
 
 use crate::pipeline::SharedEngine;
+use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
 
 /// How long start-up waits for the caches' first list.
@@ -37,27 +38,27 @@ pub struct Started {
     pub writer: Arc<writer::KubeSecretWriter>,
     /// Namespace labels from a watch (the admission path's `NamespaceLabels`).
     pub namespaces: Arc<namespaces::NamespaceCache>,
-    /// Ends once the leader Lease is released at shutdown.
-    pub task: tokio::task::JoinHandle<()>,
     /// Whether this replica holds the leader Lease.
     pub leading: watch::Receiver<bool>,
 }
 
 /// Starts the Kubernetes side of `serve`: the managed-Secret writer with its
-/// cache, the Namespace cache, and the leader-elected background loops.
-/// Waits (briefly) for the first list of both caches, so that the first
-/// reviews see current Secrets and namespace labels. Everything stops when
-/// `shutdown` turns true.
+/// cache, the Namespace cache, and the leader-elected background loops, as
+/// tasks of `tasks`. Waits (briefly) for the first list of both caches, so
+/// that the first reviews see current Secrets and namespace labels. At
+/// shutdown the Lease is released before its task ends.
 pub async fn start(
     client: &::kube::Client,
     prefix: &str,
     args: &KubeArgs,
     engine: SharedEngine,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
+    tasks: &Tasks,
 ) -> Started {
-    let writer = writer::KubeSecretWriter::start(client.clone(), prefix, shutdown.clone());
-    let namespaces = namespaces::NamespaceCache::start(client.clone(), shutdown.clone());
+    let (writer, secrets_watch) = writer::KubeSecretWriter::watching(client.clone(), prefix);
+    tasks.spawn("watch of managed Secrets", secrets_watch);
+    let (namespaces, namespaces_watch) = namespaces::NamespaceCache::watching(client.clone());
+    tasks.spawn("watch of Namespaces", namespaces_watch);
     let synced = tokio::time::timeout(CACHE_SYNC_TIMEOUT, async {
         let _ = writer.cache().wait_until_ready().await;
         namespaces.wait_until_ready().await;
@@ -94,19 +95,19 @@ pub async fn start(
         engine: engine.clone(),
         metrics: kube_metrics.clone(),
     };
-    let (task, leading) = leader::spawn(
-        elector,
-        gc,
-        rotator,
-        engine,
-        kube_metrics,
-        leader::Schedule::new(LEASE_DURATION, args.gc_interval),
-        shutdown,
+    let schedule = leader::Schedule::new(LEASE_DURATION, args.gc_interval);
+    let (leading_tx, leading) = watch::channel(false);
+    tasks.spawn(
+        "rotation and garbage collection",
+        leader::work(gc, rotator, engine, leading.clone(), schedule),
+    );
+    tasks.spawn_draining(
+        "leader election",
+        leader::keep_lease(elector, leading_tx, kube_metrics, schedule, tasks.token()),
     );
     Started {
         writer: Arc::new(writer),
         namespaces: Arc::new(namespaces),
-        task,
         leading,
     }
 }

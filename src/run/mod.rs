@@ -13,15 +13,15 @@ pub use serve::{start, ServerHandle};
 
 use crate::cli::{Command, ConfigArg, GenCertsArgs};
 use crate::config::Config;
+use crate::pipeline::Engine;
+use crate::tasks::Tasks;
 
 /// Runs one CLI command.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => {
             let handle = start(&args).await?;
-            crate::server::spawn_signal_handler(handle.shutdown.clone());
-            handle.wait().await;
-            Ok(ExitCode::SUCCESS)
+            Ok(handle.run_until(crate::server::wait_for_signal()).await)
         }
         Command::Mutate(args) => crate::mutate::run(&args).await,
         Command::CheckConfig(arg) => check_config(&arg),
@@ -52,4 +52,12 @@ fn gen_certs(args: &GenCertsArgs) -> anyhow::Result<ExitCode> {
     );
     println!("{}", certs.ca_bundle());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the upkeep of every store of `engine` (token and credential
+/// renewal) as a task that ends with its store.
+fn start_upkeeps(tasks: &Tasks, engine: &Engine) {
+    for (name, stop, upkeep) in engine.stores().upkeeps() {
+        tasks.spawn_until(format!("upkeep of store {name}"), stop, upkeep);
+    }
 }

@@ -4,56 +4,50 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
+use super::start_upkeeps;
 use crate::config::Config;
 use crate::pipeline::{Engine, SharedEngine};
+use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
 
-/// Re-reads the configuration file (a mounted ConfigMap changes by symlink
-/// swap, so its content is compared, not its path's events). A valid new
-/// configuration replaces the engine; an invalid one is logged and ignored.
-pub(super) fn spawn_config_reloader(
+/// Re-reads the configuration file every `interval` (a mounted ConfigMap
+/// changes by symlink swap, so its content is compared, not its path's
+/// events). A valid new configuration replaces the engine; an invalid one
+/// is logged and ignored. Runs until dropped.
+pub(super) async fn reload_config(
     path: PathBuf,
     mut current: Config,
     engine: SharedEngine,
     metrics: Arc<Metrics>,
     kube: Option<::kube::Client>,
     interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    tasks: Tasks,
 ) {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-            let loaded = match Config::load(Some(&path)) {
-                Ok(l) => l,
-                Err(e) => {
-                    metrics.config_reload("invalid");
-                    tracing::warn!(error = %e, "configuration file changed but is not valid; keeping the running configuration");
-                    continue;
-                }
-            };
-            if loaded.config == current {
+    loop {
+        tokio::time::sleep(interval).await;
+        let loaded = match Config::load(Some(&path)) {
+            Ok(l) => l,
+            Err(e) => {
+                metrics.config_reload("invalid");
+                tracing::warn!(error = %e, "configuration file changed but is not valid; keeping the running configuration");
                 continue;
             }
-            match Engine::from_config(&loaded, &metrics, kube.as_ref()).await {
-                Ok(new_engine) => {
-                    for (_, upkeep) in new_engine.stores().upkeeps() {
-                        tokio::spawn(upkeep);
-                    }
-                    engine.store(Arc::new(new_engine));
-                    current = loaded.config;
-                    metrics.config_reload("applied");
-                    tracing::info!(config = %path.display(), "configuration reloaded");
-                }
-                Err(e) => {
-                    metrics.config_reload("invalid");
-                    tracing::warn!(error = %e, "new configuration could not be applied; keeping the running one");
-                }
+        };
+        if loaded.config == current {
+            continue;
+        }
+        match Engine::from_config(&loaded, &metrics, kube.as_ref()).await {
+            Ok(new_engine) => {
+                start_upkeeps(&tasks, &new_engine);
+                engine.store(Arc::new(new_engine));
+                current = loaded.config;
+                metrics.config_reload("applied");
+                tracing::info!(config = %path.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                metrics.config_reload("invalid");
+                tracing::warn!(error = %e, "new configuration could not be applied; keeping the running one");
             }
         }
-    });
+    }
 }

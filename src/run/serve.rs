@@ -1,17 +1,19 @@
 //! `serve`: configuration, stores, certificates (checked before anything
 //! binds), the Kubernetes side, both listeners and the background loops.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
 
-use super::readiness::spawn_readiness;
-use super::reload::spawn_config_reloader;
+use super::readiness::keep_ready;
+use super::reload::reload_config;
+use super::start_upkeeps;
 use crate::admission::{Admission, DryRunWriter, NamespaceLabels, SecretWriter};
 use crate::certs::{CertPaths, CertResolver};
 use crate::cli::ServeArgs;
@@ -21,6 +23,7 @@ use crate::kube::CertMode;
 use crate::pipeline::{Engine, SharedEngine};
 use crate::server::admin::Readiness;
 use crate::server::{self, Limits};
+use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
 
 /// A running server.
@@ -35,20 +38,57 @@ pub struct ServerHandle {
     pub generated_ca_pem: Option<String>,
     /// `kubernetes` or `dry-run`: how managed Secrets are written.
     pub writer_kind: &'static str,
-    pub(super) shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Tasks,
 }
 
 impl ServerHandle {
-    /// Starts the graceful drain.
+    /// Starts the graceful drain: every task is told to stop.
     pub fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
+        self.tasks.shutdown();
     }
 
-    /// Waits until both servers have stopped.
+    /// Waits until every task has stopped: both servers drained, the Lease
+    /// released.
     pub async fn wait(self) {
-        for t in self.tasks {
-            let _ = t.await;
+        self.tasks.wait().await;
+    }
+
+    /// The server's background tasks.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// Serves until `signal` (SIGTERM or SIGINT for `sesame serve`), or until
+    /// a background task dies, then drains. The exit code is a failure when
+    /// a task died, so that the Pod is restarted. A second signal during the
+    /// drain exits at once.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> ExitCode {
+        let died = tokio::select! {
+            _ = signal => None,
+            failure = self.tasks.failed() => Some(failure),
+        };
+        match &died {
+            None => tracing::info!(
+                "shutdown signal received; draining in-flight requests (send again to exit now)"
+            ),
+            Some(f) => tracing::error!(
+                task = %f.task,
+                reason = %f.reason,
+                "a background task died; draining and exiting with a failure"
+            ),
+        }
+        self.shutdown();
+        tokio::select! {
+            _ = self.tasks.wait() => {}
+            _ = server::wait_for_signal() => {
+                tracing::warn!("second signal; exiting now");
+                std::process::exit(130);
+            }
+        }
+        if died.is_some() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
         }
     }
 }
@@ -56,19 +96,29 @@ impl ServerHandle {
 /// Loads configuration and certificates, binds both ports and starts serving.
 /// Managed Secrets are written through the Kubernetes API when one is
 /// configured (`--kube`), else only reported (the dry-run writer).
+/// Whatever it started is stopped again when it fails.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<ServerHandle> {
+    let tasks = Tasks::new();
+    match start_with(args, tasks.clone()).await {
+        Ok(handle) => Ok(handle),
+        Err(e) => {
+            tasks.shutdown();
+            tasks.wait().await;
+            Err(e)
+        }
+    }
+}
+
+async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHandle> {
     let metrics = Arc::new(Metrics::new());
     let config_path = args.config.resolve();
     let loaded = Config::load(config_path.as_deref())?;
-    let (shutdown, shutdown_rx) = watch::channel(false);
     let kube = crate::kube::client::connect(args.kube.mode, args.kube.kubeconfig.as_deref()).await?;
     let engine: SharedEngine = Arc::new(ArcSwap::from_pointee(
         Engine::from_config(&loaded, &metrics, kube.as_ref()).await?,
     ));
     tracing::info!(config = %loaded.origin, stores = loaded.config.stores.len(), rules = loaded.config.policy.rules.len(), "configuration loaded");
-    for (_, upkeep) in engine.load().stores().upkeeps() {
-        tokio::spawn(upkeep);
-    }
+    start_upkeeps(&tasks, &engine.load());
 
     // Certificates are checked before anything binds.
     let paths = CertPaths::in_dir(&args.cert_dir);
@@ -85,12 +135,10 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<ServerHandle> {
     } else if paths.exist() {
         let (key, digest) = crate::certs::load(&paths)?;
         let resolver = Arc::new(CertResolver::new(key));
-        tokio::spawn(crate::certs::reload(
-            resolver.clone(),
-            paths.clone(),
-            digest,
-            args.reload_interval,
-        ));
+        tasks.spawn(
+            "reload of the certificate files",
+            crate::certs::reload(resolver.clone(), paths.clone(), digest, args.reload_interval),
+        );
         tracing::info!(cert = %paths.cert.display(), "serving certificate loaded");
         (resolver, None)
     } else {
@@ -110,7 +158,6 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<ServerHandle> {
     };
     let tls_config = Arc::new(crate::certs::server_config(resolver.clone())?);
 
-    let mut kube_task = None;
     let (writer, namespaces): (Arc<dyn SecretWriter>, Option<Arc<dyn NamespaceLabels>>) = match &kube {
         Some(client) => {
             let started = crate::kube::start(
@@ -119,17 +166,18 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<ServerHandle> {
                 &args.kube,
                 engine.clone(),
                 metrics.clone(),
-                shutdown_rx.clone(),
+                &tasks,
             )
             .await;
-            kube_task = Some(started.task);
             if let Some((manager, material)) = cert_manager.take() {
-                manager.spawn(
-                    resolver.clone(),
-                    &material,
-                    started.leading,
-                    args.reload_interval,
-                    shutdown_rx.clone(),
+                tasks.spawn(
+                    "upkeep of the self-managed certificate",
+                    manager.run(
+                        resolver.clone(),
+                        material,
+                        started.leading.clone(),
+                        args.reload_interval,
+                    ),
                 );
             }
             (started.writer, Some(started.namespaces))
@@ -159,15 +207,19 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<ServerHandle> {
     let admin_addr = admin_listener.local_addr()?;
     let readiness = Arc::new(Readiness::default());
 
-    let mut tasks = vec![
-        tokio::spawn(server::serve(
+    tasks.spawn_draining(
+        "webhook server",
+        server::serve(
             webhook_listener,
             Some(tls_config),
             server::webhook_router(admission, limits),
             limits,
-            shutdown_rx.clone(),
-        )),
-        tokio::spawn(server::serve(
+            tasks.shutdown_signal(),
+        ),
+    );
+    tasks.spawn_draining(
+        "admin server",
+        server::serve(
             admin_listener,
             None,
             server::admin::router(readiness.clone(), metrics.clone()),
@@ -175,27 +227,27 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<ServerHandle> {
                 drain_timeout: Duration::from_secs(1),
                 ..limits
             },
-            shutdown_rx.clone(),
-        )),
-    ];
-    tasks.extend(kube_task);
+            tasks.shutdown_signal(),
+        ),
+    );
     tracing::info!(%webhook_addr, %admin_addr, "serving");
 
-    spawn_readiness(
-        engine.clone(),
-        readiness.clone(),
-        metrics.clone(),
-        shutdown_rx.clone(),
+    tasks.spawn_draining(
+        "readiness",
+        keep_ready(engine.clone(), readiness.clone(), metrics.clone(), tasks.token()),
     );
     if let Some(path) = config_path {
-        spawn_config_reloader(
-            path,
-            loaded.config,
-            engine.clone(),
-            metrics.clone(),
-            kube,
-            args.reload_interval,
-            shutdown_rx,
+        tasks.spawn(
+            "configuration reload",
+            reload_config(
+                path,
+                loaded.config,
+                engine.clone(),
+                metrics.clone(),
+                kube,
+                args.reload_interval,
+                tasks.clone(),
+            ),
         );
     }
     Ok(ServerHandle {
@@ -206,7 +258,6 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<ServerHandle> {
         engine,
         generated_ca_pem,
         writer_kind,
-        shutdown,
         tasks,
     })
 }

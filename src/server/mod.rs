@@ -163,19 +163,8 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
 
-/// Flips `tx` on SIGTERM or SIGINT; a second signal exits at once.
-pub fn spawn_signal_handler(tx: watch::Sender<bool>) {
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown signal received; draining in-flight requests (send again to exit now)");
-        let _ = tx.send(true);
-        wait_for_signal().await;
-        tracing::warn!("second signal; exiting now");
-        std::process::exit(130);
-    });
-}
-
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{SecretData, SecretLocator, Store, StoreError};
 use crate::telemetry::Metrics;
@@ -30,6 +31,8 @@ pub struct CachedStore {
     /// Per-store concurrency limit on fetches.
     permits: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
+    /// Cancelled when the store is dropped: its upkeep stops with it.
+    dropped: DropGuard,
 }
 
 enum Slot {
@@ -66,7 +69,14 @@ impl CachedStore {
             inflight: Mutex::new(HashMap::new()),
             permits: tokio::sync::Semaphore::new(max_concurrency.max(1)),
             metrics,
+            dropped: CancellationToken::new().drop_guard(),
         }
+    }
+
+    /// Cancelled once this store is dropped (replaced by a reload, or at
+    /// exit), for the task that runs its upkeep.
+    pub fn dropped(&self) -> CancellationToken {
+        self.dropped.token().clone()
     }
 
     pub fn name(&self) -> &str {

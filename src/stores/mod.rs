@@ -211,11 +211,15 @@ impl Stores {
         self.stores.keys().map(String::as_str)
     }
 
-    /// Every store's upkeep, by store name, for the caller to run.
-    pub fn upkeeps(&self) -> Vec<(String, Upkeep)> {
+    /// Every store's upkeep, by store name, with the token that is
+    /// cancelled when that store is dropped, for the caller to run.
+    pub fn upkeeps(&self) -> Vec<(String, tokio_util::sync::CancellationToken, Upkeep)> {
         self.stores
             .iter()
-            .filter_map(|(name, store)| store.inner().upkeep().map(|u| (name.clone(), u)))
+            .filter_map(|(name, store)| {
+                let upkeep = store.inner().upkeep()?;
+                Some((name.clone(), store.dropped(), upkeep))
+            })
             .collect()
     }
 

@@ -295,29 +295,24 @@ impl CertManager {
         Ok((synced.material, CertResolver::new(key)))
     }
 
-    /// Keeps the certificates every `interval` until shutdown: the leader
-    /// renews and publishes, every replica serves what the Secret holds.
-    pub fn spawn(
+    /// Keeps the certificates, every `interval`: the leader renews and
+    /// publishes, every replica serves what the Secret holds. Runs until
+    /// dropped; the caller runs it as a task.
+    pub async fn run(
         self,
         resolver: Arc<CertResolver>,
-        serving: &Material,
+        serving: Material,
         mut leading: watch::Receiver<bool>,
         interval: Duration,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
+    ) {
         let mut fingerprint = serving.serving_fingerprint();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = shutdown.wait_for(|s| *s) => return,
-                }
-                let lead = *leading.borrow_and_update();
-                if let Err(e) = self.pass(lead, &resolver, &mut fingerprint).await {
-                    tracing::warn!(error = %e, leading = lead, "certificate check failed; serving the current certificate");
-                }
+        loop {
+            tokio::time::sleep(interval).await;
+            let lead = *leading.borrow_and_update();
+            if let Err(e) = self.pass(lead, &resolver, &mut fingerprint).await {
+                tracing::warn!(error = %e, leading = lead, "certificate check failed; serving the current certificate");
             }
-        })
+        }
     }
 
     /// One background pass. The leader first makes the caBundle match the
