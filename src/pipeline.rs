@@ -309,16 +309,11 @@ mod tests {
         fn namespaced(&self) -> bool {
             true
         }
-        async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-            locators
-                .iter()
-                .map(|l| {
-                    self.0.lock().unwrap().push(l.path.clone());
-                    Ok(SecretData::Properties(
-                        [("password".to_owned(), SecretValue::from("pw"))].into(),
-                    ))
-                })
-                .collect()
+        async fn read(&self, l: &SecretLocator) -> Result<SecretData, StoreError> {
+            self.0.lock().unwrap().push(l.path.clone());
+            Ok(SecretData::Properties(
+                [("password".to_owned(), SecretValue::from("pw"))].into(),
+            ))
         }
     }
 

@@ -292,12 +292,15 @@ async fn kubernetes_store_reads_secret_keys_as_properties() {
     api.fail_next("GET", "/namespaces/team-b/", 403, 1);
     let store = KubernetesStore::new(Some(api.client()));
     let answers = store
-        .fetch(&[
-            SecretLocator::new("team-a/db-creds", None),
-            SecretLocator::new("team-a/missing", None),
-            SecretLocator::new("team-b/db-creds", None),
-            SecretLocator::new("team-a/db-creds", Some("3".into())),
-        ])
+        .fetch(
+            &[
+                SecretLocator::new("team-a/db-creds", None),
+                SecretLocator::new("team-a/missing", None),
+                SecretLocator::new("team-b/db-creds", None),
+                SecretLocator::new("team-a/db-creds", Some("3".into())),
+            ],
+            &sesame::stores::RequestLimit::default(),
+        )
         .await;
     let data = answers[0].as_ref().unwrap();
     assert_eq!(data.get(Some("password")).unwrap().expose(), b"pw");

@@ -248,11 +248,14 @@ async fn client_secret_reads_values_properties_and_versions() {
     let s = setup(3600, CLIENT_SECRET_AUTH, AUTHORITY).await;
     let answers = s
         .store
-        .fetch(&[
-            SecretLocator::new("db-password", None),
-            SecretLocator::new("db-password", Some(OLD.into())),
-            SecretLocator::new("db-config", None),
-        ])
+        .fetch(
+            &[
+                SecretLocator::new("db-password", None),
+                SecretLocator::new("db-password", Some(OLD.into())),
+                SecretLocator::new("db-config", None),
+            ],
+            &sesame::stores::RequestLimit::default(),
+        )
         .await;
     let answers: Vec<SecretData> = answers.into_iter().map(Result::unwrap).collect();
     assert_eq!(answers[0].get(None).unwrap().expose(), VALUE.as_bytes());

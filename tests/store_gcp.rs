@@ -242,13 +242,16 @@ async fn reads_text_json_binary_and_versions_with_a_metadata_token() {
     let s = setup(3600, "", &[], None).await;
     let answers = s
         .store
-        .fetch(&[
-            SecretLocator::new("db-url", None),
-            SecretLocator::new("db-url", Some("1".into())),
-            SecretLocator::new("db", None),
-            SecretLocator::new("blob", None),
-            SecretLocator::new("projects/other/secrets/shared", None),
-        ])
+        .fetch(
+            &[
+                SecretLocator::new("db-url", None),
+                SecretLocator::new("db-url", Some("1".into())),
+                SecretLocator::new("db", None),
+                SecretLocator::new("blob", None),
+                SecretLocator::new("projects/other/secrets/shared", None),
+            ],
+            &sesame::stores::RequestLimit::default(),
+        )
         .await;
     let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
     assert_eq!(answers[0].get(None).unwrap().expose(), b"postgres://v2");

@@ -214,12 +214,15 @@ async fn universal_auth_reads_secrets_by_folder_key_and_version() {
     let s = setup(7200, UNIVERSAL).await;
     let answers = s
         .store
-        .fetch(&[
-            SecretLocator::new("API_KEY", None),
-            SecretLocator::new("backend/db/DB_PASSWORD", None),
-            SecretLocator::new("backend/db/DB_PASSWORD", Some("1".into())),
-            SecretLocator::new("backend/db/CONFIG", None),
-        ])
+        .fetch(
+            &[
+                SecretLocator::new("API_KEY", None),
+                SecretLocator::new("backend/db/DB_PASSWORD", None),
+                SecretLocator::new("backend/db/DB_PASSWORD", Some("1".into())),
+                SecretLocator::new("backend/db/CONFIG", None),
+            ],
+            &sesame::stores::RequestLimit::default(),
+        )
         .await;
     let answers: Vec<SecretData> = answers.into_iter().map(Result::unwrap).collect();
     assert_eq!(answers[0].get(None).unwrap().expose(), b"root-key");

@@ -113,8 +113,7 @@ mod imp {
     use sm::primitives::Blob;
 
     use super::{AwsStoreConfig, VersionSelector};
-    use crate::stores::common::fetch_each;
-    use crate::stores::{SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
+    use crate::stores::{RequestLimit, SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
 
     /// Ids per `BatchGetSecretValue` call (the API's limit).
     const BATCH_LIMIT: usize = 20;
@@ -208,13 +207,6 @@ mod imp {
                 Ok(out) => secret_data(out.secret_string(), out.secret_binary()),
                 Err(e) => Err(self.sdk_error(&e, locator.version.is_some())),
             }
-        }
-
-        async fn get_singly(&self, locators: &[&SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-            fetch_each(locators, crate::stores::common::FETCH_CONCURRENCY, |l| {
-                self.get_one(l)
-            })
-            .await
         }
 
         /// Current versions of up to `BATCH_LIMIT` secrets in one call. `None`
@@ -338,10 +330,19 @@ mod imp {
             "aws"
         }
 
+        async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+            self.get_one(locator).await
+        }
+
         /// Current versions go through `BatchGetSecretValue` (20 per call)
         /// when there are several; pinned versions, and everything when the
-        /// batch API is not allowed, through concurrent `GetSecretValue` calls.
-        async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
+        /// batch API is not allowed, through `GetSecretValue` calls. Each
+        /// call, batch or single, is one request under `limit`.
+        async fn fetch(
+            &self,
+            locators: &[SecretLocator],
+            limit: &RequestLimit,
+        ) -> Vec<Result<SecretData, StoreError>> {
             let mut results: Vec<Option<Result<SecretData, StoreError>>> = vec![None; locators.len()];
             let current: Vec<usize> = (0..locators.len())
                 .filter(|&i| locators[i].version.is_none())
@@ -349,7 +350,7 @@ mod imp {
             if current.len() > 1 && self.batch.load(Ordering::Relaxed) {
                 for chunk in current.chunks(BATCH_LIMIT) {
                     let ids: Vec<&str> = chunk.iter().map(|&i| locators[i].path.as_str()).collect();
-                    let Some(mut found) = self.get_batch(&ids).await else {
+                    let Some(mut found) = limit.run(self.get_batch(&ids)).await else {
                         break;
                     };
                     for &i in chunk {
@@ -360,7 +361,8 @@ mod imp {
             // Whatever the batch did not answer (pinned versions, ids it did not echo).
             let rest: Vec<usize> = (0..locators.len()).filter(|&i| results[i].is_none()).collect();
             let rest_locators: Vec<&SecretLocator> = rest.iter().map(|&i| &locators[i]).collect();
-            for (i, answer) in rest.into_iter().zip(self.get_singly(&rest_locators).await) {
+            let singles = limit.each(&rest_locators, |l| self.get_one(l)).await;
+            for (i, answer) in rest.into_iter().zip(singles) {
                 results[i] = Some(answer);
             }
             results

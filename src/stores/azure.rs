@@ -338,8 +338,8 @@ impl Store for AzureStore {
         "azure"
     }
 
-    async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        super::common::fetch_each(locators, super::common::FETCH_CONCURRENCY, |l| self.get_secret(l)).await
+    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+        self.get_secret(locator).await
     }
 
     /// Obtains a token.

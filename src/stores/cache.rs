@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{SecretData, SecretLocator, Store, StoreError};
+use super::{RequestLimit, SecretData, SecretLocator, Store, StoreError, DEFAULT_MAX_CONCURRENCY};
 use crate::telemetry::Metrics;
 
 type Answer = Result<Arc<SecretData>, StoreError>;
@@ -28,8 +28,8 @@ pub struct CachedStore {
     max_stale: Duration,
     entries: RwLock<HashMap<SecretLocator, Entry>>,
     inflight: Mutex<HashMap<SecretLocator, watch::Receiver<Option<Answer>>>>,
-    /// Per-store concurrency limit on fetches.
-    permits: tokio::sync::Semaphore,
+    /// The store's `maxConcurrency`, held by every request the provider sends.
+    limit: RequestLimit,
     metrics: Arc<Metrics>,
     /// Cancelled when the store is dropped: its upkeep stops with it.
     dropped: DropGuard,
@@ -49,7 +49,7 @@ impl CachedStore {
         max_stale: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self::with_concurrency(name, inner, ttl, max_stale, 16, metrics)
+        Self::with_concurrency(name, inner, ttl, max_stale, DEFAULT_MAX_CONCURRENCY, metrics)
     }
 
     pub fn with_concurrency(
@@ -67,7 +67,7 @@ impl CachedStore {
             max_stale,
             entries: RwLock::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
-            permits: tokio::sync::Semaphore::new(max_concurrency.max(1)),
+            limit: RequestLimit::new(max_concurrency),
             metrics,
             dropped: CancellationToken::new().drop_guard(),
         }
@@ -179,16 +179,10 @@ impl CachedStore {
     }
 
     async fn fetch_uncached(&self, locators: &[SecretLocator]) -> Vec<Answer> {
-        let results = match self.permits.acquire().await {
-            Ok(_permit) => {
-                let started = Instant::now();
-                let results = self.inner.fetch(locators).await;
-                self.metrics
-                    .store_request(&self.name, self.inner.provider(), started.elapsed());
-                results
-            }
-            Err(_) => vec![Err(StoreError::Unreachable("store is shutting down".into())); locators.len()],
-        };
+        let started = Instant::now();
+        let results = self.inner.fetch(locators, &self.limit).await;
+        self.metrics
+            .store_request(&self.name, self.inner.provider(), started.elapsed());
         let mut answers = Vec::with_capacity(locators.len());
         let mut entries = self.entries.write().ok();
         let mut inflight = self.inflight.lock().ok();
@@ -259,21 +253,25 @@ mod tests {
         fn provider(&self) -> &'static str {
             "counting"
         }
-        async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
+        async fn read(&self, l: &SecretLocator) -> Result<SecretData, StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                Err(StoreError::Unreachable("connection refused".into()))
+            } else if l.path == "missing" {
+                Err(StoreError::NotFound)
+            } else {
+                Ok(SecretData::Value(SecretValue::from(l.path.as_str())))
+            }
+        }
+
+        /// Counts batches: the cache's single flight shows as one call.
+        async fn fetch(
+            &self,
+            locators: &[SecretLocator],
+            limit: &RequestLimit,
+        ) -> Vec<Result<SecretData, StoreError>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
-            locators
-                .iter()
-                .map(|l| {
-                    if self.fail.load(Ordering::SeqCst) {
-                        Err(StoreError::Unreachable("connection refused".into()))
-                    } else if l.path == "missing" {
-                        Err(StoreError::NotFound)
-                    } else {
-                        Ok(SecretData::Value(SecretValue::from(l.path.as_str())))
-                    }
-                })
-                .collect()
+            limit.each(locators, |l| self.read(l)).await
         }
     }
 

@@ -162,26 +162,6 @@ impl Retry {
     }
 }
 
-/// How many reads of one batch a provider without a batch API runs at once.
-pub const FETCH_CONCURRENCY: usize = 8;
-
-/// Runs `fetch` for every item, at most `limit` at once; answers keep the
-/// items' order. For providers without a batch API.
-pub async fn fetch_each<'a, T, F, Fut>(items: &'a [T], limit: usize, fetch: F) -> Vec<Fut::Output>
-where
-    F: Fn(&'a T) -> Fut,
-    Fut: std::future::Future,
-{
-    use futures::StreamExt;
-    // Collected first: a lazy `map` in the stream would keep the closure in
-    // the future, which trips the `Send` bound of `async_trait` methods.
-    let futures: Vec<Fut> = items.iter().map(fetch).collect();
-    futures::stream::iter(futures)
-        .buffered(limit.max(1))
-        .collect()
-        .await
-}
-
 fn retryable(e: &StoreError) -> bool {
     matches!(
         e,

@@ -13,8 +13,11 @@ use super::kubernetes::KubernetesStoreConfig;
 use super::vault::VaultStoreConfig;
 use crate::validate::{exactly_one, is_dns_label, FieldError};
 
+/// `maxConcurrency` when the configuration gives none.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 16;
+
 fn default_max_concurrency() -> usize {
-    16
+    DEFAULT_MAX_CONCURRENCY
 }
 
 fn default_cache_ttl() -> Duration {
@@ -32,7 +35,8 @@ pub struct StoreConfig {
     /// How long a cached value may still be served while the store fails.
     #[serde(default, with = "humantime_serde")]
     pub max_stale: Duration,
-    /// At most this many requests to the store at once.
+    /// At most this many requests to the store at once: the one bound on
+    /// concurrent calls, honoured by the cache and every provider.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
     /// How often the leader re-resolves the managed Secrets that use this

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
+use super::{RequestLimit, SecretData, SecretLocator, SecretValue, Store, StoreError};
 use crate::validate::FieldError;
 
 /// `stores[].file`: where the secrets are.
@@ -80,19 +80,35 @@ impl Store for FileStore {
         "file"
     }
 
-    async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        let source = match self.load().await {
-            Ok(s) => s,
-            Err(e) => return vec![Err(e); locators.len()],
-        };
-        let mut out = Vec::with_capacity(locators.len());
-        for locator in locators {
-            out.push(match &source {
-                Source::Doc(doc) => from_doc(doc, locator),
-                Source::Dir(dir) => from_dir(dir, locator).await,
-            });
+    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+        match self.load().await? {
+            Source::Doc(doc) => from_doc(&doc, locator),
+            Source::Dir(dir) => from_dir(&dir, locator).await,
         }
-        out
+    }
+
+    /// The file is read once for the whole batch, as one request.
+    async fn fetch(
+        &self,
+        locators: &[SecretLocator],
+        limit: &RequestLimit,
+    ) -> Vec<Result<SecretData, StoreError>> {
+        limit
+            .run(async {
+                let source = match self.load().await {
+                    Ok(s) => s,
+                    Err(e) => return vec![Err(e); locators.len()],
+                };
+                let mut out = Vec::with_capacity(locators.len());
+                for locator in locators {
+                    out.push(match &source {
+                        Source::Doc(doc) => from_doc(doc, locator),
+                        Source::Dir(dir) => from_dir(dir, locator).await,
+                    });
+                }
+                out
+            })
+            .await
     }
 
     async fn check(&self) -> Result<(), StoreError> {
@@ -267,14 +283,17 @@ mod tests {
         .unwrap();
         let s = store_at(&file);
         let r = s
-            .fetch(&[
-                SecretLocator::new("apps/a/token", None),
-                SecretLocator::new("apps/a/db", None),
-                SecretLocator::new("apps/a/key", None),
-                SecretLocator::new("apps/a/key", Some("2".into())),
-                SecretLocator::new("apps/a/key", Some("3".into())),
-                SecretLocator::new("apps/a/nope", None),
-            ])
+            .fetch(
+                &[
+                    SecretLocator::new("apps/a/token", None),
+                    SecretLocator::new("apps/a/db", None),
+                    SecretLocator::new("apps/a/key", None),
+                    SecretLocator::new("apps/a/key", Some("2".into())),
+                    SecretLocator::new("apps/a/key", Some("3".into())),
+                    SecretLocator::new("apps/a/nope", None),
+                ],
+                &RequestLimit::default(),
+            )
             .await;
         assert_eq!(r[0].as_ref().unwrap().get(None).unwrap().expose(), b"abc");
         assert_eq!(
@@ -298,10 +317,13 @@ mod tests {
         .unwrap();
         let s = store_at(dir.path());
         let r = s
-            .fetch(&[
-                SecretLocator::new("team-a/db", None),
-                SecretLocator::new("team-a/x", None),
-            ])
+            .fetch(
+                &[
+                    SecretLocator::new("team-a/db", None),
+                    SecretLocator::new("team-a/x", None),
+                ],
+                &RequestLimit::default(),
+            )
             .await;
         let db = r[0].as_ref().unwrap();
         assert_eq!(db.get(Some("HOST")).unwrap().expose(), b"db.internal");

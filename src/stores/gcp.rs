@@ -246,8 +246,8 @@ impl Store for GcpStore {
         "gcp"
     }
 
-    async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        super::common::fetch_each(locators, super::common::FETCH_CONCURRENCY, |l| self.access(l)).await
+    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+        self.access(locator).await
     }
 
     /// Obtains a token.

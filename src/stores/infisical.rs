@@ -300,7 +300,7 @@ impl InfisicalStore {
         }
     }
 
-    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+    async fn read_secret(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
         match target(&locator.path) {
             Target::Secret { folder, key } => {
                 let version = locator.version.as_deref();
@@ -357,8 +357,8 @@ impl Store for InfisicalStore {
         "infisical"
     }
 
-    async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        super::common::fetch_each(locators, super::common::FETCH_CONCURRENCY, |l| self.read(l)).await
+    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+        self.read_secret(locator).await
     }
 
     /// Signs in.

@@ -104,12 +104,11 @@ impl Store for KubernetesStore {
         true
     }
 
-    async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        let Some(client) = &self.client else {
-            return vec![Err(StoreError::Unreachable("no Kubernetes API configured".into())); locators.len()];
-        };
-        let fetches = locators.iter().map(|l| self.fetch_one(client, l));
-        futures::future::join_all(fetches).await
+    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+        match &self.client {
+            Some(client) => self.fetch_one(client, locator).await,
+            None => Err(StoreError::Unreachable("no Kubernetes API configured".into())),
+        }
     }
 
     async fn check(&self) -> Result<(), StoreError> {
@@ -147,7 +146,12 @@ mod tests {
     #[tokio::test]
     async fn without_a_cluster_every_fetch_is_unreachable() {
         let store = KubernetesStore::new(None);
-        let answers = store.fetch(&[SecretLocator::new("a/b", None)]).await;
+        let answers = store
+            .fetch(
+                &[SecretLocator::new("a/b", None)],
+                &crate::stores::RequestLimit::default(),
+            )
+            .await;
         assert!(matches!(answers[0], Err(StoreError::Unreachable(_))));
         assert!(store.check().await.is_err());
         assert!(store.namespaced());

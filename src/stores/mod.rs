@@ -16,6 +16,7 @@ pub mod gcp;
 #[cfg(feature = "infisical")]
 pub mod infisical;
 pub mod kubernetes;
+mod limit;
 pub mod token;
 mod value;
 pub mod vault;
@@ -27,7 +28,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use cache::CachedStore;
-pub use config::{validate_stores, ProviderConfig, StoreConfig};
+pub use config::{validate_stores, ProviderConfig, StoreConfig, DEFAULT_MAX_CONCURRENCY};
+pub use limit::RequestLimit;
 pub use value::{json_properties, PropertyError, SecretData, SecretValue};
 
 use crate::telemetry::Metrics;
@@ -104,15 +106,26 @@ impl StoreError {
 }
 
 /// A secret store provider. Implementations are built once at start and
-/// shared; `fetch` takes a batch so that providers with a batch API (AWS
-/// `BatchGetSecretValue`) or connection reuse can use it.
+/// shared. `fetch` takes a batch so that providers with a batch API (AWS
+/// `BatchGetSecretValue`) can use it; every request it sends holds a
+/// permit of the store's `limit`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Provider kind, e.g. `file`, `vault`; used in metrics and messages.
     fn provider(&self) -> &'static str;
 
-    /// Fetches each locator; the result vector is parallel to `locators`.
-    async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>>;
+    /// Reads one secret with one request.
+    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError>;
+
+    /// Reads each locator; the answers are parallel to `locators`. The
+    /// default reads them one request each, at most `limit` at once.
+    async fn fetch(
+        &self,
+        locators: &[SecretLocator],
+        limit: &RequestLimit,
+    ) -> Vec<Result<SecretData, StoreError>> {
+        limit.each(locators, |l| self.read(l)).await
+    }
 
     /// Whether paths start with a namespace (`namespace/name`). The pipeline
     /// then qualifies a bare `name` with the Pod's namespace before policy
@@ -186,11 +199,12 @@ impl Stores {
         let mut stores = HashMap::new();
         for config in configs {
             let store = build_store(config, base_dir, kube).await?;
-            let cached = CachedStore::new(
+            let cached = CachedStore::with_concurrency(
                 config.name.clone(),
                 store,
                 config.cache_ttl,
                 config.max_stale,
+                config.max_concurrency,
                 metrics.clone(),
             );
             stores.insert(config.name.clone(), Arc::new(cached));
@@ -297,12 +311,9 @@ mod tests {
         fn provider(&self) -> &'static str {
             "slow"
         }
-        async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
+        async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
             tokio::time::sleep(self.delay).await;
-            locators
-                .iter()
-                .map(|l| Ok(SecretData::Value(SecretValue::from(l.path.as_str()))))
-                .collect()
+            Ok(SecretData::Value(SecretValue::from(locator.path.as_str())))
         }
     }
 

@@ -23,7 +23,7 @@ use reqwest::{Method, Url};
 
 pub use config::{AppRoleAuthConfig, KubernetesAuthConfig, RoleIdSource, VaultAuthConfig, VaultStoreConfig};
 
-use super::common::{fetch_each, http_client, Retry};
+use super::common::{http_client, Retry};
 use super::token::TokenCache;
 use super::{SecretData, SecretLocator, Store, StoreError, Upkeep};
 use auth::{authed, Login, VaultAuth};
@@ -121,11 +121,8 @@ impl Store for VaultStore {
         "vault"
     }
 
-    async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        fetch_each(locators, super::common::FETCH_CONCURRENCY, |l| {
-            kv::read(&self.http, &self.tokens, &self.mount, self.kv, l)
-        })
-        .await
+    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+        kv::read(&self.http, &self.tokens, &self.mount, self.kv, locator).await
     }
 
     /// Looks the current token up (`lookup-self`): reachability and a valid token.
