@@ -113,6 +113,22 @@ impl Engine {
         Ok(Self::new(&loaded.config, stores))
     }
 
+    /// The engine of a changed configuration. Stores whose section did not
+    /// change are kept, with their caches and tokens: editing a policy rule
+    /// logs in to no store again and empties no cache.
+    pub async fn reload(
+        &self,
+        loaded: &LoadedConfig,
+        metrics: &Arc<Metrics>,
+        kube: Option<&::kube::Client>,
+    ) -> anyhow::Result<Self> {
+        let stores = self
+            .stores
+            .rebuilt(&loaded.config.stores, &loaded.base_dir, metrics, kube)
+            .await?;
+        Ok(Self::new(&loaded.config, stores))
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -132,10 +148,6 @@ impl Engine {
 
     pub fn stores(&self) -> &Stores {
         &self.stores
-    }
-
-    pub fn policy(&self) -> &NamespacePolicy {
-        &self.policy
     }
 
     /// The cheap test that lets un-annotated Pods through without work.
@@ -258,7 +270,7 @@ impl Engine {
         }
         let patch = match build_patch(input.pod, &plan, input.base, &self.marker_key, secret_name) {
             Ok(p) => p,
-            Err(e) => return Verdict::Denied(Denial::new(DenialClass::Conflict, e.0, references)),
+            Err(e) => return Verdict::Denied(Denial::new(e.class(), e.to_string(), references)),
         };
         // Grants only for what was placed: skipped optional references are warnings.
         let warnings = plan.warnings;
@@ -433,5 +445,77 @@ mod tests {
         assert!(matches!(run(&e, &own).await, Verdict::Mutated(_)));
         // Unrelated Secrets are none of Sesame's business.
         assert!(!e.concerns(&pod(&[], mount("app-secret"))));
+    }
+
+    /// A reload that changes only a policy rule keeps every store object
+    /// and its cache; one that changes a store's section rebuilds that store
+    /// alone.
+    #[tokio::test]
+    async fn a_reload_keeps_the_stores_whose_section_did_not_change() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "apps/x: one\n").unwrap();
+        std::fs::write(dir.path().join("b.yaml"), "apps/y: two\n").unwrap();
+        let config = |rule_paths: &str, b_ttl: &str| {
+            format!(
+                "stores:\n  - {{name: a, file: {{path: a.yaml}}, cacheTtl: 1h}}\n  - {{name: b, file: {{path: b.yaml}}, cacheTtl: {b_ttl}}}\npolicy:\n  rules:\n    - {{name: r, namespaces: ['*'], stores: ['*'], paths: [{rule_paths}]}}\n"
+            )
+        };
+        let loaded = |yaml: String| {
+            let path = dir.path().join("sesame.yaml");
+            std::fs::write(&path, yaml).unwrap();
+            Config::load(Some(&path)).unwrap()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let first = Engine::from_config(&loaded(config("'apps/**'", "1h")), &metrics, None)
+            .await
+            .unwrap();
+        let read = |e: &Engine| {
+            let requests = [StoreRequest {
+                store: "a".into(),
+                locator: SecretLocator::new("apps/x", None),
+            }];
+            let stores = e.stores().clone();
+            async move { stores.resolve(&requests, Duration::from_secs(5)).await }
+        };
+        first.stores().upkeeps();
+        assert!(read(&first).await[0].is_ok());
+        // The value changes in the file; a cached copy still answers.
+        std::fs::write(dir.path().join("a.yaml"), "apps/x: changed\n").unwrap();
+
+        let policy_only = first
+            .reload(&loaded(config("'apps/*'", "1h")), &metrics, None)
+            .await
+            .unwrap();
+        for name in ["a", "b"] {
+            assert!(
+                Arc::ptr_eq(
+                    first.stores().get(name).unwrap(),
+                    policy_only.stores().get(name).unwrap()
+                ),
+                "store {name} was rebuilt"
+            );
+        }
+        let again = read(&policy_only).await;
+        assert_eq!(
+            again[0].as_ref().unwrap().get(None).unwrap().expose(),
+            b"one",
+            "from the kept cache"
+        );
+
+        let b_changed = policy_only
+            .reload(&loaded(config("'apps/*'", "5m")), &metrics, None)
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(
+            policy_only.stores().get("a").unwrap(),
+            b_changed.stores().get("a").unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            policy_only.stores().get("b").unwrap(),
+            b_changed.stores().get("b").unwrap()
+        ));
+        // A kept store keeps its running upkeep; only the new one starts one.
+        assert!(!b_changed.stores().get("a").unwrap().take_upkeep());
+        assert!(b_changed.stores().get("b").unwrap().take_upkeep());
     }
 }

@@ -9,6 +9,6 @@ pub mod pod;
 
 pub use annotations::{Injection, Mode, PodRequest, SecretRef, Target};
 pub use data::{secret_data, DataError, Fetched};
-pub use patch::{build_patch, PatchConflict};
+pub use patch::{build_patch, PatchError};
 pub use plan::{build_plan, Grant, InjectionPlan, ManagedSecret, PlanError, PlanInput};
 pub use pod::PodView;

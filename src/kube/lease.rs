@@ -105,11 +105,6 @@ impl LeaseElector {
         &self.identity
     }
 
-    /// How long a held Lease stays valid without renewal.
-    pub fn duration(&self) -> Duration {
-        self.duration
-    }
-
     fn error(&self, e: &::kube::Error) -> LeaseError {
         LeaseError {
             namespace: self.namespace.clone(),

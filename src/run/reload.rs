@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use super::start_upkeeps;
 use crate::config::Config;
-use crate::pipeline::{Engine, SharedEngine};
+use crate::pipeline::SharedEngine;
 use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
 
 /// Re-reads the configuration file every `interval` (a mounted ConfigMap
 /// changes by symlink swap, so its content is compared, not its path's
 /// events). A valid new configuration replaces the engine; an invalid one
-/// is logged and ignored. Runs until dropped.
+/// is logged and ignored. Stores whose section did not change are kept
+/// (see `Engine::reload`). Runs until dropped.
 pub(super) async fn reload_config(
     path: PathBuf,
     mut current: Config,
@@ -36,7 +37,8 @@ pub(super) async fn reload_config(
         if loaded.config == current {
             continue;
         }
-        match Engine::from_config(&loaded, &metrics, kube.as_ref()).await {
+        let reloaded = engine.load().reload(&loaded, &metrics, kube.as_ref()).await;
+        match reloaded {
             Ok(new_engine) => {
                 start_upkeeps(&tasks, &new_engine);
                 engine.store(Arc::new(new_engine));

@@ -3,6 +3,7 @@
 //! fetch may serve a value younger than `max_stale` (stale-if-error).
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,8 @@ pub struct CachedStore {
     metrics: Arc<Metrics>,
     /// Cancelled when the store is dropped: its upkeep stops with it.
     dropped: DropGuard,
+    /// Whether its upkeep was handed out to run.
+    upkeep_taken: AtomicBool,
 }
 
 enum Slot {
@@ -70,17 +73,20 @@ impl CachedStore {
             limit: RequestLimit::new(max_concurrency),
             metrics,
             dropped: CancellationToken::new().drop_guard(),
+            upkeep_taken: AtomicBool::new(false),
         }
+    }
+
+    /// True the first time only: the store's upkeep runs once, however
+    /// many reloads keep the store.
+    pub fn take_upkeep(&self) -> bool {
+        !self.upkeep_taken.swap(true, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Cancelled once this store is dropped (replaced by a reload, or at
     /// exit), for the task that runs its upkeep.
     pub fn dropped(&self) -> CancellationToken {
         self.dropped.token().clone()
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     pub fn provider(&self) -> &'static str {
@@ -95,19 +101,6 @@ impl CachedStore {
         let entries = self.entries.read().ok()?;
         let entry = entries.get(locator)?;
         (entry.fetched.elapsed() < self.ttl).then(|| entry.data.clone())
-    }
-
-    fn stale(&self, locator: &SecretLocator) -> Option<Arc<SecretData>> {
-        let entries = self.entries.read().ok()?;
-        let entry = entries.get(locator)?;
-        (entry.fetched.elapsed() < self.max_stale).then(|| entry.data.clone())
-    }
-
-    /// Drops every cached value (used when the store's configuration changes).
-    pub fn clear(&self) {
-        if let Ok(mut entries) = self.entries.write() {
-            entries.clear();
-        }
     }
 
     /// Resolves each locator through the cache; answers are parallel to `locators`.
@@ -226,11 +219,6 @@ impl CachedStore {
             answers.push(answer);
         }
         answers
-    }
-
-    /// Reads a cached value regardless of age (for rotation comparisons).
-    pub fn peek_stale(&self, locator: &SecretLocator) -> Option<Arc<SecretData>> {
-        self.stale(locator)
     }
 }
 

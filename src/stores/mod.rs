@@ -22,6 +22,7 @@ mod value;
 pub mod vault;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -175,10 +176,23 @@ pub async fn build_store(
     }
 }
 
+/// Whether two sections build the same store. `refreshInterval` is
+/// rotation's business, not the store's: changing it keeps the store.
+fn same_store(a: &StoreConfig, b: &StoreConfig) -> bool {
+    let without_refresh = |c: &StoreConfig| StoreConfig {
+        refresh_interval: None,
+        ..c.clone()
+    };
+    without_refresh(a) == without_refresh(b)
+}
+
 /// All configured stores, each behind its cache, by name.
 #[derive(Clone, Default)]
 pub struct Stores {
     stores: HashMap<String, Arc<CachedStore>>,
+    /// What each store was built from, so that a reload keeps the stores
+    /// whose section did not change.
+    built_from: HashMap<String, (StoreConfig, PathBuf)>,
 }
 
 /// One reference to resolve: which store, which secret.
@@ -196,20 +210,44 @@ impl Stores {
         metrics: &Arc<Metrics>,
         kube: Option<&::kube::Client>,
     ) -> anyhow::Result<Self> {
+        Self::default().rebuilt(configs, base_dir, metrics, kube).await
+    }
+
+    /// The stores of a new configuration: a store whose section (and base
+    /// directory) did not change is kept as it is, with its cache, its
+    /// client and its token; the others are built anew.
+    pub async fn rebuilt(
+        &self,
+        configs: &[StoreConfig],
+        base_dir: &Path,
+        metrics: &Arc<Metrics>,
+        kube: Option<&::kube::Client>,
+    ) -> anyhow::Result<Self> {
         let mut stores = HashMap::new();
+        let mut built_from = HashMap::new();
         for config in configs {
-            let store = build_store(config, base_dir, kube).await?;
-            let cached = CachedStore::with_concurrency(
-                config.name.clone(),
-                store,
-                config.cache_ttl,
-                config.max_stale,
-                config.max_concurrency,
-                metrics.clone(),
-            );
-            stores.insert(config.name.clone(), Arc::new(cached));
+            let unchanged = self
+                .built_from
+                .get(&config.name)
+                .is_some_and(|(old, dir)| dir == base_dir && same_store(old, config));
+            let cached = match self.stores.get(&config.name) {
+                Some(existing) if unchanged => existing.clone(),
+                _ => {
+                    let store = build_store(config, base_dir, kube).await?;
+                    Arc::new(CachedStore::with_concurrency(
+                        config.name.clone(),
+                        store,
+                        config.cache_ttl,
+                        config.max_stale,
+                        config.max_concurrency,
+                        metrics.clone(),
+                    ))
+                }
+            };
+            stores.insert(config.name.clone(), cached);
+            built_from.insert(config.name.clone(), (config.clone(), base_dir.to_path_buf()));
         }
-        Ok(Self { stores })
+        Ok(Self { stores, built_from })
     }
 
     /// Adds a store under a name (tests and embedders).
@@ -225,11 +263,14 @@ impl Stores {
         self.stores.keys().map(String::as_str)
     }
 
-    /// Every store's upkeep, by store name, with the token that is
-    /// cancelled when that store is dropped, for the caller to run.
+    /// The upkeep of every store whose upkeep was not handed out before
+    /// (a store kept by a reload keeps its running one), by store name,
+    /// with the token that is cancelled when that store is dropped, for the
+    /// caller to run.
     pub fn upkeeps(&self) -> Vec<(String, tokio_util::sync::CancellationToken, Upkeep)> {
         self.stores
             .iter()
+            .filter(|(_, store)| store.take_upkeep())
             .filter_map(|(name, store)| {
                 let upkeep = store.inner().upkeep()?;
                 Some((name.clone(), store.dropped(), upkeep))

@@ -569,3 +569,24 @@ fn the_secret_is_owned_by_the_pods_controller() {
     // A Pod without a controller leaves the Secret to the garbage collector.
     assert!(plan(&items).unwrap().secret.unwrap().owners.is_empty());
 }
+
+#[test]
+fn a_base_that_is_no_json_pointer_is_an_error_not_the_root() {
+    let items = vec![(env("PW", "dev:apps/team-a/db#password"), db())];
+    let bare = json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "app"}]}});
+    let pod = view(&bare);
+    let p = build(&pod, "team-a", Mode::SecretRef, false, &items).unwrap();
+    let e = build_patch(&pod, &p, "spec/template", MARKER, None).unwrap_err();
+    assert_eq!(
+        e,
+        crate::inject::patch::PatchError::BadBase("spec/template".into())
+    );
+    assert_eq!(e.class().code(), 500);
+    // A good base prefixes every path.
+    let ops = build_patch(&pod, &p, "/spec/template", MARKER, None).unwrap();
+    assert!(
+        paths(&ops).iter().all(|p| p.starts_with("/spec/template/")),
+        "{:?}",
+        paths(&ops)
+    );
+}
