@@ -72,13 +72,13 @@ pub struct ServeArgs {
     pub config: ConfigArg,
     /// Address to listen on.
     #[arg(long, env = "SESAME_BIND_ADDRESS", default_value = "0.0.0.0")]
-    pub bind_address: IpAddr,
+    pub(crate) bind_address: IpAddr,
     /// HTTPS port for the API server (`POST /mutate`).
     #[arg(long, env = "SESAME_TLS_PORT", default_value_t = 8443)]
-    pub tls_port: u16,
+    pub(crate) tls_port: u16,
     /// Plain-HTTP port for /livez, /readyz and /metrics.
     #[arg(long, env = "SESAME_ADMIN_PORT", default_value_t = 8080)]
-    pub admin_port: u16,
+    pub(crate) admin_port: u16,
     /// Directory with tls.crt and tls.key; without them a self-signed pair is generated.
     #[arg(long, env = "SESAME_CERT_DIR", default_value = "certs")]
     pub cert_dir: PathBuf,
@@ -132,7 +132,7 @@ pub struct MutateArgs {
     pub namespace: Option<String>,
     /// Print secret values in the Secret (base64). Off by default: keys only.
     #[arg(long)]
-    pub show_values: bool,
+    pub(crate) show_values: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -148,13 +148,13 @@ pub struct GenCertsArgs {
     pub out: PathBuf,
     /// Validity of the serving certificate in days (the CA lives twice as long).
     #[arg(long, default_value_t = 365)]
-    pub days: i64,
+    pub(crate) days: i64,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube::{CertArgs, CertMode};
+    use crate::kube::{CertMode, KubeArgs};
     use clap::CommandFactory;
 
     #[test]
@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(args.kube.certs.webhook_config, "sesame");
         assert_eq!(
             args.kube.certs.serving_cert_validity,
-            CertArgs::default().serving_cert_validity
+            KubeArgs::default().certs.serving_cert_validity
         );
     }
 }

@@ -17,7 +17,7 @@ use crate::validate::{is_dns_subdomain, FieldError};
 
 /// The example configuration shipped in the repository and built into the
 /// binary, used when no configuration file is given or found.
-pub const EXAMPLE_CONFIG: &str = include_str!("../examples/sesame.yaml");
+pub(crate) const EXAMPLE_CONFIG: &str = include_str!("../examples/sesame.yaml");
 
 /// Default annotation prefix.
 pub const DEFAULT_PREFIX: &str = "sesame.dev";
@@ -27,7 +27,7 @@ pub const DEFAULT_PREFIX: &str = "sesame.dev";
 pub struct Config {
     /// Prefix of every Sesame annotation, e.g. `sesame.dev` for `sesame.dev/env.X`.
     #[serde(default = "default_prefix")]
-    pub annotation_prefix: String,
+    pub(crate) annotation_prefix: String,
     /// Time budget for resolving all references of one Pod. It must stay well
     /// below the API server's webhook timeout (at most 10 s).
     #[serde(default = "default_resolve_timeout", with = "humantime_serde")]
@@ -76,9 +76,9 @@ impl From<FieldError> for ConfigError {
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {
     pub config: Config,
-    pub base_dir: PathBuf,
+    pub(crate) base_dir: PathBuf,
     /// `builtin` or the file path, for logs.
-    pub origin: String,
+    pub(crate) origin: String,
 }
 
 impl Config {
@@ -246,7 +246,7 @@ mod tests {
         assert_eq!(sel.match_labels["team"], "payments");
         assert_eq!(
             sel.match_expressions[0].operator,
-            crate::policy::SelectorOperator::NotIn
+            crate::policy::config::SelectorOperator::NotIn
         );
         assert_eq!(rule.service_accounts, ["api", "db-*"]);
         let typo = Config::from_yaml(

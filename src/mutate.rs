@@ -18,7 +18,7 @@ use crate::pipeline::{Engine, PodInput, Verdict};
 use crate::telemetry::Metrics;
 
 /// Where the Pod (template) sits in each kind of object.
-pub fn pod_pointer(kind: &str) -> Option<&'static str> {
+pub(crate) fn pod_pointer(kind: &str) -> Option<&'static str> {
     match kind {
         "Pod" => Some(""),
         "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController" => {
@@ -38,7 +38,7 @@ pub struct Mutated {
 }
 
 /// Runs the pipeline on one object; `Err` carries the denial message.
-pub async fn mutate_object(
+pub(crate) async fn mutate_object(
     engine: &Engine,
     mut object: Value,
     namespace: Option<&str>,
@@ -96,7 +96,7 @@ pub async fn mutate_object(
 
 /// The managed Secret exactly as the Kubernetes writer would apply it, with
 /// each value replaced by its size unless `show_values` is set.
-pub fn secret_manifest(secret: &ManagedSecret, prefix: &str, show_values: bool) -> Value {
+pub(crate) fn secret_manifest(secret: &ManagedSecret, prefix: &str, show_values: bool) -> Value {
     let owners: Vec<_> = secret
         .owners
         .iter()

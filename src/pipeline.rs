@@ -133,12 +133,12 @@ impl Engine {
         &self.prefix
     }
 
-    pub fn marker_key(&self) -> &str {
+    pub(crate) fn marker_key(&self) -> &str {
         &self.marker_key
     }
 
     /// The refresh interval of a store, if it has one.
-    pub fn refresh_interval(&self, store: &str) -> Option<Duration> {
+    pub(crate) fn refresh_interval(&self, store: &str) -> Option<Duration> {
         self.refresh_intervals.get(store).copied()
     }
 
@@ -158,7 +158,7 @@ impl Engine {
     /// Whether the pipeline has anything to say about the Pod: it asks for
     /// secrets, or it uses a managed Secret by name (which it may only do
     /// for the Secret its own annotations produce).
-    pub fn concerns(&self, pod: &PodView) -> bool {
+    pub(crate) fn concerns(&self, pod: &PodView) -> bool {
         self.wants(pod) || !pod.secret_names_with_prefix(MANAGED_PREFIX).is_empty()
     }
 

@@ -78,13 +78,17 @@ impl Tasks {
     /// Runs `task`, which watches [`Tasks::token`] itself and ends after its
     /// own clean-up (draining connections, releasing a Lease). Ending before
     /// shutdown, or panicking, is a failure.
-    pub fn spawn_draining(&self, name: impl Into<String>, task: impl Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn_draining(
+        &self,
+        name: impl Into<String>,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
         self.run(name.into(), None, Ending::AtShutdown, task);
     }
 
     /// Runs `task` until it ends by itself, `stop` is cancelled, or
     /// shutdown, whichever comes first. Only a panic is a failure.
-    pub fn spawn_until(
+    pub(crate) fn spawn_until(
         &self,
         name: impl Into<String>,
         stop: CancellationToken,
@@ -149,7 +153,7 @@ impl Tasks {
     }
 
     /// Turns true at shutdown, for code that watches a channel.
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.inner.shutdown.subscribe()
     }
 

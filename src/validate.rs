@@ -34,7 +34,7 @@ impl FieldError {
 }
 
 /// RFC 1123 label: what store names, namespaces and container names look like.
-pub fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -44,17 +44,18 @@ pub fn is_dns_label(s: &str) -> bool {
 }
 
 /// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
-pub fn is_dns_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 /// An `http` or `https` URL with a host.
-pub fn is_http_url(s: &str) -> bool {
+pub(crate) fn is_http_url(s: &str) -> bool {
     reqwest::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }
 
 /// Checks that `url` is an http(s) URL; the error names `field`.
-pub fn check_url(url: &str, field: &str) -> Result<(), FieldError> {
+#[cfg(any(feature = "gcp", feature = "azure", feature = "infisical", test))]
+pub(crate) fn check_url(url: &str, field: &str) -> Result<(), FieldError> {
     if is_http_url(url) {
         Ok(())
     } else {
@@ -64,7 +65,7 @@ pub fn check_url(url: &str, field: &str) -> Result<(), FieldError> {
 
 /// The one value of `candidates` that is set; otherwise how many were set
 /// (0 or more than 1), so that the caller words its own message.
-pub fn exactly_one<T>(candidates: impl IntoIterator<Item = Option<T>>) -> Result<T, usize> {
+pub(crate) fn exactly_one<T>(candidates: impl IntoIterator<Item = Option<T>>) -> Result<T, usize> {
     let mut set: Vec<T> = candidates.into_iter().flatten().collect();
     match set.len() {
         1 => Ok(set.remove(0)),

@@ -33,7 +33,7 @@ pub enum ReviewError {
 
 /// What a review came to: the `outcome` of `sesame_admission_reviews_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Not a Pod CREATE (or no object): allowed without a look.
     Skipped,
     /// Allowed without a patch.
@@ -74,7 +74,7 @@ impl Admission {
     }
 
     /// Gives the policy namespace labels (for `namespaceSelector` rules).
-    pub fn with_namespaces(mut self, namespaces: Arc<dyn NamespaceLabels>) -> Self {
+    pub(crate) fn with_namespaces(mut self, namespaces: Arc<dyn NamespaceLabels>) -> Self {
         self.namespaces = Some(namespaces);
         self
     }

@@ -37,7 +37,7 @@ pub struct CertPaths {
 }
 
 impl CertPaths {
-    pub fn in_dir(dir: &Path) -> Self {
+    pub(crate) fn in_dir(dir: &Path) -> Self {
         Self {
             cert: dir.join("tls.crt"),
             key: dir.join("tls.key"),

@@ -65,7 +65,7 @@ impl std::fmt::Debug for KeyedCert {
 
 /// How far certificates are backdated, so that a clock a little behind on
 /// the API server's node does not see them as not yet valid.
-pub const BACKDATE: Duration = Duration::minutes(1);
+pub(crate) const BACKDATE: Duration = Duration::minutes(1);
 
 fn lifetime(validity: std::time::Duration) -> Duration {
     Duration::seconds(i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 2))

@@ -11,7 +11,7 @@ use super::CertError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
     pub not_before: OffsetDateTime,
-    pub not_after: OffsetDateTime,
+    pub(crate) not_after: OffsetDateTime,
     pub is_ca: bool,
     /// DNS names and IP addresses (as text) of the subjectAltName.
     pub names: Vec<String>,
@@ -59,12 +59,12 @@ impl CertInfo {
     }
 
     /// The moment renewal is due: two thirds into the certificate's life.
-    pub fn renew_at(&self) -> OffsetDateTime {
+    pub(crate) fn renew_at(&self) -> OffsetDateTime {
         self.not_before + (self.not_after - self.not_before) * 2 / 3
     }
 
     /// Whether `now` lies within the validity period.
-    pub fn valid_at(&self, now: OffsetDateTime) -> bool {
+    pub(crate) fn valid_at(&self, now: OffsetDateTime) -> bool {
         self.not_before <= now && now < self.not_after
     }
 
@@ -96,7 +96,7 @@ impl CertInfo {
     }
 
     /// Whether `key_pem` is the private key of this certificate.
-    pub fn key_matches(&self, key_pem: &str) -> bool {
+    pub(crate) fn key_matches(&self, key_pem: &str) -> bool {
         use rcgen::PublicKeyData as _;
         KeyPair::from_pem(key_pem).is_ok_and(|k| k.subject_public_key_info() == self.spki)
     }

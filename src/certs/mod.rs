@@ -11,10 +11,12 @@ mod generate;
 mod inspect;
 mod tls;
 
-pub use files::{load, reload, write, CertPaths};
-pub use generate::{generate, new_ca, new_serving, service_sans, GeneratedCerts, KeyedCert, BACKDATE};
+pub use files::write;
+pub(crate) use files::{load, reload, CertPaths};
+pub use generate::{generate, new_ca, new_serving, service_sans, KeyedCert};
 pub use inspect::CertInfo;
-pub use tls::{certified_key, crypto_provider, server_config, CertResolver, TlsError};
+pub use tls::CertResolver;
+pub(crate) use tls::{certified_key, server_config, TlsError};
 
 /// Why a certificate could not be made or read.
 #[derive(Debug, thiserror::Error)]

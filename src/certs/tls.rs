@@ -22,12 +22,16 @@ pub enum TlsError {
     Invalid { path: PathBuf, message: String },
 }
 
-pub fn crypto_provider() -> Arc<CryptoProvider> {
+pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Parses PEM certificate chain and key and checks that they belong together.
-pub fn certified_key(cert_pem: &[u8], key_pem: &[u8], origin: &Path) -> Result<CertifiedKey, TlsError> {
+pub(crate) fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    origin: &Path,
+) -> Result<CertifiedKey, TlsError> {
     let invalid = |message: String| TlsError::Invalid {
         path: origin.to_path_buf(),
         message,
@@ -80,7 +84,7 @@ impl ResolvesServerCert for CertResolver {
 }
 
 /// TLS 1.2 and 1.3 only; ALPN h2 and http/1.1, as the API server may use either.
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, rustls::Error> {
+pub(crate) fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()

@@ -20,11 +20,11 @@ use crate::validate::is_dns_label;
 pub const INJECTED_SUFFIX: &str = "injected";
 /// Pod-wide opt-in: restart the owning workload when a value rotates
 /// (env vars cannot change in a running Pod). Recorded on the managed Secret.
-pub const RESTART_ON_ROTATION_SUFFIX: &str = "restart-on-rotation";
+pub(crate) const RESTART_ON_ROTATION_SUFFIX: &str = "restart-on-rotation";
 /// Pod-wide mode annotation.
-pub const MODE_SUFFIX: &str = "mode";
+pub(crate) const MODE_SUFFIX: &str = "mode";
 /// Structured form annotation.
-pub const SECRETS_SUFFIX: &str = "secrets";
+pub(crate) const SECRETS_SUFFIX: &str = "secrets";
 
 /// Where a value comes from: a store name, a path, and optionally a
 /// property and a version. Connection settings never appear here: a Pod can
@@ -101,7 +101,7 @@ pub enum Target {
 
 /// Which containers receive an injection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ContainerSelector {
+pub(crate) struct ContainerSelector {
     /// Named containers (app or init); empty means every app container.
     pub names: Vec<String>,
     /// Also every init container.
@@ -110,7 +110,7 @@ pub struct ContainerSelector {
 
 /// One requested injection, from one annotation (or one structured entry).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Injection {
+pub(crate) struct Injection {
     /// The annotation it came from, e.g. `sesame.dev/env.DB_PASSWORD` or
     /// `sesame.dev/secrets[2]`; every message about it names this.
     pub source: String,
@@ -134,7 +134,7 @@ pub enum Mode {
 /// Everything a Pod asked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodRequest {
-    pub injections: Vec<Injection>,
+    pub(crate) injections: Vec<Injection>,
     pub mode: Mode,
     /// `<prefix>/restart-on-rotation: "true"`.
     pub restart_on_rotation: bool,
@@ -159,7 +159,7 @@ fn err(annotation: &str, message: impl Into<String>) -> GrammarError {
 
 /// The cheap first test: does the Pod carry any annotation under `prefix`
 /// other than the marker Sesame itself writes?
-pub fn has_requests<'a>(prefix: &str, mut keys: impl Iterator<Item = &'a String>) -> bool {
+pub(crate) fn has_requests<'a>(prefix: &str, mut keys: impl Iterator<Item = &'a String>) -> bool {
     keys.any(|k| {
         k.strip_prefix(prefix)
             .and_then(|rest| rest.strip_prefix('/'))
@@ -384,7 +384,7 @@ fn parse_mode(key: &str, text: &str) -> Result<u32, GrammarError> {
 }
 
 /// Env var names as the API server validates them: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
-pub fn is_env_name(name: &str) -> bool {
+pub(crate) fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || matches!(b, b'-' | b'.' | b'_'))
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))

@@ -11,7 +11,7 @@ use crate::stores::{PropertyError, SecretData, SecretLocator, SecretValue, Store
 
 /// Store answers by what was fetched: one answer serves every reference
 /// that differs only in its property.
-pub type Fetched = HashMap<StoreRequest, Result<Arc<SecretData>, StoreError>>;
+pub(crate) type Fetched = HashMap<StoreRequest, Result<Arc<SecretData>, StoreError>>;
 
 impl SecretRef {
     /// What has to be fetched for this reference: the secret at its version.
@@ -26,7 +26,7 @@ impl SecretRef {
 /// Why a key of the Secret has no value. Names keys, stores and paths,
 /// never a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DataError {
+pub(crate) enum DataError {
     #[error("store \"{}\" failed for \"{}\": {error}", reference.store, reference.path)]
     Store {
         key: String,
@@ -45,7 +45,7 @@ pub enum DataError {
 
 /// The data of a managed Secret: for each key, the value its reference
 /// names in `fetched`.
-pub fn secret_data(
+pub(crate) fn secret_data(
     sources: &BTreeMap<String, SecretRef>,
     fetched: &Fetched,
 ) -> Result<BTreeMap<String, SecretValue>, DataError> {

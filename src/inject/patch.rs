@@ -13,7 +13,7 @@ use crate::denial::DenialClass;
 
 /// Why no patch can be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PatchError {
+pub(crate) enum PatchError {
     /// The Pod already defines something the plan needs to set.
     #[error("{0}")]
     Conflict(String),
@@ -36,7 +36,7 @@ impl PatchError {
 /// Builds the patch. `base` is the JSON Pointer of the Pod within the
 /// document: empty for a Pod, `/spec/template` for a Deployment; one that
 /// does not parse is an error.
-pub fn build_patch(
+pub(crate) fn build_patch(
     pod: &PodView,
     plan: &InjectionPlan,
     base: &str,

@@ -14,11 +14,11 @@ use crate::denial::DenialClass;
 use crate::stores::{PropertyError, SecretData, SecretValue, StoreError};
 
 /// Names of managed Secrets and volumes start with this.
-pub const MANAGED_PREFIX: &str = "sesame-";
+pub(crate) const MANAGED_PREFIX: &str = "sesame-";
 
 /// A container addressed by list and index, as JSON Patch needs it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ContainerRef {
+pub(crate) struct ContainerRef {
     pub init: bool,
     pub index: usize,
     pub name: String,
@@ -26,7 +26,7 @@ pub struct ContainerRef {
 
 /// Where an env var's value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EnvSource {
+pub(crate) enum EnvSource {
     /// `valueFrom.secretKeyRef` to this key of the managed Secret.
     SecretKey(String),
     /// The value itself, in the Pod spec (inline mode only).
@@ -34,7 +34,7 @@ pub enum EnvSource {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedEnv {
+pub(crate) struct PlannedEnv {
     pub container: ContainerRef,
     pub name: String,
     pub source: EnvSource,
@@ -42,14 +42,14 @@ pub struct PlannedEnv {
 
 /// One file of a secret volume.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct VolumeItem {
+pub(crate) struct VolumeItem {
     pub key: String,
     pub path: String,
     pub mode: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedVolume {
+pub(crate) struct PlannedVolume {
     pub name: String,
     pub mount_path: String,
     pub containers: Vec<ContainerRef>,
@@ -84,7 +84,7 @@ pub struct Grant {
 
 /// Everything the Pod will get.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InjectionPlan {
+pub(crate) struct InjectionPlan {
     pub env: Vec<PlannedEnv>,
     pub volumes: Vec<PlannedVolume>,
     /// `None` when no value needs a Secret (inline env only, or all skipped).
@@ -96,7 +96,7 @@ pub struct InjectionPlan {
 
 /// Why a plan cannot be built; each names the annotation at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
+pub(crate) enum PlanError {
     #[error("annotation \"{annotation}\": store \"{store}\" failed for \"{path}\": {error}")]
     Store {
         annotation: String,
@@ -133,20 +133,15 @@ impl PlanError {
             Self::Conflict { .. } => DenialClass::Conflict,
         }
     }
-
-    /// The HTTP code of the AdmissionResponse status.
-    pub fn code(&self) -> u16 {
-        self.class().code()
-    }
 }
 
 /// What the plan is built from.
-pub struct PlanInput<'a> {
+pub(crate) struct PlanInput<'a> {
     pub namespace: &'a str,
     pub pod: &'a PodView,
     pub mode: Mode,
-    pub inline_allowed: bool,
-    pub injections: &'a [Injection],
+    pub(crate) inline_allowed: bool,
+    pub(crate) injections: &'a [Injection],
     /// One answer per injection, in the same order. Injections of the same
     /// secret (store, path, version) have the same answer, as
     /// `Stores::resolve` gives it: the Secret's data is taken per secret.
@@ -164,7 +159,7 @@ struct Placed<'a> {
 
 /// Builds the plan. Values are placed by reference identity, so two
 /// injections of the same value share one key of the Secret.
-pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
+pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
     if input.mode == Mode::Inline && !input.inline_allowed {
         return Err(PlanError::InlineForbidden {
             namespace: input.namespace.to_owned(),
@@ -459,7 +454,7 @@ fn each_property<'a>(
 
 /// Property key to env var suffix: upper case; anything but letters, digits
 /// and `_` becomes `_` (`tls.crt` → `TLS_CRT`).
-pub fn env_key(key: &str) -> String {
+pub(crate) fn env_key(key: &str) -> String {
     key.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {

@@ -46,7 +46,7 @@ pub struct OwnerReference {
 pub struct SpecView {
     #[serde(default)]
     pub containers: Vec<ContainerView>,
-    pub init_containers: Option<Vec<ContainerView>>,
+    pub(crate) init_containers: Option<Vec<ContainerView>>,
     pub volumes: Option<Vec<serde_json::Value>>,
     pub service_account_name: Option<String>,
 }
@@ -57,7 +57,7 @@ pub struct ContainerView {
     #[serde(default)]
     pub name: String,
     pub env: Option<Vec<serde_json::Value>>,
-    pub env_from: Option<Vec<serde_json::Value>>,
+    pub(crate) env_from: Option<Vec<serde_json::Value>>,
     pub volume_mounts: Option<Vec<MountView>>,
 }
 
@@ -77,7 +77,7 @@ impl PodView {
 
     /// The name for logs: the name, or `generateName` followed by `*` for
     /// controller-created Pods, which have no name yet at admission.
-    pub fn display_name(&self) -> String {
+    pub(crate) fn display_name(&self) -> String {
         match (&self.metadata.name, &self.metadata.generate_name) {
             (Some(n), _) if !n.is_empty() => n.clone(),
             (_, Some(g)) => format!("{g}*"),
@@ -94,14 +94,14 @@ impl PodView {
             .find(|o| o.controller == Some(true))
     }
 
-    pub fn init_containers(&self) -> &[ContainerView] {
+    pub(crate) fn init_containers(&self) -> &[ContainerView] {
         self.spec.init_containers.as_deref().unwrap_or(&[])
     }
 
     /// Every Secret name starting with `prefix` that the Pod itself refers
     /// to: env `valueFrom.secretKeyRef`, `envFrom.secretRef`, `secret`
     /// volumes and `projected` volume sources.
-    pub fn secret_names_with_prefix(&self, prefix: &str) -> BTreeSet<String> {
+    pub(crate) fn secret_names_with_prefix(&self, prefix: &str) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         let mut add = |v: Option<&Value>| {
             if let Some(name) = v.and_then(Value::as_str).filter(|n| n.starts_with(prefix)) {

@@ -46,16 +46,16 @@ pub struct KubeArgs {
     pub namespace: Option<String>,
     /// Namespace of the leader-election Lease (default: Sesame's own).
     #[arg(long, env = "SESAME_LEASE_NAMESPACE")]
-    pub lease_namespace: Option<String>,
+    pub(crate) lease_namespace: Option<String>,
     /// Name of the leader-election Lease for garbage collection and rotation.
     #[arg(long, env = "SESAME_LEASE_NAME", default_value = "sesame-leader")]
-    pub lease_name: String,
+    pub(crate) lease_name: String,
     /// How long an unreferenced managed Secret is kept before it is deleted.
     #[arg(long, env = "SESAME_GC_GRACE", default_value = "10m", value_parser = humantime::parse_duration)]
-    pub gc_grace: Duration,
+    pub(crate) gc_grace: Duration,
     /// How often the leader looks for unreferenced managed Secrets.
     #[arg(long, env = "SESAME_GC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub gc_interval: Duration,
+    pub(crate) gc_interval: Duration,
     #[command(flatten)]
     pub certs: CertArgs,
 }
@@ -71,16 +71,16 @@ pub struct CertArgs {
     /// Self-managed: the Secret (in Sesame's namespace) holding the CA and
     /// the serving certificate.
     #[arg(long, env = "SESAME_CERT_SECRET", default_value = "sesame-certs")]
-    pub cert_secret: String,
+    pub(crate) cert_secret: String,
     /// Self-managed: the MutatingWebhookConfiguration whose caBundle Sesame writes.
     #[arg(long, env = "SESAME_WEBHOOK_CONFIG", default_value = "sesame")]
-    pub webhook_config: String,
+    pub(crate) webhook_config: String,
     /// Self-managed: the Service the API server calls (names in the certificate).
     #[arg(long, env = "SESAME_SERVICE", default_value = "sesame")]
     pub service: String,
     /// Self-managed: lifetime of a serving certificate; renewed at two thirds.
     #[arg(long, env = "SESAME_SERVING_CERT_VALIDITY", default_value = "365d", value_parser = humantime::parse_duration)]
-    pub serving_cert_validity: Duration,
+    pub(crate) serving_cert_validity: Duration,
     /// Self-managed: lifetime of the CA; replaced at two thirds, announced in
     /// the caBundle before it signs anything.
     #[arg(long, env = "SESAME_CA_VALIDITY", default_value = "3650d", value_parser = humantime::parse_duration)]
@@ -119,7 +119,7 @@ impl KubeArgs {
     /// The namespace Sesame runs in: `--namespace` (the Deployment sets it
     /// from the downward API), else the service-account mount; `default`
     /// outside a cluster.
-    pub fn own_namespace(&self) -> String {
+    pub(crate) fn own_namespace(&self) -> String {
         if let Some(ns) = self.namespace.as_deref().filter(|s| !s.is_empty()) {
             return ns.to_owned();
         }
@@ -131,7 +131,7 @@ impl KubeArgs {
     }
 
     /// Namespace of the leader-election Lease: `--lease-namespace`, else Sesame's own.
-    pub fn lease_namespace(&self) -> String {
+    pub(crate) fn lease_namespace(&self) -> String {
         self.lease_namespace
             .clone()
             .unwrap_or_else(|| self.own_namespace())

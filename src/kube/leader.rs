@@ -20,10 +20,10 @@ use crate::pipeline::SharedEngine;
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
     /// How often the Lease is renewed (a third of its duration).
-    pub renew_every: Duration,
+    pub(crate) renew_every: Duration,
     /// How often rotation looks for due Secrets (cheap: reads the cache).
-    pub tick: Duration,
-    pub gc_interval: Duration,
+    pub(crate) tick: Duration,
+    pub(crate) gc_interval: Duration,
 }
 
 impl Schedule {
@@ -49,7 +49,7 @@ pub fn identity() -> String {
 /// Keeps (or tries to get) the Lease and says on `leading` whether this
 /// replica holds it. At shutdown (`stop`) it releases a held Lease, so that
 /// the next leader starts at once, and ends.
-pub async fn keep_lease(
+pub(crate) async fn keep_lease(
     elector: LeaseElector,
     leading: watch::Sender<bool>,
     metrics: Arc<KubeMetrics>,

@@ -9,17 +9,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::telemetry::Metrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
+pub(crate) struct OutcomeLabel {
     pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClassLabel {
+pub(crate) struct ClassLabel {
     pub class: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
+pub(crate) struct KindLabel {
     pub kind: String,
 }
 
@@ -81,7 +81,7 @@ impl KubeMetrics {
             .inc();
     }
 
-    pub fn rotation_failure(&self, class: &str) {
+    pub(crate) fn rotation_failure(&self, class: &str) {
         self.rotation_failures
             .get_or_create(&ClassLabel {
                 class: class.to_owned(),
@@ -89,7 +89,7 @@ impl KubeMetrics {
             .inc();
     }
 
-    pub fn set_oldest_unrefreshed(&self, seconds: i64) {
+    pub(crate) fn set_oldest_unrefreshed(&self, seconds: i64) {
         self.oldest_unrefreshed.set(seconds);
     }
 
@@ -101,11 +101,11 @@ impl KubeMetrics {
             .inc();
     }
 
-    pub fn gc_deleted(&self) {
+    pub(crate) fn gc_deleted(&self) {
         self.gc_deleted.inc();
     }
 
-    pub fn set_leader(&self, leading: bool) {
+    pub(crate) fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
     }
 }

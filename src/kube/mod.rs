@@ -7,11 +7,11 @@ mod args;
 pub mod certs;
 pub mod client;
 pub mod gc;
-pub mod leader;
+pub(crate) mod leader;
 pub mod lease;
 pub mod metrics;
 pub mod namespaces;
-pub mod reflect;
+pub(crate) mod reflect;
 pub mod rotation;
 pub mod secret;
 pub mod writer;
@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-pub use args::{CertArgs, CertMode, KubeArgs, KubeMode};
+pub(crate) use args::KubeArgs;
+pub use args::{CertMode, KubeMode};
 
 use crate::pipeline::SharedEngine;
 use crate::tasks::Tasks;

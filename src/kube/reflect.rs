@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 /// A reflector over `api` (an `Api<PartialObjectMeta<K>>` watches metadata
 /// only); managed fields are dropped to save memory. The cache fills while
 /// the returned future runs.
-pub fn reflector<K>(
+pub(crate) fn reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     what: &'static str,

@@ -31,11 +31,11 @@ use crate::pipeline::{Engine, SharedEngine};
 use crate::stores::StoreRequest;
 
 /// The annotation `kubectl rollout restart` sets on the Pod template.
-pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+pub(crate) const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
 /// When the Secret's values were last written or confirmed: the
 /// `refreshed-at` annotation, else its creation time (pure).
-pub fn last_refreshed(secret: &Secret, keys: &SecretAnnotations) -> Option<Timestamp> {
+pub(crate) fn last_refreshed(secret: &Secret, keys: &SecretAnnotations) -> Option<Timestamp> {
     secret
         .metadata
         .annotations
@@ -47,7 +47,7 @@ pub fn last_refreshed(secret: &Secret, keys: &SecretAnnotations) -> Option<Times
 
 /// The shortest refresh interval among the stores the Secret uses; `None`
 /// when none of them refreshes (pure).
-pub fn refresh_interval(
+pub(crate) fn refresh_interval(
     sources: &BTreeMap<String, SecretRef>,
     interval_of: impl Fn(&str) -> Option<Duration>,
 ) -> Option<Duration> {
@@ -56,14 +56,14 @@ pub fn refresh_interval(
 
 /// Whether a Secret refreshed at `last` is due (pure). A Secret with no
 /// known refresh time is due at once.
-pub fn is_due(last: Option<Timestamp>, interval: Duration, now: Timestamp) -> bool {
+pub(crate) fn is_due(last: Option<Timestamp>, interval: Duration, now: Timestamp) -> bool {
     let interval = SignedDuration::try_from(interval).unwrap_or(SignedDuration::MAX);
     last.is_none_or(|t| t.saturating_add(interval).unwrap_or(t) <= now)
 }
 
 /// Why a Secret could not be rotated. No values, only references and classes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RotationError {
+pub(crate) enum RotationError {
     #[error(transparent)]
     Data(#[from] DataError),
     #[error("unknown store \"{0}\"")]
@@ -85,13 +85,13 @@ impl RotationError {
 }
 
 /// The fetches a Secret's sources need, each once.
-pub fn fetches(sources: &BTreeMap<String, SecretRef>) -> BTreeSet<StoreRequest> {
+pub(crate) fn fetches(sources: &BTreeMap<String, SecretRef>) -> BTreeSet<StoreRequest> {
     sources.values().map(SecretRef::request).collect()
 }
 
 /// The workload to restart for one owner of the Secret (pure). A
 /// ReplicaSet is followed to its controlling Deployment (`rs_controller`).
-pub fn restart_target(
+pub(crate) fn restart_target(
     owner: &OwnerReference,
     rs_controller: Option<&OwnerReference>,
 ) -> Option<(&'static str, String)> {
@@ -107,7 +107,7 @@ pub fn restart_target(
 }
 
 /// The strategic merge patch of `kubectl rollout restart`.
-pub fn restart_patch(now: &str) -> Value {
+pub(crate) fn restart_patch(now: &str) -> Value {
     json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}}})
 }
 

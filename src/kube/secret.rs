@@ -21,14 +21,14 @@ use crate::stores::SecretValue;
 
 /// The field manager of every write Sesame makes.
 pub const FIELD_MANAGER: &str = "sesame";
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "sesame";
+pub(crate) const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub(crate) const MANAGED_BY_VALUE: &str = "sesame";
 /// `app.kubernetes.io/managed-by=sesame`, for lists and watches.
-pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=sesame";
+pub(crate) const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=sesame";
 
 /// Annotation keys on a managed Secret, under the configured prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretAnnotations {
+pub(crate) struct SecretAnnotations {
     /// Compact references, one per line, for people (`kubectl describe`).
     pub references: String,
     /// JSON object: key → reference (every field of it); what rotation re-resolves.
@@ -37,7 +37,7 @@ pub struct SecretAnnotations {
     /// copies; Sesame itself compares the stored data byte for byte.
     pub content_hash: String,
     /// RFC 3339 time of the last write or check against the stores.
-    pub refreshed_at: String,
+    pub(crate) refreshed_at: String,
     /// `"true"` when a rotation restarts the owning workloads.
     pub restart_on_rotation: String,
 }
@@ -56,7 +56,7 @@ impl SecretAnnotations {
 
 /// The server-side apply body. `Debug` shows no values, because the client
 /// library may log what it sends.
-pub struct ApplyBody(pub Value);
+pub(crate) struct ApplyBody(pub Value);
 
 impl Serialize for ApplyBody {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -79,7 +79,7 @@ impl fmt::Debug for ApplyBody {
 /// Secret shared across a rollout has several owners, and only one may be
 /// the controller) and never `blockOwnerDeletion` (that needs delete rights
 /// on the owner's finalizers).
-pub fn secret_owner(o: &OwnerReference) -> KubeOwnerReference {
+pub(crate) fn secret_owner(o: &OwnerReference) -> KubeOwnerReference {
     KubeOwnerReference {
         api_version: o.api_version.clone(),
         kind: o.kind.clone(),
@@ -93,7 +93,10 @@ pub fn secret_owner(o: &OwnerReference) -> KubeOwnerReference {
 /// Owners to apply: the ones already on the Secret, then the plan's, one
 /// per uid. Applying the union keeps every ReplicaSet of a rollout as owner,
 /// since server-side apply drops list entries a manager stops sending.
-pub fn merged_owners(existing: &[KubeOwnerReference], wanted: &[OwnerReference]) -> Vec<KubeOwnerReference> {
+pub(crate) fn merged_owners(
+    existing: &[KubeOwnerReference],
+    wanted: &[OwnerReference],
+) -> Vec<KubeOwnerReference> {
     let mut out: Vec<KubeOwnerReference> = existing
         .iter()
         .map(|o| KubeOwnerReference {
@@ -112,7 +115,7 @@ pub fn merged_owners(existing: &[KubeOwnerReference], wanted: &[OwnerReference])
 
 /// What the writer does with a plan's Secret.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ApplyDecision {
+pub(crate) enum ApplyDecision {
     /// The stored Secret has the same data, owners and flags: no API call.
     UpToDate,
     /// Apply with these owners.
@@ -126,7 +129,11 @@ pub enum ApplyDecision {
 /// Compares the stored Secret (if any) with the plan. The data is compared
 /// with the stored bytes, not with the recorded hash, so a Secret edited by
 /// hand is written again.
-pub fn decide(existing: Option<&Secret>, wanted: &ManagedSecret, keys: &SecretAnnotations) -> ApplyDecision {
+pub(crate) fn decide(
+    existing: Option<&Secret>,
+    wanted: &ManagedSecret,
+    keys: &SecretAnnotations,
+) -> ApplyDecision {
     let Some(existing) = existing else {
         return ApplyDecision::Apply {
             owners: merged_owners(&[], &wanted.owners),
@@ -161,7 +168,7 @@ pub fn decide(existing: Option<&Secret>, wanted: &ManagedSecret, keys: &SecretAn
 
 /// Whether a stored Secret holds exactly `data`: compared byte for byte,
 /// which is cheaper on the admission path than hashing both sides.
-pub fn stored_data_equals(secret: &Secret, data: &BTreeMap<String, SecretValue>) -> bool {
+pub(crate) fn stored_data_equals(secret: &Secret, data: &BTreeMap<String, SecretValue>) -> bool {
     let stored = secret.data.as_ref();
     stored.map_or(0, BTreeMap::len) == data.len()
         && data
@@ -170,12 +177,15 @@ pub fn stored_data_equals(secret: &Secret, data: &BTreeMap<String, SecretValue>)
 }
 
 /// The `sources` annotation: key → the reference it holds, every field.
-pub fn sources_json(secret: &ManagedSecret) -> String {
+pub(crate) fn sources_json(secret: &ManagedSecret) -> String {
     serde_json::to_string(&secret.sources).unwrap_or_default()
 }
 
 /// Reads the `sources` annotation back: key → reference.
-pub fn parse_sources(secret: &Secret, keys: &SecretAnnotations) -> Option<BTreeMap<String, SecretRef>> {
+pub(crate) fn parse_sources(
+    secret: &Secret,
+    keys: &SecretAnnotations,
+) -> Option<BTreeMap<String, SecretRef>> {
     let text = secret.metadata.annotations.as_ref()?.get(&keys.sources)?;
     serde_json::from_str(text).ok()
 }
@@ -184,7 +194,7 @@ pub fn parse_sources(secret: &Secret, keys: &SecretAnnotations) -> Option<BTreeM
 /// else it records (references, the restart flag) read back from its
 /// annotations; `sources` as [`parse_sources`] read them. The references
 /// fall back to the sources when their text cannot be read.
-pub fn with_new_data(
+pub(crate) fn with_new_data(
     secret: &Secret,
     keys: &SecretAnnotations,
     sources: BTreeMap<String, SecretRef>,
@@ -214,7 +224,7 @@ pub fn with_new_data(
 
 /// The Secret Sesame writes for `secret`, with `owners`: the body of the
 /// writer's server-side apply and of rotation's update alike.
-pub fn apply_body(
+pub(crate) fn apply_body(
     secret: &ManagedSecret,
     owners: &[KubeOwnerReference],
     keys: &SecretAnnotations,

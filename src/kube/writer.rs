@@ -124,7 +124,7 @@ impl KubeSecretWriter {
 }
 
 /// Throttling, a server error or no answer: worth one more try.
-pub fn is_transient(e: &::kube::Error) -> bool {
+pub(crate) fn is_transient(e: &::kube::Error) -> bool {
     match e {
         ::kube::Error::Api(s) => matches!(s.code, 429 | 500 | 502 | 503 | 504),
         ::kube::Error::HyperError(_) | ::kube::Error::Service(_) => true,
@@ -134,7 +134,7 @@ pub fn is_transient(e: &::kube::Error) -> bool {
 
 /// A safe message: the API status (code, reason, message) or the transport
 /// failure. The API server's messages name fields and keys, never values.
-pub fn write_error(name: &str, e: &::kube::Error) -> WriteError {
+pub(crate) fn write_error(name: &str, e: &::kube::Error) -> WriteError {
     match e {
         ::kube::Error::Api(s) => WriteError::Refused {
             name: name.to_owned(),

@@ -37,7 +37,7 @@ pub struct PolicyRule {
     /// Service account names or globs (the Pod's `spec.serviceAccountName`);
     /// empty: any.
     #[serde(default)]
-    pub service_accounts: Vec<String>,
+    pub(crate) service_accounts: Vec<String>,
     /// Store names, or `*` for every store.
     pub stores: Vec<String>,
     /// Path globs: `*` within one segment, `**` across segments,

@@ -2,7 +2,7 @@
 
 /// Matches `text` against a single-segment glob: `*` is any run of
 /// characters, `?` one character; everything else is literal.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti) = (0, 0);
     let (mut star, mut mark) = (None, 0);
@@ -26,7 +26,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 }
 
 /// Whether `s` is a usable namespace glob: a name with `*`/`?` wildcards.
-pub fn glob_is_valid(s: &str) -> bool {
+pub(crate) fn glob_is_valid(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -93,7 +93,7 @@ impl PathPattern {
 
     /// The first segment when it is a plain name: no wildcard, no
     /// `{namespace}`. Cross-namespace grants need one.
-    pub fn first_literal(&self) -> Option<&str> {
+    pub(crate) fn first_literal(&self) -> Option<&str> {
         match self.segments.first() {
             Some(Segment::Glob(g)) if !g.contains(['*', '?', '{']) => Some(g),
             _ => None,

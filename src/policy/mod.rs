@@ -2,22 +2,20 @@
 //! account may read which paths of which store. Pure functions over the
 //! configuration and what the caller knows of the Pod; default deny.
 
-mod config;
+pub(crate) mod config;
 mod glob;
 mod selector;
 
 use std::collections::BTreeMap;
 
-pub use config::{
-    InlinePolicy, LabelSelector, LabelSelectorRequirement, PolicyConfig, PolicyRule, SelectorOperator,
-};
-pub use glob::{glob_is_valid, glob_match, PathPattern};
-pub use selector::selector_matches;
+pub(crate) use config::{LabelSelector, PolicyConfig};
+pub(crate) use glob::{glob_match, PathPattern};
+pub(crate) use selector::selector_matches;
 
 /// Who asks: the Pod's namespace, that namespace's labels when known (from
 /// the Namespace cache) and the Pod's service account.
 #[derive(Debug, Clone, Copy)]
-pub struct Subject<'a> {
+pub(crate) struct Subject<'a> {
     pub namespace: &'a str,
     /// `None` when no Namespace cache is available (no cluster) or the
     /// namespace is not in it yet: rules with a `namespaceSelector` then
@@ -26,20 +24,9 @@ pub struct Subject<'a> {
     pub service_account: Option<&'a str>,
 }
 
-impl<'a> Subject<'a> {
-    /// A subject known by namespace name only.
-    pub fn namespace(namespace: &'a str) -> Self {
-        Self {
-            namespace,
-            namespace_labels: None,
-            service_account: None,
-        }
-    }
-}
-
 /// The compiled policy.
 #[derive(Debug, Clone)]
-pub struct NamespacePolicy {
+pub(crate) struct NamespacePolicy {
     rules: Vec<Rule>,
     inline_namespaces: Vec<String>,
 }
@@ -73,7 +60,7 @@ impl Rule {
 
 /// Why a reference was refused, worded for the Pod's author.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PolicyDenial {
+pub(crate) enum PolicyDenial {
     #[error("the path is not allowed: {0}")]
     BadPath(String),
     #[error("no policy rule lets namespace \"{namespace}\"{who} read store \"{store}\"{note}")]
@@ -117,17 +104,12 @@ impl NamespacePolicy {
 
     /// Returns the name of the rule that grants `subject` read access to
     /// `path` in `store`, or why none does. The path is validated again here
-    /// so that no caller can skip it.
-    pub fn authorize(&self, subject: &Subject<'_>, store: &str, path: &str) -> Result<&str, PolicyDenial> {
-        self.authorize_in(subject, store, path, false)
-    }
-
-    /// Like `authorize`, for a store whose paths start with a namespace
-    /// (`namespace/name`, the `kubernetes` store). A path in another
-    /// namespace than the subject's is granted only by a rule whose pattern
-    /// names that namespace literally: a glob such as `*/db` never opens
-    /// other namespaces.
-    pub fn authorize_in(
+    /// so that no caller can skip it. `namespaced_store`: the store's paths
+    /// start with a namespace (`namespace/name`, the `kubernetes` store); a
+    /// path in another namespace than the subject's is then granted only by
+    /// a rule whose pattern names that namespace literally: a glob such as
+    /// `*/db` never opens other namespaces.
+    pub(crate) fn authorize_in(
         &self,
         subject: &Subject<'_>,
         store: &str,
@@ -188,7 +170,7 @@ impl NamespacePolicy {
     }
 
     /// Whether Pods in `namespace` may have values written into their spec.
-    pub fn inline_allowed(&self, namespace: &str) -> bool {
+    pub(crate) fn inline_allowed(&self, namespace: &str) -> bool {
         self.inline_namespaces.iter().any(|g| glob_match(g, namespace))
     }
 }
@@ -197,7 +179,7 @@ impl NamespacePolicy {
 /// policy: empty or `.`/`..` segments, leading or trailing `/`, `//`,
 /// percent-encoding, backslashes, glob characters, whitespace and control
 /// characters. What passes is compared literally, segment by segment.
-pub fn validate_secret_path(path: &str) -> Result<(), String> {
+pub(crate) fn validate_secret_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("the path is empty".into());
     }
@@ -226,7 +208,26 @@ pub fn validate_secret_path(path: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use super::config::{InlinePolicy, PolicyRule};
     use super::*;
+
+    impl<'a> Subject<'a> {
+        /// A subject known by namespace name only.
+        fn namespace(namespace: &'a str) -> Self {
+            Self {
+                namespace,
+                namespace_labels: None,
+                service_account: None,
+            }
+        }
+    }
+
+    impl NamespacePolicy {
+        /// For a store whose paths do not start with a namespace.
+        fn authorize(&self, subject: &Subject<'_>, store: &str, path: &str) -> Result<&str, PolicyDenial> {
+            self.authorize_in(subject, store, path, false)
+        }
+    }
 
     fn policy() -> NamespacePolicy {
         NamespacePolicy::new(&PolicyConfig {

@@ -7,7 +7,7 @@ use super::config::{LabelSelector, SelectorOperator};
 /// `matchLabels` and every `matchExpressions` entry must hold, as in
 /// Kubernetes: `NotIn` and `DoesNotExist` hold for a missing key; an empty
 /// selector matches every namespace.
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     selector
         .match_labels
         .iter()

@@ -29,9 +29,9 @@ pub struct Limits {
     /// Largest accepted request body; larger gets 413.
     pub max_body_bytes: usize,
     /// Time for a client to finish the TLS handshake.
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// Time for a client to send its request headers (HTTP/1.1).
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// How long in-flight requests may run after shutdown starts.
     pub drain_timeout: Duration,
 }
@@ -48,7 +48,7 @@ impl Default for Limits {
 }
 
 /// The webhook routes: `POST /mutate` and nothing else.
-pub fn webhook_router(admission: Arc<Admission>, limits: Limits) -> Router {
+pub(crate) fn webhook_router(admission: Arc<Admission>, limits: Limits) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found: Sesame serves POST /mutate\n") })
@@ -164,7 +164,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -58,12 +58,14 @@ impl AwsStoreConfig {
 }
 
 /// How a reference's version is sent to AWS.
+#[cfg(any(feature = "aws", test))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VersionSelector<'a> {
+pub(crate) enum VersionSelector<'a> {
     Id(&'a str),
     Stage(&'a str),
 }
 
+#[cfg(any(feature = "aws", test))]
 impl<'a> VersionSelector<'a> {
     /// 32 to 64 characters: a `VersionId`; anything else: a `VersionStage`.
     pub fn of(version: &'a str) -> Self {

@@ -31,7 +31,7 @@ const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AzureStoreConfig {
     /// The vault, e.g. `https://my-vault.vault.azure.net`.
-    pub vault_url: String,
+    pub(crate) vault_url: String,
     /// How Sesame signs in: exactly one method.
     pub auth: AzureAuthConfig,
     /// Token audience; other clouds use e.g. `https://vault.azure.cn`.
@@ -42,10 +42,10 @@ pub struct AzureStoreConfig {
     /// Microsoft Entra host; defaults to `$AZURE_AUTHORITY_HOST` (set by
     /// AKS workload identity), then `https://login.microsoftonline.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authority_host: Option<String>,
+    pub(crate) authority_host: Option<String>,
     /// Instance metadata service, for managed identity.
     #[serde(default = "default_imds")]
-    pub imds_endpoint: String,
+    pub(crate) imds_endpoint: String,
     /// Timeout of one HTTP request.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -61,10 +61,10 @@ pub struct AzureAuthConfig {
     /// AKS workload identity: the projected service-account token is the
     /// client assertion of a federated credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload_identity: Option<WorkloadIdentityAuth>,
+    pub(crate) workload_identity: Option<WorkloadIdentityAuth>,
     /// The managed identity of the node (system- or user-assigned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub managed_identity: Option<ManagedIdentityAuth>,
+    pub(crate) managed_identity: Option<ManagedIdentityAuth>,
 }
 
 /// The one sign-in method that is set.
@@ -93,7 +93,7 @@ impl AzureAuthConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClientSecretAuth {
-    pub tenant_id: String,
+    pub(crate) tenant_id: String,
     pub client_id: String,
     pub client_secret: CredentialSource,
 }
@@ -104,7 +104,7 @@ pub struct ClientSecretAuth {
 pub struct WorkloadIdentityAuth {
     /// Default `$AZURE_TENANT_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_id: Option<String>,
+    pub(crate) tenant_id: Option<String>,
     /// Default `$AZURE_CLIENT_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
@@ -194,7 +194,7 @@ impl AzureStoreConfig {
 }
 
 /// A store reading Azure Key Vault secrets.
-pub struct AzureStore {
+pub(crate) struct AzureStore {
     client: reqwest::Client,
     vault_url: String,
     api_version: String,

@@ -37,7 +37,7 @@ impl TokenCache {
 }
 
 /// A store's answer, read whole.
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: reqwest::StatusCode,
     pub body: bytes::Bytes,
 }
@@ -59,7 +59,7 @@ impl Answer {
 }
 
 /// One attempt: transport failures, 429 and 5xx become retryable errors.
-pub async fn send_once(request: reqwest::RequestBuilder) -> Result<reqwest::Response, StoreError> {
+pub(crate) async fn send_once(request: reqwest::RequestBuilder) -> Result<reqwest::Response, StoreError> {
     let response = request.send().await.map_err(|e| transport_error(&e))?;
     let status = response.status();
     if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -71,7 +71,7 @@ pub async fn send_once(request: reqwest::RequestBuilder) -> Result<reqwest::Resp
 /// A provider error code (`SecretNotFound`, `PERMISSION_DENIED`,
 /// `invalid_client`) if it looks like one; free text is dropped because it
 /// may quote names or values.
-pub fn error_code(code: Option<&str>) -> String {
+pub(crate) fn error_code(code: Option<&str>) -> String {
     match code {
         Some(c)
             if !c.is_empty()
@@ -86,7 +86,7 @@ pub fn error_code(code: Option<&str>) -> String {
 }
 
 #[cfg(any(feature = "gcp", feature = "azure"))]
-pub use oauth::{oauth_token, unauthorized};
+pub(crate) use oauth::{oauth_token, unauthorized};
 
 /// OAuth 2.0 token answers (Google, Microsoft Entra, Azure IMDS).
 #[cfg(any(feature = "gcp", feature = "azure"))]
@@ -98,7 +98,7 @@ mod oauth {
     use crate::stores::{SecretValue, StoreError};
 
     /// The usual sign of a refused token.
-    pub fn unauthorized(status: reqwest::StatusCode, _body: &[u8]) -> bool {
+    pub(crate) fn unauthorized(status: reqwest::StatusCode, _body: &[u8]) -> bool {
         status == reqwest::StatusCode::UNAUTHORIZED
     }
 
@@ -120,7 +120,10 @@ mod oauth {
 
     /// Turns a token endpoint's answer into a token, or into an error that names
     /// the endpoint, the status and the OAuth error code.
-    pub async fn oauth_token(response: reqwest::Response, endpoint: &str) -> Result<AccessToken, StoreError> {
+    pub(crate) async fn oauth_token(
+        response: reqwest::Response,
+        endpoint: &str,
+    ) -> Result<AccessToken, StoreError> {
         let answer = Answer::read(response).await?;
         let status = answer.status;
         if !status.is_success() {

@@ -55,7 +55,7 @@ impl CachedStore {
         Self::with_concurrency(name, inner, ttl, max_stale, DEFAULT_MAX_CONCURRENCY, metrics)
     }
 
-    pub fn with_concurrency(
+    pub(crate) fn with_concurrency(
         name: String,
         inner: Arc<dyn Store>,
         ttl: Duration,
@@ -79,7 +79,7 @@ impl CachedStore {
 
     /// True the first time only: the store's upkeep runs once, however
     /// many reloads keep the store.
-    pub fn take_upkeep(&self) -> bool {
+    pub(crate) fn take_upkeep(&self) -> bool {
         !self.upkeep_taken.swap(true, std::sync::atomic::Ordering::SeqCst)
     }
 

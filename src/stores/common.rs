@@ -85,7 +85,7 @@ pub fn http_client(ca_file: Option<&Path>, timeout: Duration) -> anyhow::Result<
 
 /// Failure class of an HTTP status. 404 is left to the caller (a missing
 /// secret or a missing version means different things per provider).
-pub fn status_error(status: reqwest::StatusCode, detail: &str) -> StoreError {
+pub(crate) fn status_error(status: reqwest::StatusCode, detail: &str) -> StoreError {
     match status.as_u16() {
         401 | 403 => StoreError::Unauthorized(format!("HTTP {status}{}", suffix(detail))),
         404 => StoreError::NotFound,
@@ -105,7 +105,7 @@ fn suffix(detail: &str) -> String {
 
 /// Failure class of a transport error. The error text carries no secret (it
 /// may carry the URL, which holds only the store address and secret path).
-pub fn transport_error(e: &reqwest::Error) -> StoreError {
+pub(crate) fn transport_error(e: &reqwest::Error) -> StoreError {
     if e.is_timeout() {
         StoreError::Timeout
     } else if e.is_decode() {

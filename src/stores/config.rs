@@ -10,11 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::aws::AwsStoreConfig;
 use super::file::FileStoreConfig;
 use super::kubernetes::KubernetesStoreConfig;
+use super::limit::DEFAULT_MAX_CONCURRENCY;
 use super::vault::VaultStoreConfig;
 use crate::validate::{exactly_one, is_dns_label, FieldError};
-
-/// `maxConcurrency` when the configuration gives none.
-pub const DEFAULT_MAX_CONCURRENCY: usize = 16;
 
 fn default_max_concurrency() -> usize {
     DEFAULT_MAX_CONCURRENCY
@@ -31,18 +29,18 @@ pub struct StoreConfig {
     pub name: String,
     /// How long a fetched secret is served from memory.
     #[serde(default = "default_cache_ttl", with = "humantime_serde")]
-    pub cache_ttl: Duration,
+    pub(crate) cache_ttl: Duration,
     /// How long a cached value may still be served while the store fails.
     #[serde(default, with = "humantime_serde")]
-    pub max_stale: Duration,
+    pub(crate) max_stale: Duration,
     /// At most this many requests to the store at once: the one bound on
     /// concurrent calls, honoured by the cache and every provider.
     #[serde(default = "default_max_concurrency")]
-    pub max_concurrency: usize,
+    pub(crate) max_concurrency: usize,
     /// How often the leader re-resolves the managed Secrets that use this
     /// store and updates those whose values changed; unset: never.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
-    pub refresh_interval: Option<Duration>,
+    pub(crate) refresh_interval: Option<Duration>,
     /// A local file or directory of secrets (development).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileStoreConfig>,
@@ -170,7 +168,7 @@ impl StoreConfig {
 
 /// Checks every store and that no two share a name; fields start at
 /// `stores[i]`.
-pub fn validate_stores(stores: &[StoreConfig]) -> Result<(), FieldError> {
+pub(crate) fn validate_stores(stores: &[StoreConfig]) -> Result<(), FieldError> {
     let mut names = HashSet::new();
     for (i, store) in stores.iter().enumerate() {
         let field = format!("stores[{i}]");

@@ -35,7 +35,7 @@ impl FileStoreConfig {
 
 /// Reads secrets from local files on every fetch (the cache sits in front),
 /// so edits show up once the cache entry expires.
-pub struct FileStore {
+pub(crate) struct FileStore {
     path: PathBuf,
 }
 
@@ -209,7 +209,7 @@ async fn from_dir(dir: &Path, locator: &SecretLocator) -> Result<SecretData, Sto
 
 /// Parses `.env` text: `KEY=value`, optional `export `, `#` comments, single
 /// or double quotes (double quotes understand `\n`, `\"` and `\\`).
-pub fn parse_dotenv(text: &str) -> Result<BTreeMap<String, SecretValue>, StoreError> {
+pub(crate) fn parse_dotenv(text: &str) -> Result<BTreeMap<String, SecretValue>, StoreError> {
     let mut props = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();

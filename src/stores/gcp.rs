@@ -48,7 +48,7 @@ pub struct GcpStoreConfig {
     /// Metadata server `host[:port]`; defaults to `$GCE_METADATA_HOST`, then
     /// `metadata.google.internal`, as Google's own clients do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata_host: Option<String>,
+    pub(crate) metadata_host: Option<String>,
     /// Timeout of one HTTP request.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -97,7 +97,7 @@ fn is_id(s: &str) -> bool {
 }
 
 /// A store reading GCP Secret Manager.
-pub struct GcpStore {
+pub(crate) struct GcpStore {
     client: reqwest::Client,
     endpoint: String,
     tokens: TokenCache,

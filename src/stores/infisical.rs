@@ -26,7 +26,7 @@ use super::{SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
 use crate::validate::{check_url, FieldError};
 
 /// The last path segment that reads a whole folder.
-pub const FOLDER_MARKER: &str = "@all";
+pub(crate) const FOLDER_MARKER: &str = "@all";
 const DEFAULT_API_URL: &str = "https://app.infisical.com";
 const DEFAULT_SA_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
@@ -37,7 +37,7 @@ pub struct InfisicalStoreConfig {
     /// Infisical Cloud (`https://app.infisical.com`, `https://eu.infisical.com`)
     /// or a self-hosted instance.
     #[serde(default = "default_api_url")]
-    pub api_url: String,
+    pub(crate) api_url: String,
     /// The project (workspace) id.
     pub project_id: String,
     /// Environment slug, e.g. `dev`, `staging`, `prod`.
@@ -58,10 +58,10 @@ pub struct InfisicalStoreConfig {
 pub struct InfisicalAuthConfig {
     /// Machine identity with a client id and client secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub universal_auth: Option<UniversalAuth>,
+    pub(crate) universal_auth: Option<UniversalAuth>,
     /// Machine identity that signs in with a Kubernetes service-account token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubernetes_auth: Option<KubernetesAuth>,
+    pub(crate) kubernetes_auth: Option<KubernetesAuth>,
     /// A static service token (`st.…`), Infisical's older mechanism.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_token: Option<ServiceTokenAuth>,
@@ -97,7 +97,7 @@ pub struct UniversalAuth {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KubernetesAuth {
     /// The machine identity's id.
-    pub identity_id: String,
+    pub(crate) identity_id: String,
     /// The service-account token; default the Pod's own token.
     #[serde(default = "default_sa_token")]
     pub token_file: PathBuf,
@@ -169,7 +169,7 @@ impl InfisicalStoreConfig {
 }
 
 /// A store reading one Infisical project environment.
-pub struct InfisicalStore {
+pub(crate) struct InfisicalStore {
     client: reqwest::Client,
     api_url: String,
     project_id: String,

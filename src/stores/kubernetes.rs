@@ -61,7 +61,7 @@ impl KubernetesStore {
 }
 
 /// `namespace/name`, both valid Kubernetes names.
-pub fn split_path(path: &str) -> Result<(&str, &str), StoreError> {
+pub(crate) fn split_path(path: &str) -> Result<(&str, &str), StoreError> {
     let (namespace, name) = path.split_once('/').ok_or_else(|| {
         StoreError::InvalidRequest("a Kubernetes Secret path is <name> or <namespace>/<name>".into())
     })?;
@@ -80,7 +80,7 @@ pub fn split_path(path: &str) -> Result<(&str, &str), StoreError> {
 
 /// Maps an API failure to a store failure; messages carry the status, not
 /// the Secret.
-pub fn store_error(e: &::kube::Error) -> StoreError {
+pub(crate) fn store_error(e: &::kube::Error) -> StoreError {
     match e {
         ::kube::Error::Api(s) => match s.code {
             404 => StoreError::NotFound,

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use super::config::DEFAULT_MAX_CONCURRENCY;
+/// `maxConcurrency` when the configuration gives none.
+pub(crate) const DEFAULT_MAX_CONCURRENCY: usize = 16;
 
 /// At most so many requests to one store at once.
 #[derive(Debug, Clone)]

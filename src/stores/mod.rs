@@ -4,20 +4,20 @@
 
 pub mod aws;
 #[cfg(feature = "azure")]
-pub mod azure;
+pub(crate) mod azure;
 #[cfg(any(feature = "gcp", feature = "azure", feature = "infisical"))]
 mod bearer;
 mod cache;
 pub mod common;
 mod config;
-pub mod file;
+pub(crate) mod file;
 #[cfg(feature = "gcp")]
-pub mod gcp;
+pub(crate) mod gcp;
 #[cfg(feature = "infisical")]
-pub mod infisical;
+pub(crate) mod infisical;
 pub mod kubernetes;
 mod limit;
-pub mod token;
+pub(crate) mod token;
 mod value;
 pub mod vault;
 
@@ -29,9 +29,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use cache::CachedStore;
-pub use config::{validate_stores, ProviderConfig, StoreConfig, DEFAULT_MAX_CONCURRENCY};
+pub(crate) use config::{validate_stores, ProviderConfig, StoreConfig};
 pub use limit::RequestLimit;
-pub use value::{json_properties, PropertyError, SecretData, SecretValue};
+pub(crate) use limit::DEFAULT_MAX_CONCURRENCY;
+pub(crate) use value::json_properties;
+pub use value::{PropertyError, SecretData, SecretValue};
 
 use crate::telemetry::Metrics;
 
@@ -98,7 +100,7 @@ impl StoreError {
 
     /// Worth serving a stale value for (and retrying): the store, not the
     /// reference, is the problem.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self,
             Self::Unreachable(_) | Self::Throttled | Self::Timeout | Self::InvalidResponse(_)
@@ -150,7 +152,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// A store's background work; see [`Store::upkeep`].
-pub type Upkeep = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+pub(crate) type Upkeep = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
 
 /// Builds a provider from its configuration. `kube` is the Kubernetes
 /// client, when there is one (for the `kubernetes` provider).
@@ -216,7 +218,7 @@ impl Stores {
     /// The stores of a new configuration: a store whose section (and base
     /// directory) did not change is kept as it is, with its cache, its
     /// client and its token; the others are built anew.
-    pub async fn rebuilt(
+    pub(crate) async fn rebuilt(
         &self,
         configs: &[StoreConfig],
         base_dir: &Path,
@@ -267,7 +269,7 @@ impl Stores {
     /// (a store kept by a reload keeps its running one), by store name,
     /// with the token that is cancelled when that store is dropped, for the
     /// caller to run.
-    pub fn upkeeps(&self) -> Vec<(String, tokio_util::sync::CancellationToken, Upkeep)> {
+    pub(crate) fn upkeeps(&self) -> Vec<(String, tokio_util::sync::CancellationToken, Upkeep)> {
         self.stores
             .iter()
             .filter(|(_, store)| store.take_upkeep())

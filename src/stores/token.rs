@@ -21,7 +21,7 @@ use super::common::Retry;
 use super::{SecretValue, StoreError};
 
 /// A token as the identity provider issued (or renewed) it.
-pub struct AccessToken {
+pub(crate) struct AccessToken {
     pub value: SecretValue,
     /// `None` for tokens that do not expire (Infisical service tokens, a
     /// Vault root token).
@@ -41,15 +41,15 @@ impl std::fmt::Debug for AccessToken {
 }
 
 /// The token in use, as a provider's [`TokenProvider::renew`] sees it.
-pub struct Issued<'a> {
+pub(crate) struct Issued<'a> {
     pub value: &'a SecretValue,
     /// The lifetime it had right after the login that produced it.
-    pub login_lifetime: Option<Duration>,
+    pub(crate) login_lifetime: Option<Duration>,
 }
 
 /// One way of obtaining a token (metadata server, key exchange, login).
 #[async_trait]
-pub trait TokenProvider: Send + Sync + 'static {
+pub(crate) trait TokenProvider: Send + Sync + 'static {
     /// Asks the identity provider for a new token. Errors name the failure
     /// class and a provider error code, never the credential.
     async fn obtain(&self) -> Result<AccessToken, StoreError>;
@@ -109,6 +109,7 @@ pub struct Token {
 }
 
 impl Token {
+    #[cfg(any(feature = "gcp", feature = "azure", feature = "infisical", test))]
     pub fn as_str(&self) -> Result<&str, StoreError> {
         self.value
             .expose_str()
@@ -123,13 +124,13 @@ impl Token {
 
 /// How often tokens were obtained and renewed, for tests and diagnostics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenCounts {
+pub(crate) struct TokenCounts {
     /// Tokens obtained: at start, in the background and on the request path.
-    pub obtained: u64,
+    pub(crate) obtained: u64,
     /// Successful renewals.
     pub renewed: u64,
     /// Tokens a request had to obtain itself (none usable, or one refused).
-    pub request_path: u64,
+    pub(crate) request_path: u64,
 }
 
 struct Inner {
@@ -146,7 +147,7 @@ struct Inner {
 }
 
 /// The cached token of one store.
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     inner: Arc<Inner>,
 }
 
@@ -170,12 +171,13 @@ impl TokenCache {
     }
 
     /// Which store kind the token is for.
+    #[cfg(any(feature = "gcp", feature = "azure", feature = "infisical"))]
     pub fn name(&self) -> &'static str {
         self.inner.name
     }
 
     /// Obtains the first token at start, not on a request's behalf.
-    pub async fn prime(&self) -> Result<(), StoreError> {
+    pub(crate) async fn prime(&self) -> Result<(), StoreError> {
         let _guard = self.inner.obtaining.lock().await;
         self.inner.obtain_and_store().await
     }
@@ -197,7 +199,7 @@ impl TokenCache {
     }
 
     /// Forgets a token the store refused (unless a newer one replaced it).
-    pub fn invalidate(&self, token: &Token) {
+    pub(crate) fn invalidate(&self, token: &Token) {
         if let Ok(mut current) = self.inner.current.write() {
             if current.as_ref().is_some_and(|c| c.generation == token.generation) {
                 *current = None;

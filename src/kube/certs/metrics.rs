@@ -12,7 +12,7 @@ use crate::telemetry::Metrics;
 
 /// Certificate metrics, registered in the server's registry.
 #[derive(Default)]
-pub struct CertMetrics {
+pub(crate) struct CertMetrics {
     expiry: Family<KindLabel, Gauge>,
     changes: Family<ChangeLabel, Counter>,
 }
@@ -47,7 +47,7 @@ impl CertMetrics {
     }
 
     /// Records when the certificates being served expire.
-    pub fn observe(&self, material: &Material) {
+    pub(crate) fn observe(&self, material: &Material) {
         for (kind, pem) in [
             ("ca", &material.ca.cert_pem),
             ("serving", &material.serving.cert_pem),

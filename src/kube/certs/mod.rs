@@ -21,5 +21,5 @@ mod manager;
 mod metrics;
 mod state;
 
-pub use manager::{CertManager, CertSyncError, Synced, FIELD_MANAGER};
-pub use state::{carry_out, decide, Decision, Material, Policy, CHANGED_AT};
+pub use manager::{CertManager, FIELD_MANAGER};
+pub use state::{Decision, Material, Policy, CHANGED_AT};

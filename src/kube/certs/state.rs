@@ -33,7 +33,7 @@ pub struct Material {
 impl Material {
     /// Reads the Secret's data; `None` when a required key is missing or
     /// not text.
-    pub fn from_secret(secret: &Secret) -> Option<Self> {
+    pub(crate) fn from_secret(secret: &Secret) -> Option<Self> {
         let data = secret.data.as_ref()?;
         let text = |k: &str| data.get(k).and_then(|b| String::from_utf8(b.0.clone()).ok());
         let changed_at = secret
@@ -153,7 +153,7 @@ fn overlap(d: Duration) -> time::Duration {
 
 /// Decides from the Secret's content alone (pure; `material` is `None` when
 /// the Secret is missing or lacks a key).
-pub fn decide(material: Option<&Material>, policy: &Policy, now: OffsetDateTime) -> Decision {
+pub(crate) fn decide(material: Option<&Material>, policy: &Policy, now: OffsetDateTime) -> Decision {
     let create = |reason: &str| Decision::Create {
         reason: reason.to_owned(),
     };
@@ -228,7 +228,7 @@ pub fn decide(material: Option<&Material>, policy: &Policy, now: OffsetDateTime)
 
 /// The Secret's content after `decision` (makes keys; `None` for decisions
 /// that write nothing).
-pub fn carry_out(
+pub(crate) fn carry_out(
     decision: &Decision,
     material: Option<&Material>,
     policy: &Policy,
