@@ -10,7 +10,9 @@ with `pub use`. Test code (`#[cfg(test)]` items and `mod tests;` files) is
 not counted: tests may reach anywhere. Items of a folder's own `mod.rs`
 belong to the folder, not to one of its children.
 
-Usage: scripts/check-module-cycles.py [SRC_DIR]   (default: src)
+Usage: scripts/check-module-cycles.py [--graph] [SRC_DIR]   (default: src)
+With --graph it prints the imports between top-level modules instead
+(what docs/architecture.md draws).
 """
 
 import os
@@ -274,8 +276,17 @@ def cycles(nodes, graph):
 
 
 def main():
-    src = sys.argv[1] if len(sys.argv) > 1 else "src"
+    args = [a for a in sys.argv[1:] if a != "--graph"]
+    src = args[0] if args else "src"
     modules, edges = analyse(src)
+    if "--graph" in sys.argv[1:]:
+        graph = defaultdict(set)
+        for frm, to, _, _ in edges:
+            if frm and to and frm[0] != to[0]:
+                graph[frm[0]].add(to[0])
+        for m in sorted(graph):
+            print(f"{m} -> {', '.join(sorted(graph[m]))}")
+        return 0
     # Level of each check: the children of every folder (the crate root's
     # children are the top-level modules).
     folders = {m[:-1] for m in modules if m}
