@@ -29,8 +29,8 @@ impl Scratch {
         let scratch = Self {
             kubectl,
             kubeconfig,
-            // Namespaces outlive the test (no controller removes them):
-            // the random part keeps a reused pid from colliding.
+            // The random part keeps a reused pid from colliding with a
+            // namespace of an earlier run that is still terminating.
             name: format!(
                 "sesame-{purpose}-{}-{:04x}",
                 std::process::id(),
@@ -39,10 +39,23 @@ impl Scratch {
             installed: Vec::new(),
         };
         run(&mut scratch.kubectl(&["create", "namespace", &scratch.name]));
-        // A service account for test Pods, in case no controller makes one.
-        let _ = scratch
-            .kubectl(&["-n", &scratch.name, "create", "serviceaccount", "default"])
-            .output();
+        // Pods need the namespace's `default` ServiceAccount, which the
+        // serviceaccount controller makes (creating it here would race it).
+        let made = (0..150).any(|_| {
+            let found = scratch
+                .kubectl(&["-n", &scratch.name, "get", "serviceaccount", "default"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !found {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            found
+        });
+        assert!(
+            made,
+            "no ServiceAccount {}/default after 30 s: is kube-controller-manager running?",
+            scratch.name
+        );
         Some(scratch)
     }
 
@@ -164,7 +177,7 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         for file in &self.installed {
-            // No waiting: a namespace never finishes terminating here.
+            // No waiting: the namespace controller finishes in the background.
             let _ = self
                 .kubectl(&["delete", "--ignore-not-found", "--wait=false", "-f"])
                 .arg(file)
