@@ -5,56 +5,109 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::render::{all_components, helm, overlay, root, run, tools, HELM_NON_DEFAULT};
+use crate::render::{
+    all_components, helm, helm_non_default, host_network, overlay, root, run, tools, HELM_HOST_NETWORK,
+    HELM_NO_FIXED_IDS,
+};
 use crate::scratch::{marked, Scratch};
 use crate::{MARKER, NS};
 
+/// The objects of a rendering that a server-side dry run into `scratch` can
+/// judge: its namespaced objects moved into the scratch namespace, without
+/// the Namespace itself and the kinds of CRDs the server lacks
+/// (ServiceMonitor, PrometheusRule, cert-manager).
+fn for_dry_run(scratch: &Scratch, objects: Vec<Value>) -> Vec<Value> {
+    let mut docs = Vec::new();
+    for mut o in objects {
+        let kind = o["kind"].as_str().unwrap_or_default().to_owned();
+        if matches!(
+            kind.as_str(),
+            "Namespace" | "ServiceMonitor" | "PrometheusRule" | "Issuer" | "Certificate"
+        ) {
+            continue;
+        }
+        if o["metadata"]["namespace"].is_string() {
+            o["metadata"]["namespace"] = Value::String(scratch.name.clone());
+        }
+        docs.push(o);
+    }
+    docs
+}
+
 /// A real API server judges every rendered object
 /// (`kubectl apply --dry-run=server`): schema, defaults, CEL compilation of
-/// the guard and the match conditions. The namespaced objects go into the
-/// scratch namespace, which enforces the restricted Pod Security level, so a
-/// violation shows as a warning; kinds from CRDs the server lacks
-/// (ServiceMonitor, cert-manager) are left out.
+/// the guard and the match conditions. The namespaced objects go into a
+/// scratch namespace that enforces the restricted Pod Security level, so a
+/// violation shows as a warning. Host networking needs the privileged level:
+/// the restricted namespace refuses those renders, and one labelled
+/// privileged accepts them.
 #[test]
 fn api_server_accepts_the_rendered_objects() {
     let Some(scratch) = Scratch::new("dryrun") else {
         return;
     };
+    let Some(privileged) = Scratch::new("dryrun-host") else {
+        return;
+    };
     let Some((kubectl, helm_bin)) = tools() else {
         return;
     };
-    run(&mut scratch.kubectl(&[
-        "label",
-        "namespace",
-        &scratch.name,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/warn=restricted",
-    ]));
+    for (ns, level) in [(&scratch, "restricted"), (&privileged, "privileged")] {
+        run(&mut ns.kubectl(&[
+            "label",
+            "namespace",
+            &ns.name,
+            &format!("pod-security.kubernetes.io/enforce={level}"),
+            &format!("pod-security.kubernetes.io/warn={level}"),
+        ]));
+    }
     let renders = [
         ("kustomize self-managed", overlay(&kubectl, "self-managed")),
         ("kustomize cert-manager", overlay(&kubectl, "cert-manager")),
         ("kustomize components", all_components(&kubectl)),
         ("helm defaults", helm(&helm_bin, &[])),
-        ("helm non-default", helm(&helm_bin, HELM_NON_DEFAULT)),
+        ("helm non-default", helm_non_default(&helm_bin)),
+        ("helm no fixed IDs", helm(&helm_bin, HELM_NO_FIXED_IDS)),
+        (
+            "helm existing ServiceAccount",
+            helm(
+                &helm_bin,
+                &["serviceAccount.create=false", "serviceAccount.name=default"],
+            ),
+        ),
+        (
+            "helm timeoutSeconds 30",
+            helm(
+                &helm_bin,
+                &["webhook.timeoutSeconds=30", "config.resolveTimeout=9s"],
+            ),
+        ),
+    ];
+    let host = [
+        ("kustomize host-network", host_network(&kubectl)),
+        ("helm host network", helm(&helm_bin, HELM_HOST_NETWORK)),
     ];
     let mut failures = Vec::new();
     for (what, objects) in renders {
-        let mut docs = Vec::new();
-        for mut o in objects {
-            let kind = o["kind"].as_str().unwrap_or_default().to_owned();
-            if matches!(
-                kind.as_str(),
-                "Namespace" | "ServiceMonitor" | "Issuer" | "Certificate"
-            ) {
-                continue;
-            }
-            if o["metadata"]["namespace"].is_string() {
-                o["metadata"]["namespace"] = Value::String(scratch.name.clone());
-            }
-            docs.push(o);
-        }
+        let docs = for_dry_run(&scratch, objects);
         if let Err(stderr) = scratch.dry_run(&what.replace(' ', "-"), docs) {
             failures.push(format!("{what}:\n{stderr}"));
+        }
+    }
+    for (what, objects) in host {
+        let refused = scratch.dry_run(
+            &format!("{}-restricted", what.replace(' ', "-")),
+            for_dry_run(&scratch, objects.clone()),
+        );
+        match refused {
+            Err(e) if e.contains("host namespaces (hostNetwork=true)") => {}
+            other => failures.push(format!(
+                "{what}: the restricted namespace must refuse host networking, got {other:?}"
+            )),
+        }
+        let docs = for_dry_run(&privileged, objects);
+        if let Err(stderr) = privileged.dry_run(&what.replace(' ', "-"), docs) {
+            failures.push(format!("{what} (privileged namespace):\n{stderr}"));
         }
     }
     assert!(

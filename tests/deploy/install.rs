@@ -185,9 +185,16 @@ async fn installs_from_deploy_and_mutates_a_pod() {
     let config_file = dir.join("sesame.yaml");
     std::fs::write(&config_file, serde_yaml::to_string(&config).unwrap()).unwrap();
 
-    // The container's arguments and environment, with what must differ on
-    // this machine: files, loopback ports, the kubeconfig.
-    let mut argv: Vec<String> = vec!["sesame".into()];
+    // The container's command, arguments and environment, with what must
+    // differ on this machine: files, loopback ports, the kubeconfig.
+    let command: Vec<String> = container["command"]
+        .as_array()
+        .expect("an explicit command")
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(command, ["/sesame", "serve"]);
+    let mut argv = command;
     for a in container["args"].as_array().unwrap() {
         let a = a.as_str().unwrap();
         let local = match a.split_once('=').map(|(f, _)| f) {
@@ -200,13 +207,6 @@ async fn installs_from_deploy_and_mutates_a_pod() {
         };
         argv.push(local);
     }
-    // The image's entrypoint is `sesame serve`; global flags go first.
-    let (global, serve): (Vec<String>, Vec<String>) = argv
-        .into_iter()
-        .partition(|a| a == "sesame" || a.starts_with("--log-"));
-    let mut argv = global;
-    argv.push("serve".into());
-    argv.extend(serve);
     for e in container["env"].as_array().unwrap() {
         let name = e["name"].as_str().unwrap();
         let value = match (&e["value"], e["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
@@ -371,4 +371,7 @@ pub(crate) async fn installed_checks(
     ])))
     .unwrap();
     assert!(lease["spec"]["holderIdentity"].is_string(), "{lease}");
+    // The alerts and the dashboard use what this Sesame exports, certificate
+    // metrics included.
+    crate::monitoring::check_scrape(&server.metrics.encode());
 }

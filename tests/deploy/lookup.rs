@@ -100,8 +100,18 @@ pub(crate) fn env_of(objects: &[Value], name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} in the Deployment"))
 }
 
+/// The ConfigMap that holds Sesame's configuration file.
+pub(crate) fn config_configmap(objects: &[Value]) -> ConfigMap {
+    let found: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ConfigMap" && o["data"]["sesame.yaml"].is_string())
+        .collect();
+    assert_eq!(found.len(), 1, "one ConfigMap with sesame.yaml");
+    serde_json::from_value(found[0].clone()).unwrap()
+}
+
 pub(crate) fn configmap_config(objects: &[Value]) -> Config {
-    let cm: ConfigMap = one(objects, "ConfigMap");
+    let cm = config_configmap(objects);
     let text = cm
         .data
         .unwrap_or_default()

@@ -14,7 +14,9 @@
 //! One file per job: `render` (the tools and the renderings), `lookup`
 //! (finding objects and settings in a rendering), `schema` (the strict
 //! schema round trip, and the renders and value checks it judges),
-//! `manifests` (what the manifests promise), `parity` (the chart renders what
+//! `manifests` (what the manifests promise), `options` (each chart option
+//! reaches the rendered objects), `monitoring` (the PrometheusRule and the
+//! dashboard), `parity` (the chart renders what
 //! the kustomize base does), `rbac`, `scratch` and `api_server` (a real API
 //! server judges and runs the objects), `install` (the whole install, run as
 //! its ServiceAccount).
@@ -25,6 +27,8 @@ mod api_server;
 mod install;
 mod lookup;
 mod manifests;
+mod monitoring;
+mod options;
 mod parity;
 mod rbac;
 mod render;

@@ -15,9 +15,12 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::lookup::{configmap_config, env_of, has_kind, named, namespace, one, selects, webhook, webhooks};
+use crate::lookup::{
+    config_configmap, configmap_config, env_of, has_kind, named, namespace, one, selects, webhook, webhooks,
+};
 use crate::render::{
-    all_components, helm, kustomize, overlay, parse_stream, root, run, tools, HELM_NON_DEFAULT,
+    all_components, helm, helm_non_default, host_network, kustomize, overlay, parse_stream, root, run, tools,
+    HELM_HOST_NETWORK, HELM_NO_FIXED_IDS,
 };
 use crate::schema::validate_all;
 use crate::{MARKER, NS};
@@ -37,8 +40,8 @@ pub(crate) fn check_webhooks(what: &str, objects: &[Value], closed_policy: &str,
         assert_eq!(w.reinvocation_policy.as_deref(), Some("IfNeeded"), "{ctx}");
         let timeout = w.timeout_seconds.expect("timeoutSeconds set");
         assert!(
-            timeout < 10 && u64::from(timeout.unsigned_abs()) > resolve.as_secs(),
-            "{ctx}: timeoutSeconds {timeout} must be below 10 and above resolveTimeout {resolve:?}"
+            timeout <= 30 && u64::from(timeout.unsigned_abs()) > resolve.as_secs(),
+            "{ctx}: timeoutSeconds {timeout} must be at most 30 (the API's limit) and above resolveTimeout {resolve:?}"
         );
         let rules = w.rules.clone().unwrap_or_default();
         assert_eq!(rules.len(), 1, "{ctx}");
@@ -175,7 +178,8 @@ pub(crate) fn check_deployment(what: &str, objects: &[Value]) {
 
     let psc = pod.security_context.clone().expect("pod securityContext");
     assert_eq!(psc.run_as_non_root, Some(true), "{what}");
-    assert_eq!(psc.run_as_user, Some(65532), "{what}");
+    // A fixed UID, when there is one (OpenShift assigns its own), is not root.
+    assert_ne!(psc.run_as_user, Some(0), "{what}");
     assert_eq!(
         psc.seccomp_profile.map(|s| s.type_),
         Some("RuntimeDefault".into()),
@@ -207,8 +211,44 @@ pub(crate) fn check_deployment(what: &str, objects: &[Value]) {
         );
     }
 
+    assert_eq!(
+        pod.node_selector
+            .clone()
+            .unwrap_or_default()
+            .get("kubernetes.io/os")
+            .map(String::as_str),
+        Some("linux"),
+        "{what}: Linux nodes only"
+    );
+    assert_eq!(pod.automount_service_account_token, Some(true), "{what}");
+
     assert_eq!(pod.containers.len(), 1, "{what}");
     let c = &pod.containers[0];
+    // Explicit: an image whose entrypoint is the bare binary works too.
+    assert_eq!(
+        c.command.as_deref(),
+        Some(&["/sesame".to_string(), "serve".to_string()][..]),
+        "{what}: command"
+    );
+    let env = c.env.clone().unwrap_or_default();
+    let bind = env.iter().find(|e| e.name == "SESAME_BIND_ADDRESS");
+    if pod.host_network == Some(true) {
+        // On the node's network: the node's address, not every interface.
+        assert_eq!(
+            bind.and_then(|e| e.value_from.as_ref())
+                .and_then(|v| v.field_ref.as_ref())
+                .map(|f| f.field_path.as_str()),
+            Some("status.podIP"),
+            "{what}: host network binds the Pod's (node's) IP"
+        );
+        assert_eq!(
+            pod.dns_policy.as_deref(),
+            Some("ClusterFirstWithHostNet"),
+            "{what}"
+        );
+    } else {
+        assert!(bind.is_none() && pod.dns_policy.is_none(), "{what}");
+    }
     let sc = c.security_context.clone().expect("container securityContext");
     assert_eq!(sc.allow_privilege_escalation, Some(false), "{what}");
     assert_eq!(sc.read_only_root_filesystem, Some(true), "{what}");
@@ -242,7 +282,11 @@ pub(crate) fn check_deployment(what: &str, objects: &[Value]) {
         arg("admin-port"),
         "{what}: container port matches --admin-port"
     );
-    for (probe, path) in [(&c.liveness_probe, "/healthz"), (&c.readiness_probe, "/readyz")] {
+    for (probe, path) in [
+        (&c.startup_probe, "/healthz"),
+        (&c.liveness_probe, "/healthz"),
+        (&c.readiness_probe, "/readyz"),
+    ] {
         let get = probe.clone().and_then(|p| p.http_get).expect("HTTP probe");
         assert_eq!(get.path.as_deref(), Some(path), "{what}");
         assert_eq!(
@@ -251,6 +295,17 @@ pub(crate) fn check_deployment(what: &str, objects: &[Value]) {
             "{what}: probes on the admin port"
         );
     }
+
+    // The start-up probe gives Sesame its certificate deadline (60 s,
+    // CERT_BOOTSTRAP_DEADLINE in src/run.rs) plus the cache sync (10 s,
+    // CACHE_SYNC_TIMEOUT in src/kube/mod.rs) before the kubelet restarts it;
+    // the liveness probe only starts after it passed.
+    let startup = c.startup_probe.clone().unwrap();
+    let window = startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3);
+    assert!(
+        window >= 60 + 10,
+        "{what}: the start-up probe allows {window} s, less than Sesame's start-up deadline"
+    );
 
     // Grace period: preStop pause + drain, with room to spare.
     let pause = c
@@ -295,7 +350,7 @@ pub(crate) fn check_deployment(what: &str, objects: &[Value]) {
     let volumes = pod.volumes.clone().unwrap_or_default();
     let config_volume = volumes.iter().find(|v| v.name == mounts[&config_dir]).unwrap();
     let config_map = config_volume.config_map.clone().expect("config from a ConfigMap");
-    let cm: ConfigMap = one(objects, "ConfigMap");
+    let cm = config_configmap(objects);
     assert_eq!(
         config_map.name,
         cm.metadata.name.unwrap(),
@@ -371,7 +426,7 @@ fn webhook_scope_failure_handling_and_exclusions() {
     let base = overlay(&kubectl, "self-managed");
     check_webhooks("kustomize", &base, "Fail", &["kube-system"]);
     check_webhooks("helm defaults", &helm(&helm_bin, &[]), "Fail", &["kube-system"]);
-    let custom = helm(&helm_bin, HELM_NON_DEFAULT);
+    let custom = helm_non_default(&helm_bin);
     check_webhooks(
         "helm non-default",
         &custom,
@@ -379,7 +434,7 @@ fn webhook_scope_failure_handling_and_exclusions() {
         &["kube-system", "monitoring"],
     );
     for w in webhooks(&custom) {
-        assert_eq!(w.timeout_seconds, Some(8));
+        assert_eq!(w.timeout_seconds, Some(25));
     }
 
     // The object selector: off by default, on with the component or value.
@@ -404,7 +459,10 @@ fn deployment_is_hardened_and_drains() {
     };
     check_deployment("kustomize", &overlay(&kubectl, "self-managed"));
     check_deployment("helm defaults", &helm(&helm_bin, &[]));
-    check_deployment("helm non-default", &helm(&helm_bin, HELM_NON_DEFAULT));
+    check_deployment("helm non-default", &helm_non_default(&helm_bin));
+    check_deployment("helm host network", &helm(&helm_bin, HELM_HOST_NETWORK));
+    check_deployment("helm no fixed IDs", &helm(&helm_bin, HELM_NO_FIXED_IDS));
+    check_deployment("kustomize host-network", &host_network(&kubectl));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::Value;
 
 use crate::lookup::{kinds_and_names, one, webhooks};
-use crate::render::{helm, overlay, tools};
+use crate::render::{all_components, helm, host_network, overlay, tools};
 use crate::NS;
 
 #[test]
@@ -21,6 +21,7 @@ fn chart_matches_the_kustomize_base() {
             overlay(&kubectl, "cert-manager"),
             helm(&helm_bin, &["certificates.mode=cert-manager"]),
         ),
+        (host_network(&kubectl), helm(&helm_bin, &["hostNetwork=true"])),
     ];
     for (k, h) in &pairs {
         // The chart leaves the namespace to `helm install --create-namespace`.
@@ -97,5 +98,45 @@ fn chart_matches_the_kustomize_base() {
             hp.termination_grace_period_seconds
         );
         assert_eq!(kp.security_context, hp.security_context);
+        assert_eq!(kp.node_selector, hp.node_selector);
+        assert_eq!(
+            kp.automount_service_account_token,
+            hp.automount_service_account_token
+        );
+        assert_eq!(
+            (kp.host_network, kp.dns_policy.as_deref()),
+            (hp.host_network, hp.dns_policy.as_deref()),
+            "host network"
+        );
+        let strategy = |objs: &[Value]| one::<Deployment>(objs, "Deployment").spec.unwrap().strategy;
+        assert_eq!(strategy(k), strategy(h), "update strategy");
     }
+}
+
+/// The kustomize monitoring components carry what the chart renders with
+/// `prometheusRule.enabled` and `grafanaDashboard.enabled`.
+#[test]
+fn monitoring_components_match_the_chart() {
+    let Some((kubectl, helm_bin)) = tools() else {
+        return;
+    };
+    let k = all_components(&kubectl);
+    let h = helm(
+        &helm_bin,
+        &["prometheusRule.enabled=true", "grafanaDashboard.enabled=true"],
+    );
+    let spec = |objs: &[Value]| {
+        objs.iter()
+            .find(|o| o["kind"] == "PrometheusRule")
+            .expect("a PrometheusRule")["spec"]
+            .clone()
+    };
+    assert_eq!(spec(&k), spec(&h), "PrometheusRule rules");
+    let dashboard = |objs: &[Value]| {
+        objs.iter()
+            .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "sesame-dashboard")
+            .expect("the dashboard ConfigMap")["data"]
+            .clone()
+    };
+    assert_eq!(dashboard(&k), dashboard(&h), "dashboard");
 }

@@ -3,7 +3,6 @@
 //! the renders it judges, and the values the chart refuses.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -19,7 +18,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::lookup::{has_kind, kinds_and_names, one};
-use crate::render::{all_components, helm, kustomize, overlay, root, run, tools, HELM_NON_DEFAULT};
+use crate::render::{
+    all_components, helm, helm_command, helm_non_default, host_network, kustomize, overlay, root, run, tools,
+    HELM_HOST_NETWORK, HELM_NON_DEFAULT, HELM_NO_FIXED_IDS, HELM_PLATFORM_VALUES,
+};
 use crate::NS;
 
 /// Deserializes `obj` into `T` and serializes it back: a field `T` does not
@@ -68,10 +70,10 @@ pub(crate) fn diff(rendered: &Value, typed: &Value, path: String, out: &mut Vec<
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct CustomObject<S> {
-    api_version: String,
-    kind: String,
-    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    spec: S,
+    pub(crate) api_version: String,
+    pub(crate) kind: String,
+    pub(crate) metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    pub(crate) spec: S,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -142,6 +144,34 @@ pub(crate) struct IssuerRef {
     name: String,
 }
 
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct PrometheusRuleSpec {
+    pub(crate) groups: Vec<RuleGroup>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct RuleGroup {
+    pub(crate) name: String,
+    pub(crate) rules: Vec<Rule>,
+}
+
+/// An alerting rule (monitoring.coreos.com/v1 PrometheusRule, Prometheus
+/// Operator API reference: `alert`, `expr`, `for`, `labels`, `annotations`).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct Rule {
+    pub(crate) alert: String,
+    pub(crate) expr: String,
+    #[serde(rename = "for", skip_serializing_if = "Option::is_none")]
+    pub(crate) for_: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) annotations: BTreeMap<String, String>,
+}
+
 pub(crate) fn custom<S: DeserializeOwned + Serialize>(obj: &Value, api_version: &str) -> Result<(), String> {
     let typed: CustomObject<S> = strict(obj)?;
     if typed.api_version != api_version {
@@ -170,6 +200,7 @@ pub(crate) fn validate(obj: &Value) -> Result<(), String> {
         "ValidatingAdmissionPolicyBinding" => strict::<ValidatingAdmissionPolicyBinding>(obj).map(drop),
         "NetworkPolicy" => strict::<NetworkPolicy>(obj).map(drop),
         "ServiceMonitor" => custom::<ServiceMonitorSpec>(obj, "monitoring.coreos.com/v1"),
+        "PrometheusRule" => custom::<PrometheusRuleSpec>(obj, "monitoring.coreos.com/v1"),
         "Issuer" => custom::<IssuerSpec>(obj, "cert-manager.io/v1"),
         "Certificate" => custom::<CertificateSpec>(obj, "cert-manager.io/v1"),
         other => Err(format!("no schema for kind {other:?}")),
@@ -189,11 +220,46 @@ pub(crate) fn validate_all(what: &str, objects: &[Value]) {
     assert!(problems.is_empty(), "{what}:\n{}", problems.join("\n"));
 }
 
+/// Kinds without a namespace.
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "MutatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+];
+
+/// Every namespaced object of a kustomize rendering is in `NS` (objects of a
+/// component are not under the base's `namespace:` and must say it).
+fn all_in_namespace(what: &str, objects: &[Value]) {
+    for o in objects {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        // kustomize's namespace transformer does not know that the admission
+        // policy kinds are cluster-scoped and sets theirs; the API server
+        // ignores it there.
+        if !CLUSTER_SCOPED.contains(&kind) {
+            assert_eq!(
+                o["metadata"]["namespace"], NS,
+                "{what}: {kind} {} must be in {NS}",
+                o["metadata"]["name"]
+            );
+        }
+    }
+}
+
+fn set_of(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, n)| (k.to_string(), n.to_string()))
+        .collect()
+}
+
 #[test]
 fn kustomize_renders_schema_valid_objects() {
     let Some((kubectl, _)) = tools() else { return };
     let base = kustomize(&kubectl, &root().join("deploy/base"));
-    let expected: BTreeSet<(String, String)> = [
+    let expected = set_of(&[
         ("Namespace", NS),
         ("ServiceAccount", "sesame"),
         ("ClusterRole", "sesame"),
@@ -209,16 +275,9 @@ fn kustomize_renders_schema_valid_objects() {
         ("MutatingWebhookConfiguration", "sesame"),
         ("ValidatingAdmissionPolicy", "sesame-injection-guard"),
         ("ValidatingAdmissionPolicyBinding", "sesame-injection-guard"),
-    ]
-    .into_iter()
-    .map(|(k, n)| (k.to_owned(), n.to_owned()))
-    .collect();
+    ]);
     assert_eq!(kinds_and_names(&base), expected);
-    for o in &base {
-        if o["kind"] != "Namespace" && !o["metadata"]["namespace"].is_null() {
-            assert_eq!(o["metadata"]["namespace"], NS, "{}", o["kind"]);
-        }
-    }
+    all_in_namespace("base", &base);
     validate_all("base", &base);
 
     let self_managed = overlay(&kubectl, "self-managed");
@@ -228,58 +287,78 @@ fn kustomize_renders_schema_valid_objects() {
     let cm = overlay(&kubectl, "cert-manager");
     let extra: BTreeSet<_> = kinds_and_names(&cm).difference(&expected).cloned().collect();
     let missing: BTreeSet<_> = expected.difference(&kinds_and_names(&cm)).cloned().collect();
-    let certificate_rbac: BTreeSet<_> = [
-        ("ClusterRole", "sesame-certificates"),
-        ("ClusterRoleBinding", "sesame-certificates"),
-    ]
-    .into_iter()
-    .map(|(k, n)| (k.to_owned(), n.to_owned()))
-    .collect();
     assert_eq!(
-        missing, certificate_rbac,
+        missing,
+        set_of(&[
+            ("ClusterRole", "sesame-certificates"),
+            ("ClusterRoleBinding", "sesame-certificates"),
+        ]),
         "cert-manager drops the certificate RBAC"
     );
-    let want: BTreeSet<_> = [
-        ("Issuer", "sesame-selfsigned"),
-        ("Issuer", "sesame-ca"),
-        ("Certificate", "sesame-ca"),
-        ("Certificate", "sesame-tls"),
-    ]
-    .into_iter()
-    .map(|(k, n)| (k.to_owned(), n.to_owned()))
-    .collect();
-    assert_eq!(extra, want);
+    assert_eq!(
+        extra,
+        set_of(&[
+            ("Issuer", "sesame-selfsigned"),
+            ("Issuer", "sesame-ca"),
+            ("Certificate", "sesame-ca"),
+            ("Certificate", "sesame-tls"),
+        ])
+    );
+    all_in_namespace("overlays/cert-manager", &cm);
     validate_all("overlays/cert-manager", &cm);
 
     let all = all_components(&kubectl);
-    assert!(has_kind(&all, "ServiceMonitor") && has_kind(&all, "NetworkPolicy"));
+    let extra: BTreeSet<_> = kinds_and_names(&all).difference(&expected).cloned().collect();
+    assert_eq!(
+        extra,
+        set_of(&[
+            ("ServiceMonitor", "sesame"),
+            ("PrometheusRule", "sesame"),
+            ("ConfigMap", "sesame-dashboard"),
+            ("NetworkPolicy", "sesame"),
+        ])
+    );
+    all_in_namespace("all components", &all);
     validate_all("all components", &all);
+
+    let host = host_network(&kubectl);
+    assert_eq!(kinds_and_names(&host), expected);
+    all_in_namespace("host-network", &host);
+    validate_all("host-network", &host);
 }
 
 #[test]
 fn helm_chart_renders_schema_valid_objects_and_lints_clean() {
     let Some((_, helm_bin)) = tools() else { return };
-    let lint = run(Command::new(&helm_bin)
-        .args(["lint", "--strict"])
-        .arg(root().join("deploy/helm/sesame")));
-    assert!(lint.contains("0 chart(s) failed"), "{lint}");
-    let lint = run(Command::new(&helm_bin)
-        .args(["lint", "--strict"])
-        .arg(root().join("deploy/helm/sesame"))
-        .args(HELM_NON_DEFAULT.iter().flat_map(|s| ["--set", s])));
-    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    for (values, set) in [
+        ("", &[][..]),
+        (HELM_PLATFORM_VALUES, HELM_NON_DEFAULT),
+        ("", HELM_HOST_NETWORK),
+    ] {
+        let lint = run(helm_command(&helm_bin, "lint", values, set).arg("--strict"));
+        assert!(lint.contains("0 chart(s) failed"), "{set:?}: {lint}");
+    }
 
     let default = helm(&helm_bin, &[]);
     validate_all("helm defaults", &default);
-    assert!(
-        !has_kind(&default, "ServiceMonitor")
-            && !has_kind(&default, "NetworkPolicy")
-            && !has_kind(&default, "Certificate")
+    for kind in ["ServiceMonitor", "PrometheusRule", "NetworkPolicy", "Certificate"] {
+        assert!(!has_kind(&default, kind), "{kind} is off by default");
+    }
+    assert_eq!(
+        default.iter().filter(|o| o["kind"] == "ConfigMap").count(),
+        1,
+        "no dashboard by default"
     );
 
-    let custom = helm(&helm_bin, HELM_NON_DEFAULT);
+    let custom = helm_non_default(&helm_bin);
     validate_all("helm non-default values", &custom);
-    for kind in ["ServiceMonitor", "NetworkPolicy", "Certificate", "Issuer"] {
+    for kind in [
+        "ServiceMonitor",
+        "PrometheusRule",
+        "NetworkPolicy",
+        "Certificate",
+        "Issuer",
+    ] {
         assert!(has_kind(&custom, kind), "{kind} rendered");
     }
     let d: Deployment = one(&custom, "Deployment");
@@ -294,6 +373,20 @@ fn helm_chart_renders_schema_valid_objects_and_lints_clean() {
         Some("system-cluster-critical")
     );
 
+    for (what, set) in [
+        ("host network", HELM_HOST_NETWORK),
+        ("no fixed IDs", HELM_NO_FIXED_IDS),
+        (
+            "existing ServiceAccount",
+            &[
+                "serviceAccount.create=false",
+                "serviceAccount.name=platform-sesame",
+            ][..],
+        ),
+    ] {
+        validate_all(&format!("helm {what}"), &helm(&helm_bin, set));
+    }
+
     let no_guard = helm(&helm_bin, &["guard.enabled=false", "replicas=1"]);
     validate_all("helm without guard", &no_guard);
     assert!(
@@ -306,26 +399,29 @@ fn helm_chart_renders_schema_valid_objects_and_lints_clean() {
     );
 }
 
+/// The render of `set` (and `values`) fails; its error output.
+fn refused(helm_bin: &std::path::Path, values: &str, set: &[&str], skip_schema: bool) -> String {
+    let mut cmd = helm_command(helm_bin, "template", values, set);
+    if skip_schema {
+        cmd.arg("--skip-schema-validation");
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{values} {set:?} must fail the render");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn helm_rejects_values_that_would_break_the_webhook() {
     let Some((_, helm_bin)) = tools() else { return };
-    let render = |set: &str, skip_schema: bool| {
-        let mut cmd = Command::new(&helm_bin);
-        cmd.args(["template", "sesame"])
-            .arg(root().join("deploy/helm/sesame"))
-            .args(["--set", set]);
-        if skip_schema {
-            cmd.arg("--skip-schema-validation");
-        }
-        let out = cmd.output().unwrap();
-        assert!(!out.status.success(), "{set} must fail the render");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
     // values.schema.json: wrong values and misspelt keys.
     for (set, message) in [
         (
-            "webhook.timeoutSeconds=15",
-            "'/webhook/timeoutSeconds': maximum: got 15, want 10",
+            "webhook.timeoutSeconds=31",
+            "'/webhook/timeoutSeconds': maximum: got 31, want 30",
+        ),
+        (
+            "webhook.timeoutSeconds=0",
+            "'/webhook/timeoutSeconds': minimum: got 0, want 1",
         ),
         (
             "webhook.failurePolicy=Sometimes",
@@ -340,24 +436,113 @@ fn helm_rejects_values_that_would_break_the_webhook() {
             "additional properties 'timeoutSecond' not allowed",
         ),
         ("logFormat=xml", "'/logFormat': value must be one of"),
+        ("hostNetwork=yes", "'/hostNetwork': got string, want boolean"),
+        (
+            "ports.webhook=70000",
+            "'/ports/webhook': maximum: got 70,000, want 65,535",
+        ),
+        ("ports.admin=0", "'/ports/admin': minimum: got 0, want 1"),
+        (
+            "ports.metrics=9090",
+            "additional properties 'metrics' not allowed",
+        ),
+        (
+            "serviceAccount.name=Not_A_Name",
+            "'/serviceAccount/name': 'Not_A_Name' does not match pattern",
+        ),
+        (
+            "serviceAccount.annotation.x=y",
+            "additional properties 'annotation' not allowed",
+        ),
+        (
+            "extraArgs={serve}",
+            "'/extraArgs/0': 'serve' does not match pattern",
+        ),
+        ("extraEnv[0].value=x", "'/extraEnv/0': missing property 'name'"),
+        (
+            "extraVolumes[0].emptyDir.medium=Memory",
+            "'/extraVolumes/0': missing property 'name'",
+        ),
+        (
+            "extraVolumeMounts[0].name=ca",
+            "'/extraVolumeMounts/0': missing property 'mountPath'",
+        ),
+        (
+            "extraVolumeMounts[0].name=ca,extraVolumeMounts[0].mountPath=relative",
+            "'/extraVolumeMounts/0/mountPath': 'relative' does not match pattern",
+        ),
+        (
+            "nodeSelector.zone=1",
+            "'/nodeSelector/zone': got number, want string",
+        ),
+        (
+            "prometheusRule.enable=true",
+            "additional properties 'enable' not allowed",
+        ),
+        (
+            "prometheusRule.certificateExpiryDays=0",
+            "'/prometheusRule/certificateExpiryDays': minimum: got 0, want 1",
+        ),
+        (
+            "grafanaDashboard.labels.grafana_dashboard=1",
+            "'/grafanaDashboard/labels/grafana_dashboard': got number, want string",
+        ),
+        (
+            "updateStrategy.type=BlueGreen",
+            "'/updateStrategy/type': value must be one of",
+        ),
     ] {
-        let stderr = render(set, false);
+        let stderr = refused(&helm_bin, "", &[set], false);
         assert!(stderr.contains(message), "{set}: {stderr}");
     }
-    // The templates check again, for renders that skip the schema.
+    // The templates check again, for renders that skip the schema, and check
+    // what a schema cannot: values against each other.
     for (set, message) in [
         (
-            "webhook.timeoutSeconds=15",
-            "timeoutSeconds must be between 1 and 10",
+            &["webhook.timeoutSeconds=31"][..],
+            "timeoutSeconds must be between 1 and 30",
         ),
         (
-            "webhook.failurePolicy=Sometimes",
+            &["webhook.failurePolicy=Sometimes"],
             "failurePolicy must be Fail or Ignore",
         ),
-        ("certificates.mode=manual", "certificates.mode must be"),
-        ("networkPolicy.enabled=true", "needs networkPolicy.apiServerCIDRs"),
+        (&["certificates.mode=manual"], "certificates.mode must be"),
+        (
+            &["networkPolicy.enabled=true"],
+            "needs networkPolicy.apiServerCIDRs",
+        ),
+        (
+            &["serviceAccount.create=false"],
+            "serviceAccount.create=false needs serviceAccount.name",
+        ),
+        (
+            &["ports.webhook=9000", "ports.admin=9000"],
+            "ports.webhook and ports.admin must differ",
+        ),
     ] {
-        let stderr = render(set, true);
-        assert!(stderr.contains(message), "{set}: {stderr}");
+        let stderr = refused(&helm_bin, "", set, true);
+        assert!(stderr.contains(message), "{set:?}: {stderr}");
     }
+    // Sesame's store budget must end before the API server gives up.
+    for (set, message) in [
+        (
+            &["config.resolveTimeout=5s"][..],
+            "config.resolveTimeout (5s) must be below webhook.timeoutSeconds (5 s)",
+        ),
+        (
+            &["config.resolveTimeout=9000ms", "webhook.timeoutSeconds=8"],
+            "config.resolveTimeout (9000ms) must be below webhook.timeoutSeconds (8 s)",
+        ),
+    ] {
+        let stderr = refused(&helm_bin, "", set, false);
+        assert!(stderr.contains(message), "{set:?}: {stderr}");
+    }
+    // and the same values pass once the webhook waits longer.
+    validate_all(
+        "resolveTimeout 9s, timeoutSeconds 30",
+        &helm(
+            &helm_bin,
+            &["config.resolveTimeout=9s", "webhook.timeoutSeconds=30"],
+        ),
+    );
 }
