@@ -16,7 +16,7 @@
 //! schema round trip, and the renders and value checks it judges),
 //! `manifests` (what the manifests promise), `options` (each chart option
 //! reaches the rendered objects), `monitoring` (the PrometheusRule and the
-//! dashboard), `parity` (the chart renders what
+//! dashboard), `readme` (the chart's values table), `parity` (the chart renders what
 //! the kustomize base does), `rbac`, `scratch` and `api_server` (a real API
 //! server judges and runs the objects), `install` (the whole install, run as
 //! its ServiceAccount).
@@ -31,6 +31,7 @@ mod monitoring;
 mod options;
 mod parity;
 mod rbac;
+mod readme;
 mod render;
 mod schema;
 mod scratch;
