@@ -340,6 +340,28 @@ mod tests {
             .is_err());
     }
 
+    /// `request.namespace` is the API server's, but the policy does not rely
+    /// on its format: a namespace spelled like a glob reads only the
+    /// subtree spelled the same way (which no valid path can name).
+    #[test]
+    fn glob_named_namespace_reads_no_other_subtree() {
+        let p = with_rules(vec![rule("own", &["*"], &["vault"], &["secret/{namespace}/**"])]);
+        for namespace in ["*", "team-?", "team-*", "**"] {
+            let err = p
+                .authorize(&Subject::namespace(namespace), "vault", "secret/team-b/db")
+                .unwrap_err();
+            assert!(
+                matches!(err, PolicyDenial::PathNotAllowed { .. }),
+                "{namespace}: {err}"
+            );
+        }
+        assert_eq!(
+            p.authorize(&Subject::namespace("team-b"), "vault", "secret/team-b/db")
+                .unwrap(),
+            "own"
+        );
+    }
+
     #[test]
     fn inline_per_namespace() {
         let p = policy();
