@@ -151,7 +151,7 @@ impl Metrics {
         self.review_duration.observe(elapsed.as_secs_f64());
     }
 
-    pub(crate) fn store_request(&self, store: &str, provider: &str, elapsed: Duration) {
+    pub fn store_request(&self, store: &str, provider: &str, elapsed: Duration) {
         self.store_duration
             .get_or_create(&StoreProviderLabels {
                 store: store.to_owned(),
@@ -160,7 +160,7 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub(crate) fn store_error(&self, store: &str, class: &str) {
+    pub fn store_error(&self, store: &str, class: &str) {
         self.store_errors
             .get_or_create(&StoreErrorLabels {
                 store: store.to_owned(),
@@ -169,7 +169,7 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn cache_hit(&self, store: &str) {
+    pub fn cache_hit(&self, store: &str) {
         self.cache_hits
             .get_or_create(&StoreLabels {
                 store: store.to_owned(),
@@ -177,7 +177,7 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn cache_miss(&self, store: &str) {
+    pub fn cache_miss(&self, store: &str) {
         self.cache_misses
             .get_or_create(&StoreLabels {
                 store: store.to_owned(),
@@ -185,7 +185,7 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn stale_served(&self, store: &str) {
+    pub fn stale_served(&self, store: &str) {
         self.stale_served
             .get_or_create(&StoreLabels {
                 store: store.to_owned(),
@@ -193,7 +193,7 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn secret_write(&self, outcome: &str) {
+    pub fn secret_write(&self, outcome: &str) {
         self.secret_writes
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
@@ -201,7 +201,7 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn config_reload(&self, outcome: &str) {
+    pub fn config_reload(&self, outcome: &str) {
         self.config_reloads
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
@@ -209,7 +209,7 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn set_ready(&self, ready: bool) {
+    pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
     }
 

@@ -34,7 +34,7 @@ impl FieldError {
 }
 
 /// RFC 1123 label: what store names, namespaces and container names look like.
-pub(crate) fn is_dns_label(s: &str) -> bool {
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

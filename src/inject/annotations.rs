@@ -24,7 +24,7 @@ pub(crate) const RESTART_ON_ROTATION_SUFFIX: &str = "restart-on-rotation";
 /// Pod-wide mode annotation.
 pub(crate) const MODE_SUFFIX: &str = "mode";
 /// Structured form annotation.
-pub(crate) const SECRETS_SUFFIX: &str = "secrets";
+pub const SECRETS_SUFFIX: &str = "secrets";
 
 /// Where a value comes from: a store name, a path, and optionally a
 /// property and a version. Connection settings never appear here: a Pod can
@@ -101,7 +101,7 @@ pub enum Target {
 
 /// Which containers receive an injection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct ContainerSelector {
+pub struct ContainerSelector {
     /// Named containers (app or init); empty means every app container.
     pub names: Vec<String>,
     /// Also every init container.
@@ -110,7 +110,7 @@ pub(crate) struct ContainerSelector {
 
 /// One requested injection, from one annotation (or one structured entry).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Injection {
+pub struct Injection {
     /// The annotation it came from, e.g. `sesame.dev/env.DB_PASSWORD` or
     /// `sesame.dev/secrets[2]`; every message about it names this.
     pub source: String,
@@ -134,7 +134,7 @@ pub enum Mode {
 /// Everything a Pod asked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodRequest {
-    pub(crate) injections: Vec<Injection>,
+    pub injections: Vec<Injection>,
     pub mode: Mode,
     /// `<prefix>/restart-on-rotation: "true"`.
     pub restart_on_rotation: bool,
@@ -433,19 +433,19 @@ fn validate_mount_path(key: &str, path: &str) -> Result<(), GrammarError> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Entry {
-    env: Option<String>,
+    env: Option<Text>,
     env_from: Option<EnvFromEntry>,
     file: Option<MountEntry>,
     dir: Option<MountEntry>,
     /// Compact reference `<store>:<path>[#property]`, instead of the fields below.
     #[serde(rename = "ref")]
-    reference: Option<String>,
-    store: Option<String>,
-    path: Option<String>,
-    property: Option<String>,
+    reference: Option<Text>,
+    store: Option<Text>,
+    path: Option<Text>,
+    property: Option<Text>,
     version: Option<VersionText>,
     #[serde(default)]
-    containers: Vec<String>,
+    containers: Vec<Text>,
     #[serde(default)]
     init_containers: bool,
     #[serde(default)]
@@ -456,7 +456,7 @@ struct Entry {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum VersionText {
-    Text(String),
+    Text(Text),
     Number(u64),
 }
 
@@ -464,13 +464,13 @@ enum VersionText {
 #[serde(deny_unknown_fields)]
 struct EnvFromEntry {
     #[serde(default)]
-    prefix: String,
+    prefix: Text,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MountEntry {
-    path: String,
+    path: Text,
     mode: Option<ModeText>,
 }
 
@@ -478,26 +478,87 @@ struct MountEntry {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum ModeText {
-    Octal(String),
+    Octal(Text),
     Decimal(u32),
+}
+
+/// A string of the structured form, charged to the reading budget.
+#[derive(Debug, Default)]
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        reading::charge(s.len() + 1)?;
+        Ok(Text(s))
+    }
+}
+
+/// An entry, charged to the reading budget even when it is empty.
+struct Charged(Entry);
+
+impl<'de> Deserialize<'de> for Charged {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        reading::charge(2)?;
+        Entry::deserialize(d).map(Charged)
+    }
+}
+
+/// YAML anchors and aliases repeat a node without repeating its text: a
+/// few KiB can name a thousand containers a thousand times, and the
+/// deserialiser would build every copy. So everything read from one
+/// structured value is charged against a budget of twice its text (more
+/// than any alias-free value needs: escapes expand at most 1.5×), and
+/// reading stops as soon as it runs out. The budget lives in a thread-local
+/// because serde's derived code cannot carry it; it is set and cleared
+/// around one synchronous `from_str`.
+mod reading {
+    use std::cell::Cell;
+
+    thread_local!(static LEFT: Cell<usize> = const { Cell::new(usize::MAX) });
+
+    /// Runs `f` with `budget` units to spend.
+    pub(super) fn within<T>(budget: usize, f: impl FnOnce() -> T) -> T {
+        let before = LEFT.with(|l| l.replace(budget));
+        let out = f();
+        LEFT.with(|l| l.set(before));
+        out
+    }
+
+    pub(super) fn charge<E: serde::de::Error>(units: usize) -> Result<(), E> {
+        LEFT.with(|l| match l.get().checked_sub(units) {
+            Some(rest) => {
+                l.set(rest);
+                Ok(())
+            }
+            None => Err(E::custom(
+                "the entries are larger than their text: YAML anchors and aliases cannot repeat them",
+            )),
+        })
+    }
 }
 
 fn parse_structured(key: &str, value: &str) -> Result<Vec<Injection>, GrammarError> {
     // serde_norway reads JSON too; its messages give positions, not the value.
-    let entries: Vec<Entry> = serde_norway::from_str(value).map_err(|e| {
+    let budget = 2 * value.len() + 16;
+    let entries: Vec<Charged> = reading::within(budget, || serde_norway::from_str(value)).map_err(|e| {
         let msg = e.to_string();
         err(key, format!("not a YAML/JSON list of entries: {msg}"))
     })?;
+    let entries: Vec<Entry> = entries.into_iter().map(|c| c.0).collect();
     let mut out = Vec::with_capacity(entries.len());
     for (i, e) in entries.into_iter().enumerate() {
         let source = format!("{key}[{i}]");
         let version = e.version.map(|v| match v {
-            VersionText::Text(t) => t,
+            VersionText::Text(t) => t.0,
             VersionText::Number(n) => n.to_string(),
         });
+        let property = e.property.map(|p| p.0);
         let reference = match (e.reference, e.store, e.path) {
-            (Some(r), None, None) if e.property.is_none() => parse_reference(&source, &r, version)?,
-            (None, Some(store), Some(path)) => build_reference(&source, &store, &path, e.property, version)?,
+            (Some(r), None, None) if property.is_none() => parse_reference(&source, &r.0, version)?,
+            (None, Some(store), Some(path)) => {
+                build_reference(&source, &store.0, &path.0, property, version)?
+            }
             _ => {
                 return Err(err(
                     &source,
@@ -508,31 +569,31 @@ fn parse_structured(key: &str, value: &str) -> Result<Vec<Injection>, GrammarErr
         let mode = |m: Option<ModeText>| -> Result<Option<u32>, GrammarError> {
             match m {
                 None => Ok(None),
-                Some(ModeText::Octal(t)) => parse_mode(&source, &t).map(Some),
+                Some(ModeText::Octal(t)) => parse_mode(&source, &t.0).map(Some),
                 Some(ModeText::Decimal(d)) if d <= 0o777 => Ok(Some(d)),
                 Some(ModeText::Decimal(_)) => Err(err(&source, "mode must be at most 0777 (511)")),
             }
         };
         let mut targets = Vec::new();
-        if let Some(name) = e.env {
+        if let Some(Text(name)) = e.env {
             validate_env_name(&source, &name)?;
             targets.push(Target::Env { name });
         }
         if let Some(ef) = e.env_from {
-            validate_env_prefix(&source, &ef.prefix)?;
-            targets.push(Target::EnvFrom { prefix: ef.prefix });
+            validate_env_prefix(&source, &ef.prefix.0)?;
+            targets.push(Target::EnvFrom { prefix: ef.prefix.0 });
         }
         if let Some(f) = e.file {
-            validate_mount_path(&source, &f.path)?;
+            validate_mount_path(&source, &f.path.0)?;
             targets.push(Target::File {
-                path: f.path,
+                path: f.path.0,
                 mode: mode(f.mode)?,
             });
         }
         if let Some(d) = e.dir {
-            validate_mount_path(&source, &d.path)?;
+            validate_mount_path(&source, &d.path.0)?;
             targets.push(Target::Dir {
-                path: d.path,
+                path: d.path.0,
                 mode: mode(d.mode)?,
             });
         }
@@ -544,7 +605,7 @@ fn parse_structured(key: &str, value: &str) -> Result<Vec<Injection>, GrammarErr
         let names = if e.containers.is_empty() {
             Vec::new()
         } else {
-            parse_container_list(&source, e.containers.iter().map(String::as_str))?
+            parse_container_list(&source, e.containers.iter().map(|c| c.0.as_str()))?
         };
         out.push(Injection {
             source,
@@ -726,6 +787,45 @@ mod tests {
                 .injections
                 .len(),
             1
+        );
+    }
+
+    /// The attack: anchors and aliases that would make a 50 KB annotation
+    /// a million container names, built before any check looked at them.
+    #[test]
+    fn yaml_aliases_cannot_multiply_the_entries() {
+        let names: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+        let mut yaml = format!(
+            "- {{env: A, ref: \"dev:a\", containers: &c [{}]}}\n",
+            names.join(", ")
+        );
+        for i in 0..1000 {
+            yaml += &format!("- {{env: B{i}, ref: \"dev:a\", containers: *c}}\n");
+        }
+        let e = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", &yaml)])).unwrap_err();
+        assert_eq!(e.annotation, "sesame.dev/secrets");
+        assert!(e.message.contains("anchors and aliases"), "{e}");
+        // Whole entries repeated by alias are refused the same way.
+        let mut yaml =
+            String::from("- &e {env: A, ref: \"dev:apps/team-a/db#password\", containers: [app]}\n");
+        yaml += &"- *e\n".repeat(1000);
+        let e = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", &yaml)])).unwrap_err();
+        assert!(e.message.contains("anchors and aliases"), "{e}");
+        // An alias that repeats little stays within the budget.
+        let yaml =
+            "- {env: A, ref: \"dev:a\", containers: &c [app]}\n- {env: B, ref: \"dev:b\", containers: *c}";
+        let r = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", yaml)])).unwrap();
+        assert_eq!(r.injections[1].containers.names, vec!["app"]);
+    }
+
+    /// Escapes are the one way plain YAML reads longer than it is written.
+    #[test]
+    fn escaped_strings_fit_the_budget() {
+        let yaml = format!("[{{env: A, ref: \"dev:a#{}\"}}]", "\\L".repeat(80));
+        let e = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", &yaml)])).unwrap_err();
+        assert!(
+            e.message.contains("property"),
+            "read to the end, refused by the grammar: {e}"
         );
     }
 

@@ -2,12 +2,12 @@
 //! the pipeline feeds it resolved secrets.
 
 pub mod annotations;
-pub(crate) mod data;
-pub(crate) mod patch;
+pub mod data;
+pub mod patch;
 pub mod plan;
 pub mod pod;
 
-pub use annotations::{SecretRef, Target};
+pub use annotations::{Injection, SecretRef, Target};
 pub(crate) use data::{secret_data, DataError, Fetched};
 pub(crate) use patch::build_patch;
 pub use plan::ManagedSecret;

@@ -141,7 +141,7 @@ pub(crate) struct PlanInput<'a> {
     pub pod: &'a PodView,
     pub mode: Mode,
     pub(crate) inline_allowed: bool,
-    pub(crate) injections: &'a [Injection],
+    pub injections: &'a [Injection],
     /// One answer per injection, in the same order. Injections of the same
     /// secret (store, path, version) have the same answer, as
     /// `Stores::resolve` gives it: the Secret's data is taken per secret.

@@ -46,7 +46,7 @@ pub struct OwnerReference {
 pub struct SpecView {
     #[serde(default)]
     pub containers: Vec<ContainerView>,
-    pub(crate) init_containers: Option<Vec<ContainerView>>,
+    pub init_containers: Option<Vec<ContainerView>>,
     pub volumes: Option<Vec<serde_json::Value>>,
     pub service_account_name: Option<String>,
 }
@@ -77,7 +77,7 @@ impl PodView {
 
     /// The name for logs: the name, or `generateName` followed by `*` for
     /// controller-created Pods, which have no name yet at admission.
-    pub(crate) fn display_name(&self) -> String {
+    pub fn display_name(&self) -> String {
         match (&self.metadata.name, &self.metadata.generate_name) {
             (Some(n), _) if !n.is_empty() => n.clone(),
             (_, Some(g)) => format!("{g}*"),
@@ -94,14 +94,14 @@ impl PodView {
             .find(|o| o.controller == Some(true))
     }
 
-    pub(crate) fn init_containers(&self) -> &[ContainerView] {
+    pub fn init_containers(&self) -> &[ContainerView] {
         self.spec.init_containers.as_deref().unwrap_or(&[])
     }
 
     /// Every Secret name starting with `prefix` that the Pod itself refers
     /// to: env `valueFrom.secretKeyRef`, `envFrom.secretRef`, `secret`
     /// volumes and `projected` volume sources.
-    pub(crate) fn secret_names_with_prefix(&self, prefix: &str) -> BTreeSet<String> {
+    pub fn secret_names_with_prefix(&self, prefix: &str) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         let mut add = |v: Option<&Value>| {
             if let Some(name) = v.and_then(Value::as_str).filter(|n| n.starts_with(prefix)) {

@@ -81,7 +81,7 @@ impl KubeMetrics {
             .inc();
     }
 
-    pub(crate) fn rotation_failure(&self, class: &str) {
+    pub fn rotation_failure(&self, class: &str) {
         self.rotation_failures
             .get_or_create(&ClassLabel {
                 class: class.to_owned(),
@@ -89,7 +89,7 @@ impl KubeMetrics {
             .inc();
     }
 
-    pub(crate) fn set_oldest_unrefreshed(&self, seconds: i64) {
+    pub fn set_oldest_unrefreshed(&self, seconds: i64) {
         self.oldest_unrefreshed.set(seconds);
     }
 
@@ -101,11 +101,11 @@ impl KubeMetrics {
             .inc();
     }
 
-    pub(crate) fn gc_deleted(&self) {
+    pub fn gc_deleted(&self) {
         self.gc_deleted.inc();
     }
 
-    pub(crate) fn set_leader(&self, leading: bool) {
+    pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
     }
 }

@@ -7,7 +7,7 @@ mod args;
 pub mod certs;
 pub mod client;
 pub mod gc;
-pub(crate) mod leader;
+pub mod leader;
 pub mod lease;
 pub mod metrics;
 pub mod namespaces;

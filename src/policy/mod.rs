@@ -2,14 +2,14 @@
 //! account may read which paths of which store. Pure functions over the
 //! configuration and what the caller knows of the Pod; default deny.
 
-pub(crate) mod config;
+pub mod config;
 mod glob;
 mod selector;
 
 use std::collections::BTreeMap;
 
 pub(crate) use config::{LabelSelector, PolicyConfig};
-pub(crate) use glob::{glob_match, PathPattern};
+pub use glob::{glob_match, PathPattern};
 pub(crate) use selector::selector_matches;
 
 /// Who asks: the Pod's namespace, that namespace's labels when known (from
@@ -179,7 +179,7 @@ impl NamespacePolicy {
 /// policy: empty or `.`/`..` segments, leading or trailing `/`, `//`,
 /// percent-encoding, backslashes, glob characters, whitespace and control
 /// characters. What passes is compared literally, segment by segment.
-pub(crate) fn validate_secret_path(path: &str) -> Result<(), String> {
+pub fn validate_secret_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("the path is empty".into());
     }
@@ -338,6 +338,28 @@ mod tests {
         assert!(p
             .authorize(&Subject::namespace("team-a"), "x", "shared/a/b/public")
             .is_err());
+    }
+
+    /// `request.namespace` is the API server's, but the policy does not rely
+    /// on its format: a namespace spelled like a glob reads only the
+    /// subtree spelled the same way (which no valid path can name).
+    #[test]
+    fn glob_named_namespace_reads_no_other_subtree() {
+        let p = with_rules(vec![rule("own", &["*"], &["vault"], &["secret/{namespace}/**"])]);
+        for namespace in ["*", "team-?", "team-*", "**"] {
+            let err = p
+                .authorize(&Subject::namespace(namespace), "vault", "secret/team-b/db")
+                .unwrap_err();
+            assert!(
+                matches!(err, PolicyDenial::PathNotAllowed { .. }),
+                "{namespace}: {err}"
+            );
+        }
+        assert_eq!(
+            p.authorize(&Subject::namespace("team-b"), "vault", "secret/team-b/db")
+                .unwrap(),
+            "own"
+        );
     }
 
     #[test]

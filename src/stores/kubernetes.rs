@@ -80,7 +80,7 @@ pub(crate) fn split_path(path: &str) -> Result<(&str, &str), StoreError> {
 
 /// Maps an API failure to a store failure; messages carry the status, not
 /// the Secret.
-pub(crate) fn store_error(e: &::kube::Error) -> StoreError {
+pub fn store_error(e: &::kube::Error) -> StoreError {
     match e {
         ::kube::Error::Api(s) => match s.code {
             404 => StoreError::NotFound,

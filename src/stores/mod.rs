@@ -4,20 +4,20 @@
 
 pub mod aws;
 #[cfg(feature = "azure")]
-pub(crate) mod azure;
+pub mod azure;
 #[cfg(any(feature = "gcp", feature = "azure", feature = "infisical"))]
 mod bearer;
 mod cache;
 pub mod common;
 mod config;
-pub(crate) mod file;
+pub mod file;
 #[cfg(feature = "gcp")]
 pub(crate) mod gcp;
 #[cfg(feature = "infisical")]
 pub(crate) mod infisical;
 pub mod kubernetes;
 mod limit;
-pub(crate) mod token;
+pub mod token;
 mod value;
 pub mod vault;
 
