@@ -19,13 +19,11 @@ use arc_swap::ArcSwap;
 use criterion::{criterion_group, Criterion, Throughput};
 use serde_json::Value;
 
-use sesame::admission::Admission;
+use sesame::admission::{Admission, DryRunWriter};
 use sesame::config::Config;
 use sesame::inject::PodView;
-use sesame::kube::DryRunWriter;
 use sesame::pipeline::{Engine, PodInput, SharedEngine, Verdict};
 use sesame::server::ReviewLane;
-use sesame::stores::Stores;
 use sesame::telemetry::Metrics;
 
 /// The allocator `sesame` runs with (src/main.rs), so that figures match.
@@ -89,12 +87,9 @@ fn setup() -> Setup {
         .expect("runtime");
     let metrics = Arc::new(Metrics::new());
     let loaded = Config::load(Some(&Path::new(DATA).join("sesame.yaml"))).expect("config");
-    let engine = runtime.block_on(async {
-        let stores = Stores::from_config(&loaded.config.stores, &loaded.base_dir, &metrics, None)
-            .await
-            .expect("stores");
-        Engine::new(&loaded.config, stores).expect("engine")
-    });
+    let engine = runtime
+        .block_on(Engine::from_config(&loaded, &metrics, None))
+        .expect("engine");
     let engine: SharedEngine = Arc::new(ArcSwap::from_pointee(engine));
     let admission = Arc::new(Admission::new(engine.clone(), Arc::new(DryRunWriter), metrics));
     let setup = Setup {

@@ -18,4 +18,7 @@ export SESAME_REQUIRE_TOOLS=1
 if [ -z "${SESAME_E2E_KUBECONFIG:-}" ]; then
   echo "== end-to-end suites against a real API server skip: SESAME_E2E_KUBECONFIG is not set (docs/e2e.md)"
 fi
+if [ -z "${SESAME_E2E_NODE_KUBECONFIG:-}" ]; then
+  echo "== the real-node suite skips: SESAME_E2E_NODE_KUBECONFIG is not set (docs/e2e.md)"
+fi
 cargo test --locked --lib --bins --tests "$@"

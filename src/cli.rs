@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::kube::certs::CertMode;
-use crate::kube::client::KubeMode;
+use crate::kube::{KubeArgs, KubeMode};
 use crate::server::ConnectionArgs;
 use crate::telemetry::LogFormat;
 
@@ -74,13 +73,13 @@ pub struct ServeArgs {
     pub config: ConfigArg,
     /// Address to listen on.
     #[arg(long, env = "SESAME_BIND_ADDRESS", default_value = "0.0.0.0")]
-    pub bind_address: IpAddr,
+    pub(crate) bind_address: IpAddr,
     /// HTTPS port for the API server (`POST /mutate`).
     #[arg(long, env = "SESAME_TLS_PORT", default_value_t = 8443)]
-    pub tls_port: u16,
+    pub(crate) tls_port: u16,
     /// Plain-HTTP port for /livez, /readyz and /metrics.
     #[arg(long, env = "SESAME_ADMIN_PORT", default_value_t = 8080)]
-    pub admin_port: u16,
+    pub(crate) admin_port: u16,
     /// Directory with tls.crt and tls.key; without them a self-signed pair is generated.
     #[arg(long, env = "SESAME_CERT_DIR", default_value = "certs")]
     pub cert_dir: PathBuf,
@@ -101,92 +100,6 @@ pub struct ServeArgs {
     pub connections: ConnectionArgs,
     #[command(flatten)]
     pub kube: KubeArgs,
-}
-
-/// The Kubernetes API side of `serve`.
-#[derive(Debug, Clone, Args)]
-pub struct KubeArgs {
-    /// Write managed Secrets through the Kubernetes API: `auto` when in a
-    /// cluster or KUBECONFIG is set (else dry-run), `off`, or `required`.
-    #[arg(long = "kube", env = "SESAME_KUBE", value_enum, default_value = "auto")]
-    pub mode: KubeMode,
-    /// Kubeconfig file to use instead of in-cluster config or KUBECONFIG.
-    #[arg(long, env = "SESAME_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Sesame's own namespace: where its certificate Secret lives, the
-    /// Service's namespace in the certificate, and the default for the Lease
-    /// (default: from the service-account mount, else `default`).
-    #[arg(long, env = "SESAME_NAMESPACE")]
-    pub namespace: Option<String>,
-    /// Namespace of the leader-election Lease (default: Sesame's own).
-    #[arg(long, env = "SESAME_LEASE_NAMESPACE")]
-    pub lease_namespace: Option<String>,
-    /// Name of the leader-election Lease for garbage collection and rotation.
-    #[arg(long, env = "SESAME_LEASE_NAME", default_value = "sesame-leader")]
-    pub lease_name: String,
-    /// How long an unreferenced managed Secret is kept before it is deleted.
-    #[arg(long, env = "SESAME_GC_GRACE", default_value = "10m", value_parser = humantime::parse_duration)]
-    pub gc_grace: Duration,
-    /// How often the leader looks for unreferenced managed Secrets.
-    #[arg(long, env = "SESAME_GC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub gc_interval: Duration,
-    #[command(flatten)]
-    pub certs: CertArgs,
-}
-
-/// Where the serving certificate comes from.
-#[derive(Debug, Clone, Args)]
-pub struct CertArgs {
-    /// `files`: tls.crt/tls.key in --cert-dir (cert-manager, or your own);
-    /// `self-managed`: Sesame keeps a CA and a serving certificate in a
-    /// Secret and writes the caBundle of its webhook configuration.
-    #[arg(long, env = "SESAME_CERT_MODE", value_enum, default_value = "files")]
-    pub cert_mode: CertMode,
-    /// Self-managed: the Secret (in Sesame's namespace) holding the CA and
-    /// the serving certificate.
-    #[arg(long, env = "SESAME_CERT_SECRET", default_value = "sesame-certs")]
-    pub cert_secret: String,
-    /// Self-managed: the MutatingWebhookConfiguration whose caBundle Sesame writes.
-    #[arg(long, env = "SESAME_WEBHOOK_CONFIG", default_value = "sesame")]
-    pub webhook_config: String,
-    /// Self-managed: the Service the API server calls (names in the certificate).
-    #[arg(long, env = "SESAME_SERVICE", default_value = "sesame")]
-    pub service: String,
-    /// Self-managed: lifetime of a serving certificate; renewed at two thirds.
-    #[arg(long, env = "SESAME_SERVING_CERT_VALIDITY", default_value = "365d", value_parser = humantime::parse_duration)]
-    pub serving_cert_validity: Duration,
-    /// Self-managed: lifetime of the CA; replaced at two thirds, announced in
-    /// the caBundle before it signs anything.
-    #[arg(long, env = "SESAME_CA_VALIDITY", default_value = "3650d", value_parser = humantime::parse_duration)]
-    pub ca_validity: Duration,
-}
-
-impl Default for CertArgs {
-    fn default() -> Self {
-        Self {
-            cert_mode: CertMode::Files,
-            cert_secret: "sesame-certs".into(),
-            webhook_config: "sesame".into(),
-            service: "sesame".into(),
-            serving_cert_validity: Duration::from_secs(365 * 86_400),
-            ca_validity: Duration::from_secs(3650 * 86_400),
-        }
-    }
-}
-
-impl Default for KubeArgs {
-    fn default() -> Self {
-        Self {
-            mode: KubeMode::Auto,
-            kubeconfig: None,
-            namespace: None,
-            lease_namespace: None,
-            lease_name: "sesame-leader".into(),
-            gc_grace: Duration::from_secs(600),
-            gc_interval: Duration::from_secs(300),
-            certs: CertArgs::default(),
-        }
-    }
 }
 
 impl ServeArgs {
@@ -224,7 +137,7 @@ pub struct MutateArgs {
     pub namespace: Option<String>,
     /// Print secret values in the Secret (base64). Off by default: keys only.
     #[arg(long)]
-    pub show_values: bool,
+    pub(crate) show_values: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -240,12 +153,13 @@ pub struct GenCertsArgs {
     pub out: PathBuf,
     /// Validity of the serving certificate in days (the CA lives twice as long).
     #[arg(long, default_value_t = 365)]
-    pub days: i64,
+    pub(crate) days: i64,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kube::{CertMode, KubeArgs};
     use clap::CommandFactory;
 
     #[test]
@@ -267,7 +181,7 @@ mod tests {
         assert_eq!(args.kube.certs.webhook_config, "sesame");
         assert_eq!(
             args.kube.certs.serving_cert_validity,
-            CertArgs::default().serving_cert_validity
+            KubeArgs::default().certs.serving_cert_validity
         );
     }
 }

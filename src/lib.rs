@@ -4,12 +4,16 @@
 //! A Pod's journey: `server` (TLS, HTTP) → `admission` (AdmissionReview in
 //! and out) → `pipeline` → `inject::annotations` (what the Pod asks for) →
 //! `policy` (may it?) → `stores` (values, cached) → `inject::plan` and
-//! `inject::patch` (what changes) → `kube` (the managed Secret).
+//! `inject::patch` (what changes) → `kube` (the managed Secret). See
+//! docs/architecture.md for what each module owns and the one-way arrows
+//! between them. Public are the modules the binary, the benches and the
+//! tests use; the rest is `pub(crate)`.
 
 pub mod admission;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub(crate) mod denial;
 pub mod inject;
 pub mod kube;
 pub mod mutate;
@@ -18,4 +22,6 @@ pub mod policy;
 pub mod run;
 pub mod server;
 pub mod stores;
+pub(crate) mod tasks;
 pub mod telemetry;
+pub mod validate;

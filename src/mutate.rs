@@ -18,7 +18,7 @@ use crate::pipeline::{Engine, PodInput, Verdict};
 use crate::telemetry::Metrics;
 
 /// Where the Pod (template) sits in each kind of object.
-pub fn pod_pointer(kind: &str) -> Option<&'static str> {
+pub(crate) fn pod_pointer(kind: &str) -> Option<&'static str> {
     match kind {
         "Pod" => Some(""),
         "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController" => {
@@ -38,7 +38,7 @@ pub struct Mutated {
 }
 
 /// Runs the pipeline on one object; `Err` carries the denial message.
-pub async fn mutate_object(
+pub(crate) async fn mutate_object(
     engine: &Engine,
     mut object: Value,
     namespace: Option<&str>,
@@ -96,7 +96,7 @@ pub async fn mutate_object(
 
 /// The managed Secret exactly as the Kubernetes writer would apply it, with
 /// each value replaced by its size unless `show_values` is set.
-pub fn secret_manifest(secret: &ManagedSecret, prefix: &str, show_values: bool) -> Value {
+pub(crate) fn secret_manifest(secret: &ManagedSecret, prefix: &str, show_values: bool) -> Value {
     let owners: Vec<_> = secret
         .owners
         .iter()
@@ -130,11 +130,11 @@ pub async fn run(args: &MutateArgs) -> anyhow::Result<ExitCode> {
     };
     let loaded = Config::load(args.config.resolve().as_deref())?;
     let metrics = Arc::new(Metrics::new());
-    let engine = crate::run::build_engine(&loaded, &metrics).await?;
+    let engine = Engine::from_config(&loaded, &metrics, None).await?;
 
     let mut out = Vec::new();
     let mut denied = false;
-    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
         let value =
             Value::deserialize(doc).with_context(|| format!("document {} is not YAML/JSON", i + 1))?;
         if value.is_null() {
@@ -159,7 +159,7 @@ pub async fn run(args: &MutateArgs) -> anyhow::Result<ExitCode> {
     for doc in &out {
         println!(
             "---\n{}",
-            serde_yaml::to_string(doc).context("printing YAML")?.trim_end()
+            serde_norway::to_string(doc).context("printing YAML")?.trim_end()
         );
     }
     Ok(if denied {

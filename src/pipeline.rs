@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use json_patch::PatchOperation;
 
-use crate::config::Config;
+use crate::config::{Config, LoadedConfig};
+use crate::denial::DenialClass;
 use crate::inject::annotations::{self, INJECTED_SUFFIX};
 use crate::inject::plan::MANAGED_PREFIX;
 use crate::inject::{build_patch, build_plan, Grant, ManagedSecret, PlanInput, PodView, SecretRef};
 use crate::policy::{NamespacePolicy, Subject};
 use crate::stores::{SecretLocator, StoreRequest, Stores};
+use crate::telemetry::Metrics;
 
 /// Everything the pipeline needs, built once from the configuration and
 /// swapped whole when the configuration changes.
@@ -61,31 +63,35 @@ pub struct Mutation {
 /// paths and rules, never a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
-    pub code: u16,
-    /// Metric label: `malformed`, `policy`, `not_found`, `unreachable`, ...
-    pub class: &'static str,
+    /// Why: the class knows the HTTP code and the metric label.
+    pub class: DenialClass,
     pub message: String,
     /// The references involved, for the audit log line.
     pub references: Vec<SecretRef>,
 }
 
 impl Denial {
-    fn new(code: u16, class: &'static str, message: String, references: Vec<SecretRef>) -> Self {
+    fn new(class: DenialClass, message: String, references: Vec<SecretRef>) -> Self {
         Self {
-            code,
             class,
             message,
             references,
         }
     }
+
+    /// The HTTP code of the AdmissionResponse status.
+    pub fn code(&self) -> u16 {
+        self.class.code()
+    }
 }
 
 impl Engine {
-    pub fn new(config: &Config, stores: Stores) -> Result<Self, String> {
-        Ok(Self {
+    /// An engine over stores built elsewhere (tests, benches).
+    pub fn new(config: &Config, stores: Stores) -> Self {
+        Self {
             marker_key: format!("{}/{}", config.annotation_prefix, INJECTED_SUFFIX),
             prefix: config.annotation_prefix.clone(),
-            policy: NamespacePolicy::new(&config.policy)?,
+            policy: NamespacePolicy::new(&config.policy),
             stores,
             resolve_timeout: config.resolve_timeout,
             refresh_intervals: config
@@ -93,19 +99,46 @@ impl Engine {
                 .iter()
                 .filter_map(|s| s.refresh_interval.map(|d| (s.name.clone(), d)))
                 .collect(),
-        })
+        }
+    }
+
+    /// Builds the stores of a loaded configuration and the engine over
+    /// them. `kube` is the Kubernetes client, for the `kubernetes` store.
+    pub async fn from_config(
+        loaded: &LoadedConfig,
+        metrics: &Arc<Metrics>,
+        kube: Option<&::kube::Client>,
+    ) -> anyhow::Result<Self> {
+        let stores = Stores::from_config(&loaded.config.stores, &loaded.base_dir, metrics, kube).await?;
+        Ok(Self::new(&loaded.config, stores))
+    }
+
+    /// The engine of a changed configuration. Stores whose section did not
+    /// change are kept, with their caches and tokens: editing a policy rule
+    /// logs in to no store again and empties no cache.
+    pub async fn reload(
+        &self,
+        loaded: &LoadedConfig,
+        metrics: &Arc<Metrics>,
+        kube: Option<&::kube::Client>,
+    ) -> anyhow::Result<Self> {
+        let stores = self
+            .stores
+            .rebuilt(&loaded.config.stores, &loaded.base_dir, metrics, kube)
+            .await?;
+        Ok(Self::new(&loaded.config, stores))
     }
 
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    pub fn marker_key(&self) -> &str {
+    pub(crate) fn marker_key(&self) -> &str {
         &self.marker_key
     }
 
     /// The refresh interval of a store, if it has one.
-    pub fn refresh_interval(&self, store: &str) -> Option<Duration> {
+    pub(crate) fn refresh_interval(&self, store: &str) -> Option<Duration> {
         self.refresh_intervals.get(store).copied()
     }
 
@@ -117,10 +150,6 @@ impl Engine {
         &self.stores
     }
 
-    pub fn policy(&self) -> &NamespacePolicy {
-        &self.policy
-    }
-
     /// The cheap test that lets un-annotated Pods through without work.
     pub fn wants(&self, pod: &PodView) -> bool {
         annotations::has_requests(&self.prefix, pod.annotations().map(|(k, _)| k))
@@ -129,7 +158,7 @@ impl Engine {
     /// Whether the pipeline has anything to say about the Pod: it asks for
     /// secrets, or it uses a managed Secret by name (which it may only do
     /// for the Secret its own annotations produce).
-    pub fn concerns(&self, pod: &PodView) -> bool {
+    pub(crate) fn concerns(&self, pod: &PodView) -> bool {
         self.wants(pod) || !pod.secret_names_with_prefix(MANAGED_PREFIX).is_empty()
     }
 
@@ -146,7 +175,7 @@ impl Engine {
         let annotations = input.pod.metadata.annotations.as_ref().unwrap_or(&empty);
         let mut request = match annotations::parse(&self.prefix, annotations) {
             Ok(r) => r,
-            Err(e) => return Verdict::Denied(Denial::new(400, "malformed", e.to_string(), Vec::new())),
+            Err(e) => return Verdict::Denied(Denial::new(DenialClass::Malformed, e.to_string(), Vec::new())),
         };
         // Namespaced stores: `name` means the Pod's own namespace.
         for injection in &mut request.injections {
@@ -179,8 +208,7 @@ impl Engine {
                 let mut known: Vec<&str> = self.stores.names().collect();
                 known.sort_unstable();
                 return Verdict::Denied(Denial::new(
-                    400,
-                    "unknown_store",
+                    DenialClass::UnknownStore,
                     format!(
                         "annotation \"{}\": no store is named \"{}\" (configured: {})",
                         injection.source,
@@ -199,8 +227,7 @@ impl Engine {
                 }),
                 Err(denial) => {
                     return Verdict::Denied(Denial::new(
-                        403,
-                        "policy",
+                        DenialClass::Policy,
                         format!("annotation \"{}\": {denial}", injection.source),
                         references,
                     ))
@@ -230,7 +257,7 @@ impl Engine {
             resolved: &resolved,
         }) {
             Ok(p) => p,
-            Err(e) => return Verdict::Denied(Denial::new(e.code(), e.class(), e.to_string(), references)),
+            Err(e) => return Verdict::Denied(Denial::new(e.class(), e.to_string(), references)),
         };
         if let Some(secret) = &mut plan.secret {
             secret.restart_on_rotation = request.restart_on_rotation;
@@ -243,7 +270,7 @@ impl Engine {
         }
         let patch = match build_patch(input.pod, &plan, input.base, &self.marker_key, secret_name) {
             Ok(p) => p,
-            Err(e) => return Verdict::Denied(Denial::new(422, "conflict", e.0, references)),
+            Err(e) => return Verdict::Denied(Denial::new(e.class(), e.to_string(), references)),
         };
         // Grants only for what was placed: skipped optional references are warnings.
         let warnings = plan.warnings;
@@ -264,8 +291,7 @@ fn foreign_secret(name: &str, own: Option<&str>) -> Denial {
         None => "its annotations produce none".to_owned(),
     };
     Denial::new(
-        403,
-        "policy",
+        DenialClass::Policy,
         format!("the Pod refers to Secret \"{name}\", which Sesame manages for other Pods; {allowed}"),
         Vec::new(),
     )
@@ -283,7 +309,6 @@ mod tests {
     use super::*;
     use crate::inject::annotations::SecretRef as Ref;
     use crate::stores::{CachedStore, SecretData, SecretValue, Store, StoreError};
-    use crate::telemetry::Metrics;
 
     /// A namespaced in-memory store that records the paths it was asked for.
     struct Namespaced(std::sync::Mutex<Vec<String>>);
@@ -296,16 +321,11 @@ mod tests {
         fn namespaced(&self) -> bool {
             true
         }
-        async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-            locators
-                .iter()
-                .map(|l| {
-                    self.0.lock().unwrap().push(l.path.clone());
-                    Ok(SecretData::Properties(
-                        [("password".to_owned(), SecretValue::from("pw"))].into(),
-                    ))
-                })
-                .collect()
+        async fn read(&self, l: &SecretLocator) -> Result<SecretData, StoreError> {
+            self.0.lock().unwrap().push(l.path.clone());
+            Ok(SecretData::Properties(
+                [("password".to_owned(), SecretValue::from("pw"))].into(),
+            ))
         }
     }
 
@@ -327,7 +347,7 @@ mod tests {
                 metrics,
             )),
         );
-        Engine::new(&config, stores).unwrap()
+        Engine::new(&config, stores)
     }
 
     fn pod(annotations: &[(&str, &str)], extra_spec: serde_json::Value) -> PodView {
@@ -380,7 +400,7 @@ mod tests {
         let Verdict::Denied(d) = run(&e, &other).await else {
             panic!("allowed")
         };
-        assert_eq!(d.class, "policy");
+        assert_eq!(d.class, DenialClass::Policy);
         let mut ci = other.clone();
         ci.spec.service_account_name = Some("ci".into());
         assert!(matches!(run(&e, &ci).await, Verdict::Mutated(_)));
@@ -407,7 +427,7 @@ mod tests {
         let Verdict::Denied(d) = run(&e, &bare).await else {
             panic!("allowed")
         };
-        assert_eq!(d.code, 403);
+        assert_eq!(d.code(), 403);
         assert!(d.message.contains("sesame-0123456789abcdef"), "{}", d.message);
 
         // Annotated, but also mounts a Secret its annotations do not produce.
@@ -425,5 +445,77 @@ mod tests {
         assert!(matches!(run(&e, &own).await, Verdict::Mutated(_)));
         // Unrelated Secrets are none of Sesame's business.
         assert!(!e.concerns(&pod(&[], mount("app-secret"))));
+    }
+
+    /// A reload that changes only a policy rule keeps every store object
+    /// and its cache; one that changes a store's section rebuilds that store
+    /// alone.
+    #[tokio::test]
+    async fn a_reload_keeps_the_stores_whose_section_did_not_change() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "apps/x: one\n").unwrap();
+        std::fs::write(dir.path().join("b.yaml"), "apps/y: two\n").unwrap();
+        let config = |rule_paths: &str, b_ttl: &str| {
+            format!(
+                "stores:\n  - {{name: a, file: {{path: a.yaml}}, cacheTtl: 1h}}\n  - {{name: b, file: {{path: b.yaml}}, cacheTtl: {b_ttl}}}\npolicy:\n  rules:\n    - {{name: r, namespaces: ['*'], stores: ['*'], paths: [{rule_paths}]}}\n"
+            )
+        };
+        let loaded = |yaml: String| {
+            let path = dir.path().join("sesame.yaml");
+            std::fs::write(&path, yaml).unwrap();
+            Config::load(Some(&path)).unwrap()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let first = Engine::from_config(&loaded(config("'apps/**'", "1h")), &metrics, None)
+            .await
+            .unwrap();
+        let read = |e: &Engine| {
+            let requests = [StoreRequest {
+                store: "a".into(),
+                locator: SecretLocator::new("apps/x", None),
+            }];
+            let stores = e.stores().clone();
+            async move { stores.resolve(&requests, Duration::from_secs(5)).await }
+        };
+        first.stores().upkeeps();
+        assert!(read(&first).await[0].is_ok());
+        // The value changes in the file; a cached copy still answers.
+        std::fs::write(dir.path().join("a.yaml"), "apps/x: changed\n").unwrap();
+
+        let policy_only = first
+            .reload(&loaded(config("'apps/*'", "1h")), &metrics, None)
+            .await
+            .unwrap();
+        for name in ["a", "b"] {
+            assert!(
+                Arc::ptr_eq(
+                    first.stores().get(name).unwrap(),
+                    policy_only.stores().get(name).unwrap()
+                ),
+                "store {name} was rebuilt"
+            );
+        }
+        let again = read(&policy_only).await;
+        assert_eq!(
+            again[0].as_ref().unwrap().get(None).unwrap().expose(),
+            b"one",
+            "from the kept cache"
+        );
+
+        let b_changed = policy_only
+            .reload(&loaded(config("'apps/*'", "5m")), &metrics, None)
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(
+            policy_only.stores().get("a").unwrap(),
+            b_changed.stores().get("a").unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            policy_only.stores().get("b").unwrap(),
+            b_changed.stores().get("b").unwrap()
+        ));
+        // A kept store keeps its running upkeep; only the new one starts one.
+        assert!(!b_changed.stores().get("a").unwrap().take_upkeep());
+        assert!(b_changed.stores().get("b").unwrap().take_upkeep());
     }
 }

@@ -7,7 +7,7 @@ mod process;
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub use process::max_open_files;
+pub(crate) use process::max_open_files;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,40 +17,40 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
+pub(crate) struct OutcomeLabels {
     pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PortLabels {
+pub(crate) struct PortLabels {
     pub port: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ShedLabels {
+pub(crate) struct ShedLabels {
     pub port: String,
     pub action: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BuildLabels {
+pub(crate) struct BuildLabels {
     pub version: String,
     pub features: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StoreLabels {
+pub(crate) struct StoreLabels {
     pub store: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StoreProviderLabels {
+pub(crate) struct StoreProviderLabels {
     pub store: String,
     pub provider: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StoreErrorLabels {
+pub(crate) struct StoreErrorLabels {
     pub store: String,
     pub class: String,
 }
@@ -217,7 +217,7 @@ impl Metrics {
     }
 
     /// Lets other components (the Kubernetes side) register their metrics.
-    pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> Option<R> {
+    pub(crate) fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> Option<R> {
         self.registry.lock().ok().map(|mut r| f(&mut r))
     }
 
@@ -231,12 +231,12 @@ impl Metrics {
     }
 
     /// Counts a review in flight until the guard is dropped.
-    pub fn review_started(&self) -> InFlight {
+    pub(crate) fn review_started(&self) -> InFlight {
         self.reviews_in_flight.inc();
         InFlight(self.reviews_in_flight.clone())
     }
 
-    pub fn set_connections(&self, port: &str, open: usize) {
+    pub(crate) fn set_connections(&self, port: &str, open: usize) {
         self.connections
             .get_or_create(&PortLabels {
                 port: port.to_owned(),
@@ -245,7 +245,7 @@ impl Metrics {
     }
 
     /// The gauge of `port`'s HTTP requests in flight.
-    pub fn requests_in_flight(&self, port: &str) -> Gauge {
+    pub(crate) fn requests_in_flight(&self, port: &str) -> Gauge {
         self.requests_in_flight
             .get_or_create(&PortLabels {
                 port: port.to_owned(),
@@ -253,7 +253,7 @@ impl Metrics {
             .clone()
     }
 
-    pub fn connection_shed(&self, port: &str, action: &str) {
+    pub(crate) fn connection_shed(&self, port: &str, action: &str) {
         self.connections_shed
             .get_or_create(&ShedLabels {
                 port: port.to_owned(),
@@ -262,7 +262,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn accept_error(&self, port: &str) {
+    pub(crate) fn accept_error(&self, port: &str) {
         self.accept_errors
             .get_or_create(&PortLabels {
                 port: port.to_owned(),
@@ -346,7 +346,7 @@ impl Metrics {
 }
 
 /// A review in flight; dropping it ends the count.
-pub struct InFlight(Gauge);
+pub(crate) struct InFlight(Gauge);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -400,7 +400,7 @@ pub fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blo
 }
 
 /// The subscriber `init_logging` installs, writing to `writer`.
-pub fn subscriber<W>(
+pub(crate) fn subscriber<W>(
     format: LogFormat,
     level: &str,
     ansi: bool,

@@ -18,9 +18,8 @@ use fake_api::FakeApi;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
-use sesame::certs::{new_ca, new_serving, service_sans, CertInfo, KeyedCert};
+use sesame::certs::{new_ca, new_serving, service_sans, CertInfo, CertResolver, KeyedCert};
 use sesame::kube::certs::{CertManager, Decision, Material, Policy, CHANGED_AT, FIELD_MANAGER};
-use sesame::server::tls::CertResolver;
 use sesame::telemetry::Metrics;
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -323,14 +322,8 @@ async fn ca_replacement_never_serves_an_untrusted_certificate() {
     assert_eq!(material.serving, start.serving);
     let resolver = Arc::new(resolver);
     let (_lead, leading) = watch::channel(true);
-    let (stop, shutdown) = watch::channel(false);
-    let task = m.spawn(
-        resolver.clone(),
-        &material,
-        leading,
-        Duration::from_millis(100),
-        shutdown,
-    );
+    // The upkeep, as `serve` runs it.
+    let task = tokio::spawn(m.run(resolver.clone(), material, leading, Duration::from_millis(100)));
 
     let trusted = |bundle: &str, cert: &[u8]| {
         let served = CertInfo::parse(&pem_of(cert)).unwrap();
@@ -390,8 +383,7 @@ async fn ca_replacement_never_serves_an_untrusted_certificate() {
             "{writes:?}"
         );
     }
-    let _ = stop.send(true);
-    task.await.unwrap();
+    task.abort();
 }
 
 fn pem_of(der: &[u8]) -> String {

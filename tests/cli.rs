@@ -62,7 +62,7 @@ fn mutate_ok(dir: &Path, args: &[&str], stdin: Option<&str>) -> Vec<Value> {
 }
 
 fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
+    serde_norway::Deserializer::from_str(yaml)
         .map(|d| Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
         .collect()
@@ -255,7 +255,7 @@ fn mutate_reads_several_documents_from_a_file_or_stdin() {
     let docs = mutate_ok(dir.path(), &["-f", "all.yaml", "-n", "team-a"], None);
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["ConfigMap", "Pod", "Secret", "Deployment", "Secret"]);
-    assert_eq!(docs[0], serde_yaml::from_str::<Value>(CONFIGMAP).unwrap());
+    assert_eq!(docs[0], serde_norway::from_str::<Value>(CONFIGMAP).unwrap());
     // Different references, different Secrets.
     assert_ne!(docs[2]["metadata"]["name"], docs[4]["metadata"]["name"]);
 

@@ -7,8 +7,12 @@
 //! a fresh namespace; deleted at the end, also on failure), and checks with
 //! real Pods: the mutation, the managed Secret and its owners, dry-run,
 //! policy denials the client sees, garbage collection of a bare Pod's Secret
-//! and a rotation with its rolling restart. It needs no controllers or
-//! kubelet: ReplicaSets and Deployments are created as inert objects.
+//! and a rotation with its rolling restart. It needs the API server's
+//! controllers (kube-controller-manager), as every cluster has them: the
+//! serviceaccount controller makes each namespace's `default` ServiceAccount,
+//! and a real Deployment's controllers make the ReplicaSets and Pods whose
+//! Deployment → ReplicaSet → Pod chain rotation follows. No scheduler or
+//! kubelet is needed: the Pods stay `Pending`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -26,7 +30,8 @@ use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use sesame::cli::{Cli, Command};
-use sesame::kube::client::{connect, KubeMode};
+use sesame::kube::client::connect;
+use sesame::kube::KubeMode;
 
 const PREFIX: &str = "sesame.dev";
 
@@ -60,6 +65,22 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Waits for the namespace's `default` ServiceAccount, which the
+/// serviceaccount controller makes (creating it here would race the
+/// controller and fail with AlreadyExists); Pods cannot be created before it.
+async fn default_service_account(client: &Client, ns: &str) {
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ns);
+    eventually(
+        &format!("the ServiceAccount {ns}/default (is kube-controller-manager running?)"),
+        Duration::from_secs(30),
+        || {
+            let accounts = accounts.clone();
+            async move { accounts.get_opt("default").await.unwrap().is_some() }
+        },
+    )
+    .await;
 }
 
 /// Serving certificate for 127.0.0.1 and its CA: the harness PKI beside the
@@ -122,18 +143,13 @@ async fn e2e_against_a_real_api_server() {
     let dir = tempfile::tempdir().unwrap();
     let ca_bundle = certificates(&kubeconfig, dir.path());
 
-    // The namespace (labelled for the namespaceSelector rule) and its
-    // `default` ServiceAccount (no controller-manager creates it).
+    // The namespace, labelled for the namespaceSelector rule.
     create(
         &Api::<Namespace>::all(client.clone()),
         json!({"metadata": {"name": ns, "labels": {"sesame-e2e": "labelled"}}}),
     )
     .await;
-    create(
-        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
-        json!({"metadata": {"name": "default"}}),
-    )
-    .await;
+    default_service_account(&client, &ns).await;
 
     std::fs::write(
         dir.path().join("secrets.yaml"),
@@ -177,7 +193,7 @@ async fn e2e_against_a_real_api_server() {
         Command::Serve(a) => a,
         _ => unreachable!(),
     };
-    let handle = sesame::run::start(&args, None).await.unwrap();
+    let handle = sesame::run::start(&args).await.unwrap();
     assert_eq!(handle.writer_kind, "kubernetes");
 
     let webhooks = Api::<MutatingWebhookConfiguration>::all(client.clone());
@@ -205,8 +221,7 @@ async fn e2e_against_a_real_api_server() {
     let outcome = std::panic::AssertUnwindSafe(scenarios(&env)).catch_unwind().await;
 
     // Always clean up: a webhook left behind with failurePolicy Fail would
-    // block Pods in that namespace. The namespace itself cannot be deleted
-    // without a controller-manager; its name is unique.
+    // block Pods in that namespace.
     let _ = webhooks.delete(&webhook_name, &DeleteParams::default()).await;
     handle.shutdown();
     handle.wait().await;
@@ -219,17 +234,83 @@ async fn e2e_against_a_real_api_server() {
         .await
         .unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity, None);
+    // Kept when a check failed, to look at; the namespace controller
+    // removes it and its objects.
+    delete_namespace(&env.client, &env.ns).await;
 }
 
-fn pod(name: &str, annotations: Value, owner: Option<(&str, &str)>) -> Value {
-    let mut p = json!({
+async fn delete_namespace(client: &Client, ns: &str) {
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(ns, &DeleteParams::default())
+        .await;
+}
+
+fn pod(name: &str, annotations: Value) -> Value {
+    json!({
         "metadata": {"name": name, "annotations": annotations},
         "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
-    });
-    if let Some((rs, uid)) = owner {
-        p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": uid, "controller": true}]);
+    })
+}
+
+/// Polls `f` until it returns something (for up to 30 s).
+async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Some(found) = f().await {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    p
+    panic!("timed out after 30 s waiting for {what}");
+}
+
+/// The ReplicaSets the Deployment controller made for `deployment`, oldest
+/// revision first, once there are `count` of them.
+async fn replicasets_of(replicasets: &Api<ReplicaSet>, deployment: &str, count: usize) -> Vec<ReplicaSet> {
+    wait_for(
+        &format!("{count} ReplicaSet(s) of Deployment {deployment}"),
+        || async {
+            let all = replicasets.list(&Default::default()).await.unwrap().items;
+            let mut mine: Vec<ReplicaSet> = all
+                .into_iter()
+                .filter(|rs| {
+                    rs.metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| o.kind == "Deployment" && o.name == deployment)
+                })
+                .collect();
+            mine.sort_by_key(revision);
+            (mine.len() == count).then_some(mine)
+        },
+    )
+    .await
+}
+
+fn revision(rs: &ReplicaSet) -> u64 {
+    rs.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_default()
+}
+
+/// The Pod the ReplicaSet controller made for `rs`, once it exists.
+async fn pod_of(pods: &Api<Pod>, rs: &ReplicaSet) -> Pod {
+    let uid = rs.metadata.uid.clone().unwrap();
+    let name = rs.metadata.name.clone().unwrap_or_default();
+    wait_for(&format!("a Pod of ReplicaSet {name}"), || async {
+        let all = pods.list(&Default::default()).await.unwrap().items;
+        all.into_iter()
+            .find(|p| p.metadata.owner_references.iter().flatten().any(|o| o.uid == uid))
+    })
+    .await
 }
 
 async fn scenarios(env: &Env) {
@@ -239,27 +320,6 @@ async fn scenarios(env: &Env) {
     let deployments = Api::<Deployment>::namespaced(env.client.clone(), ns);
     let replicasets = Api::<ReplicaSet>::namespaced(env.client.clone(), ns);
     let marker = format!("{PREFIX}/injected");
-
-    // Inert workload objects: a Deployment and two ReplicaSets of a rollout.
-    let template = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}});
-    let deployment = create(
-        &deployments,
-        json!({"metadata": {"name": "web"}, "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}}, "template": template}}),
-    )
-    .await;
-    let d_uid = deployment.metadata.uid.clone().unwrap();
-    let mut rs_uids = Vec::new();
-    for rs in ["web-1", "web-2"] {
-        let created = create(
-            &replicasets,
-            json!({
-                "metadata": {"name": rs, "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": d_uid, "controller": true}]},
-                "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}}, "template": template}
-            }),
-        )
-        .await;
-        rs_uids.push(created.metadata.uid.unwrap());
-    }
 
     let annotations = json!({
         format!("{PREFIX}/env.DB_PASSWORD"): "dev:apps/{ns}/db#password".replace("{ns}", ns),
@@ -271,10 +331,9 @@ async fn scenarios(env: &Env) {
     eventually("the webhook to mutate Pods", Duration::from_secs(20), || {
         let pods = pods.clone();
         let annotations = annotations.clone();
-        let uid = rs_uids[0].clone();
         let marker = marker.clone();
         async move {
-            let probe = pod("probe", annotations, Some(("web-1", &uid)));
+            let probe = pod("probe", annotations);
             let created: Pod = pods
                 .create(
                     &PostParams {
@@ -294,12 +353,29 @@ async fn scenarios(env: &Env) {
     })
     .await;
 
-    // 1. A Pod of ReplicaSet web-1 is mutated and its Secret written, owned by web-1.
-    let p1 = create(
-        &pods,
-        pod("web-1-a", annotations.clone(), Some(("web-1", &rs_uids[0]))),
+    // 1. A real Deployment: its controller makes a ReplicaSet, whose
+    // controller makes the Pod (as the replicaset-controller's account).
+    // The Pod is mutated and its Secret written, owned by that ReplicaSet.
+    // maxUnavailable 0: the Pods never become ready here, and the old
+    // ReplicaSet's Pod must stay while the next one's is created.
+    let template = |revision: &str| {
+        json!({
+            "metadata": {"labels": {"app": "web"}, "annotations": annotations.clone()},
+            "spec": {"containers": [{"name": "app", "image": format!("registry.invalid/app:{revision}")}]}
+        })
+    };
+    create(
+        &deployments,
+        json!({"metadata": {"name": "web"}, "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": template("1")
+        }}),
     )
     .await;
+    let first_rs = replicasets_of(&replicasets, "web", 1).await.remove(0);
+    let p1 = pod_of(&pods, &first_rs).await;
     let secret_name = p1.metadata.annotations.as_ref().unwrap()[&marker].clone();
     assert!(secret_name.starts_with("sesame-"), "{secret_name}");
     let env_var = &p1.spec.as_ref().unwrap().containers[0].env.as_ref().unwrap()[0];
@@ -336,7 +412,7 @@ async fn scenarios(env: &Env) {
         .into_iter()
         .map(|o| o.uid)
         .collect();
-    assert_eq!(owners, [rs_uids[0].clone()]);
+    assert_eq!(owners, [first_rs.metadata.uid.clone().unwrap()]);
     let managers: Vec<String> = secret
         .metadata
         .managed_fields
@@ -355,12 +431,24 @@ async fn scenarios(env: &Env) {
         "written by server-side apply as field manager sesame"
     );
 
-    // 2. The next ReplicaSet of the rollout becomes a second owner.
-    create(
-        &pods,
-        pod("web-2-a", annotations.clone(), Some(("web-2", &rs_uids[1]))),
-    )
-    .await;
+    // 2. A rollout (a new image): the next ReplicaSet's Pod asks for the
+    // same references and its ReplicaSet becomes a second owner.
+    deployments
+        .patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"template": template("2")}})),
+        )
+        .await
+        .unwrap();
+    let rs = replicasets_of(&replicasets, "web", 2).await;
+    let p2 = pod_of(&pods, &rs[1]).await;
+    assert_eq!(
+        p2.metadata.annotations.as_ref().unwrap()[&marker],
+        secret_name,
+        "one managed Secret for both revisions"
+    );
+    let rs_uids: Vec<String> = rs.iter().map(|r| r.metadata.uid.clone().unwrap()).collect();
     let owners: Vec<String> = secrets
         .get(&secret_name)
         .await
@@ -381,7 +469,7 @@ async fn scenarios(env: &Env) {
                 dry_run: true,
                 ..Default::default()
             },
-            &obj(pod("dry", dry_annotations, None)),
+            &obj(pod("dry", dry_annotations)),
         )
         .await
         .unwrap();
@@ -400,7 +488,6 @@ async fn scenarios(env: &Env) {
             &obj(pod(
                 "thief",
                 json!({format!("{PREFIX}/env.X"): "dev:apps/other-team/db#password"}),
-                None,
             )),
         )
         .await
@@ -408,7 +495,7 @@ async fn scenarios(env: &Env) {
         .to_string();
     assert!(denied.contains("denied the request"), "{denied}");
     assert!(denied.contains("apps/other-team/db"), "{denied}");
-    let mut sneaky = pod("sneaky", json!({}), None);
+    let mut sneaky = pod("sneaky", json!({}));
     sneaky["spec"]["volumes"] = json!([{"name": "s", "secret": {"secretName": secret_name}}]);
     let denied = pods
         .create(&PostParams::default(), &obj(sneaky))
@@ -423,7 +510,6 @@ async fn scenarios(env: &Env) {
         pod(
             "labelled",
             json!({format!("{PREFIX}/env.TOKEN"): "dev:labelled/shared"}),
-            None,
         ),
     )
     .await;
@@ -435,7 +521,6 @@ async fn scenarios(env: &Env) {
         pod(
             "bare",
             json!({format!("{PREFIX}/env.B"): format!("dev:apps/{ns}/bare")}),
-            None,
         ),
     )
     .await;
@@ -498,7 +583,6 @@ async fn dry_run_mutated(pods: &Api<Pod>, ns: &str, name: &str) -> Result<bool, 
     let p = pod(
         name,
         json!({format!("{PREFIX}/env.DB_PASSWORD"): format!("dev:apps/{ns}/db#password")}),
-        None,
     );
     let params = PostParams {
         dry_run: true,
@@ -530,11 +614,7 @@ async fn self_managed_certificates_against_a_real_api_server() {
         json!({"metadata": {"name": ns}}),
     )
     .await;
-    create(
-        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
-        json!({"metadata": {"name": "default"}}),
-    )
-    .await;
+    default_service_account(&client, &ns).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secrets.yaml"), secrets_file(&ns, "pw")).unwrap();
     std::fs::write(
@@ -601,7 +681,7 @@ async fn self_managed_certificates_against_a_real_api_server() {
         "40s",
     ]);
     // Two replicas starting at once.
-    let (a, b) = tokio::join!(sesame::run::start(&args, None), sesame::run::start(&args, None));
+    let (a, b) = tokio::join!(sesame::run::start(&args), sesame::run::start(&args));
     let (a, b) = match (a, b) {
         (Ok(a), Ok(b)) => (a, b),
         (a, b) => {
@@ -620,6 +700,7 @@ async fn self_managed_certificates_against_a_real_api_server() {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+    delete_namespace(&client, &ns).await;
 }
 
 async fn self_managed_checks(
@@ -702,7 +783,6 @@ async fn self_managed_checks(
         pod(
             "real",
             json!({format!("{PREFIX}/env.DB_PASSWORD"): format!("dev:apps/{ns}/db#password")}),
-            None,
         ),
     )
     .await;

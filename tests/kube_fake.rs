@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use fake_api::FakeApi;
 use serde_json::{json, Value};
+use sesame::admission::{NamespaceLabels, SecretWriter, WriteError, WriteOutcome};
 use sesame::inject::annotations::SecretRef;
 use sesame::inject::plan::content_hash;
 use sesame::inject::pod::OwnerReference;
@@ -25,7 +26,6 @@ use sesame::kube::metrics::KubeMetrics;
 use sesame::kube::namespaces::NamespaceCache;
 use sesame::kube::rotation::Rotator;
 use sesame::kube::writer::KubeSecretWriter;
-use sesame::kube::{NamespaceLabels, SecretWriter, WriteError, WriteOutcome};
 use sesame::stores::kubernetes::KubernetesStore;
 use sesame::stores::{SecretLocator, SecretValue, Store, StoreError};
 use tokio::sync::watch;
@@ -94,12 +94,14 @@ async fn file_engine(
     let stores = sesame::stores::Stores::from_config(&config.stores, dir.path(), &metrics, None)
         .await
         .unwrap();
-    let engine = sesame::pipeline::Engine::new(&config, stores).unwrap();
+    let engine = sesame::pipeline::Engine::new(&config, stores);
     (dir, Arc::new(arc_swap::ArcSwap::from_pointee(engine)), metrics)
 }
 
-async fn ready_writer(api: &FakeApi, shutdown: watch::Receiver<bool>) -> KubeSecretWriter {
-    let writer = KubeSecretWriter::start(api.client(), "sesame.dev", shutdown);
+/// The writer over its cache, the cache's watch running as `serve` runs it.
+async fn ready_writer(api: &FakeApi) -> KubeSecretWriter {
+    let (writer, watch) = KubeSecretWriter::watching(api.client(), "sesame.dev");
+    tokio::spawn(watch);
     tokio::time::timeout(Duration::from_secs(5), writer.cache().wait_until_ready())
         .await
         .expect("cache synced")
@@ -110,8 +112,7 @@ async fn ready_writer(api: &FakeApi, shutdown: watch::Receiver<bool>) -> KubeSec
 #[tokio::test]
 async fn writer_applies_with_server_side_apply_and_skips_current_secrets() {
     let api = FakeApi::start().await;
-    let (_stop, shutdown) = watch::channel(false);
-    let writer = ready_writer(&api, shutdown).await;
+    let writer = ready_writer(&api).await;
 
     // The cache: a label-selected, paginated list, then a watch from its resourceVersion.
     let list = &api.calls("GET", "/api/v1/secrets")[0];
@@ -202,8 +203,7 @@ async fn writer_applies_with_server_side_apply_and_skips_current_secrets() {
 #[tokio::test]
 async fn write_failures_deny_with_the_api_status_and_throttling_is_retried_once() {
     let api = FakeApi::start().await;
-    let (_stop, shutdown) = watch::channel(false);
-    let writer = ready_writer(&api, shutdown).await;
+    let writer = ready_writer(&api).await;
     let path = "/api/v1/namespaces/team-a/secrets/";
     let secret = managed("team-a", "s3cr3t", vec![]);
 
@@ -232,8 +232,7 @@ async fn admission_denies_a_pod_whose_secret_cannot_be_written() {
     use sesame::admission::Admission;
 
     let api = FakeApi::start().await;
-    let (_stop, shutdown) = watch::channel(false);
-    let writer = Arc::new(ready_writer(&api, shutdown).await);
+    let writer = Arc::new(ready_writer(&api).await);
     let (_dir, engine, metrics) = file_engine(
         "apps/team-a/db:\n  password: pw\n",
         "stores:\n  - {name: dev, file: {path: secrets.yaml}}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/**']}\n",
@@ -293,12 +292,15 @@ async fn kubernetes_store_reads_secret_keys_as_properties() {
     api.fail_next("GET", "/namespaces/team-b/", 403, 1);
     let store = KubernetesStore::new(Some(api.client()));
     let answers = store
-        .fetch(&[
-            SecretLocator::new("team-a/db-creds", None),
-            SecretLocator::new("team-a/missing", None),
-            SecretLocator::new("team-b/db-creds", None),
-            SecretLocator::new("team-a/db-creds", Some("3".into())),
-        ])
+        .fetch(
+            &[
+                SecretLocator::new("team-a/db-creds", None),
+                SecretLocator::new("team-a/missing", None),
+                SecretLocator::new("team-b/db-creds", None),
+                SecretLocator::new("team-a/db-creds", Some("3".into())),
+            ],
+            &sesame::stores::RequestLimit::default(),
+        )
         .await;
     let data = answers[0].as_ref().unwrap();
     assert_eq!(data.get(Some("password")).unwrap().expose(), b"pw");
@@ -332,8 +334,8 @@ async fn namespace_labels_come_from_a_metadata_only_watch() {
         json!({"metadata": {"labels": {"team": "payments"}}}),
     );
     api.put("namespaces", "", "plain", json!({"metadata": {}}));
-    let (_stop, shutdown) = watch::channel(false);
-    let cache = NamespaceCache::start(api.client(), shutdown);
+    let (cache, watch) = NamespaceCache::watching(api.client());
+    tokio::spawn(watch);
     tokio::time::timeout(Duration::from_secs(5), cache.wait_until_ready())
         .await
         .unwrap();
@@ -484,8 +486,7 @@ async fn gc_lists_only_namespaces_with_old_secrets_page_by_page() {
     }
     api.put("pods", "gc-c", "elsewhere", json!({"metadata": {}}));
 
-    let (_stop, shutdown) = watch::channel(false);
-    let writer = ready_writer(&api, shutdown).await;
+    let writer = ready_writer(&api).await;
     let metrics = sesame::telemetry::Metrics::new();
     let gc = GarbageCollector {
         client: api.client(),
@@ -592,8 +593,7 @@ async fn rotation_updates_changed_values_and_restarts_the_deployment() {
         json!({"metadata": {}, "spec": {"template": {"metadata": {}}}}),
     );
 
-    let (_stop, shutdown) = watch::channel(false);
-    let writer = ready_writer(&api, shutdown).await;
+    let writer = ready_writer(&api).await;
     let rotator = Rotator {
         client: api.client(),
         cache: writer.cache().clone(),

@@ -187,3 +187,22 @@ async fn the_drain_timeout_bounds_how_long_a_stuck_review_delays_the_exit() {
         .unwrap();
     assert!(result.is_err(), "{result:?}");
 }
+
+/// A background task that ends on its own (a watch stream that closed, an
+/// upkeep that returned) is not silently gone: the server drains, stops
+/// listening, and `serve` exits with a failure so that the Pod restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_task_that_dies_stops_the_server_with_a_failure() {
+    let s = TestServer::start().await;
+    let TestServer { handle, dir, .. } = s;
+    let (addr, admin) = (handle.webhook_addr, handle.admin_addr);
+    handle.tasks().spawn("a task that ends at once", async {});
+    // No signal ever comes: the dead task alone ends the server.
+    let code = tokio::time::timeout(Duration::from_secs(30), handle.run_until(std::future::pending()))
+        .await
+        .expect("the server stops by itself");
+    assert_eq!(code, std::process::ExitCode::FAILURE);
+    wait_until_refused(addr).await;
+    wait_until_refused(admin).await;
+    drop(dir);
+}

@@ -155,18 +155,26 @@ async fn plain_json_binary_and_missing_secrets() {
     store.check().await.unwrap();
     // Several current versions at once: one BatchGetSecretValue call.
     let batch = store
-        .fetch(&[
-            loc("apps/plain", None),
-            loc("apps/json", None),
-            loc("apps/binary", None),
-            loc("apps/missing", None),
-            loc(plain.arn().unwrap(), None),
-        ])
+        .fetch(
+            &[
+                loc("apps/plain", None),
+                loc("apps/json", None),
+                loc("apps/binary", None),
+                loc("apps/missing", None),
+                loc(plain.arn().unwrap(), None),
+            ],
+            &sesame::stores::RequestLimit::default(),
+        )
         .await;
     // One at a time: GetSecretValue.
     let mut single = Vec::new();
     for path in ["apps/plain", "apps/json", "apps/binary", "apps/missing"] {
-        single.push(store.fetch(&[loc(path, None)]).await.remove(0));
+        single.push(
+            store
+                .fetch(&[loc(path, None)], &sesame::stores::RequestLimit::default())
+                .await
+                .remove(0),
+        );
     }
     for r in [&batch[..4], &single[..]] {
         assert_eq!(text(r[0].as_ref().unwrap()), "plain-value");
@@ -218,17 +226,20 @@ async fn versions_by_id_and_by_stage() {
 
     let store = moto.store().await;
     let r = store
-        .fetch(&[
-            loc("apps/rotated", None),
-            loc("apps/rotated", Some("AWSCURRENT")),
-            loc("apps/rotated", Some("AWSPREVIOUS")),
-            loc("apps/rotated", Some("blue")),
-            loc("apps/rotated", Some(&first_id)),
-            loc("apps/rotated", Some(&staged_id)),
-            loc("apps/rotated", Some("green")),
-            loc("apps/rotated", Some("00000000-0000-4000-8000-000000000000")),
-            loc("apps/nothing", Some("AWSCURRENT")),
-        ])
+        .fetch(
+            &[
+                loc("apps/rotated", None),
+                loc("apps/rotated", Some("AWSCURRENT")),
+                loc("apps/rotated", Some("AWSPREVIOUS")),
+                loc("apps/rotated", Some("blue")),
+                loc("apps/rotated", Some(&first_id)),
+                loc("apps/rotated", Some(&staged_id)),
+                loc("apps/rotated", Some("green")),
+                loc("apps/rotated", Some("00000000-0000-4000-8000-000000000000")),
+                loc("apps/nothing", Some("AWSCURRENT")),
+            ],
+            &sesame::stores::RequestLimit::default(),
+        )
         .await;
     let texts: Vec<&str> = r[..6].iter().map(|x| text(x.as_ref().unwrap())).collect();
     assert_eq!(texts, ["two", "two", "one", "three", "one", "three"]);
@@ -275,7 +286,11 @@ async fn throttling_is_retried_within_bounds_then_reported() {
     let (endpoint, count) = throttling_endpoint(usize::MAX).await;
     let store = store_at(&endpoint).await;
     let started = std::time::Instant::now();
-    let err = store.fetch(&[loc("apps/x", None)]).await.remove(0).unwrap_err();
+    let err = store
+        .fetch(&[loc("apps/x", None)], &sesame::stores::RequestLimit::default())
+        .await
+        .remove(0)
+        .unwrap_err();
     assert_eq!(err, StoreError::Throttled);
     assert_eq!(count.load(Ordering::SeqCst), 3, "three attempts, then give up");
     assert!(
@@ -286,7 +301,11 @@ async fn throttling_is_retried_within_bounds_then_reported() {
 
     let (endpoint, count) = throttling_endpoint(2).await;
     let store = store_at(&endpoint).await;
-    let ok = store.fetch(&[loc("apps/x", None)]).await.remove(0).unwrap();
+    let ok = store
+        .fetch(&[loc("apps/x", None)], &sesame::stores::RequestLimit::default())
+        .await
+        .remove(0)
+        .unwrap();
     assert_eq!(text(&ok), "after-throttling");
     assert_eq!(count.load(Ordering::SeqCst), 3);
 }
@@ -295,7 +314,11 @@ async fn throttling_is_retried_within_bounds_then_reported() {
 async fn unreachable_endpoint_is_unreachable() {
     let port = tools::free_port();
     let store = store_at(&format!("http://127.0.0.1:{port}")).await;
-    let err = store.fetch(&[loc("apps/x", None)]).await.remove(0).unwrap_err();
+    let err = store
+        .fetch(&[loc("apps/x", None)], &sesame::stores::RequestLimit::default())
+        .await
+        .remove(0)
+        .unwrap_err();
     assert_eq!(err.class(), "unreachable", "{err:?}");
 }
 
@@ -373,7 +396,12 @@ async fn signed_with_environment_keys_and_checked_by_iam() {
     std::env::set_var("AWS_ACCESS_KEY_ID", &reader_key);
     std::env::set_var("AWS_SECRET_ACCESS_KEY", &reader_secret);
     let store = moto.store().await;
-    let r = store.fetch(&[loc("prod/db", None), loc("prod/api", None)]).await;
+    let r = store
+        .fetch(
+            &[loc("prod/db", None), loc("prod/api", None)],
+            &sesame::stores::RequestLimit::default(),
+        )
+        .await;
     assert_eq!(text(r[0].as_ref().unwrap()), "db-password");
     assert_eq!(text(r[1].as_ref().unwrap()), "api-key");
     assert!(format!("{store:?}").contains("batch: false"), "{store:?}");
@@ -381,7 +409,7 @@ async fn signed_with_environment_keys_and_checked_by_iam() {
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "not-the-secret-key");
     let wrong_key = moto.store().await;
     let err = wrong_key
-        .fetch(&[loc("prod/db", None)])
+        .fetch(&[loc("prod/db", None)], &sesame::stores::RequestLimit::default())
         .await
         .remove(0)
         .unwrap_err();
@@ -391,7 +419,11 @@ async fn signed_with_environment_keys_and_checked_by_iam() {
     std::env::set_var("AWS_ACCESS_KEY_ID", &nobody_key);
     std::env::set_var("AWS_SECRET_ACCESS_KEY", &nobody_secret);
     let nobody = moto.store().await;
-    let err = nobody.fetch(&[loc("prod/db", None)]).await.remove(0).unwrap_err();
+    let err = nobody
+        .fetch(&[loc("prod/db", None)], &sesame::stores::RequestLimit::default())
+        .await
+        .remove(0)
+        .unwrap_err();
     assert_eq!(err.class(), "unauthorised", "{err:?}");
     assert!(!format!("{err} {err:?}").contains(&nobody_secret));
 }

@@ -248,11 +248,14 @@ async fn client_secret_reads_values_properties_and_versions() {
     let s = setup(3600, CLIENT_SECRET_AUTH, AUTHORITY).await;
     let answers = s
         .store
-        .fetch(&[
-            SecretLocator::new("db-password", None),
-            SecretLocator::new("db-password", Some(OLD.into())),
-            SecretLocator::new("db-config", None),
-        ])
+        .fetch(
+            &[
+                SecretLocator::new("db-password", None),
+                SecretLocator::new("db-password", Some(OLD.into())),
+                SecretLocator::new("db-config", None),
+            ],
+            &sesame::stores::RequestLimit::default(),
+        )
         .await;
     let answers: Vec<SecretData> = answers.into_iter().map(Result::unwrap).collect();
     assert_eq!(answers[0].get(None).unwrap().expose(), VALUE.as_bytes());
@@ -488,9 +491,11 @@ async fn throttling_and_server_errors_are_retried() {
 
 #[tokio::test]
 async fn the_token_is_refreshed_in_the_background_before_it_expires() {
-    // IMDS gives the lifetime as a string; two seconds, refreshed after 1.5 s.
+    // IMDS gives the lifetime as a string; two seconds, refreshed two thirds in.
     let s = setup(2, "managedIdentity: {}", "").await;
     fetch(&s.store, "db-password", None).await.unwrap();
+    // The store's upkeep, as `serve` runs it.
+    let _upkeep = s.store.upkeep().map(tokio::spawn);
     tokio::time::sleep(Duration::from_millis(1900)).await;
     assert_eq!(s.azure.issued.load(Ordering::SeqCst), 2);
     assert_eq!(s.fake.requests_to("/secrets/").len(), 1);

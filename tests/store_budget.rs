@@ -1,8 +1,10 @@
 //! A store that does not answer must cost a Pod a clear denial well before
 //! the API server's own webhook timeout (10 s at most), and must not hold up
-//! other reviews. The store is a Vault stand-in that accepts the token and
-//! then never answers a read (tests/support/slow_vault.rs names the Vault
-//! API documents it follows): async, so the test cannot hang on it.
+//! other reviews; and a store never gets more requests at once than its
+//! `maxConcurrency`. The store is a Vault stand-in that accepts the token
+//! and then holds every read until released (tests/support/slow_vault.rs
+//! names the Vault API documents it follows): async, so the test cannot
+//! hang on it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -120,4 +122,51 @@ async fn the_api_servers_timeout_parameter_shortens_the_budget() {
         took > short + Duration::from_millis(500) && took < Duration::from_secs(4),
         "{took:?} with ?timeout=4s, {short:?} with ?timeout=2s"
     );
+}
+
+/// `maxConcurrency: 2`: however many secrets one Pod asks for and however
+/// many Pods ask at once, the store sees at most two requests in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_bounds_the_requests_a_store_receives() {
+    use std::sync::Arc;
+
+    use sesame::stores::{SecretLocator, StoreRequest, Stores};
+    use sesame::telemetry::Metrics;
+
+    let vault = SlowVault::start(json!({"password": "pw"})).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("vault-token"), slow_vault::TOKEN).unwrap();
+    let yaml = format!(
+        "stores:\n  - name: slow\n    vault: {{address: \"{}\", auth: {{token: {{file: vault-token}}}}}}\n    cacheTtl: 0s\n    maxConcurrency: 2\n",
+        vault.address
+    );
+    let config = sesame::config::Config::from_yaml(&yaml, "t.yaml").unwrap();
+    let stores = Stores::from_config(&config.stores, dir.path(), &Arc::new(Metrics::new()), None)
+        .await
+        .unwrap();
+    let batch = |pod: usize| -> Vec<StoreRequest> {
+        (0..6)
+            .map(|i| StoreRequest {
+                store: "slow".into(),
+                locator: SecretLocator::new(format!("apps/pod-{pod}/secret-{i}"), None),
+            })
+            .collect()
+    };
+    // Two Pods of six secrets each, at once.
+    let resolving: Vec<_> = (0..2)
+        .map(|pod| {
+            let (stores, requests) = (stores.clone(), batch(pod));
+            tokio::spawn(async move { stores.resolve(&requests, Duration::from_secs(60)).await })
+        })
+        .collect();
+    vault.wait_for_reads(2).await;
+    // Time for more requests to arrive, had nothing held them back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(vault.in_flight(), 2, "two reads held, the others waiting");
+    vault.release();
+    for r in resolving {
+        assert!(r.await.unwrap().iter().all(Result::is_ok));
+    }
+    assert_eq!(vault.reads(), 12);
+    assert_eq!(vault.most_in_flight(), 2);
 }

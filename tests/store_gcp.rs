@@ -242,13 +242,16 @@ async fn reads_text_json_binary_and_versions_with_a_metadata_token() {
     let s = setup(3600, "", &[], None).await;
     let answers = s
         .store
-        .fetch(&[
-            SecretLocator::new("db-url", None),
-            SecretLocator::new("db-url", Some("1".into())),
-            SecretLocator::new("db", None),
-            SecretLocator::new("blob", None),
-            SecretLocator::new("projects/other/secrets/shared", None),
-        ])
+        .fetch(
+            &[
+                SecretLocator::new("db-url", None),
+                SecretLocator::new("db-url", Some("1".into())),
+                SecretLocator::new("db", None),
+                SecretLocator::new("blob", None),
+                SecretLocator::new("projects/other/secrets/shared", None),
+            ],
+            &sesame::stores::RequestLimit::default(),
+        )
         .await;
     let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
     assert_eq!(answers[0].get(None).unwrap().expose(), b"postgres://v2");
@@ -407,9 +410,11 @@ async fn throttling_and_server_errors_are_retried() {
 
 #[tokio::test]
 async fn the_token_is_refreshed_in_the_background_before_it_expires() {
-    // A two-second token is due for refresh after 1.5 s.
+    // A two-second token is due for refresh two thirds into its life.
     let s = setup(2, "      project: meta-project\n", &[], None).await;
     fetch(&s.store, "db-url", None).await.unwrap();
+    // The store's upkeep, as `serve` runs it.
+    let _upkeep = s.store.upkeep().map(tokio::spawn);
     tokio::time::sleep(Duration::from_millis(1900)).await;
     // Refreshed without any secret request asking for it.
     assert_eq!(s.google.issued.load(Ordering::SeqCst), 2);

@@ -214,12 +214,15 @@ async fn universal_auth_reads_secrets_by_folder_key_and_version() {
     let s = setup(7200, UNIVERSAL).await;
     let answers = s
         .store
-        .fetch(&[
-            SecretLocator::new("API_KEY", None),
-            SecretLocator::new("backend/db/DB_PASSWORD", None),
-            SecretLocator::new("backend/db/DB_PASSWORD", Some("1".into())),
-            SecretLocator::new("backend/db/CONFIG", None),
-        ])
+        .fetch(
+            &[
+                SecretLocator::new("API_KEY", None),
+                SecretLocator::new("backend/db/DB_PASSWORD", None),
+                SecretLocator::new("backend/db/DB_PASSWORD", Some("1".into())),
+                SecretLocator::new("backend/db/CONFIG", None),
+            ],
+            &sesame::stores::RequestLimit::default(),
+        )
         .await;
     let answers: Vec<SecretData> = answers.into_iter().map(Result::unwrap).collect();
     assert_eq!(answers[0].get(None).unwrap().expose(), b"root-key");
@@ -425,6 +428,8 @@ async fn rate_limits_and_server_errors_are_retried() {
 async fn the_token_is_refreshed_in_the_background_before_it_expires() {
     let s = setup(2, UNIVERSAL).await;
     fetch(&s.store, "API_KEY", None).await.unwrap();
+    // The store's upkeep, as `serve` runs it.
+    let _upkeep = s.store.upkeep().map(tokio::spawn);
     tokio::time::sleep(Duration::from_millis(1900)).await;
     assert_eq!(s.infisical.issued.load(Ordering::SeqCst), 2);
     assert_eq!(s.fake.requests_to("/api/v3/").len(), 1);

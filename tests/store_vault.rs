@@ -224,17 +224,20 @@ async fn kv2_properties_versions_and_missing_secrets() {
     store.check().await.unwrap();
 
     let r = store
-        .fetch(&[
-            loc("apps/db", None),
-            loc("apps/db", Some("1")),
-            loc("apps/db", Some("2")),
-            loc("apps/db", Some("3")),
-            loc("apps/db", Some("9")),
-            loc("apps/nope", None),
-            loc("apps/gone", None),
-            loc("apps/with space/x", None),
-            loc("apps/db", Some("latest")),
-        ])
+        .fetch(
+            &[
+                loc("apps/db", None),
+                loc("apps/db", Some("1")),
+                loc("apps/db", Some("2")),
+                loc("apps/db", Some("3")),
+                loc("apps/db", Some("9")),
+                loc("apps/nope", None),
+                loc("apps/gone", None),
+                loc("apps/with space/x", None),
+                loc("apps/db", Some("latest")),
+            ],
+            &sesame::stores::RequestLimit::default(),
+        )
         .await;
     let current = r[0].as_ref().unwrap();
     assert_eq!(value(current, "password"), "pw-v4");
@@ -287,11 +290,14 @@ async fn kv1_reads_and_refuses_versions() {
     bao.seed().await;
     let (store, _dir) = token_store(&bao, ROOT_TOKEN, "kv1", 1).await;
     let r = store
-        .fetch(&[
-            loc("apps/api", None),
-            loc("apps/api", Some("1")),
-            loc("apps/none", None),
-        ])
+        .fetch(
+            &[
+                loc("apps/api", None),
+                loc("apps/api", Some("1")),
+                loc("apps/none", None),
+            ],
+            &sesame::stores::RequestLimit::default(),
+        )
         .await;
     let api = r[0].as_ref().unwrap();
     assert_eq!(value(api, "token"), "api-token-value");
@@ -310,7 +316,11 @@ async fn token_without_policy_is_unauthorised_and_says_nothing_secret() {
     let (store, _dir) = token_store(&bao, &token, "secret", 2).await;
     // The token itself is valid: the store is usable, the path is not.
     store.check().await.unwrap();
-    let err = store.fetch(&[loc("apps/db", None)]).await.remove(0).unwrap_err();
+    let err = store
+        .fetch(&[loc("apps/db", None)], &sesame::stores::RequestLimit::default())
+        .await
+        .remove(0)
+        .unwrap_err();
     assert_eq!(err.class(), "unauthorised");
     let message = err.to_string();
     assert!(message.contains("403"), "{message}");
@@ -344,7 +354,14 @@ async fn approle_logs_in_and_recovers_from_a_revoked_token() {
         .await
         .unwrap();
     store.check().await.unwrap();
-    let first = store.fetch(&[loc("apps/db", Some("1"))]).await.remove(0).unwrap();
+    let first = store
+        .fetch(
+            &[loc("apps/db", Some("1"))],
+            &sesame::stores::RequestLimit::default(),
+        )
+        .await
+        .remove(0)
+        .unwrap();
     assert_eq!(value(&first, "password"), "pw-v1");
     assert_eq!(store.auth_counts().logins, 1);
 
@@ -354,7 +371,10 @@ async fn approle_logs_in_and_recovers_from_a_revoked_token() {
     bao.post("sys/leases/revoke-prefix/auth/approle/login", json!({}))
         .await;
     let again = store
-        .fetch(&[loc("apps/db", None), loc("apps/db", Some("1"))])
+        .fetch(
+            &[loc("apps/db", None), loc("apps/db", Some("1"))],
+            &sesame::stores::RequestLimit::default(),
+        )
         .await;
     assert_eq!(value(again[0].as_ref().unwrap(), "password"), "pw-v4");
     assert!(again[1].is_ok());
@@ -374,7 +394,11 @@ async fn approle_logs_in_and_recovers_from_a_revoked_token() {
     let store = VaultStore::new(&config(&bao, "secret", 2, wrong), dir.path())
         .await
         .unwrap();
-    let err = store.fetch(&[loc("apps/db", None)]).await.remove(0).unwrap_err();
+    let err = store
+        .fetch(&[loc("apps/db", None)], &sesame::stores::RequestLimit::default())
+        .await
+        .remove(0)
+        .unwrap_err();
     assert!(matches!(err, StoreError::Unauthorized(_)), "{err:?}");
     let message = format!("{err} {err:?} {store:?}");
     assert!(
@@ -388,7 +412,10 @@ async fn read_continuously(store: &VaultStore, span: Duration) {
     let end = Instant::now() + span;
     let mut reads = 0;
     while Instant::now() < end {
-        let r = store.fetch(&[loc("apps/db", None)]).await.remove(0);
+        let r = store
+            .fetch(&[loc("apps/db", None)], &sesame::stores::RequestLimit::default())
+            .await
+            .remove(0);
         assert!(
             r.is_ok(),
             "read {reads} failed: {r:?} ({:?})",
@@ -419,6 +446,8 @@ async fn short_lived_approle_tokens_are_renewed_then_replaced_in_the_background(
     let store = VaultStore::new(&config(&bao, "secret", 2, auth), dir.path())
         .await
         .unwrap();
+    // The store's upkeep, as `serve` runs it.
+    let _upkeep = store.upkeep().map(tokio::spawn);
     read_continuously(&store, Duration::from_secs(10)).await;
     let counts = store.auth_counts();
     assert!(counts.renewals >= 1, "{counts:?}");
@@ -432,6 +461,7 @@ async fn short_lived_token_is_renewed_in_the_background() {
     bao.seed().await;
     let token = bao.token(&["sesame-read"], "4s").await;
     let (store, _dir) = token_store(&bao, &token, "secret", 2).await;
+    let _upkeep = store.upkeep().map(tokio::spawn);
     read_continuously(&store, Duration::from_secs(9)).await;
     let counts = store.auth_counts();
     assert!(counts.renewals >= 2, "{counts:?}");
@@ -515,12 +545,20 @@ async fn namespace_header_selects_the_namespace() {
     let mut cfg = config(&bao, "kv", 2, token_auth(source));
     cfg.namespace = Some("team-a".into());
     let store = VaultStore::new(&cfg, dir.path()).await.unwrap();
-    let r = store.fetch(&[loc("app", None)]).await.remove(0).unwrap();
+    let r = store
+        .fetch(&[loc("app", None)], &sesame::stores::RequestLimit::default())
+        .await
+        .remove(0)
+        .unwrap();
     assert_eq!(value(&r, "key"), "team-a-value");
     // Without the header the mount does not exist at the root.
     cfg.namespace = None;
     let root = VaultStore::new(&cfg, dir.path()).await.unwrap();
-    assert!(root.fetch(&[loc("app", None)]).await.remove(0).is_err());
+    assert!(root
+        .fetch(&[loc("app", None)], &sesame::stores::RequestLimit::default())
+        .await
+        .remove(0)
+        .is_err());
 }
 
 /// Kubernetes auth: OpenBao's real `kubernetes` auth method, which asks the
@@ -612,7 +650,11 @@ async fn kubernetes_auth_logs_in_with_the_service_account_token() {
     let store = VaultStore::new(&config(&bao, "secret", 2, auth("sesame")), dir.path())
         .await
         .unwrap();
-    let r = store.fetch(&[loc("apps/db", None)]).await.remove(0).unwrap();
+    let r = store
+        .fetch(&[loc("apps/db", None)], &sesame::stores::RequestLimit::default())
+        .await
+        .remove(0)
+        .unwrap();
     assert_eq!(value(&r, "password"), "pw-v4");
     assert_eq!(store.auth_counts().logins, 1);
     assert!(reviews.load(std::sync::atomic::Ordering::SeqCst) >= 1);

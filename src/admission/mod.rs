@@ -3,6 +3,7 @@
 //! that are not admission reviews get an error; everything else gets an
 //! answer (`allowed` or a safe `deny`), never a 5xx.
 
+pub mod ports;
 pub mod review;
 
 use std::collections::BTreeMap;
@@ -12,13 +13,15 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use tracing::Instrument;
 
+use crate::denial::DenialClass;
 use crate::inject::PodView;
-use crate::kube::{DryRunWriter, NamespaceLabels, SecretWriter, WriteOutcome};
 use crate::pipeline::{Engine, Mutation, PodInput, SharedEngine, Verdict};
 use crate::telemetry::Metrics;
+pub use ports::{DryRunWriter, NamespaceLabels, SecretWriter, WriteError, WriteOutcome};
 use review::{ResponseOut, ReviewIn, ReviewOut, StatusOut, API_VERSION, KIND};
 
-/// A request that is not a usable AdmissionReview (HTTP 400).
+/// Why a review got no AdmissionResponse: the request was not a usable
+/// AdmissionReview (HTTP 400), or the answer could not be encoded (HTTP 500).
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
     #[error("the body is not JSON: {0}")]
@@ -35,15 +38,45 @@ pub enum ReviewError {
 impl ReviewError {
     /// A request that is not a usable AdmissionReview (HTTP 400), rather
     /// than a failure on Sesame's side (HTTP 500).
-    pub fn is_bad_request(&self) -> bool {
+    pub(crate) fn is_bad_request(&self) -> bool {
         !matches!(self, Self::Encode(_))
     }
 
-    fn outcome(&self) -> &'static str {
+    fn outcome(&self) -> Outcome {
         if self.is_bad_request() {
-            "bad_request"
+            Outcome::BadRequest
         } else {
-            "error"
+            Outcome::Failed
+        }
+    }
+}
+
+/// What a review came to: the `outcome` of `sesame_admission_reviews_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Not a Pod CREATE (or no object): allowed without a look.
+    Skipped,
+    /// Allowed without a patch.
+    Allowed,
+    /// Allowed with a patch.
+    Mutated,
+    Denied(DenialClass),
+    /// The request was not a usable AdmissionReview (HTTP 400).
+    BadRequest,
+    /// The answer could not be made (HTTP 500).
+    Failed,
+}
+
+impl Outcome {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Skipped => "skipped",
+            Self::Allowed => "allowed",
+            Self::Mutated => "mutated",
+            Self::Denied(class) => class.outcome(),
+            Self::BadRequest => "bad_request",
+            Self::Failed => "error",
         }
     }
 }
@@ -66,14 +99,8 @@ impl Admission {
         }
     }
 
-    /// Replaces the Secret writer.
-    pub fn with_writer(mut self, writer: Arc<dyn SecretWriter>) -> Self {
-        self.writer = writer;
-        self
-    }
-
     /// Gives the policy namespace labels (for `namespaceSelector` rules).
-    pub fn with_namespaces(mut self, namespaces: Arc<dyn NamespaceLabels>) -> Self {
+    pub(crate) fn with_namespaces(mut self, namespaces: Arc<dyn NamespaceLabels>) -> Self {
         self.namespaces = Some(namespaces);
         self
     }
@@ -98,7 +125,7 @@ impl Admission {
     /// Answers one review into `out`. `received` is when the body was
     /// complete: the recorded review duration runs from then until the
     /// answer is written in full and everything the review built is freed.
-    pub async fn review_into<W: std::io::Write>(
+    pub(crate) async fn review_into<W: std::io::Write>(
         &self,
         body: &[u8],
         timeout: Option<Duration>,
@@ -111,19 +138,19 @@ impl Admission {
             Ok(outcome) => *outcome,
             Err(e) => e.outcome(),
         };
-        self.metrics.review(outcome, received.elapsed());
+        self.metrics.review(outcome.label(), received.elapsed());
         drop(in_flight);
         answered.map(|_| ())
     }
 
-    /// Decodes, decides and encodes; returns the outcome's metric label.
+    /// Decodes, decides and encodes; returns what the review came to.
     async fn answer<W: std::io::Write>(
         &self,
         body: &[u8],
         timeout: Option<Duration>,
         received: Instant,
         out: &mut W,
-    ) -> Result<&'static str, ReviewError> {
+    ) -> Result<Outcome, ReviewError> {
         let review: ReviewIn<'_> =
             serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
         if review.api_version != API_VERSION || review.kind != KIND {
@@ -152,7 +179,7 @@ impl Admission {
         request: &review::RequestIn<'_>,
         timeout: Option<Duration>,
         started: Instant,
-    ) -> (ResponseOut, &'static str) {
+    ) -> (ResponseOut, Outcome) {
         let allow = || ResponseOut {
             uid: request.uid.clone(),
             allowed: true,
@@ -163,20 +190,23 @@ impl Admission {
             && request.operation == "CREATE"
             && request.sub_resource.as_deref().unwrap_or("").is_empty();
         if !is_pod_create {
-            return (allow(), "skipped");
+            return (allow(), Outcome::Skipped);
         }
         let Some(object) = request.object else {
-            return (allow(), "skipped");
+            return (allow(), Outcome::Skipped);
         };
         let pod: PodView = match serde_json::from_str(object.get()) {
             Ok(p) => p,
             Err(e) => {
                 let message = format!("the Pod in the review could not be read: {e}");
-                return (deny(&request.uid, 400, message), "denied_malformed");
+                return (
+                    deny(&request.uid, DenialClass::Malformed, message),
+                    Outcome::Denied(DenialClass::Malformed),
+                );
             }
         };
         if !engine.concerns(&pod) {
-            return (allow(), "allowed");
+            return (allow(), Outcome::Allowed);
         }
         let namespace = request.namespace.as_deref().unwrap_or("");
         let dry_run = request.dry_run.unwrap_or(false);
@@ -215,38 +245,38 @@ impl Admission {
         // No await below: the span may be entered for the decision's log line.
         let _enter = span.enter();
         match verdict {
-            Verdict::Untouched => (allow(), "allowed"),
+            Verdict::Untouched => (allow(), Outcome::Allowed),
             Verdict::Denied(d) => {
                 let refs: Vec<String> = d.references.iter().map(ToString::to_string).collect();
                 tracing::info!(
                     allowed = false,
-                    code = d.code,
-                    class = d.class,
+                    code = d.code(),
+                    class = d.class.label(),
                     references = ?refs,
                     reason = %d.message,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "admission decision"
                 );
-                let class = denied_outcome(d.class);
-                (deny(&request.uid, d.code, d.message), class)
+                (deny(&request.uid, d.class, d.message), Outcome::Denied(d.class))
             }
             Verdict::Mutated(m) => {
                 let mut warnings = m.warnings;
                 if let Some(result) = written {
                     match result {
-                        Ok(WriteOutcome::Applied) => self.metrics.secret_write("applied"),
-                        Ok(WriteOutcome::Unchanged) => self.metrics.secret_write("unchanged"),
-                        Ok(WriteOutcome::NotWritten(w)) => {
-                            self.metrics.secret_write("not_written");
-                            warnings.push(w);
+                        Ok(outcome) => {
+                            self.metrics.secret_write(outcome.label());
+                            if let WriteOutcome::NotWritten(w) = outcome {
+                                warnings.push(w);
+                            }
                         }
                         Err(e) => {
                             self.metrics.secret_write("failed");
-                            tracing::warn!(allowed = false, class = "secret_write", reason = %e, "admission decision");
+                            let class = DenialClass::SecretWrite;
+                            tracing::warn!(allowed = false, class = class.label(), reason = %e, "admission decision");
                             let message = format!(
                                 "{e}; the Pod is not admitted, since it would refer to a Secret that may not exist"
                             );
-                            return (deny(&request.uid, 503, message), "denied_secret_write");
+                            return (deny(&request.uid, class, message), Outcome::Denied(class));
                         }
                     }
                 }
@@ -272,17 +302,23 @@ impl Admission {
                             response.patch_type = Some("JSONPatch");
                         }
                         None => {
+                            let class = DenialClass::Internal;
                             return (
-                                deny(&request.uid, 500, "the patch could not be encoded".into()),
-                                "error",
-                            )
+                                deny(&request.uid, class, "the patch could not be encoded".into()),
+                                Outcome::Denied(class),
+                            );
                         }
                     }
                 }
                 response.audit_annotations =
                     audit_annotations(&granted, m.secret.as_ref().map(|s| s.name.as_str()));
                 response.warnings = warnings;
-                (response, if m.patch.is_empty() { "allowed" } else { "mutated" })
+                let outcome = if m.patch.is_empty() {
+                    Outcome::Allowed
+                } else {
+                    Outcome::Mutated
+                };
+                (response, outcome)
             }
         }
     }
@@ -299,25 +335,12 @@ fn encode_patch(patch: &[json_patch::PatchOperation]) -> Option<Box<serde_json::
     serde_json::value::RawValue::from_string(quoted).ok()
 }
 
-fn deny(uid: &str, code: u16, message: String) -> ResponseOut {
+fn deny(uid: &str, class: DenialClass, message: String) -> ResponseOut {
     ResponseOut {
         uid: uid.to_owned(),
         allowed: false,
-        status: Some(StatusOut::failure(code, message)),
+        status: Some(StatusOut::failure(class.code(), message)),
         ..Default::default()
-    }
-}
-
-fn denied_outcome(class: &str) -> &'static str {
-    match class {
-        "malformed" => "denied_malformed",
-        "policy" => "denied_policy",
-        "unknown_store" => "denied_unknown_store",
-        "not_found" | "missing_property" => "denied_not_found",
-        "conflict" => "denied_conflict",
-        "timeout" => "denied_timeout",
-        "unreachable" | "unauthorised" | "throttled" | "invalid_response" => "denied_store_error",
-        _ => "denied_invalid",
     }
 }
 
@@ -349,7 +372,7 @@ mod tests {
             crate::stores::Stores::from_config(&config.stores, std::path::Path::new("."), metrics, None)
                 .await
                 .expect("stores");
-        let engine = Engine::new(&config, stores).expect("engine");
+        let engine = Engine::new(&config, stores);
         Admission::new(
             Arc::new(arc_swap::ArcSwap::from_pointee(engine)),
             Arc::new(DryRunWriter),

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-pub const API_VERSION: &str = "admission.k8s.io/v1";
-pub const KIND: &str = "AdmissionReview";
+pub(crate) const API_VERSION: &str = "admission.k8s.io/v1";
+pub(crate) const KIND: &str = "AdmissionReview";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ReviewIn<'a> {
+pub(crate) struct ReviewIn<'a> {
     pub api_version: String,
     pub kind: String,
     #[serde(borrow)]
@@ -19,7 +19,7 @@ pub struct ReviewIn<'a> {
 }
 
 #[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
-pub struct GroupVersionKind {
+pub(crate) struct GroupVersionKind {
     #[serde(default)]
     pub group: String,
     #[serde(default)]
@@ -30,11 +30,11 @@ pub struct GroupVersionKind {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RequestIn<'a> {
+pub(crate) struct RequestIn<'a> {
     pub uid: String,
     pub kind: GroupVersionKind,
     #[serde(default)]
-    pub sub_resource: Option<String>,
+    pub(crate) sub_resource: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
@@ -48,7 +48,7 @@ pub struct RequestIn<'a> {
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ReviewOut {
+pub(crate) struct ReviewOut {
     pub api_version: &'static str,
     pub kind: &'static str,
     pub response: ResponseOut,
@@ -56,7 +56,7 @@ pub struct ReviewOut {
 
 #[derive(Debug, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct ResponseOut {
+pub(crate) struct ResponseOut {
     pub uid: String,
     pub allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,9 +66,9 @@ pub struct ResponseOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch_type: Option<&'static str>,
+    pub(crate) patch_type: Option<&'static str>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub audit_annotations: BTreeMap<String, String>,
+    pub(crate) audit_annotations: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
@@ -76,7 +76,7 @@ pub struct ResponseOut {
 /// A `metav1.Status` as admission responses carry it.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StatusOut {
+pub(crate) struct StatusOut {
     pub status: &'static str,
     pub code: u16,
     pub reason: &'static str,

@@ -10,31 +10,65 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::is_dns_label;
 use crate::policy::validate_secret_path;
+use crate::validate::is_dns_label;
 
 /// Annotation Sesame writes on Pods it mutated; its value names the managed
 /// Secret (or `inline`). Admission policies and the garbage collector read it.
 pub const INJECTED_SUFFIX: &str = "injected";
 /// Pod-wide opt-in: restart the owning workload when a value rotates
 /// (env vars cannot change in a running Pod). Recorded on the managed Secret.
-pub const RESTART_ON_ROTATION_SUFFIX: &str = "restart-on-rotation";
+pub(crate) const RESTART_ON_ROTATION_SUFFIX: &str = "restart-on-rotation";
 /// Pod-wide mode annotation.
-pub const MODE_SUFFIX: &str = "mode";
+pub(crate) const MODE_SUFFIX: &str = "mode";
 /// Structured form annotation.
 pub const SECRETS_SUFFIX: &str = "secrets";
 
-/// Where a value comes from: the fields of an External Secrets `remoteRef`,
-/// plus the store name. Connection settings never appear here: a Pod can only
-/// name a store that the configuration defines.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Where a value comes from: a store name, a path, and optionally a
+/// property and a version. Connection settings never appear here: a Pod can
+/// only name a store that the configuration defines.
+///
+/// A managed Secret records, per key, the reference it holds in this very
+/// type (its `sources` annotation, as JSON): every field a reference has is
+/// recorded and read back, so rotation re-resolves exactly what admission
+/// resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SecretRef {
     pub store: String,
     pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub property: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+}
+
+impl std::str::FromStr for SecretRef {
+    type Err = GrammarError;
+
+    /// Reads the compact form that `Display` writes:
+    /// `<store>:<path>[#<property>][ version=<version>]`, with the checks of
+    /// the annotation grammar.
+    fn from_str(text: &str) -> Result<Self, GrammarError> {
+        const WHAT: &str = "reference";
+        let mut tokens = text.split_whitespace();
+        let reference = tokens
+            .next()
+            .ok_or_else(|| err(WHAT, "expected <store>:<path>[#property]"))?;
+        let version = match tokens.next() {
+            None => None,
+            Some(t) => Some(
+                t.strip_prefix("version=")
+                    .ok_or_else(|| err(WHAT, format!("\"{t}\" is not version=<version>")))?
+                    .to_owned(),
+            ),
+        };
+        if tokens.next().is_some() {
+            return Err(err(WHAT, "only version= may follow the reference"));
+        }
+        parse_reference(WHAT, reference, version)
+    }
 }
 
 impl fmt::Display for SecretRef {
@@ -125,7 +159,7 @@ fn err(annotation: &str, message: impl Into<String>) -> GrammarError {
 
 /// The cheap first test: does the Pod carry any annotation under `prefix`
 /// other than the marker Sesame itself writes?
-pub fn has_requests<'a>(prefix: &str, mut keys: impl Iterator<Item = &'a String>) -> bool {
+pub(crate) fn has_requests<'a>(prefix: &str, mut keys: impl Iterator<Item = &'a String>) -> bool {
     keys.any(|k| {
         k.strip_prefix(prefix)
             .and_then(|rest| rest.strip_prefix('/'))
@@ -350,7 +384,7 @@ fn parse_mode(key: &str, text: &str) -> Result<u32, GrammarError> {
 }
 
 /// Env var names as the API server validates them: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
-pub fn is_env_name(name: &str) -> bool {
+pub(crate) fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || matches!(b, b'-' | b'.' | b'_'))
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
@@ -399,19 +433,19 @@ fn validate_mount_path(key: &str, path: &str) -> Result<(), GrammarError> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Entry {
-    env: Option<String>,
+    env: Option<Text>,
     env_from: Option<EnvFromEntry>,
     file: Option<MountEntry>,
     dir: Option<MountEntry>,
     /// Compact reference `<store>:<path>[#property]`, instead of the fields below.
     #[serde(rename = "ref")]
-    reference: Option<String>,
-    store: Option<String>,
-    path: Option<String>,
-    property: Option<String>,
+    reference: Option<Text>,
+    store: Option<Text>,
+    path: Option<Text>,
+    property: Option<Text>,
     version: Option<VersionText>,
     #[serde(default)]
-    containers: Vec<String>,
+    containers: Vec<Text>,
     #[serde(default)]
     init_containers: bool,
     #[serde(default)]
@@ -422,7 +456,7 @@ struct Entry {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum VersionText {
-    Text(String),
+    Text(Text),
     Number(u64),
 }
 
@@ -430,13 +464,13 @@ enum VersionText {
 #[serde(deny_unknown_fields)]
 struct EnvFromEntry {
     #[serde(default)]
-    prefix: String,
+    prefix: Text,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MountEntry {
-    path: String,
+    path: Text,
     mode: Option<ModeText>,
 }
 
@@ -444,26 +478,87 @@ struct MountEntry {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum ModeText {
-    Octal(String),
+    Octal(Text),
     Decimal(u32),
 }
 
+/// A string of the structured form, charged to the reading budget.
+#[derive(Debug, Default)]
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        reading::charge(s.len() + 1)?;
+        Ok(Text(s))
+    }
+}
+
+/// An entry, charged to the reading budget even when it is empty.
+struct Charged(Entry);
+
+impl<'de> Deserialize<'de> for Charged {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        reading::charge(2)?;
+        Entry::deserialize(d).map(Charged)
+    }
+}
+
+/// YAML anchors and aliases repeat a node without repeating its text: a
+/// few KiB can name a thousand containers a thousand times, and the
+/// deserialiser would build every copy. So everything read from one
+/// structured value is charged against a budget of twice its text (more
+/// than any alias-free value needs: escapes expand at most 1.5×), and
+/// reading stops as soon as it runs out. The budget lives in a thread-local
+/// because serde's derived code cannot carry it; it is set and cleared
+/// around one synchronous `from_str`.
+mod reading {
+    use std::cell::Cell;
+
+    thread_local!(static LEFT: Cell<usize> = const { Cell::new(usize::MAX) });
+
+    /// Runs `f` with `budget` units to spend.
+    pub(super) fn within<T>(budget: usize, f: impl FnOnce() -> T) -> T {
+        let before = LEFT.with(|l| l.replace(budget));
+        let out = f();
+        LEFT.with(|l| l.set(before));
+        out
+    }
+
+    pub(super) fn charge<E: serde::de::Error>(units: usize) -> Result<(), E> {
+        LEFT.with(|l| match l.get().checked_sub(units) {
+            Some(rest) => {
+                l.set(rest);
+                Ok(())
+            }
+            None => Err(E::custom(
+                "the entries are larger than their text: YAML anchors and aliases cannot repeat them",
+            )),
+        })
+    }
+}
+
 fn parse_structured(key: &str, value: &str) -> Result<Vec<Injection>, GrammarError> {
-    // serde_yaml reads JSON too; its messages give positions, not the value.
-    let entries: Vec<Entry> = serde_yaml::from_str(value).map_err(|e| {
+    // serde_norway reads JSON too; its messages give positions, not the value.
+    let budget = 2 * value.len() + 16;
+    let entries: Vec<Charged> = reading::within(budget, || serde_norway::from_str(value)).map_err(|e| {
         let msg = e.to_string();
         err(key, format!("not a YAML/JSON list of entries: {msg}"))
     })?;
+    let entries: Vec<Entry> = entries.into_iter().map(|c| c.0).collect();
     let mut out = Vec::with_capacity(entries.len());
     for (i, e) in entries.into_iter().enumerate() {
         let source = format!("{key}[{i}]");
         let version = e.version.map(|v| match v {
-            VersionText::Text(t) => t,
+            VersionText::Text(t) => t.0,
             VersionText::Number(n) => n.to_string(),
         });
+        let property = e.property.map(|p| p.0);
         let reference = match (e.reference, e.store, e.path) {
-            (Some(r), None, None) if e.property.is_none() => parse_reference(&source, &r, version)?,
-            (None, Some(store), Some(path)) => build_reference(&source, &store, &path, e.property, version)?,
+            (Some(r), None, None) if property.is_none() => parse_reference(&source, &r.0, version)?,
+            (None, Some(store), Some(path)) => {
+                build_reference(&source, &store.0, &path.0, property, version)?
+            }
             _ => {
                 return Err(err(
                     &source,
@@ -474,31 +569,31 @@ fn parse_structured(key: &str, value: &str) -> Result<Vec<Injection>, GrammarErr
         let mode = |m: Option<ModeText>| -> Result<Option<u32>, GrammarError> {
             match m {
                 None => Ok(None),
-                Some(ModeText::Octal(t)) => parse_mode(&source, &t).map(Some),
+                Some(ModeText::Octal(t)) => parse_mode(&source, &t.0).map(Some),
                 Some(ModeText::Decimal(d)) if d <= 0o777 => Ok(Some(d)),
                 Some(ModeText::Decimal(_)) => Err(err(&source, "mode must be at most 0777 (511)")),
             }
         };
         let mut targets = Vec::new();
-        if let Some(name) = e.env {
+        if let Some(Text(name)) = e.env {
             validate_env_name(&source, &name)?;
             targets.push(Target::Env { name });
         }
         if let Some(ef) = e.env_from {
-            validate_env_prefix(&source, &ef.prefix)?;
-            targets.push(Target::EnvFrom { prefix: ef.prefix });
+            validate_env_prefix(&source, &ef.prefix.0)?;
+            targets.push(Target::EnvFrom { prefix: ef.prefix.0 });
         }
         if let Some(f) = e.file {
-            validate_mount_path(&source, &f.path)?;
+            validate_mount_path(&source, &f.path.0)?;
             targets.push(Target::File {
-                path: f.path,
+                path: f.path.0,
                 mode: mode(f.mode)?,
             });
         }
         if let Some(d) = e.dir {
-            validate_mount_path(&source, &d.path)?;
+            validate_mount_path(&source, &d.path.0)?;
             targets.push(Target::Dir {
-                path: d.path,
+                path: d.path.0,
                 mode: mode(d.mode)?,
             });
         }
@@ -510,7 +605,7 @@ fn parse_structured(key: &str, value: &str) -> Result<Vec<Injection>, GrammarErr
         let names = if e.containers.is_empty() {
             Vec::new()
         } else {
-            parse_container_list(&source, e.containers.iter().map(String::as_str))?
+            parse_container_list(&source, e.containers.iter().map(|c| c.0.as_str()))?
         };
         out.push(Injection {
             source,
@@ -695,6 +790,45 @@ mod tests {
         );
     }
 
+    /// The attack: anchors and aliases that would make a 50 KB annotation
+    /// a million container names, built before any check looked at them.
+    #[test]
+    fn yaml_aliases_cannot_multiply_the_entries() {
+        let names: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+        let mut yaml = format!(
+            "- {{env: A, ref: \"dev:a\", containers: &c [{}]}}\n",
+            names.join(", ")
+        );
+        for i in 0..1000 {
+            yaml += &format!("- {{env: B{i}, ref: \"dev:a\", containers: *c}}\n");
+        }
+        let e = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", &yaml)])).unwrap_err();
+        assert_eq!(e.annotation, "sesame.dev/secrets");
+        assert!(e.message.contains("anchors and aliases"), "{e}");
+        // Whole entries repeated by alias are refused the same way.
+        let mut yaml =
+            String::from("- &e {env: A, ref: \"dev:apps/team-a/db#password\", containers: [app]}\n");
+        yaml += &"- *e\n".repeat(1000);
+        let e = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", &yaml)])).unwrap_err();
+        assert!(e.message.contains("anchors and aliases"), "{e}");
+        // An alias that repeats little stays within the budget.
+        let yaml =
+            "- {env: A, ref: \"dev:a\", containers: &c [app]}\n- {env: B, ref: \"dev:b\", containers: *c}";
+        let r = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", yaml)])).unwrap();
+        assert_eq!(r.injections[1].containers.names, vec!["app"]);
+    }
+
+    /// Escapes are the one way plain YAML reads longer than it is written.
+    #[test]
+    fn escaped_strings_fit_the_budget() {
+        let yaml = format!("[{{env: A, ref: \"dev:a#{}\"}}]", "\\L".repeat(80));
+        let e = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", &yaml)])).unwrap_err();
+        assert!(
+            e.message.contains("property"),
+            "read to the end, refused by the grammar: {e}"
+        );
+    }
+
     #[test]
     fn no_connection_settings_in_annotations() {
         for bad in [
@@ -748,5 +882,38 @@ mod tests {
         let bad = annotations(&[("sesame.dev/restart-on-rotation", "yes")]);
         let e = parse("sesame.dev", &bad).unwrap_err();
         assert_eq!(e.annotation, "sesame.dev/restart-on-rotation");
+    }
+
+    /// Every field of a reference set: it survives the compact text form
+    /// (the `references` annotation) and the JSON record (the `sources`
+    /// annotation). A new field breaks this test until both carry it.
+    #[test]
+    fn a_reference_with_every_field_round_trips() {
+        let full = SecretRef {
+            store: "vault".into(),
+            path: "secret/team-a/db".into(),
+            property: Some("password".into()),
+            version: Some("7".into()),
+        };
+        let text = full.to_string();
+        assert_eq!(text, "vault:secret/team-a/db#password version=7");
+        assert_eq!(text.parse::<SecretRef>().unwrap(), full);
+        let json = serde_json::to_string(&full).unwrap();
+        assert_eq!(serde_json::from_str::<SecretRef>(&json).unwrap(), full);
+
+        let bare = SecretRef {
+            property: None,
+            version: None,
+            ..full
+        };
+        assert_eq!(bare.to_string().parse::<SecretRef>().unwrap(), bare);
+        assert_eq!(
+            serde_json::to_string(&bare).unwrap(),
+            r#"{"store":"vault","path":"secret/team-a/db"}"#,
+            "unset fields are left out, as Secrets written before recorded them"
+        );
+        for bad in ["", "no-colon", "a:b extra", "a:b version=", "a:../b"] {
+            assert!(bad.parse::<SecretRef>().is_err(), "{bad}");
+        }
     }
 }

@@ -2,11 +2,14 @@
 //! the pipeline feeds it resolved secrets.
 
 pub mod annotations;
+pub mod data;
 pub mod patch;
 pub mod plan;
 pub mod pod;
 
-pub use annotations::{Injection, Mode, PodRequest, SecretRef, Target};
-pub use patch::{build_patch, PatchConflict};
-pub use plan::{build_plan, Grant, InjectionPlan, ManagedSecret, PlanError, PlanInput};
+pub use annotations::{Injection, SecretRef, Target};
+pub(crate) use data::{secret_data, DataError, Fetched};
+pub(crate) use patch::build_patch;
+pub use plan::ManagedSecret;
+pub(crate) use plan::{build_plan, Grant, PlanInput};
 pub use pod::PodView;

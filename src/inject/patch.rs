@@ -9,25 +9,50 @@ use serde_json::{json, Value};
 
 use super::plan::{EnvSource, InjectionPlan, PlannedEnv, PlannedVolume};
 use super::pod::{ContainerView, PodView};
+use crate::denial::DenialClass;
 
-/// The Pod already defines something the plan needs to set.
+/// Why no patch can be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct PatchConflict(pub String);
+pub(crate) enum PatchError {
+    /// The Pod already defines something the plan needs to set.
+    #[error("{0}")]
+    Conflict(String),
+    /// The caller's position of the Pod in the document is no JSON Pointer:
+    /// a bug, not the Pod's fault, and never the document root instead.
+    #[error("the Pod's position in the document (\"{0}\") is not a JSON Pointer")]
+    BadBase(String),
+}
+
+impl PatchError {
+    /// The class of the denial.
+    pub fn class(&self) -> DenialClass {
+        match self {
+            Self::Conflict(_) => DenialClass::Conflict,
+            Self::BadBase(_) => DenialClass::Internal,
+        }
+    }
+}
 
 /// Builds the patch. `base` is the JSON Pointer of the Pod within the
-/// document: empty for a Pod, `/spec/template` for a Deployment.
-pub fn build_patch(
+/// document: empty for a Pod, `/spec/template` for a Deployment; one that
+/// does not parse is an error.
+pub(crate) fn build_patch(
     pod: &PodView,
     plan: &InjectionPlan,
     base: &str,
     marker_key: &str,
     secret_name: Option<&str>,
-) -> Result<Vec<PatchOperation>, PatchConflict> {
+) -> Result<Vec<PatchOperation>, PatchError> {
+    let base = PointerBuf::parse(base).map_err(|_| PatchError::BadBase(base.to_owned()))?;
     let mut ops = Vec::new();
+    // The suffixes below are fixed field names and indexes; tokens from
+    // user data (annotation keys) are pushed, and so escaped, separately.
     let pointer = |suffix: &str| -> PointerBuf {
-        // Tokens below are escaped where they come from user data (annotation keys).
-        PointerBuf::parse(format!("{base}{suffix}")).unwrap_or_default()
+        let mut p = base.clone();
+        for token in suffix.split('/').skip(1) {
+            p.push_back(token);
+        }
+        p
     };
 
     // Volumes at Pod level.
@@ -41,7 +66,7 @@ pub fn build_patch(
         {
             Some(e) if *e == desired => {}
             Some(_) => {
-                return Err(PatchConflict(format!(
+                return Err(PatchError::Conflict(format!(
                     "the Pod already has a volume named \"{}\" that Sesame did not create as planned",
                     v.name
                 )))
@@ -76,7 +101,7 @@ pub fn build_patch(
                 match existing.iter().find(|x| x.get("name").and_then(Value::as_str) == Some(&e.name)) {
                     Some(x) if *x == desired => {}
                     Some(_) => {
-                        return Err(PatchConflict(format!(
+                        return Err(PatchError::Conflict(format!(
                             "container \"{}\" already defines env var {}; remove it or drop the Sesame annotation for it",
                             container.name, e.name
                         )))
@@ -96,7 +121,7 @@ pub fn build_patch(
                 match existing.iter().find(|m| m.mount_path == v.mount_path) {
                     Some(m) if m.name == v.name => {}
                     Some(m) => {
-                        return Err(PatchConflict(format!(
+                        return Err(PatchError::Conflict(format!(
                             "container \"{}\" already mounts volume \"{}\" at {}",
                             container.name, m.name, v.mount_path
                         )))

@@ -8,15 +8,17 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::annotations::{is_env_name, Injection, Mode, SecretRef, Target};
+use super::data::{secret_data, DataError, Fetched};
 use super::pod::{OwnerReference, PodView};
+use crate::denial::DenialClass;
 use crate::stores::{PropertyError, SecretData, SecretValue, StoreError};
 
 /// Names of managed Secrets and volumes start with this.
-pub const MANAGED_PREFIX: &str = "sesame-";
+pub(crate) const MANAGED_PREFIX: &str = "sesame-";
 
 /// A container addressed by list and index, as JSON Patch needs it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ContainerRef {
+pub(crate) struct ContainerRef {
     pub init: bool,
     pub index: usize,
     pub name: String,
@@ -24,7 +26,7 @@ pub struct ContainerRef {
 
 /// Where an env var's value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EnvSource {
+pub(crate) enum EnvSource {
     /// `valueFrom.secretKeyRef` to this key of the managed Secret.
     SecretKey(String),
     /// The value itself, in the Pod spec (inline mode only).
@@ -32,7 +34,7 @@ pub enum EnvSource {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedEnv {
+pub(crate) struct PlannedEnv {
     pub container: ContainerRef,
     pub name: String,
     pub source: EnvSource,
@@ -40,14 +42,14 @@ pub struct PlannedEnv {
 
 /// One file of a secret volume.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct VolumeItem {
+pub(crate) struct VolumeItem {
     pub key: String,
     pub path: String,
     pub mode: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedVolume {
+pub(crate) struct PlannedVolume {
     pub name: String,
     pub mount_path: String,
     pub containers: Vec<ContainerRef>,
@@ -82,7 +84,7 @@ pub struct Grant {
 
 /// Everything the Pod will get.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InjectionPlan {
+pub(crate) struct InjectionPlan {
     pub env: Vec<PlannedEnv>,
     pub volumes: Vec<PlannedVolume>,
     /// `None` when no value needs a Secret (inline env only, or all skipped).
@@ -94,7 +96,7 @@ pub struct InjectionPlan {
 
 /// Why a plan cannot be built; each names the annotation at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
+pub(crate) enum PlanError {
     #[error("annotation \"{annotation}\": store \"{store}\" failed for \"{path}\": {error}")]
     Store {
         annotation: String,
@@ -120,38 +122,29 @@ pub enum PlanError {
 }
 
 impl PlanError {
-    /// HTTP-style code for the AdmissionResponse status.
-    pub fn code(&self) -> u16 {
+    /// The class of the denial (which knows its code and labels).
+    pub fn class(&self) -> DenialClass {
         match self {
-            Self::Store { error, .. } if error.is_not_found() => 404,
-            Self::Store { .. } => 503,
-            Self::Property { .. } => 404,
-            Self::InlineForbidden { .. } => 403,
-            Self::Invalid { .. } | Self::UnknownContainer { .. } | Self::Conflict { .. } => 422,
-        }
-    }
-
-    /// Metric label.
-    pub fn class(&self) -> &'static str {
-        match self {
-            Self::Store { error, .. } => error.class(),
-            Self::Property { .. } => "missing_property",
-            Self::Invalid { .. } => "invalid",
-            Self::UnknownContainer { .. } => "unknown_container",
-            Self::InlineForbidden { .. } => "policy",
-            Self::Conflict { .. } => "conflict",
+            Self::Store { error, .. } => DenialClass::from(error),
+            Self::Property { .. } => DenialClass::MissingProperty,
+            Self::Invalid { .. } => DenialClass::Invalid,
+            Self::UnknownContainer { .. } => DenialClass::UnknownContainer,
+            Self::InlineForbidden { .. } => DenialClass::Policy,
+            Self::Conflict { .. } => DenialClass::Conflict,
         }
     }
 }
 
 /// What the plan is built from.
-pub struct PlanInput<'a> {
+pub(crate) struct PlanInput<'a> {
     pub namespace: &'a str,
     pub pod: &'a PodView,
     pub mode: Mode,
-    pub inline_allowed: bool,
+    pub(crate) inline_allowed: bool,
     pub injections: &'a [Injection],
-    /// One answer per injection, in the same order.
+    /// One answer per injection, in the same order. Injections of the same
+    /// secret (store, path, version) have the same answer, as
+    /// `Stores::resolve` gives it: the Secret's data is taken per secret.
     pub resolved: &'a [Result<Arc<SecretData>, StoreError>],
 }
 
@@ -166,7 +159,7 @@ struct Placed<'a> {
 
 /// Builds the plan. Values are placed by reference identity, so two
 /// injections of the same value share one key of the Secret.
-pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
+pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
     if input.mode == Mode::Inline && !input.inline_allowed {
         return Err(PlanError::InlineForbidden {
             namespace: input.namespace.to_owned(),
@@ -175,6 +168,8 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
     let mut warnings = Vec::new();
     // Per injection: the containers and the values it places.
     let mut accepted: Vec<Accepted<'_, '_>> = Vec::new();
+    // The answers of accepted injections, for the Secret's data.
+    let mut fetched = Fetched::new();
     for (injection, answer) in input.injections.iter().zip(input.resolved) {
         let containers = select_containers(input.pod, injection)?;
         let data = match answer {
@@ -196,7 +191,10 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
             }
         };
         match place(injection, data) {
-            Ok(values) => accepted.push((injection, containers, values)),
+            Ok(values) => {
+                fetched.insert(injection.reference.request(), Ok(data.clone()));
+                accepted.push((injection, containers, values));
+            }
             Err(PlanError::Property { .. }) if injection.optional => {
                 warnings.push(format!(
                     "optional {} ({}) not found; skipped",
@@ -216,7 +214,8 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
     let keys = assign_keys(&identities);
     let key_of = |r: &SecretRef| keys.get(r).cloned().unwrap_or_default();
 
-    let mut data: BTreeMap<String, SecretValue> = BTreeMap::new();
+    // Which reference each key of the Secret holds; the values follow from
+    // them through `secret_data`, as they do at rotation.
     let mut sources: BTreeMap<String, SecretRef> = BTreeMap::new();
     let mut env: Vec<PlannedEnv> = Vec::new();
     let mut seen_env: BTreeMap<(ContainerRef, String), String> = BTreeMap::new();
@@ -237,7 +236,6 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
                         EnvSource::Inline(placed.value.clone())
                     } else {
                         let key = key_of(&placed.identity);
-                        data.insert(key.clone(), placed.value.clone());
                         sources.insert(key.clone(), placed.identity.clone());
                         EnvSource::SecretKey(key)
                     };
@@ -274,7 +272,6 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
                 let items = volumes.entry((dir, containers.clone())).or_default();
                 for (file_name, placed) in values {
                     let key = key_of(&placed.identity);
-                    data.insert(key.clone(), placed.value.clone());
                     sources.insert(key.clone(), placed.identity.clone());
                     if items.iter().any(|i| &i.path == file_name) {
                         return Err(PlanError::Conflict {
@@ -327,13 +324,13 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
         let set: BTreeSet<SecretRef> = accepted.iter().map(|(i, _, _)| i.reference.clone()).collect();
         set.into_iter().collect()
     };
-    let secret = if data.is_empty() {
+    let secret = if sources.is_empty() {
         None
     } else {
         Some(ManagedSecret {
             name: secret_name(input.namespace, &references),
             namespace: input.namespace.to_owned(),
-            data,
+            data: secret_data(&sources, &fetched).map_err(|e| data_error(&accepted, e))?,
             references,
             sources,
             restart_on_rotation: false,
@@ -351,6 +348,36 @@ pub fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanError> {
         marker,
         warnings,
     })
+}
+
+/// A value placed above that the Secret's data then lacks: cannot happen,
+/// since both read the same answers; named after the injection anyway.
+fn data_error(accepted: &[Accepted<'_, '_>], e: DataError) -> PlanError {
+    let annotation = |r: &SecretRef| {
+        accepted
+            .iter()
+            .find(|(i, _, _)| i.reference.request() == r.request())
+            .map(|(i, _, _)| i.source.clone())
+            .unwrap_or_default()
+    };
+    match e {
+        DataError::Store { reference, error, .. } => PlanError::Store {
+            annotation: annotation(&reference),
+            store: reference.store.clone(),
+            path: reference.path.clone(),
+            error,
+        },
+        DataError::Property { reference, error, .. } => PlanError::Property {
+            annotation: annotation(&reference),
+            store: reference.store.clone(),
+            path: reference.path.clone(),
+            error,
+        },
+        DataError::NotFetched { reference, .. } => PlanError::Invalid {
+            annotation: annotation(&reference),
+            message: format!("nothing was fetched from store \"{}\"", reference.store),
+        },
+    }
 }
 
 fn invalid(injection: &Injection, message: impl Into<String>) -> PlanError {
@@ -427,7 +454,7 @@ fn each_property<'a>(
 
 /// Property key to env var suffix: upper case; anything but letters, digits
 /// and `_` becomes `_` (`tls.crt` → `TLS_CRT`).
-pub fn env_key(key: &str) -> String {
+pub(crate) fn env_key(key: &str) -> String {
     key.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {

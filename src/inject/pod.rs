@@ -57,7 +57,7 @@ pub struct ContainerView {
     #[serde(default)]
     pub name: String,
     pub env: Option<Vec<serde_json::Value>>,
-    pub env_from: Option<Vec<serde_json::Value>>,
+    pub(crate) env_from: Option<Vec<serde_json::Value>>,
     pub volume_mounts: Option<Vec<MountView>>,
 }
 

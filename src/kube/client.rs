@@ -7,17 +7,7 @@ use std::path::Path;
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use ::kube::{Client, Config};
 
-/// Whether `serve` talks to the Kubernetes API.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum KubeMode {
-    /// Use the API when a configuration is found; otherwise dry-run.
-    #[default]
-    Auto,
-    /// Never: managed Secrets are not written (dry-run).
-    Off,
-    /// Fail at start when no configuration is found.
-    Required,
-}
+use super::args::KubeMode;
 
 /// Why no client could be built.
 #[derive(Debug, thiserror::Error)]

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::metrics::KubeMetrics;
 
 /// Whether a Secret is old enough to be collected (pure).
-pub fn past_grace(secret: &Secret, now: Timestamp, grace: Duration) -> bool {
+pub(crate) fn past_grace(secret: &Secret, now: Timestamp, grace: Duration) -> bool {
     let grace = SignedDuration::try_from(grace).unwrap_or(SignedDuration::MAX);
     secret
         .metadata
@@ -35,7 +35,7 @@ pub fn past_grace(secret: &Secret, now: Timestamp, grace: Duration) -> bool {
 
 /// Namespaces that hold at least one Secret past its grace period (pure):
 /// the only ones whose Pods need listing.
-pub fn namespaces_to_scan<'a>(
+pub(crate) fn namespaces_to_scan<'a>(
     secrets: impl IntoIterator<Item = &'a Secret>,
     now: Timestamp,
     grace: Duration,
@@ -49,7 +49,7 @@ pub fn namespaces_to_scan<'a>(
 
 /// The Secrets of `namespace` to delete: past grace and named by no Pod's
 /// marker annotation (pure).
-pub fn select_garbage<'a>(
+pub(crate) fn select_garbage<'a>(
     secrets: impl IntoIterator<Item = &'a Secret>,
     namespace: &str,
     referenced: &HashSet<String>,

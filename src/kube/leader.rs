@@ -1,12 +1,14 @@
 //! The leader-only background work: one task keeps the Lease, another runs
-//! rotation and garbage collection while this replica holds it. Both stop
-//! at shutdown; the Lease is released so another replica takes over at once.
+//! rotation and garbage collection while this replica holds it (the caller
+//! runs both). Both stop at shutdown; the Lease is released so another
+//! replica takes over at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::gc::GarbageCollector;
 use super::lease::LeaseElector;
@@ -18,10 +20,10 @@ use crate::pipeline::SharedEngine;
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
     /// How often the Lease is renewed (a third of its duration).
-    pub renew_every: Duration,
+    pub(crate) renew_every: Duration,
     /// How often rotation looks for due Secrets (cheap: reads the cache).
-    pub tick: Duration,
-    pub gc_interval: Duration,
+    pub(crate) tick: Duration,
+    pub(crate) gc_interval: Duration,
 }
 
 impl Schedule {
@@ -44,37 +46,15 @@ pub fn identity() -> String {
     format!("{host}-{:08x}", fastrand::u32(..))
 }
 
-/// Starts both tasks. The returned task ends after the Lease was released
-/// at shutdown; waiting for it lets the next leader start at once. The
-/// receiver says whether this replica leads (for other leader-only work).
-pub fn spawn(
-    elector: LeaseElector,
-    gc: GarbageCollector,
-    rotator: Rotator,
-    engine: SharedEngine,
-    metrics: Arc<KubeMetrics>,
-    schedule: Schedule,
-    shutdown: watch::Receiver<bool>,
-) -> (tokio::task::JoinHandle<()>, watch::Receiver<bool>) {
-    let (leading_tx, leading_rx) = watch::channel(false);
-    tokio::spawn(work(
-        gc,
-        rotator,
-        engine,
-        leading_rx.clone(),
-        schedule,
-        shutdown.clone(),
-    ));
-    let task = tokio::spawn(keep_lease(elector, leading_tx, metrics, schedule, shutdown));
-    (task, leading_rx)
-}
-
-async fn keep_lease(
+/// Keeps (or tries to get) the Lease and says on `leading` whether this
+/// replica holds it. At shutdown (`stop`) it releases a held Lease, so that
+/// the next leader starts at once, and ends.
+pub(crate) async fn keep_lease(
     elector: LeaseElector,
     leading: watch::Sender<bool>,
     metrics: Arc<KubeMetrics>,
     schedule: Schedule,
-    mut shutdown: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     loop {
         let now_leading =
@@ -100,7 +80,7 @@ async fn keep_lease(
         metrics.set_leader(now_leading);
         let stopping = tokio::select! {
             _ = tokio::time::sleep(schedule.renew_every) => false,
-            _ = shutdown.wait_for(|s| *s) => true,
+            _ = stop.cancelled() => true,
         };
         if stopping {
             let _ = leading.send(false);
@@ -113,19 +93,20 @@ async fn keep_lease(
     }
 }
 
-async fn work(
+/// Rotation and garbage collection while this replica leads; runs until
+/// dropped.
+pub async fn work(
     gc: GarbageCollector,
     rotator: Rotator,
     engine: SharedEngine,
     mut leading: watch::Receiver<bool>,
     schedule: Schedule,
-    mut shutdown: watch::Receiver<bool>,
 ) {
     let mut next_gc = Instant::now() + schedule.gc_interval;
     loop {
-        tokio::select! {
-            r = leading.wait_for(|l| *l) => if r.is_err() { return },
-            _ = shutdown.wait_for(|s| *s) => return,
+        if leading.wait_for(|l| *l).await.is_err() {
+            // The election is gone: so is any chance of leading.
+            std::future::pending::<()>().await;
         }
         let report = rotator.run_once(&leading).await;
         if report.checked > 0 {
@@ -144,9 +125,6 @@ async fn work(
             }
             next_gc = Instant::now() + schedule.gc_interval;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(schedule.tick) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
+        tokio::time::sleep(schedule.tick).await;
     }
 }

@@ -14,7 +14,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 /// What to do with the Lease as read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaseAction {
+pub(crate) enum LeaseAction {
     /// We hold it: renew.
     Renew,
     /// Free or expired: take it over (one more transition).
@@ -24,7 +24,7 @@ pub enum LeaseAction {
 }
 
 /// Decides from the Lease's spec alone (pure).
-pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> LeaseAction {
+pub(crate) fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> LeaseAction {
     let Some(spec) = spec else {
         return LeaseAction::TakeOver;
     };
@@ -52,7 +52,7 @@ pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> LeaseAction
 }
 
 /// The spec to write for `action` (pure).
-pub fn next_spec(
+pub(crate) fn next_spec(
     current: Option<&LeaseSpec>,
     action: LeaseAction,
     me: &str,
@@ -103,11 +103,6 @@ impl LeaseElector {
 
     pub fn identity(&self) -> &str {
         &self.identity
-    }
-
-    /// How long a held Lease stays valid without renewal.
-    pub fn duration(&self) -> Duration {
-        self.duration
     }
 
     fn error(&self, e: &::kube::Error) -> LeaseError {

@@ -1,7 +1,9 @@
-//! The Kubernetes API side: the `SecretWriter` seam with its dry-run and
-//! API implementations, the client, watch-backed caches of managed Secrets
-//! and Namespaces, and (leader-elected) garbage collection and rotation.
+//! The Kubernetes API side: the client, the managed-Secret writer and the
+//! Namespace cache (implementations of the admission path's ports),
+//! watch-backed caches, and (leader-elected) garbage collection and
+//! rotation.
 
+mod args;
 pub mod certs;
 pub mod client;
 pub mod gc;
@@ -9,22 +11,20 @@ pub mod leader;
 pub mod lease;
 pub mod metrics;
 pub mod namespaces;
-pub mod reflect;
+pub(crate) mod reflect;
 pub mod rotation;
 pub mod secret;
 pub mod writer;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::admission::Admission;
-use crate::cli::KubeArgs;
-use crate::config::Config;
-use crate::inject::ManagedSecret;
+pub(crate) use args::KubeArgs;
+pub use args::{CertMode, KubeMode};
+
 use crate::pipeline::SharedEngine;
+use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
 
 /// How long start-up waits for the caches' first list.
@@ -33,51 +33,33 @@ const CACHE_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// How long a Lease stays valid without renewal (client-go's default).
 const LEASE_DURATION: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// The namespace Sesame runs in: `--namespace` (the Deployment sets it from
-/// the downward API), else the service-account mount; `default` outside a
-/// cluster.
-pub fn own_namespace(args: &KubeArgs) -> String {
-    if let Some(ns) = args.namespace.as_deref().filter(|s| !s.is_empty()) {
-        return ns.to_owned();
-    }
-    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "default".to_owned())
-}
-
-/// Labels of a namespace, for `namespaceSelector` policy rules.
-pub trait NamespaceLabels: Send + Sync + 'static {
-    /// `None` when the namespace is not known (yet).
-    fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
-}
-
-/// What [`start`] hands back.
+/// What [`start`] built.
 pub struct Started {
-    pub admission: Admission,
-    /// Ends once the leader Lease is released at shutdown.
-    pub task: tokio::task::JoinHandle<()>,
+    /// Writes managed Secrets through the API (the admission path's `SecretWriter`).
+    pub writer: Arc<writer::KubeSecretWriter>,
+    /// Namespace labels from a watch (the admission path's `NamespaceLabels`).
+    pub namespaces: Arc<namespaces::NamespaceCache>,
     /// Whether this replica holds the leader Lease.
     pub leading: watch::Receiver<bool>,
 }
 
 /// Starts the Kubernetes side of `serve`: the managed-Secret writer with its
-/// cache, the Namespace cache, and the leader-elected background loops.
-/// Waits (briefly) for the first list of both caches, so that the first
-/// reviews see current Secrets and namespace labels. Everything stops when
-/// `shutdown` turns true.
+/// cache, the Namespace cache, and the leader-elected background loops, as
+/// tasks of `tasks`. Waits (briefly) for the first list of both caches, so
+/// that the first reviews see current Secrets and namespace labels. At
+/// shutdown the Lease is released before its task ends.
 pub async fn start(
     client: &::kube::Client,
-    admission: Admission,
-    config: &Config,
+    prefix: &str,
     args: &KubeArgs,
     engine: SharedEngine,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
+    tasks: &Tasks,
 ) -> Started {
-    let writer = writer::KubeSecretWriter::start(client.clone(), &config.annotation_prefix, shutdown.clone());
-    let namespaces = namespaces::NamespaceCache::start(client.clone(), shutdown.clone());
+    let (writer, secrets_watch) = writer::KubeSecretWriter::watching(client.clone(), prefix);
+    tasks.spawn("watch of managed Secrets", secrets_watch);
+    let (namespaces, namespaces_watch) = namespaces::NamespaceCache::watching(client.clone());
+    tasks.spawn("watch of Namespaces", namespaces_watch);
     let synced = tokio::time::timeout(CACHE_SYNC_TIMEOUT, async {
         let _ = writer.cache().wait_until_ready().await;
         namespaces.wait_until_ready().await;
@@ -91,10 +73,7 @@ pub async fn start(
         ),
     }
     let kube_metrics = Arc::new(metrics::KubeMetrics::register(&metrics));
-    let lease_namespace = args
-        .lease_namespace
-        .clone()
-        .unwrap_or_else(|| own_namespace(args));
+    let lease_namespace = args.lease_namespace();
     let identity = leader::identity();
     tracing::info!(lease = %format!("{lease_namespace}/{}", args.lease_name), %identity, "leader election for garbage collection and rotation");
     let elector = lease::LeaseElector::new(
@@ -117,77 +96,19 @@ pub async fn start(
         engine: engine.clone(),
         metrics: kube_metrics.clone(),
     };
-    let (task, leading) = leader::spawn(
-        elector,
-        gc,
-        rotator,
-        engine,
-        kube_metrics,
-        leader::Schedule::new(LEASE_DURATION, args.gc_interval),
-        shutdown,
+    let schedule = leader::Schedule::new(LEASE_DURATION, args.gc_interval);
+    let (leading_tx, leading) = watch::channel(false);
+    tasks.spawn(
+        "rotation and garbage collection",
+        leader::work(gc, rotator, engine, leading.clone(), schedule),
     );
-    let admission = admission
-        .with_writer(Arc::new(writer))
-        .with_namespaces(Arc::new(namespaces));
+    tasks.spawn_draining(
+        "leader election",
+        leader::keep_lease(elector, leading_tx, kube_metrics, schedule, tasks.token()),
+    );
     Started {
-        admission,
-        task,
+        writer: Arc::new(writer),
+        namespaces: Arc::new(namespaces),
         leading,
     }
-}
-
-/// What became of a managed Secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// Created or updated.
-    Applied,
-    /// Already up to date; nothing was sent.
-    Unchanged,
-    /// Deliberately not written; the text becomes an AdmissionResponse warning.
-    NotWritten(String),
-}
-
-/// Why a Secret could not be written. Messages carry API status codes and
-/// reasons, never values.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WriteError {
-    #[error("the API server refused the managed Secret {name}: {reason}")]
-    Refused { name: String, reason: String },
-    #[error("the API server could not be reached to write the managed Secret {name}: {reason}")]
-    Unreachable { name: String, reason: String },
-}
-
-/// Writes the plan's Secret before the Pod is admitted.
-#[async_trait]
-pub trait SecretWriter: Send + Sync + 'static {
-    async fn apply(&self, secret: &ManagedSecret) -> Result<WriteOutcome, WriteError>;
-
-    /// `dry-run` or `kubernetes`, for the start-up log.
-    fn kind(&self) -> &'static str;
-}
-
-/// Writes nothing and says so.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DryRunWriter;
-
-#[async_trait]
-impl SecretWriter for DryRunWriter {
-    async fn apply(&self, secret: &ManagedSecret) -> Result<WriteOutcome, WriteError> {
-        Ok(WriteOutcome::NotWritten(dry_run_warning(secret)))
-    }
-
-    fn kind(&self) -> &'static str {
-        "dry-run"
-    }
-}
-
-/// The warning for a Secret that was not written: its name and keys, no values.
-pub fn dry_run_warning(secret: &ManagedSecret) -> String {
-    let keys: Vec<&str> = secret.data.keys().map(String::as_str).collect();
-    format!(
-        "dry run: Sesame did not write Secret {}/{} (keys: {})",
-        secret.namespace,
-        secret.name,
-        keys.join(", ")
-    )
 }

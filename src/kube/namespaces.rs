@@ -2,15 +2,15 @@
 //! Namespaces: no API call per review.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use ::kube::core::PartialObjectMeta;
 use ::kube::runtime::reflector::{ObjectRef, Store};
 use ::kube::runtime::watcher;
 use ::kube::{Api, Client};
 use k8s_openapi::api::core::v1::Namespace;
-use tokio::sync::watch;
 
-use super::NamespaceLabels;
+use crate::admission::NamespaceLabels;
 
 /// The watch-backed cache of Namespace metadata.
 #[derive(Clone)]
@@ -19,10 +19,11 @@ pub struct NamespaceCache {
 }
 
 impl NamespaceCache {
-    pub fn start(client: Client, shutdown: watch::Receiver<bool>) -> Self {
+    /// The cache, and the future that keeps it current, for the caller to run.
+    pub fn watching(client: Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let api: Api<PartialObjectMeta<Namespace>> = Api::all(client);
-        let store = super::reflect::spawn(api, watcher::Config::default(), "namespaces", shutdown);
-        Self { store }
+        let (store, watch) = super::reflect::reflector(api, watcher::Config::default(), "namespaces");
+        (Self { store }, watch)
     }
 
     /// Waits until the first list has arrived (or the watch stopped).

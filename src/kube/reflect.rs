@@ -1,22 +1,23 @@
-//! Watch-backed caches (kube-runtime reflectors) that end at shutdown.
+//! Watch-backed caches (kube-runtime reflectors): the store to read and the
+//! future that keeps it current, for the caller to run as a task.
 
 use std::fmt::Debug;
+use std::future::Future;
 
 use ::kube::runtime::reflector::{self, Store};
 use ::kube::runtime::{watcher, WatchStreamExt};
 use ::kube::{Api, Resource, ResourceExt};
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
 
-/// Starts a reflector over `api` (an `Api<PartialObjectMeta<K>>` watches
-/// metadata only); managed fields are dropped to save memory.
-pub fn spawn<K>(
+/// A reflector over `api` (an `Api<PartialObjectMeta<K>>` watches metadata
+/// only); managed fields are dropped to save memory. The cache fills while
+/// the returned future runs.
+pub(crate) fn reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     what: &'static str,
-    shutdown: watch::Receiver<bool>,
-) -> Store<K>
+) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -24,28 +25,22 @@ where
     let stream = watcher(api, config)
         .default_backoff()
         .modify(|o: &mut K| o.managed_fields_mut().clear());
-    drive(reflector::reflector(writer, stream), what, shutdown);
-    reader
+    (reader, drive(reflector::reflector(writer, stream), what))
 }
 
-/// Polls the stream until shutdown. The watcher re-lists and backs off on
-/// errors by itself; errors are logged without object contents.
-fn drive<S, T, E>(stream: S, what: &'static str, mut shutdown: watch::Receiver<bool>)
+/// Polls the stream. The watcher re-lists and backs off on errors by
+/// itself; errors are logged without object contents. The stream does not
+/// end while the watch works: when it does, so does this future.
+async fn drive<S, T, E>(stream: S, what: &'static str)
 where
     S: Stream<Item = Result<T, E>> + Send + 'static,
     E: std::fmt::Display,
 {
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                item = stream.next() => match item {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => tracing::warn!(cache = what, error = %e, "watch failed; retrying"),
-                    None => return,
-                },
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        if let Err(e) = item {
+            tracing::warn!(cache = what, error = %e, "watch failed; retrying");
         }
-    });
+    }
+    tracing::warn!(cache = what, "watch stream ended");
 }

@@ -6,7 +6,7 @@
 //! Deployment, StatefulSet or DaemonSet restarted the way
 //! `kubectl rollout restart` does it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,6 @@ use ::kube::api::{Patch, PatchParams};
 use ::kube::core::PartialObjectMeta;
 use ::kube::runtime::reflector::Store;
 use ::kube::{Api, Client};
-use base64::Engine as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -24,18 +23,19 @@ use tokio::sync::watch;
 
 use super::metrics::KubeMetrics;
 use super::secret::{
-    now_rfc3339, parse_sources, stored_hash, ApplyBody, RecordedRef, SecretAnnotations, FIELD_MANAGER,
+    apply_body, merged_owners, now_rfc3339, parse_sources, stored_data_equals, with_new_data, ApplyBody,
+    SecretAnnotations, FIELD_MANAGER,
 };
-use crate::inject::plan::content_hash;
+use crate::inject::{secret_data, DataError, Fetched, SecretRef};
 use crate::pipeline::{Engine, SharedEngine};
-use crate::stores::{SecretData, SecretLocator, SecretValue, StoreError, StoreRequest};
+use crate::stores::StoreRequest;
 
 /// The annotation `kubectl rollout restart` sets on the Pod template.
-pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+pub(crate) const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
 /// When the Secret's values were last written or confirmed: the
 /// `refreshed-at` annotation, else its creation time (pure).
-pub fn last_refreshed(secret: &Secret, keys: &SecretAnnotations) -> Option<Timestamp> {
+pub(crate) fn last_refreshed(secret: &Secret, keys: &SecretAnnotations) -> Option<Timestamp> {
     secret
         .metadata
         .annotations
@@ -47,8 +47,8 @@ pub fn last_refreshed(secret: &Secret, keys: &SecretAnnotations) -> Option<Times
 
 /// The shortest refresh interval among the stores the Secret uses; `None`
 /// when none of them refreshes (pure).
-pub fn refresh_interval(
-    sources: &BTreeMap<String, RecordedRef>,
+pub(crate) fn refresh_interval(
+    sources: &BTreeMap<String, SecretRef>,
     interval_of: impl Fn(&str) -> Option<Duration>,
 ) -> Option<Duration> {
     sources.values().filter_map(|r| interval_of(&r.store)).min()
@@ -56,32 +56,16 @@ pub fn refresh_interval(
 
 /// Whether a Secret refreshed at `last` is due (pure). A Secret with no
 /// known refresh time is due at once.
-pub fn is_due(last: Option<Timestamp>, interval: Duration, now: Timestamp) -> bool {
+pub(crate) fn is_due(last: Option<Timestamp>, interval: Duration, now: Timestamp) -> bool {
     let interval = SignedDuration::try_from(interval).unwrap_or(SignedDuration::MAX);
     last.is_none_or(|t| t.saturating_add(interval).unwrap_or(t) <= now)
 }
 
-/// One fetch: store, path, version.
-pub type FetchKey = (String, String, Option<String>);
-
 /// Why a Secret could not be rotated. No values, only references and classes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RotationError {
-    #[error("store \"{store}\" failed for \"{path}\": {error}")]
-    Store {
-        store: String,
-        path: String,
-        error: StoreError,
-    },
-    #[error("secret \"{path}\" in store \"{store}\" no longer has what key {key} holds: {reason}")]
-    Property {
-        store: String,
-        path: String,
-        key: String,
-        reason: String,
-    },
-    #[error("the Secret's sources annotation is missing or unreadable")]
-    NoSources,
+pub(crate) enum RotationError {
+    #[error(transparent)]
+    Data(#[from] DataError),
     #[error("unknown store \"{0}\"")]
     UnknownStore(String),
     #[error("the API server refused the update: {0}")]
@@ -92,58 +76,22 @@ impl RotationError {
     /// Metric label.
     pub fn class(&self) -> &'static str {
         match self {
-            Self::Store { error, .. } => error.class(),
-            Self::Property { .. } => "missing_property",
-            Self::NoSources => "no_sources",
-            Self::UnknownStore(_) => "unknown_store",
+            Self::Data(DataError::Store { error, .. }) => error.class(),
+            Self::Data(DataError::Property { .. }) => "missing_property",
+            Self::Data(DataError::NotFetched { .. }) | Self::UnknownStore(_) => "unknown_store",
             Self::Write(_) => "write",
         }
     }
 }
 
 /// The fetches a Secret's sources need, each once.
-pub fn fetches(sources: &BTreeMap<String, RecordedRef>) -> BTreeSet<FetchKey> {
-    sources
-        .values()
-        .map(|r| (r.store.clone(), r.path.clone(), r.version.clone()))
-        .collect()
-}
-
-/// Rebuilds a Secret's data from fresh fetches (pure).
-pub fn rebuild(
-    sources: &BTreeMap<String, RecordedRef>,
-    fetched: &HashMap<FetchKey, Result<Arc<SecretData>, StoreError>>,
-) -> Result<BTreeMap<String, SecretValue>, RotationError> {
-    let mut data = BTreeMap::new();
-    for (key, r) in sources {
-        let fk = (r.store.clone(), r.path.clone(), r.version.clone());
-        let secret = match fetched.get(&fk) {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                return Err(RotationError::Store {
-                    store: r.store.clone(),
-                    path: r.path.clone(),
-                    error: e.clone(),
-                })
-            }
-            None => return Err(RotationError::UnknownStore(r.store.clone())),
-        };
-        let value = secret
-            .get(r.property.as_deref())
-            .map_err(|e| RotationError::Property {
-                store: r.store.clone(),
-                path: r.path.clone(),
-                key: key.clone(),
-                reason: e.to_string(),
-            })?;
-        data.insert(key.clone(), value.clone());
-    }
-    Ok(data)
+pub(crate) fn fetches(sources: &BTreeMap<String, SecretRef>) -> BTreeSet<StoreRequest> {
+    sources.values().map(SecretRef::request).collect()
 }
 
 /// The workload to restart for one owner of the Secret (pure). A
 /// ReplicaSet is followed to its controlling Deployment (`rs_controller`).
-pub fn restart_target(
+pub(crate) fn restart_target(
     owner: &OwnerReference,
     rs_controller: Option<&OwnerReference>,
 ) -> Option<(&'static str, String)> {
@@ -159,7 +107,7 @@ pub fn restart_target(
 }
 
 /// The strategic merge patch of `kubectl rollout restart`.
-pub fn restart_patch(now: &str) -> Value {
+pub(crate) fn restart_patch(now: &str) -> Value {
     json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}}})
 }
 
@@ -242,48 +190,30 @@ impl Rotator {
         report
     }
 
-    /// Re-resolves one Secret; `Ok(true)` when its data changed.
+    /// Re-resolves one Secret; `Ok(true)` when its data changed. The
+    /// Secret is written as the admission path writes it (the same data
+    /// function, the same body), with its new `refreshed-at` either way.
     async fn rotate(
         &self,
         engine: &Engine,
         secret: &Secret,
-        sources: &BTreeMap<String, RecordedRef>,
+        sources: &BTreeMap<String, SecretRef>,
         keys: &SecretAnnotations,
     ) -> Result<bool, RotationError> {
         let fetched = self.fetch(engine, sources).await?;
-        let data = rebuild(sources, &fetched)?;
-        let hash = content_hash(&data);
-        let changed = hash != stored_hash(secret);
-        let mut annotations = serde_json::Map::new();
-        annotations.insert(keys.refreshed_at.clone(), Value::String(now_rfc3339()));
-        let mut body = json!({
-            "metadata": {
-                // Optimistic concurrency: a Secret written since the cache saw it is left alone.
-                "resourceVersion": secret.metadata.resource_version,
-            },
-        });
-        if changed {
-            annotations.insert(keys.content_hash.clone(), Value::String(hash));
-            let encoded: serde_json::Map<String, Value> = data
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        Value::String(base64::engine::general_purpose::STANDARD.encode(v.expose())),
-                    )
-                })
-                .collect();
-            body["data"] = Value::Object(encoded);
-        }
-        body["metadata"]["annotations"] = Value::Object(annotations);
-        let namespace = secret.metadata.namespace.as_deref().unwrap_or("");
-        let name = secret.metadata.name.as_deref().unwrap_or("");
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let data = secret_data(sources, &fetched)?;
+        let changed = !stored_data_equals(secret, &data);
+        let managed = with_new_data(secret, keys, sources.clone(), data);
+        let owners = merged_owners(secret.metadata.owner_references.as_deref().unwrap_or(&[]), &[]);
+        let ApplyBody(mut body) = apply_body(&managed, &owners, keys, &now_rfc3339());
+        // Optimistic concurrency: a Secret written since the cache saw it is left alone.
+        body["metadata"]["resourceVersion"] = json!(secret.metadata.resource_version);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &managed.namespace);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
         };
-        api.patch(name, &params, &Patch::Merge(&ApplyBody(body)))
+        api.patch(&managed.name, &params, &Patch::Merge(&ApplyBody(body)))
             .await
             .map_err(|e| match e {
                 ::kube::Error::Api(s) => RotationError::Write(format!("{} {}", s.code, s.reason)),
@@ -299,21 +229,14 @@ impl Rotator {
     async fn fetch(
         &self,
         engine: &Engine,
-        sources: &BTreeMap<String, RecordedRef>,
-    ) -> Result<HashMap<FetchKey, Result<Arc<SecretData>, StoreError>>, RotationError> {
-        let keys: Vec<FetchKey> = fetches(sources).into_iter().collect();
-        if let Some((store, _, _)) = keys.iter().find(|(s, _, _)| engine.stores().get(s).is_none()) {
-            return Err(RotationError::UnknownStore(store.clone()));
+        sources: &BTreeMap<String, SecretRef>,
+    ) -> Result<Fetched, RotationError> {
+        let requests: Vec<StoreRequest> = fetches(sources).into_iter().collect();
+        if let Some(r) = requests.iter().find(|r| engine.stores().get(&r.store).is_none()) {
+            return Err(RotationError::UnknownStore(r.store.clone()));
         }
-        let requests: Vec<StoreRequest> = keys
-            .iter()
-            .map(|(store, path, version)| StoreRequest {
-                store: store.clone(),
-                locator: SecretLocator::new(path.clone(), version.clone()),
-            })
-            .collect();
         let answers = engine.stores().resolve(&requests, engine.resolve_timeout()).await;
-        Ok(keys.into_iter().zip(answers).collect())
+        Ok(requests.into_iter().zip(answers).collect())
     }
 
     /// Restarts the workloads that own the Secret; returns `Kind/name` of each.
@@ -395,8 +318,8 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
     }
 
-    fn rec(store: &str, path: &str, property: Option<&str>) -> RecordedRef {
-        RecordedRef {
+    fn rec(store: &str, path: &str, property: Option<&str>) -> SecretRef {
+        SecretRef {
             store: store.into(),
             path: path.into(),
             property: property.map(str::to_owned),
@@ -416,7 +339,7 @@ mod tests {
 
     #[test]
     fn due_after_the_shortest_interval_of_its_stores() {
-        let sources: BTreeMap<String, RecordedRef> = [
+        let sources: BTreeMap<String, SecretRef> = [
             ("a".to_owned(), rec("vault", "x", None)),
             ("b".to_owned(), rec("aws", "y", None)),
             ("c".to_owned(), rec("file", "z", None)),
@@ -431,7 +354,7 @@ mod tests {
             refresh_interval(&sources, intervals),
             Some(Duration::from_secs(60))
         );
-        let only_file: BTreeMap<String, RecordedRef> = [("c".to_owned(), rec("file", "z", None))].into();
+        let only_file: BTreeMap<String, SecretRef> = [("c".to_owned(), rec("file", "z", None))].into();
         assert_eq!(refresh_interval(&only_file, intervals), None);
 
         assert!(!is_due(Some(at(0)), Duration::from_secs(60), at(59)));
@@ -455,42 +378,29 @@ mod tests {
     }
 
     #[test]
-    fn rebuild_picks_properties_and_fails_without_values_in_the_message() {
-        let sources: BTreeMap<String, RecordedRef> = [
+    fn one_fetch_per_secret_and_failures_keep_their_class() {
+        let sources: BTreeMap<String, SecretRef> = [
             ("db.password".to_owned(), rec("vault", "app/db", Some("password"))),
             ("db.user".to_owned(), rec("vault", "app/db", Some("user"))),
             ("token".to_owned(), rec("file", "token", None)),
         ]
         .into();
         assert_eq!(fetches(&sources).len(), 2, "one fetch per secret, not per key");
-        let db = SecretData::Properties(
-            [
-                ("password".to_owned(), SecretValue::from("new-pw")),
-                ("user".to_owned(), SecretValue::from("app")),
-            ]
-            .into(),
-        );
-        let mut fetched: HashMap<FetchKey, Result<Arc<SecretData>, StoreError>> = HashMap::new();
-        fetched.insert(("vault".into(), "app/db".into(), None), Ok(Arc::new(db)));
+        let mut fetched = Fetched::new();
         fetched.insert(
-            ("file".into(), "token".into(), None),
-            Ok(Arc::new(SecretData::Value("t0k".into()))),
+            rec("vault", "app/db", None).request(),
+            Err(crate::stores::StoreError::Throttled),
         );
-        let data = rebuild(&sources, &fetched).unwrap();
-        assert_eq!(data["db.password"].expose(), b"new-pw");
-        assert_eq!(data["token"].expose(), b"t0k");
-
-        let gone = SecretData::Properties([("user".to_owned(), SecretValue::from("app"))].into());
-        fetched.insert(("vault".into(), "app/db".into(), None), Ok(Arc::new(gone)));
-        let e = rebuild(&sources, &fetched).unwrap_err();
+        let e = RotationError::from(secret_data(&sources, &fetched).unwrap_err());
+        assert_eq!(e.class(), "throttled");
+        fetched.insert(
+            rec("vault", "app/db", None).request(),
+            Ok(Arc::new(
+                crate::stores::SecretData::Properties(Default::default()),
+            )),
+        );
+        let e = RotationError::from(secret_data(&sources, &fetched).unwrap_err());
         assert_eq!(e.class(), "missing_property");
-        assert!(!e.to_string().contains("app\""), "{e}");
-
-        fetched.insert(
-            ("vault".into(), "app/db".into(), None),
-            Err(StoreError::Throttled),
-        );
-        assert_eq!(rebuild(&sources, &fetched).unwrap_err().class(), "throttled");
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The managed Secret as the API server stores it: labels, annotations and
-//! owners built from a `ManagedSecret`, and the pure decision whether a
-//! stored copy is current. No I/O here; the writer and the background loops
-//! call these.
+//! The managed Secret as the API server stores it: the one body Sesame
+//! writes (labels, annotations, owners and data built from a
+//! `ManagedSecret`), what a stored copy records about itself, and the pure
+//! decision whether a stored copy is current. No I/O here; the writer, the
+//! rotation and `sesame mutate` call these.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,7 +10,7 @@ use std::fmt;
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference as KubeOwnerReference;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::inject::annotations::SecretRef;
@@ -20,22 +21,23 @@ use crate::stores::SecretValue;
 
 /// The field manager of every write Sesame makes.
 pub const FIELD_MANAGER: &str = "sesame";
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "sesame";
+pub(crate) const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub(crate) const MANAGED_BY_VALUE: &str = "sesame";
 /// `app.kubernetes.io/managed-by=sesame`, for lists and watches.
-pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=sesame";
+pub(crate) const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=sesame";
 
 /// Annotation keys on a managed Secret, under the configured prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretAnnotations {
+pub(crate) struct SecretAnnotations {
     /// Compact references, one per line, for people (`kubectl describe`).
     pub references: String,
-    /// JSON object: key → reference; what rotation re-resolves.
+    /// JSON object: key → reference (every field of it); what rotation re-resolves.
     pub sources: String,
-    /// Hash of keys and values.
+    /// One-way hash of keys and values, for people and audits comparing
+    /// copies; Sesame itself compares the stored data byte for byte.
     pub content_hash: String,
     /// RFC 3339 time of the last write or check against the stores.
-    pub refreshed_at: String,
+    pub(crate) refreshed_at: String,
     /// `"true"` when a rotation restarts the owning workloads.
     pub restart_on_rotation: String,
 }
@@ -52,31 +54,9 @@ impl SecretAnnotations {
     }
 }
 
-/// One reference as recorded in the `sources` annotation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordedRef {
-    pub store: String,
-    pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub property: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-}
-
-impl From<&SecretRef> for RecordedRef {
-    fn from(r: &SecretRef) -> Self {
-        Self {
-            store: r.store.clone(),
-            path: r.path.clone(),
-            property: r.property.clone(),
-            version: r.version.clone(),
-        }
-    }
-}
-
 /// The server-side apply body. `Debug` shows no values, because the client
 /// library may log what it sends.
-pub struct ApplyBody(pub Value);
+pub(crate) struct ApplyBody(pub Value);
 
 impl Serialize for ApplyBody {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -99,7 +79,7 @@ impl fmt::Debug for ApplyBody {
 /// Secret shared across a rollout has several owners, and only one may be
 /// the controller) and never `blockOwnerDeletion` (that needs delete rights
 /// on the owner's finalizers).
-pub fn secret_owner(o: &OwnerReference) -> KubeOwnerReference {
+pub(crate) fn secret_owner(o: &OwnerReference) -> KubeOwnerReference {
     KubeOwnerReference {
         api_version: o.api_version.clone(),
         kind: o.kind.clone(),
@@ -113,7 +93,10 @@ pub fn secret_owner(o: &OwnerReference) -> KubeOwnerReference {
 /// Owners to apply: the ones already on the Secret, then the plan's, one
 /// per uid. Applying the union keeps every ReplicaSet of a rollout as owner,
 /// since server-side apply drops list entries a manager stops sending.
-pub fn merged_owners(existing: &[KubeOwnerReference], wanted: &[OwnerReference]) -> Vec<KubeOwnerReference> {
+pub(crate) fn merged_owners(
+    existing: &[KubeOwnerReference],
+    wanted: &[OwnerReference],
+) -> Vec<KubeOwnerReference> {
     let mut out: Vec<KubeOwnerReference> = existing
         .iter()
         .map(|o| KubeOwnerReference {
@@ -132,7 +115,7 @@ pub fn merged_owners(existing: &[KubeOwnerReference], wanted: &[OwnerReference])
 
 /// What the writer does with a plan's Secret.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ApplyDecision {
+pub(crate) enum ApplyDecision {
     /// The stored Secret has the same data, owners and flags: no API call.
     UpToDate,
     /// Apply with these owners.
@@ -143,10 +126,14 @@ pub enum ApplyDecision {
     Terminating,
 }
 
-/// Compares the stored Secret (if any) with the plan. The data is hashed
-/// from the stored bytes, not read from the annotation, so a Secret edited
-/// by hand is written again.
-pub fn decide(existing: Option<&Secret>, wanted: &ManagedSecret, keys: &SecretAnnotations) -> ApplyDecision {
+/// Compares the stored Secret (if any) with the plan. The data is compared
+/// with the stored bytes, not with the recorded hash, so a Secret edited by
+/// hand is written again.
+pub(crate) fn decide(
+    existing: Option<&Secret>,
+    wanted: &ManagedSecret,
+    keys: &SecretAnnotations,
+) -> ApplyDecision {
     let Some(existing) = existing else {
         return ApplyDecision::Apply {
             owners: merged_owners(&[], &wanted.owners),
@@ -181,7 +168,7 @@ pub fn decide(existing: Option<&Secret>, wanted: &ManagedSecret, keys: &SecretAn
 
 /// Whether a stored Secret holds exactly `data`: compared byte for byte,
 /// which is cheaper on the admission path than hashing both sides.
-pub fn stored_data_equals(secret: &Secret, data: &BTreeMap<String, SecretValue>) -> bool {
+pub(crate) fn stored_data_equals(secret: &Secret, data: &BTreeMap<String, SecretValue>) -> bool {
     let stored = secret.data.as_ref();
     stored.map_or(0, BTreeMap::len) == data.len()
         && data
@@ -189,38 +176,55 @@ pub fn stored_data_equals(secret: &Secret, data: &BTreeMap<String, SecretValue>)
             .all(|(k, v)| stored.and_then(|s| s.get(k)).is_some_and(|b| b.0 == v.expose()))
 }
 
-/// The content hash of what a stored Secret holds.
-pub fn stored_hash(secret: &Secret) -> String {
-    content_hash(&stored_data(secret))
-}
-
-/// A stored Secret's data as values (zeroised when dropped).
-pub fn stored_data(secret: &Secret) -> BTreeMap<String, SecretValue> {
-    secret
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), SecretValue::new(v.0.clone())))
-        .collect()
-}
-
-pub fn sources_json(secret: &ManagedSecret) -> String {
-    let map: BTreeMap<&str, RecordedRef> = secret
-        .sources
-        .iter()
-        .map(|(k, r)| (k.as_str(), RecordedRef::from(r)))
-        .collect();
-    serde_json::to_string(&map).unwrap_or_default()
+/// The `sources` annotation: key → the reference it holds, every field.
+pub(crate) fn sources_json(secret: &ManagedSecret) -> String {
+    serde_json::to_string(&secret.sources).unwrap_or_default()
 }
 
 /// Reads the `sources` annotation back: key → reference.
-pub fn parse_sources(secret: &Secret, keys: &SecretAnnotations) -> Option<BTreeMap<String, RecordedRef>> {
+pub(crate) fn parse_sources(
+    secret: &Secret,
+    keys: &SecretAnnotations,
+) -> Option<BTreeMap<String, SecretRef>> {
     let text = secret.metadata.annotations.as_ref()?.get(&keys.sources)?;
     serde_json::from_str(text).ok()
 }
 
-/// The server-side apply body for a plan's Secret.
-pub fn apply_body(
+/// A stored managed Secret with new data, as Sesame would write it: what
+/// else it records (references, the restart flag) read back from its
+/// annotations; `sources` as [`parse_sources`] read them. The references
+/// fall back to the sources when their text cannot be read.
+pub(crate) fn with_new_data(
+    secret: &Secret,
+    keys: &SecretAnnotations,
+    sources: BTreeMap<String, SecretRef>,
+    data: BTreeMap<String, SecretValue>,
+) -> ManagedSecret {
+    let annotations = secret.metadata.annotations.as_ref();
+    let parsed: Option<Vec<SecretRef>> = annotations
+        .and_then(|a| a.get(&keys.references))
+        .map(|text| text.lines().map(str::parse).collect::<Result<_, _>>().ok())
+        .unwrap_or_default();
+    let references = parsed.unwrap_or_else(|| {
+        let set: std::collections::BTreeSet<&SecretRef> = sources.values().collect();
+        set.into_iter().cloned().collect()
+    });
+    ManagedSecret {
+        name: secret.metadata.name.clone().unwrap_or_default(),
+        namespace: secret.metadata.namespace.clone().unwrap_or_default(),
+        data,
+        references,
+        sources,
+        restart_on_rotation: annotations
+            .and_then(|a| a.get(&keys.restart_on_rotation))
+            .is_some_and(|v| v == "true"),
+        owners: Vec::new(),
+    }
+}
+
+/// The Secret Sesame writes for `secret`, with `owners`: the body of the
+/// writer's server-side apply and of rotation's update alike.
+pub(crate) fn apply_body(
     secret: &ManagedSecret,
     owners: &[KubeOwnerReference],
     keys: &SecretAnnotations,
@@ -463,5 +467,64 @@ mod tests {
             &wanted.data
         ));
         assert!(!stored_data_equals(&Secret::default(), &wanted.data));
+    }
+
+    /// The record → parse round trip on a stored Secret: every field of a
+    /// reference comes back, and rotation's view of the Secret (the same
+    /// ManagedSecret with new data) yields the same body as admission's.
+    #[test]
+    fn recorded_references_round_trip_every_field() {
+        let keys = SecretAnnotations::new("sesame.dev");
+        let pinned = SecretRef {
+            store: "vault".into(),
+            path: "secret/app/db".into(),
+            property: Some("password".into()),
+            version: Some("7".into()),
+        };
+        let mut wanted = managed(vec![owner("web-1", "u1")]);
+        wanted.references = vec![SecretRef {
+            property: None,
+            ..pinned.clone()
+        }];
+        wanted.sources = [("db.password".to_owned(), pinned)].into();
+        wanted.restart_on_rotation = true;
+        let s = stored(&wanted, &keys);
+        assert_eq!(parse_sources(&s, &keys).unwrap(), wanted.sources);
+
+        let again = with_new_data(&s, &keys, wanted.sources.clone(), wanted.data.clone());
+        assert_eq!(again.references, wanted.references);
+        assert!(again.restart_on_rotation);
+        let owners = merged_owners(s.metadata.owner_references.as_deref().unwrap_or(&[]), &[]);
+        let mut rotated = apply_body(&again, &owners, &keys, "2026-01-01T00:00:00Z").0;
+        let ApplyDecision::Apply { owners } = decide(None, &wanted, &keys) else {
+            unreachable!()
+        };
+        let mut admitted = apply_body(&wanted, &owners, &keys, "2026-01-01T00:00:00Z").0;
+        assert_eq!(rotated.take(), admitted.take());
+    }
+
+    /// Secrets written before the reference type was recorded as such keep
+    /// working: the format is the same JSON.
+    #[test]
+    fn sources_written_by_earlier_versions_parse() {
+        let keys = SecretAnnotations::new("sesame.dev");
+        let s = Secret {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                annotations: Some(
+                    [(
+                        keys.sources.clone(),
+                        r#"{"db.password":{"store":"vault","path":"secret/app/db","property":"password"},"k":{"store":"aws","path":"x","version":"AWSPREVIOUS"}}"#.to_owned(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let sources = parse_sources(&s, &keys).unwrap();
+        assert_eq!(sources["db.password"].property.as_deref(), Some("password"));
+        assert_eq!(sources["k"].version.as_deref(), Some("AWSPREVIOUS"));
+        let references = with_new_data(&s, &keys, sources, BTreeMap::new()).references;
+        assert_eq!(references.len(), 2, "without a references text, from the sources");
     }
 }

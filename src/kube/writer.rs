@@ -2,6 +2,7 @@
 //! the Pod is admitted. A watch-backed cache of managed Secrets makes an
 //! up-to-date Secret cost no API call.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +12,11 @@ use ::kube::runtime::watcher;
 use ::kube::{Api, Client};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
-use tokio::sync::watch;
 
 use super::secret::{
     apply_body, decide, now_rfc3339, ApplyDecision, SecretAnnotations, FIELD_MANAGER, MANAGED_SELECTOR,
 };
-use super::{SecretWriter, WriteError, WriteOutcome};
+use crate::admission::{SecretWriter, WriteError, WriteOutcome};
 use crate::inject::ManagedSecret;
 
 /// Writes managed Secrets through the API.
@@ -27,17 +27,18 @@ pub struct KubeSecretWriter {
 }
 
 impl KubeSecretWriter {
-    /// Starts the cache of managed Secrets (every namespace, by label) and
-    /// returns the writer. `prefix` is the annotation prefix.
-    pub fn start(client: Client, prefix: &str, shutdown: watch::Receiver<bool>) -> Self {
+    /// The writer over a watch of managed Secrets (every namespace, by
+    /// label), and the future that keeps that cache current, for the caller
+    /// to run. `prefix` is the annotation prefix.
+    pub fn watching(client: Client, prefix: &str) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let api: Api<Secret> = Api::all(client.clone());
         let config = watcher::Config::default().labels(MANAGED_SELECTOR);
-        let cache = super::reflect::spawn(api, config, "managed-secrets", shutdown);
-        Self::with_cache(client, prefix, cache)
+        let (cache, watch) = super::reflect::reflector(api, config, "managed-secrets");
+        (Self::new(client, prefix, cache), watch)
     }
 
-    /// A writer over an existing cache (tests, or a cache shared with GC).
-    pub fn with_cache(client: Client, prefix: &str, cache: Store<Secret>) -> Self {
+    /// A writer over a cache of managed Secrets (shared with GC and rotation).
+    pub fn new(client: Client, prefix: &str, cache: Store<Secret>) -> Self {
         Self {
             client,
             keys: SecretAnnotations::new(prefix),
@@ -123,7 +124,7 @@ impl KubeSecretWriter {
 }
 
 /// Throttling, a server error or no answer: worth one more try.
-pub fn is_transient(e: &::kube::Error) -> bool {
+pub(crate) fn is_transient(e: &::kube::Error) -> bool {
     match e {
         ::kube::Error::Api(s) => matches!(s.code, 429 | 500 | 502 | 503 | 504),
         ::kube::Error::HyperError(_) | ::kube::Error::Service(_) => true,
@@ -133,7 +134,7 @@ pub fn is_transient(e: &::kube::Error) -> bool {
 
 /// A safe message: the API status (code, reason, message) or the transport
 /// failure. The API server's messages name fields and keys, never values.
-pub fn write_error(name: &str, e: &::kube::Error) -> WriteError {
+pub(crate) fn write_error(name: &str, e: &::kube::Error) -> WriteError {
     match e {
         ::kube::Error::Api(s) => WriteError::Refused {
             name: name.to_owned(),

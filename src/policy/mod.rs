@@ -2,20 +2,20 @@
 //! account may read which paths of which store. Pure functions over the
 //! configuration and what the caller knows of the Pod; default deny.
 
+pub mod config;
 mod glob;
 mod selector;
 
 use std::collections::BTreeMap;
 
-pub use glob::{glob_is_valid, glob_match, PathPattern};
-pub use selector::selector_matches;
-
-use crate::config::{LabelSelector, PolicyConfig};
+pub(crate) use config::{LabelSelector, PolicyConfig};
+pub use glob::{glob_match, PathPattern};
+pub(crate) use selector::selector_matches;
 
 /// Who asks: the Pod's namespace, that namespace's labels when known (from
 /// the Namespace cache) and the Pod's service account.
 #[derive(Debug, Clone, Copy)]
-pub struct Subject<'a> {
+pub(crate) struct Subject<'a> {
     pub namespace: &'a str,
     /// `None` when no Namespace cache is available (no cluster) or the
     /// namespace is not in it yet: rules with a `namespaceSelector` then
@@ -24,20 +24,9 @@ pub struct Subject<'a> {
     pub service_account: Option<&'a str>,
 }
 
-impl<'a> Subject<'a> {
-    /// A subject known by namespace name only.
-    pub fn namespace(namespace: &'a str) -> Self {
-        Self {
-            namespace,
-            namespace_labels: None,
-            service_account: None,
-        }
-    }
-}
-
 /// The compiled policy.
 #[derive(Debug, Clone)]
-pub struct NamespacePolicy {
+pub(crate) struct NamespacePolicy {
     rules: Vec<Rule>,
     inline_namespaces: Vec<String>,
 }
@@ -71,7 +60,7 @@ impl Rule {
 
 /// Why a reference was refused, worded for the Pod's author.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PolicyDenial {
+pub(crate) enum PolicyDenial {
     #[error("the path is not allowed: {0}")]
     BadPath(String),
     #[error("no policy rule lets namespace \"{namespace}\"{who} read store \"{store}\"{note}")]
@@ -93,44 +82,34 @@ pub enum PolicyDenial {
 }
 
 impl NamespacePolicy {
-    pub fn new(config: &PolicyConfig) -> Result<Self, String> {
+    /// Compiles a loaded policy; its patterns were parsed when it was read.
+    pub fn new(config: &PolicyConfig) -> Self {
         let rules = config
             .rules
             .iter()
-            .map(|r| {
-                Ok(Rule {
-                    name: r.name.clone(),
-                    namespaces: r.namespaces.clone(),
-                    namespace_selector: r.namespace_selector.clone(),
-                    service_accounts: r.service_accounts.clone(),
-                    stores: r.stores.clone(),
-                    paths: r
-                        .paths
-                        .iter()
-                        .map(|p| PathPattern::parse(p))
-                        .collect::<Result<_, _>>()?,
-                })
+            .map(|r| Rule {
+                name: r.name.clone(),
+                namespaces: r.namespaces.clone(),
+                namespace_selector: r.namespace_selector.clone(),
+                service_accounts: r.service_accounts.clone(),
+                stores: r.stores.clone(),
+                paths: r.paths.clone(),
             })
-            .collect::<Result<_, String>>()?;
-        Ok(Self {
+            .collect();
+        Self {
             rules,
             inline_namespaces: config.inline.namespaces.clone(),
-        })
+        }
     }
 
     /// Returns the name of the rule that grants `subject` read access to
     /// `path` in `store`, or why none does. The path is validated again here
-    /// so that no caller can skip it.
-    pub fn authorize(&self, subject: &Subject<'_>, store: &str, path: &str) -> Result<&str, PolicyDenial> {
-        self.authorize_in(subject, store, path, false)
-    }
-
-    /// Like `authorize`, for a store whose paths start with a namespace
-    /// (`namespace/name`, the `kubernetes` store). A path in another
-    /// namespace than the subject's is granted only by a rule whose pattern
-    /// names that namespace literally: a glob such as `*/db` never opens
-    /// other namespaces.
-    pub fn authorize_in(
+    /// so that no caller can skip it. `namespaced_store`: the store's paths
+    /// start with a namespace (`namespace/name`, the `kubernetes` store); a
+    /// path in another namespace than the subject's is then granted only by
+    /// a rule whose pattern names that namespace literally: a glob such as
+    /// `*/db` never opens other namespaces.
+    pub(crate) fn authorize_in(
         &self,
         subject: &Subject<'_>,
         store: &str,
@@ -191,7 +170,7 @@ impl NamespacePolicy {
     }
 
     /// Whether Pods in `namespace` may have values written into their spec.
-    pub fn inline_allowed(&self, namespace: &str) -> bool {
+    pub(crate) fn inline_allowed(&self, namespace: &str) -> bool {
         self.inline_namespaces.iter().any(|g| glob_match(g, namespace))
     }
 }
@@ -229,8 +208,26 @@ pub fn validate_secret_path(path: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use super::config::{InlinePolicy, PolicyRule};
     use super::*;
-    use crate::config::{InlinePolicy, PolicyRule};
+
+    impl<'a> Subject<'a> {
+        /// A subject known by namespace name only.
+        fn namespace(namespace: &'a str) -> Self {
+            Self {
+                namespace,
+                namespace_labels: None,
+                service_account: None,
+            }
+        }
+    }
+
+    impl NamespacePolicy {
+        /// For a store whose paths do not start with a namespace.
+        fn authorize(&self, subject: &Subject<'_>, store: &str, path: &str) -> Result<&str, PolicyDenial> {
+            self.authorize_in(subject, store, path, false)
+        }
+    }
 
     fn policy() -> NamespacePolicy {
         NamespacePolicy::new(&PolicyConfig {
@@ -241,7 +238,7 @@ mod tests {
                     service_accounts: vec![],
                     namespaces: vec!["team-*".into()],
                     stores: vec!["vault".into()],
-                    paths: vec!["secret/{namespace}/**".into()],
+                    paths: patterns(&["secret/{namespace}/**"]),
                 },
                 PolicyRule {
                     name: "shared-ro".into(),
@@ -249,14 +246,17 @@ mod tests {
                     service_accounts: vec![],
                     namespaces: vec!["*".into()],
                     stores: vec!["*".into()],
-                    paths: vec!["shared/*/public".into()],
+                    paths: patterns(&["shared/*/public"]),
                 },
             ],
             inline: InlinePolicy {
                 namespaces: vec!["dev".into(), "sandbox-*".into()],
             },
         })
-        .unwrap()
+    }
+
+    fn patterns(paths: &[&str]) -> Vec<PathPattern> {
+        paths.iter().map(|p| PathPattern::parse(p).unwrap()).collect()
     }
 
     #[test]
@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn default_deny() {
-        let p = NamespacePolicy::new(&PolicyConfig::default()).unwrap();
+        let p = NamespacePolicy::new(&PolicyConfig::default());
         assert!(matches!(
             p.authorize(&Subject::namespace("a"), "b", "c"),
             Err(PolicyDenial::NoRuleForStore { .. })
@@ -340,6 +340,28 @@ mod tests {
             .is_err());
     }
 
+    /// `request.namespace` is the API server's, but the policy does not rely
+    /// on its format: a namespace spelled like a glob reads only the
+    /// subtree spelled the same way (which no valid path can name).
+    #[test]
+    fn glob_named_namespace_reads_no_other_subtree() {
+        let p = with_rules(vec![rule("own", &["*"], &["vault"], &["secret/{namespace}/**"])]);
+        for namespace in ["*", "team-?", "team-*", "**"] {
+            let err = p
+                .authorize(&Subject::namespace(namespace), "vault", "secret/team-b/db")
+                .unwrap_err();
+            assert!(
+                matches!(err, PolicyDenial::PathNotAllowed { .. }),
+                "{namespace}: {err}"
+            );
+        }
+        assert_eq!(
+            p.authorize(&Subject::namespace("team-b"), "vault", "secret/team-b/db")
+                .unwrap(),
+            "own"
+        );
+    }
+
     #[test]
     fn inline_per_namespace() {
         let p = policy();
@@ -355,7 +377,7 @@ mod tests {
             namespace_selector: None,
             service_accounts: vec![],
             stores: stores.iter().map(|s| (*s).to_owned()).collect(),
-            paths: paths.iter().map(|s| (*s).to_owned()).collect(),
+            paths: patterns(paths),
         }
     }
 
@@ -364,13 +386,12 @@ mod tests {
             rules,
             inline: InlinePolicy::default(),
         })
-        .unwrap()
     }
 
     #[test]
     fn namespace_selector_needs_known_labels() {
         let mut r = rule("payments", &[], &["vault"], &["payments/**"]);
-        r.namespace_selector = Some(crate::config::LabelSelector {
+        r.namespace_selector = Some(LabelSelector {
             match_labels: [("team".to_owned(), "payments".to_owned())].into(),
             ..Default::default()
         });

@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{LabelSelector, SelectorOperator};
+use super::config::{LabelSelector, SelectorOperator};
 
 /// `matchLabels` and every `matchExpressions` entry must hold, as in
 /// Kubernetes: `NotIn` and `DoesNotExist` hold for a missing key; an empty
 /// selector matches every namespace.
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     selector
         .match_labels
         .iter()
@@ -26,7 +26,7 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LabelSelectorRequirement;
+    use crate::policy::config::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

@@ -34,7 +34,7 @@ struct AdminState {
     metrics: Arc<Metrics>,
 }
 
-pub fn router(readiness: Arc<Readiness>, metrics: Arc<Metrics>) -> Router {
+pub(crate) fn router(readiness: Arc<Readiness>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/livez", get(live))
         .route("/healthz", get(live))

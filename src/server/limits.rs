@@ -56,25 +56,25 @@ impl Default for ConnectionArgs {
 
 /// Connection limits that keep slow, idle or numerous clients from holding the server.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest accepted request body; larger gets 413.
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// Time for a client to finish the TLS handshake.
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// Time for a client to send its first request's headers once connected.
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// Time for a request body to arrive in full.
-    pub body_timeout: Duration,
+    pub(crate) body_timeout: Duration,
     /// Time a connection may stay open with no request in flight after its first.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// How long in-flight requests may run after shutdown starts.
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     /// Open connections on the webhook port at most.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Open connections on the admin port at most.
-    pub admin_max_connections: usize,
+    pub(crate) admin_max_connections: usize,
     /// Reviews with a larger body run on the blocking pool.
-    pub offload_above_bytes: usize,
+    pub(crate) offload_above_bytes: usize,
 }
 
 impl Default for Limits {
@@ -95,7 +95,7 @@ pub(crate) const FD_RESERVE: u64 = 64;
 impl Limits {
     /// The limits from `serve`'s flags. `client_timeout` bounds both the TLS
     /// handshake and the wait for the first request.
-    pub fn new(
+    pub(crate) fn new(
         max_body_bytes: usize,
         client_timeout: Duration,
         drain_timeout: Duration,

@@ -1,7 +1,8 @@
 //! The HTTPS webhook server and the plain-HTTP admin server: accept loops
 //! with a connection cap and back-off, TLS, the timeouts of each phase of a
-//! connection, review scheduling, graceful drain on shutdown. The admin port
-//! runs on its own thread and runtime, so that it answers however busy the
+//! connection, review scheduling, graceful drain on shutdown. `run` serves
+//! the admin port on a thread and runtime of its own ([`serve_std`] under
+//! `Tasks::spawn_on_own_thread`), so that it answers however busy the
 //! webhook port is.
 
 mod accept;
@@ -10,7 +11,6 @@ mod connection;
 mod limits;
 mod offload;
 mod table;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +31,8 @@ use crate::admission::Admission;
 use crate::telemetry::Metrics;
 use accept::{AcceptBackoff, LogLimiter};
 use connection::{Connection, Protocols};
-pub use limits::{ConnectionArgs, Limits};
+pub use limits::ConnectionArgs;
+pub(crate) use limits::Limits;
 pub use offload::ReviewLane;
 use table::ConnectionTable;
 
@@ -43,7 +44,7 @@ struct Webhook {
 }
 
 /// The webhook routes: `POST /mutate` and nothing else.
-pub fn webhook_router(admission: Arc<Admission>, limits: Limits) -> Router {
+pub(crate) fn webhook_router(admission: Arc<Admission>, limits: Limits) -> Router {
     let lane = Arc::new(ReviewLane::new(limits.offload_above_bytes));
     Router::new()
         .route("/mutate", post(mutate))
@@ -155,18 +156,18 @@ fn refuse(version: Version, status: StatusCode, message: String) -> Response {
 
 /// One listening port's settings.
 #[derive(Clone)]
-pub struct Port {
+pub(crate) struct Port {
     /// `webhook` or `admin`: the `port` label of its metrics and logs.
-    pub name: &'static str,
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub max_connections: usize,
-    pub limits: Limits,
+    pub(crate) name: &'static str,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) max_connections: usize,
+    pub(crate) limits: Limits,
 }
 
 impl Port {
     /// The HTTPS port for the API server. The connection caps of both ports
     /// are lowered, with a warning, when the open-file limit cannot hold them.
-    pub fn webhook(tls: Arc<rustls::ServerConfig>, limits: Limits) -> Self {
+    pub(crate) fn webhook(tls: Arc<rustls::ServerConfig>, limits: Limits) -> Self {
         let fitted = fitted(limits);
         if fitted.max_connections != limits.max_connections
             || fitted.admin_max_connections != limits.admin_max_connections
@@ -187,7 +188,7 @@ impl Port {
     }
 
     /// The plain-HTTP admin port: probes and metrics, a short drain.
-    pub fn admin(limits: Limits) -> Self {
+    pub(crate) fn admin(limits: Limits) -> Self {
         let limits = Limits {
             drain_timeout: Duration::from_secs(1),
             ..fitted(limits)
@@ -210,7 +211,7 @@ fn fitted(limits: Limits) -> Limits {
 
 /// Serves `router` on `listener` until `shutdown` flips to true, then stops
 /// accepting and waits up to the drain timeout for open connections.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     port: Port,
     router: Router,
@@ -317,35 +318,20 @@ pub async fn serve(
     metrics.set_connections(name, 0);
 }
 
-/// Serves the admin port on a thread of its own with a runtime of its own:
-/// probes and metrics answer even when every webhook worker is busy. The
-/// returned task ends when that server has stopped.
-pub fn spawn_admin(
-    listener: TcpListener,
+/// [`serve`] for a listener taken out of the runtime that bound it
+/// (`TcpListener::into_std`): it is registered with the runtime that runs
+/// this future, such as the admin port's own.
+pub(crate) async fn serve_std(
+    listener: std::net::TcpListener,
     port: Port,
     router: Router,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = listener.into_std()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (done, stopped) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("sesame-admin".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener, port, router, metrics, shutdown).await,
-                    Err(e) => tracing::error!(error = %e, "the admin port could not be served"),
-                }
-            });
-            let _ = done.send(());
-        })?;
-    Ok(tokio::spawn(async move {
-        let _ = stopped.await;
-    }))
+) {
+    match TcpListener::from_std(listener) {
+        Ok(listener) => serve(listener, port, router, metrics, shutdown).await,
+        Err(e) => tracing::error!(port = port.name, error = %e, "the port could not be served"),
+    }
 }
 
 /// Binds a TCP listener, with the address in the error.
@@ -355,19 +341,8 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
 
-/// Flips `tx` on SIGTERM or SIGINT; a second signal exits at once.
-pub fn spawn_signal_handler(tx: watch::Sender<bool>) {
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown signal received; draining in-flight requests (send again to exit now)");
-        let _ = tx.send(true);
-        wait_for_signal().await;
-        tracing::warn!("second signal; exiting now");
-        std::process::exit(130);
-    });
-}
-
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or SIGINT.
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -5,8 +5,8 @@
 //! container credentials, shared profiles, and instance metadata. It talks
 //! TLS through rustls with *ring*, the crypto provider the rest of Sesame uses.
 //!
-//! Credentials are fetched at start and refreshed by a background task at two
-//! thirds of their lifetime; requests only read them from memory.
+//! Credentials are fetched at start and refreshed by the store's upkeep at
+//! two thirds of their lifetime; requests only read them from memory.
 //!
 //! A version is a `VersionId` when it is 32 to 64 characters long (the length
 //! AWS requires of version ids, which are UUIDs unless a client chose its
@@ -18,6 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::Store;
+use crate::validate::{is_http_url, FieldError};
 
 /// `stores[].aws`: which region and, optionally, which endpoint.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -33,27 +34,23 @@ pub struct AwsStoreConfig {
 }
 
 impl AwsStoreConfig {
-    /// Checks what serde cannot; the error is `(field below aws, message)`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks what serde cannot; fields are below `aws`.
+    pub fn validate(&self) -> Result<(), FieldError> {
         if let Some(region) = &self.region {
             let ok = !region.is_empty()
                 && region
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if !ok {
-                return Err(("region".into(), "must look like eu-west-1".into()));
+                return Err(FieldError::new("region", "must look like eu-west-1"));
             }
         }
         if let Some(endpoint) = &self.endpoint {
-            match reqwest::Url::parse(endpoint) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-                _ => {
-                    return Err((
-                        "endpoint".into(),
-                        "must be an http(s) URL such as https://secretsmanager.eu-west-1.amazonaws.com"
-                            .into(),
-                    ))
-                }
+            if !is_http_url(endpoint) {
+                return Err(FieldError::new(
+                    "endpoint",
+                    "must be an http(s) URL such as https://secretsmanager.eu-west-1.amazonaws.com",
+                ));
             }
         }
         Ok(())
@@ -61,12 +58,14 @@ impl AwsStoreConfig {
 }
 
 /// How a reference's version is sent to AWS.
+#[cfg(any(feature = "aws", test))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VersionSelector<'a> {
+pub(crate) enum VersionSelector<'a> {
     Id(&'a str),
     Stage(&'a str),
 }
 
+#[cfg(any(feature = "aws", test))]
 impl<'a> VersionSelector<'a> {
     /// 32 to 64 characters: a `VersionId`; anything else: a `VersionStage`.
     pub fn of(version: &'a str) -> Self {
@@ -99,7 +98,7 @@ mod imp {
     use std::collections::HashMap;
     use std::fmt;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Weak};
     use std::time::{Duration, SystemTime};
 
     use arc_swap::ArcSwapOption;
@@ -116,8 +115,7 @@ mod imp {
     use sm::primitives::Blob;
 
     use super::{AwsStoreConfig, VersionSelector};
-    use crate::stores::common::fetch_each;
-    use crate::stores::{SecretData, SecretLocator, SecretValue, Store, StoreError};
+    use crate::stores::{RequestLimit, SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
 
     /// Ids per `BatchGetSecretValue` call (the API's limit).
     const BATCH_LIMIT: usize = 20;
@@ -131,7 +129,6 @@ mod imp {
         batch: AtomicBool,
         region: String,
         endpoint: Option<String>,
-        upkeep: tokio::task::AbortHandle,
     }
 
     impl fmt::Debug for AwsStore {
@@ -144,12 +141,6 @@ mod imp {
         }
     }
 
-    impl Drop for AwsStore {
-        fn drop(&mut self) {
-            self.upkeep.abort();
-        }
-    }
-
     impl AwsStore {
         /// Loads region and credential chain, fetches credentials once (a
         /// failure is logged and retried in the background, not fatal), and
@@ -157,7 +148,7 @@ mod imp {
         pub async fn new(config: &AwsStoreConfig) -> anyhow::Result<Self> {
             config
                 .validate()
-                .map_err(|(field, message)| anyhow::anyhow!("aws.{field}: {message}"))?;
+                .map_err(|e| anyhow::anyhow!("{}", e.within("aws")))?;
             let http = aws_smithy_http_client::Builder::new()
                 .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
                 .build_https();
@@ -177,7 +168,6 @@ mod imp {
             if let Err(e) = credentials.refresh().await {
                 tracing::warn!(error = %e, "no AWS credentials yet; retrying in the background");
             }
-            let upkeep = tokio::spawn(credentials.clone().maintain()).abort_handle();
             let mut builder = sm::config::Builder::from(&sdk)
                 .credentials_provider(SharedCredentialsProvider::new(CredentialsHandle(
                     credentials.clone(),
@@ -205,7 +195,6 @@ mod imp {
                 batch: AtomicBool::new(true),
                 region,
                 endpoint: config.endpoint.clone(),
-                upkeep,
             })
         }
 
@@ -220,13 +209,6 @@ mod imp {
                 Ok(out) => secret_data(out.secret_string(), out.secret_binary()),
                 Err(e) => Err(self.sdk_error(&e, locator.version.is_some())),
             }
-        }
-
-        async fn get_singly(&self, locators: &[&SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-            fetch_each(locators, crate::stores::common::FETCH_CONCURRENCY, |l| {
-                self.get_one(l)
-            })
-            .await
         }
 
         /// Current versions of up to `BATCH_LIMIT` secrets in one call. `None`
@@ -350,10 +332,19 @@ mod imp {
             "aws"
         }
 
+        async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+            self.get_one(locator).await
+        }
+
         /// Current versions go through `BatchGetSecretValue` (20 per call)
         /// when there are several; pinned versions, and everything when the
-        /// batch API is not allowed, through concurrent `GetSecretValue` calls.
-        async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
+        /// batch API is not allowed, through `GetSecretValue` calls. Each
+        /// call, batch or single, is one request under `limit`.
+        async fn fetch(
+            &self,
+            locators: &[SecretLocator],
+            limit: &RequestLimit,
+        ) -> Vec<Result<SecretData, StoreError>> {
             let mut results: Vec<Option<Result<SecretData, StoreError>>> = vec![None; locators.len()];
             let current: Vec<usize> = (0..locators.len())
                 .filter(|&i| locators[i].version.is_none())
@@ -361,7 +352,7 @@ mod imp {
             if current.len() > 1 && self.batch.load(Ordering::Relaxed) {
                 for chunk in current.chunks(BATCH_LIMIT) {
                     let ids: Vec<&str> = chunk.iter().map(|&i| locators[i].path.as_str()).collect();
-                    let Some(mut found) = self.get_batch(&ids).await else {
+                    let Some(mut found) = limit.run(self.get_batch(&ids)).await else {
                         break;
                     };
                     for &i in chunk {
@@ -372,7 +363,8 @@ mod imp {
             // Whatever the batch did not answer (pinned versions, ids it did not echo).
             let rest: Vec<usize> = (0..locators.len()).filter(|&i| results[i].is_none()).collect();
             let rest_locators: Vec<&SecretLocator> = rest.iter().map(|&i| &locators[i]).collect();
-            for (i, answer) in rest.into_iter().zip(self.get_singly(&rest_locators).await) {
+            let singles = limit.each(&rest_locators, |l| self.get_one(l)).await;
+            for (i, answer) in rest.into_iter().zip(singles) {
                 results[i] = Some(answer);
             }
             results
@@ -390,6 +382,11 @@ mod imp {
                     StoreError::Unauthorized("no AWS credentials from the default chain".into())
                 }),
             }
+        }
+
+        /// Refreshes the credentials before they expire.
+        fn upkeep(&self) -> Option<Upkeep> {
+            Some(Box::pin(maintain(Arc::downgrade(&self.credentials))))
         }
     }
 
@@ -440,25 +437,30 @@ mod imp {
                 None => Duration::ZERO,
             }
         }
+    }
 
-        async fn maintain(self: Arc<Self>) {
-            let mut failures: u32 = 0;
-            loop {
-                let wait = if failures > 0 {
+    /// Keeps the credentials fresh; ends once the store is dropped.
+    async fn maintain(weak: Weak<RefreshingCredentials>) {
+        let mut failures: u32 = 0;
+        loop {
+            let wait = {
+                let Some(creds) = weak.upgrade() else { return };
+                if failures > 0 {
                     Duration::from_secs(1)
                         .saturating_mul(1 << failures.min(5))
                         .min(Duration::from_secs(30))
                 } else {
-                    self.next_refresh()
-                };
-                tokio::time::sleep(wait).await;
-                let _guard = self.lock.lock().await;
-                match self.refresh().await {
-                    Ok(()) => failures = 0,
-                    Err(e) => {
-                        failures = failures.saturating_add(1);
-                        tracing::warn!(error = %e, "could not refresh AWS credentials; will try again");
-                    }
+                    creds.next_refresh()
+                }
+            };
+            tokio::time::sleep(wait).await;
+            let Some(creds) = weak.upgrade() else { return };
+            let _guard = creds.lock.lock().await;
+            match creds.refresh().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, "could not refresh AWS credentials; will try again");
                 }
             }
         }
@@ -584,12 +586,12 @@ mod tests {
             region: Some("EU West".into()),
             endpoint: None,
         };
-        assert_eq!(bad_region.validate().unwrap_err().0, "region");
+        assert_eq!(bad_region.validate().unwrap_err().field, "region");
         let bad_endpoint = AwsStoreConfig {
             region: None,
             endpoint: Some("secretsmanager.local".into()),
         };
-        assert_eq!(bad_endpoint.validate().unwrap_err().0, "endpoint");
+        assert_eq!(bad_endpoint.validate().unwrap_err().field, "endpoint");
     }
 
     #[test]

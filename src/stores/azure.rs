@@ -15,13 +15,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::bearer::{error_code, oauth_token, send_once, unauthorized};
 use super::common::{http_client, status_error, CredentialSource, Retry};
-use super::token::{
-    check_source, check_url, error_code, invalid, oauth_token, send_once, unauthorized, AccessToken,
-    TokenCache, TokenProvider,
-};
-use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
-use crate::config::ConfigError;
+use super::token::{AccessToken, TokenCache, TokenProvider};
+use super::{SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
+use crate::validate::{check_url, FieldError};
 
 const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 const DEFAULT_IMDS: &str = "http://169.254.169.254";
@@ -33,7 +31,7 @@ const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AzureStoreConfig {
     /// The vault, e.g. `https://my-vault.vault.azure.net`.
-    pub vault_url: String,
+    pub(crate) vault_url: String,
     /// How Sesame signs in: exactly one method.
     pub auth: AzureAuthConfig,
     /// Token audience; other clouds use e.g. `https://vault.azure.cn`.
@@ -44,10 +42,10 @@ pub struct AzureStoreConfig {
     /// Microsoft Entra host; defaults to `$AZURE_AUTHORITY_HOST` (set by
     /// AKS workload identity), then `https://login.microsoftonline.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authority_host: Option<String>,
+    pub(crate) authority_host: Option<String>,
     /// Instance metadata service, for managed identity.
     #[serde(default = "default_imds")]
-    pub imds_endpoint: String,
+    pub(crate) imds_endpoint: String,
     /// Timeout of one HTTP request.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -63,10 +61,10 @@ pub struct AzureAuthConfig {
     /// AKS workload identity: the projected service-account token is the
     /// client assertion of a federated credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload_identity: Option<WorkloadIdentityAuth>,
+    pub(crate) workload_identity: Option<WorkloadIdentityAuth>,
     /// The managed identity of the node (system- or user-assigned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub managed_identity: Option<ManagedIdentityAuth>,
+    pub(crate) managed_identity: Option<ManagedIdentityAuth>,
 }
 
 /// The one sign-in method that is set.
@@ -95,7 +93,7 @@ impl AzureAuthConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClientSecretAuth {
-    pub tenant_id: String,
+    pub(crate) tenant_id: String,
     pub client_id: String,
     pub client_secret: CredentialSource,
 }
@@ -106,7 +104,7 @@ pub struct ClientSecretAuth {
 pub struct WorkloadIdentityAuth {
     /// Default `$AZURE_TENANT_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_id: Option<String>,
+    pub(crate) tenant_id: Option<String>,
     /// Default `$AZURE_CLIENT_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
@@ -153,26 +151,25 @@ fn is_secret_name(s: &str) -> bool {
 }
 
 impl AzureStoreConfig {
-    /// Checks the fields serde cannot; `field` is the section's path.
-    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
-        check_url(&self.vault_url, format!("{field}.vaultUrl"))?;
-        check_url(&self.resource, format!("{field}.resource"))?;
-        check_url(&self.imds_endpoint, format!("{field}.imdsEndpoint"))?;
+    /// Checks the fields serde cannot; fields are below the section.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_url(&self.vault_url, "vaultUrl")?;
+        check_url(&self.resource, "resource")?;
+        check_url(&self.imds_endpoint, "imdsEndpoint")?;
         if let Some(host) = &self.authority_host {
-            check_url(host, format!("{field}.authorityHost"))?;
+            check_url(host, "authorityHost")?;
         }
         let Some(method) = self.auth.method() else {
-            return Err(invalid(
-                format!("{field}.auth"),
+            return Err(FieldError::new(
+                "auth",
                 "set exactly one of clientSecret, workloadIdentity, managedIdentity",
             ));
         };
         let ids = match method {
             AzureAuth::ClientSecret(a) => {
-                check_source(
-                    &a.client_secret,
-                    format!("{field}.auth.clientSecret.clientSecret"),
-                )?;
+                a.client_secret
+                    .validate()
+                    .map_err(|e| e.within("auth.clientSecret.clientSecret"))?;
                 vec![
                     ("clientSecret.tenantId", Some(&a.tenant_id)),
                     ("clientSecret.clientId", Some(&a.client_id)),
@@ -186,8 +183,8 @@ impl AzureStoreConfig {
         };
         for (name, id) in ids {
             if let Some(id) = id.filter(|id| !is_directory_id(id)) {
-                return Err(invalid(
-                    format!("{field}.auth.{name}"),
+                return Err(FieldError::new(
+                    format!("auth.{name}"),
                     format!("\"{id}\" is not a GUID or domain"),
                 ));
             }
@@ -197,7 +194,7 @@ impl AzureStoreConfig {
 }
 
 /// A store reading Azure Key Vault secrets.
-pub struct AzureStore {
+pub(crate) struct AzureStore {
     client: reqwest::Client,
     vault_url: String,
     api_version: String,
@@ -341,13 +338,18 @@ impl Store for AzureStore {
         "azure"
     }
 
-    async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        super::common::fetch_each(locators, super::common::FETCH_CONCURRENCY, |l| self.get_secret(l)).await
+    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+        self.get_secret(locator).await
     }
 
-    /// Obtains a token (which also starts its background refresh).
+    /// Obtains a token.
     async fn check(&self) -> Result<(), StoreError> {
         self.tokens.token().await.map(|_| ())
+    }
+
+    /// Obtains a new token before the current one expires.
+    fn upkeep(&self) -> Option<Upkeep> {
+        Some(Box::pin(self.tokens.upkeep()))
     }
 }
 
@@ -492,15 +494,11 @@ mod tests {
             "vaultUrl: https://v.vault.azure.net\nauth:\n  workloadIdentity: {}\n",
             "vaultUrl: https://v.vault.azure.net\nauth:\n  managedIdentity: {clientId: 00000000-0000-0000-0000-000000000001}\n",
         ] {
-            let c: AzureStoreConfig = serde_yaml::from_str(yaml).unwrap();
-            c.validate("azure").unwrap();
+            let c: AzureStoreConfig = serde_norway::from_str(yaml).unwrap();
+            c.validate().unwrap();
         }
         let bad: AzureStoreConfig =
-            serde_yaml::from_str("vaultUrl: not-a-url\nauth:\n  managedIdentity: {}\n").unwrap();
-        assert!(bad
-            .validate("azure")
-            .unwrap_err()
-            .to_string()
-            .starts_with("azure.vaultUrl"));
+            serde_norway::from_str("vaultUrl: not-a-url\nauth:\n  managedIdentity: {}\n").unwrap();
+        assert_eq!(bad.validate().unwrap_err().field, "vaultUrl");
     }
 }

@@ -3,12 +3,14 @@
 //! fetch may serve a value younger than `max_stale` (stale-if-error).
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{SecretData, SecretLocator, Store, StoreError};
+use super::{RequestLimit, SecretData, SecretLocator, Store, StoreError, DEFAULT_MAX_CONCURRENCY};
 use crate::telemetry::Metrics;
 
 type Answer = Result<Arc<SecretData>, StoreError>;
@@ -27,9 +29,13 @@ pub struct CachedStore {
     max_stale: Duration,
     entries: RwLock<HashMap<SecretLocator, Entry>>,
     inflight: Mutex<HashMap<SecretLocator, watch::Receiver<Option<Answer>>>>,
-    /// Per-store concurrency limit on fetches.
-    permits: tokio::sync::Semaphore,
+    /// The store's `maxConcurrency`, held by every request the provider sends.
+    limit: RequestLimit,
     metrics: Arc<Metrics>,
+    /// Cancelled when the store is dropped: its upkeep stops with it.
+    dropped: DropGuard,
+    /// Whether its upkeep was handed out to run.
+    upkeep_taken: AtomicBool,
 }
 
 enum Slot {
@@ -46,10 +52,10 @@ impl CachedStore {
         max_stale: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self::with_concurrency(name, inner, ttl, max_stale, 16, metrics)
+        Self::with_concurrency(name, inner, ttl, max_stale, DEFAULT_MAX_CONCURRENCY, metrics)
     }
 
-    pub fn with_concurrency(
+    pub(crate) fn with_concurrency(
         name: String,
         inner: Arc<dyn Store>,
         ttl: Duration,
@@ -64,13 +70,23 @@ impl CachedStore {
             max_stale,
             entries: RwLock::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
-            permits: tokio::sync::Semaphore::new(max_concurrency.max(1)),
+            limit: RequestLimit::new(max_concurrency),
             metrics,
+            dropped: CancellationToken::new().drop_guard(),
+            upkeep_taken: AtomicBool::new(false),
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
+    /// True the first time only: the store's upkeep runs once, however
+    /// many reloads keep the store.
+    pub(crate) fn take_upkeep(&self) -> bool {
+        !self.upkeep_taken.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Cancelled once this store is dropped (replaced by a reload, or at
+    /// exit), for the task that runs its upkeep.
+    pub fn dropped(&self) -> CancellationToken {
+        self.dropped.token().clone()
     }
 
     pub fn provider(&self) -> &'static str {
@@ -85,19 +101,6 @@ impl CachedStore {
         let entries = self.entries.read().ok()?;
         let entry = entries.get(locator)?;
         (entry.fetched.elapsed() < self.ttl).then(|| entry.data.clone())
-    }
-
-    fn stale(&self, locator: &SecretLocator) -> Option<Arc<SecretData>> {
-        let entries = self.entries.read().ok()?;
-        let entry = entries.get(locator)?;
-        (entry.fetched.elapsed() < self.max_stale).then(|| entry.data.clone())
-    }
-
-    /// Drops every cached value (used when the store's configuration changes).
-    pub fn clear(&self) {
-        if let Ok(mut entries) = self.entries.write() {
-            entries.clear();
-        }
     }
 
     /// Resolves each locator through the cache; answers are parallel to `locators`.
@@ -169,16 +172,10 @@ impl CachedStore {
     }
 
     async fn fetch_uncached(&self, locators: &[SecretLocator]) -> Vec<Answer> {
-        let results = match self.permits.acquire().await {
-            Ok(_permit) => {
-                let started = Instant::now();
-                let results = self.inner.fetch(locators).await;
-                self.metrics
-                    .store_request(&self.name, self.inner.provider(), started.elapsed());
-                results
-            }
-            Err(_) => vec![Err(StoreError::Unreachable("store is shutting down".into())); locators.len()],
-        };
+        let started = Instant::now();
+        let results = self.inner.fetch(locators, &self.limit).await;
+        self.metrics
+            .store_request(&self.name, self.inner.provider(), started.elapsed());
         let mut answers = Vec::with_capacity(locators.len());
         let mut entries = self.entries.write().ok();
         let mut inflight = self.inflight.lock().ok();
@@ -223,11 +220,6 @@ impl CachedStore {
         }
         answers
     }
-
-    /// Reads a cached value regardless of age (for rotation comparisons).
-    pub fn peek_stale(&self, locator: &SecretLocator) -> Option<Arc<SecretData>> {
-        self.stale(locator)
-    }
 }
 
 #[cfg(test)]
@@ -249,21 +241,25 @@ mod tests {
         fn provider(&self) -> &'static str {
             "counting"
         }
-        async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
+        async fn read(&self, l: &SecretLocator) -> Result<SecretData, StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                Err(StoreError::Unreachable("connection refused".into()))
+            } else if l.path == "missing" {
+                Err(StoreError::NotFound)
+            } else {
+                Ok(SecretData::Value(SecretValue::from(l.path.as_str())))
+            }
+        }
+
+        /// Counts batches: the cache's single flight shows as one call.
+        async fn fetch(
+            &self,
+            locators: &[SecretLocator],
+            limit: &RequestLimit,
+        ) -> Vec<Result<SecretData, StoreError>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
-            locators
-                .iter()
-                .map(|l| {
-                    if self.fail.load(Ordering::SeqCst) {
-                        Err(StoreError::Unreachable("connection refused".into()))
-                    } else if l.path == "missing" {
-                        Err(StoreError::NotFound)
-                    } else {
-                        Ok(SecretData::Value(SecretValue::from(l.path.as_str())))
-                    }
-                })
-                .collect()
+            limit.each(locators, |l| self.read(l)).await
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{SecretValue, StoreError};
+use crate::validate::FieldError;
 
 /// Where a credential (token, client secret, key file) is read from. Never
 /// from the configuration file itself: only a pointer to it lives there.
@@ -30,11 +31,11 @@ impl CredentialSource {
         }
     }
 
-    /// Checks that exactly one source is set; `field` names it in the error.
-    pub fn validate(&self, field: &str) -> Result<(), String> {
+    /// Checks that exactly one source is set.
+    pub fn validate(&self) -> Result<(), FieldError> {
         match (&self.file, &self.env) {
             (Some(_), None) | (None, Some(_)) => Ok(()),
-            _ => Err(format!("{field}: set exactly one of file or env")),
+            _ => Err(FieldError::new("", "set exactly one of file or env")),
         }
     }
 
@@ -84,7 +85,7 @@ pub fn http_client(ca_file: Option<&Path>, timeout: Duration) -> anyhow::Result<
 
 /// Failure class of an HTTP status. 404 is left to the caller (a missing
 /// secret or a missing version means different things per provider).
-pub fn status_error(status: reqwest::StatusCode, detail: &str) -> StoreError {
+pub(crate) fn status_error(status: reqwest::StatusCode, detail: &str) -> StoreError {
     match status.as_u16() {
         401 | 403 => StoreError::Unauthorized(format!("HTTP {status}{}", suffix(detail))),
         404 => StoreError::NotFound,
@@ -104,7 +105,7 @@ fn suffix(detail: &str) -> String {
 
 /// Failure class of a transport error. The error text carries no secret (it
 /// may carry the URL, which holds only the store address and secret path).
-pub fn transport_error(e: &reqwest::Error) -> StoreError {
+pub(crate) fn transport_error(e: &reqwest::Error) -> StoreError {
     if e.is_timeout() {
         StoreError::Timeout
     } else if e.is_decode() {
@@ -159,26 +160,6 @@ impl Retry {
             }
         }
     }
-}
-
-/// How many reads of one batch a provider without a batch API runs at once.
-pub const FETCH_CONCURRENCY: usize = 8;
-
-/// Runs `fetch` for every item, at most `limit` at once; answers keep the
-/// items' order. For providers without a batch API.
-pub async fn fetch_each<'a, T, F, Fut>(items: &'a [T], limit: usize, fetch: F) -> Vec<Fut::Output>
-where
-    F: Fn(&'a T) -> Fut,
-    Fut: std::future::Future,
-{
-    use futures::StreamExt;
-    // Collected first: a lazy `map` in the stream would keep the closure in
-    // the future, which trips the `Send` bound of `async_trait` methods.
-    let futures: Vec<Fut> = items.iter().map(fetch).collect();
-    futures::stream::iter(futures)
-        .buffered(limit.max(1))
-        .collect()
-        .await
 }
 
 fn retryable(e: &StoreError) -> bool {
@@ -245,7 +226,7 @@ mod tests {
             file: None,
             env: None
         }
-        .validate("x")
+        .validate()
         .is_err());
     }
 }

@@ -10,13 +10,32 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
-use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
-use crate::config::FileStoreConfig;
+use super::{RequestLimit, SecretData, SecretLocator, SecretValue, Store, StoreError};
+use crate::validate::FieldError;
+
+/// `stores[].file`: where the secrets are.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileStoreConfig {
+    /// A YAML/JSON file or a directory of `.env` files, relative to the config file.
+    pub path: PathBuf,
+}
+
+impl FileStoreConfig {
+    /// Checks what serde cannot; fields are below `file`.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.path.as_os_str().is_empty() {
+            return Err(FieldError::new("path", "must not be empty"));
+        }
+        Ok(())
+    }
+}
 
 /// Reads secrets from local files on every fetch (the cache sits in front),
 /// so edits show up once the cache entry expires.
-pub struct FileStore {
+pub(crate) struct FileStore {
     path: PathBuf,
 }
 
@@ -37,8 +56,8 @@ impl FileStore {
             let text = tokio::fs::read_to_string(&self.path).await.map_err(|e| {
                 StoreError::Unreachable(format!("cannot read {}: {}", self.path.display(), e.kind()))
             })?;
-            // serde_yaml reads JSON too. Its errors quote no values, only positions.
-            let doc: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(&text).map_err(|e| {
+            // serde_norway reads JSON too. Its errors quote no values, only positions.
+            let doc: BTreeMap<String, serde_norway::Value> = serde_norway::from_str(&text).map_err(|e| {
                 let at = e
                     .location()
                     .map(|l| format!(" at line {}", l.line()))
@@ -51,7 +70,7 @@ impl FileStore {
 }
 
 enum Source {
-    Doc(BTreeMap<String, serde_yaml::Value>),
+    Doc(BTreeMap<String, serde_norway::Value>),
     Dir(PathBuf),
 }
 
@@ -61,19 +80,35 @@ impl Store for FileStore {
         "file"
     }
 
-    async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        let source = match self.load().await {
-            Ok(s) => s,
-            Err(e) => return vec![Err(e); locators.len()],
-        };
-        let mut out = Vec::with_capacity(locators.len());
-        for locator in locators {
-            out.push(match &source {
-                Source::Doc(doc) => from_doc(doc, locator),
-                Source::Dir(dir) => from_dir(dir, locator).await,
-            });
+    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+        match self.load().await? {
+            Source::Doc(doc) => from_doc(&doc, locator),
+            Source::Dir(dir) => from_dir(&dir, locator).await,
         }
-        out
+    }
+
+    /// The file is read once for the whole batch, as one request.
+    async fn fetch(
+        &self,
+        locators: &[SecretLocator],
+        limit: &RequestLimit,
+    ) -> Vec<Result<SecretData, StoreError>> {
+        limit
+            .run(async {
+                let source = match self.load().await {
+                    Ok(s) => s,
+                    Err(e) => return vec![Err(e); locators.len()],
+                };
+                let mut out = Vec::with_capacity(locators.len());
+                for locator in locators {
+                    out.push(match &source {
+                        Source::Doc(doc) => from_doc(doc, locator),
+                        Source::Dir(dir) => from_dir(dir, locator).await,
+                    });
+                }
+                out
+            })
+            .await
     }
 
     async fn check(&self) -> Result<(), StoreError> {
@@ -82,19 +117,19 @@ impl Store for FileStore {
 }
 
 fn from_doc(
-    doc: &BTreeMap<String, serde_yaml::Value>,
+    doc: &BTreeMap<String, serde_norway::Value>,
     locator: &SecretLocator,
 ) -> Result<SecretData, StoreError> {
     let entry = doc.get(&locator.path).ok_or(StoreError::NotFound)?;
     let versions = match entry {
-        serde_yaml::Value::Mapping(m) if m.len() == 1 && m.contains_key("versions") => m.get("versions"),
+        serde_norway::Value::Mapping(m) if m.len() == 1 && m.contains_key("versions") => m.get("versions"),
         _ => None,
     };
     match (versions, &locator.version) {
         (None, None) => yaml_secret(entry),
         (None, Some(_)) => Err(StoreError::VersionNotFound),
-        (Some(serde_yaml::Value::Mapping(versions)), wanted) => {
-            let mut ids: Vec<(String, &serde_yaml::Value)> = versions
+        (Some(serde_norway::Value::Mapping(versions)), wanted) => {
+            let mut ids: Vec<(String, &serde_norway::Value)> = versions
                 .iter()
                 .filter_map(|(k, v)| scalar_text(k).map(|k| (k, v)))
                 .collect();
@@ -122,18 +157,18 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-fn scalar_text(v: &serde_yaml::Value) -> Option<String> {
+fn scalar_text(v: &serde_norway::Value) -> Option<String> {
     match v {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        serde_norway::Value::String(s) => Some(s.clone()),
+        serde_norway::Value::Number(n) => Some(n.to_string()),
+        serde_norway::Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
 }
 
-fn yaml_secret(v: &serde_yaml::Value) -> Result<SecretData, StoreError> {
+fn yaml_secret(v: &serde_norway::Value) -> Result<SecretData, StoreError> {
     match v {
-        serde_yaml::Value::Mapping(m) => {
+        serde_norway::Value::Mapping(m) => {
             let mut props = BTreeMap::new();
             for (k, v) in m {
                 let (Some(k), Some(v)) = (scalar_text(k), scalar_text(v)) else {
@@ -174,7 +209,7 @@ async fn from_dir(dir: &Path, locator: &SecretLocator) -> Result<SecretData, Sto
 
 /// Parses `.env` text: `KEY=value`, optional `export `, `#` comments, single
 /// or double quotes (double quotes understand `\n`, `\"` and `\\`).
-pub fn parse_dotenv(text: &str) -> Result<BTreeMap<String, SecretValue>, StoreError> {
+pub(crate) fn parse_dotenv(text: &str) -> Result<BTreeMap<String, SecretValue>, StoreError> {
     let mut props = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -248,14 +283,17 @@ mod tests {
         .unwrap();
         let s = store_at(&file);
         let r = s
-            .fetch(&[
-                SecretLocator::new("apps/a/token", None),
-                SecretLocator::new("apps/a/db", None),
-                SecretLocator::new("apps/a/key", None),
-                SecretLocator::new("apps/a/key", Some("2".into())),
-                SecretLocator::new("apps/a/key", Some("3".into())),
-                SecretLocator::new("apps/a/nope", None),
-            ])
+            .fetch(
+                &[
+                    SecretLocator::new("apps/a/token", None),
+                    SecretLocator::new("apps/a/db", None),
+                    SecretLocator::new("apps/a/key", None),
+                    SecretLocator::new("apps/a/key", Some("2".into())),
+                    SecretLocator::new("apps/a/key", Some("3".into())),
+                    SecretLocator::new("apps/a/nope", None),
+                ],
+                &RequestLimit::default(),
+            )
             .await;
         assert_eq!(r[0].as_ref().unwrap().get(None).unwrap().expose(), b"abc");
         assert_eq!(
@@ -279,10 +317,13 @@ mod tests {
         .unwrap();
         let s = store_at(dir.path());
         let r = s
-            .fetch(&[
-                SecretLocator::new("team-a/db", None),
-                SecretLocator::new("team-a/x", None),
-            ])
+            .fetch(
+                &[
+                    SecretLocator::new("team-a/db", None),
+                    SecretLocator::new("team-a/x", None),
+                ],
+                &RequestLimit::default(),
+            )
             .await;
         let db = r[0].as_ref().unwrap();
         assert_eq!(db.get(Some("HOST")).unwrap().expose(), b"db.internal");

@@ -19,13 +19,11 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::bearer::{error_code, oauth_token, send_once, unauthorized};
 use super::common::{http_client, status_error, transport_error, CredentialSource, Retry};
-use super::token::{
-    check_source, check_url, error_code, invalid, oauth_token, send_once, unauthorized, AccessToken,
-    TokenCache, TokenProvider,
-};
-use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
-use crate::config::ConfigError;
+use super::token::{AccessToken, TokenCache, TokenProvider};
+use super::{SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
+use crate::validate::{check_url, FieldError};
 
 const DEFAULT_ENDPOINT: &str = "https://secretmanager.googleapis.com";
 const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
@@ -50,7 +48,7 @@ pub struct GcpStoreConfig {
     /// Metadata server `host[:port]`; defaults to `$GCE_METADATA_HOST`, then
     /// `metadata.google.internal`, as Google's own clients do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata_host: Option<String>,
+    pub(crate) metadata_host: Option<String>,
     /// Timeout of one HTTP request.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -65,20 +63,20 @@ fn default_timeout() -> Duration {
 }
 
 impl GcpStoreConfig {
-    /// Checks the fields serde cannot; `field` is the section's path.
-    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+    /// Checks the fields serde cannot; fields are below the section.
+    pub fn validate(&self) -> Result<(), FieldError> {
         if let Some(c) = &self.credentials {
-            check_source(c, format!("{field}.credentials"))?;
+            c.validate().map_err(|e| e.within("credentials"))?;
         }
         if let Some(p) = &self.project {
             if !is_project_id(p) {
-                return Err(invalid(
-                    format!("{field}.project"),
+                return Err(FieldError::new(
+                    "project",
                     format!("\"{p}\" is not a project id or number"),
                 ));
             }
         }
-        check_url(&self.endpoint, format!("{field}.endpoint"))
+        check_url(&self.endpoint, "endpoint")
     }
 }
 
@@ -99,7 +97,7 @@ fn is_id(s: &str) -> bool {
 }
 
 /// A store reading GCP Secret Manager.
-pub struct GcpStore {
+pub(crate) struct GcpStore {
     client: reqwest::Client,
     endpoint: String,
     tokens: TokenCache,
@@ -248,13 +246,18 @@ impl Store for GcpStore {
         "gcp"
     }
 
-    async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        super::common::fetch_each(locators, super::common::FETCH_CONCURRENCY, |l| self.access(l)).await
+    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+        self.access(locator).await
     }
 
-    /// Obtains a token (which also starts its background refresh).
+    /// Obtains a token.
     async fn check(&self) -> Result<(), StoreError> {
         self.tokens.token().await.map(|_| ())
+    }
+
+    /// Obtains a new token before the current one expires.
+    fn upkeep(&self) -> Option<Upkeep> {
+        Some(Box::pin(self.tokens.upkeep()))
     }
 }
 

@@ -19,15 +19,14 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::bearer::{error_code, send_once, Answer};
 use super::common::{http_client, status_error, CredentialSource, Retry};
-use super::token::{
-    check_source, check_url, error_code, invalid, send_once, AccessToken, Answer, TokenCache, TokenProvider,
-};
-use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
-use crate::config::ConfigError;
+use super::token::{AccessToken, TokenCache, TokenProvider};
+use super::{SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
+use crate::validate::{check_url, FieldError};
 
 /// The last path segment that reads a whole folder.
-pub const FOLDER_MARKER: &str = "@all";
+pub(crate) const FOLDER_MARKER: &str = "@all";
 const DEFAULT_API_URL: &str = "https://app.infisical.com";
 const DEFAULT_SA_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
@@ -38,7 +37,7 @@ pub struct InfisicalStoreConfig {
     /// Infisical Cloud (`https://app.infisical.com`, `https://eu.infisical.com`)
     /// or a self-hosted instance.
     #[serde(default = "default_api_url")]
-    pub api_url: String,
+    pub(crate) api_url: String,
     /// The project (workspace) id.
     pub project_id: String,
     /// Environment slug, e.g. `dev`, `staging`, `prod`.
@@ -59,10 +58,10 @@ pub struct InfisicalStoreConfig {
 pub struct InfisicalAuthConfig {
     /// Machine identity with a client id and client secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub universal_auth: Option<UniversalAuth>,
+    pub(crate) universal_auth: Option<UniversalAuth>,
     /// Machine identity that signs in with a Kubernetes service-account token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubernetes_auth: Option<KubernetesAuth>,
+    pub(crate) kubernetes_auth: Option<KubernetesAuth>,
     /// A static service token (`st.…`), Infisical's older mechanism.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_token: Option<ServiceTokenAuth>,
@@ -98,7 +97,7 @@ pub struct UniversalAuth {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KubernetesAuth {
     /// The machine identity's id.
-    pub identity_id: String,
+    pub(crate) identity_id: String,
     /// The service-account token; default the Pod's own token.
     #[serde(default = "default_sa_token")]
     pub token_file: PathBuf,
@@ -123,9 +122,9 @@ fn default_timeout() -> Duration {
 }
 
 impl InfisicalStoreConfig {
-    /// Checks the fields serde cannot; `field` is the section's path.
-    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
-        check_url(&self.api_url, format!("{field}.apiUrl"))?;
+    /// Checks the fields serde cannot; fields are below the section.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_url(&self.api_url, "apiUrl")?;
         for (name, value) in [
             ("projectId", &self.project_id),
             ("environment", &self.environment),
@@ -135,45 +134,42 @@ impl InfisicalStoreConfig {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
             {
-                return Err(invalid(
-                    format!("{field}.{name}"),
-                    "must be letters, digits, '-' and '_'",
-                ));
+                return Err(FieldError::new(name, "must be letters, digits, '-' and '_'"));
             }
         }
         let Some(method) = self.auth.method() else {
-            return Err(invalid(
-                format!("{field}.auth"),
+            return Err(FieldError::new(
+                "auth",
                 "set exactly one of universalAuth, kubernetesAuth, serviceToken",
             ));
         };
         match method {
             InfisicalAuth::UniversalAuth(a) => {
                 if a.client_id.trim().is_empty() {
-                    return Err(invalid(
-                        format!("{field}.auth.universalAuth.clientId"),
+                    return Err(FieldError::new(
+                        "auth.universalAuth.clientId",
                         "must not be empty",
                     ));
                 }
-                check_source(
-                    &a.client_secret,
-                    format!("{field}.auth.universalAuth.clientSecret"),
-                )
+                a.client_secret
+                    .validate()
+                    .map_err(|e| e.within("auth.universalAuth.clientSecret"))
             }
-            InfisicalAuth::KubernetesAuth(a) if a.identity_id.trim().is_empty() => Err(invalid(
-                format!("{field}.auth.kubernetesAuth.identityId"),
+            InfisicalAuth::KubernetesAuth(a) if a.identity_id.trim().is_empty() => Err(FieldError::new(
+                "auth.kubernetesAuth.identityId",
                 "must not be empty",
             )),
             InfisicalAuth::KubernetesAuth(_) => Ok(()),
-            InfisicalAuth::ServiceToken(a) => {
-                check_source(&a.token, format!("{field}.auth.serviceToken.token"))
-            }
+            InfisicalAuth::ServiceToken(a) => a
+                .token
+                .validate()
+                .map_err(|e| e.within("auth.serviceToken.token")),
         }
     }
 }
 
 /// A store reading one Infisical project environment.
-pub struct InfisicalStore {
+pub(crate) struct InfisicalStore {
     client: reqwest::Client,
     api_url: String,
     project_id: String,
@@ -304,7 +300,7 @@ impl InfisicalStore {
         }
     }
 
-    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+    async fn read_secret(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
         match target(&locator.path) {
             Target::Secret { folder, key } => {
                 let version = locator.version.as_deref();
@@ -361,13 +357,18 @@ impl Store for InfisicalStore {
         "infisical"
     }
 
-    async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        super::common::fetch_each(locators, super::common::FETCH_CONCURRENCY, |l| self.read(l)).await
+    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+        self.read_secret(locator).await
     }
 
-    /// Signs in (which also starts the background token refresh).
+    /// Signs in.
     async fn check(&self) -> Result<(), StoreError> {
         self.tokens.token().await.map(|_| ())
+    }
+
+    /// Signs in again before the token expires.
+    fn upkeep(&self) -> Option<Upkeep> {
+        Some(Box::pin(self.tokens.upkeep()))
     }
 }
 
@@ -506,6 +507,7 @@ impl TokenProvider for Login {
         Ok(AccessToken {
             value: SecretValue::from(answer.access_token),
             lifetime: Some(Duration::from_secs(answer.expires_in.unwrap_or(7200))),
+            renewable: false,
         })
     }
 }
@@ -523,6 +525,7 @@ impl TokenProvider for StaticToken {
         Ok(AccessToken {
             value: self.source.read(&self.base_dir).await?,
             lifetime: None,
+            renewable: false,
         })
     }
 }

@@ -13,7 +13,18 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
-use crate::config::is_dns_label;
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{is_dns_label, is_dns_subdomain};
+
+/// `stores[].kubernetes`: Secrets read with Sesame's own service account.
+/// A reference path is `name` (a Secret in the Pod's namespace) or
+/// `namespace/name`; the pipeline turns `name` into `<Pod namespace>/name`
+/// before the policy sees it, and a rule only grants another namespace when
+/// its path names that namespace literally.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesStoreConfig {}
 
 pub struct KubernetesStore {
     client: Option<Client>,
@@ -50,7 +61,7 @@ impl KubernetesStore {
 }
 
 /// `namespace/name`, both valid Kubernetes names.
-pub fn split_path(path: &str) -> Result<(&str, &str), StoreError> {
+pub(crate) fn split_path(path: &str) -> Result<(&str, &str), StoreError> {
     let (namespace, name) = path.split_once('/').ok_or_else(|| {
         StoreError::InvalidRequest("a Kubernetes Secret path is <name> or <namespace>/<name>".into())
     })?;
@@ -59,7 +70,7 @@ pub fn split_path(path: &str) -> Result<(&str, &str), StoreError> {
             "\"{namespace}\" is not a namespace name"
         )));
     }
-    if !crate::config::is_dns_subdomain(name) || name.contains('/') {
+    if !is_dns_subdomain(name) || name.contains('/') {
         return Err(StoreError::InvalidRequest(format!(
             "\"{name}\" is not a Secret name"
         )));
@@ -93,12 +104,11 @@ impl Store for KubernetesStore {
         true
     }
 
-    async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
-        let Some(client) = &self.client else {
-            return vec![Err(StoreError::Unreachable("no Kubernetes API configured".into())); locators.len()];
-        };
-        let fetches = locators.iter().map(|l| self.fetch_one(client, l));
-        futures::future::join_all(fetches).await
+    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+        match &self.client {
+            Some(client) => self.fetch_one(client, locator).await,
+            None => Err(StoreError::Unreachable("no Kubernetes API configured".into())),
+        }
     }
 
     async fn check(&self) -> Result<(), StoreError> {
@@ -136,7 +146,12 @@ mod tests {
     #[tokio::test]
     async fn without_a_cluster_every_fetch_is_unreachable() {
         let store = KubernetesStore::new(None);
-        let answers = store.fetch(&[SecretLocator::new("a/b", None)]).await;
+        let answers = store
+            .fetch(
+                &[SecretLocator::new("a/b", None)],
+                &crate::stores::RequestLimit::default(),
+            )
+            .await;
         assert!(matches!(answers[0], Err(StoreError::Unreachable(_))));
         assert!(store.check().await.is_err());
         assert!(store.namespaced());

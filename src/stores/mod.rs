@@ -5,29 +5,36 @@
 pub mod aws;
 #[cfg(feature = "azure")]
 pub mod azure;
+#[cfg(any(feature = "gcp", feature = "azure", feature = "infisical"))]
+mod bearer;
 mod cache;
 pub mod common;
+mod config;
 pub mod file;
 #[cfg(feature = "gcp")]
-pub mod gcp;
+pub(crate) mod gcp;
 #[cfg(feature = "infisical")]
-pub mod infisical;
+pub(crate) mod infisical;
 pub mod kubernetes;
-#[cfg(any(feature = "gcp", feature = "azure", feature = "infisical"))]
+mod limit;
 pub mod token;
 mod value;
 pub mod vault;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub use cache::CachedStore;
-pub use value::{json_properties, PropertyError, SecretData, SecretValue};
+pub(crate) use config::{validate_stores, ProviderConfig, StoreConfig};
+pub use limit::RequestLimit;
+pub(crate) use limit::DEFAULT_MAX_CONCURRENCY;
+pub(crate) use value::json_properties;
+pub use value::{PropertyError, SecretData, SecretValue};
 
-use crate::config::{ProviderConfig, StoreConfig};
 use crate::telemetry::Metrics;
 
 /// What a store fetches: one secret (all of its properties) at one version.
@@ -93,7 +100,7 @@ impl StoreError {
 
     /// Worth serving a stale value for (and retrying): the store, not the
     /// reference, is the problem.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self,
             Self::Unreachable(_) | Self::Throttled | Self::Timeout | Self::InvalidResponse(_)
@@ -102,15 +109,26 @@ impl StoreError {
 }
 
 /// A secret store provider. Implementations are built once at start and
-/// shared; `fetch` takes a batch so that providers with a batch API (AWS
-/// `BatchGetSecretValue`) or connection reuse can use it.
+/// shared. `fetch` takes a batch so that providers with a batch API (AWS
+/// `BatchGetSecretValue`) can use it; every request it sends holds a
+/// permit of the store's `limit`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Provider kind, e.g. `file`, `vault`; used in metrics and messages.
     fn provider(&self) -> &'static str;
 
-    /// Fetches each locator; the result vector is parallel to `locators`.
-    async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>>;
+    /// Reads one secret with one request.
+    async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError>;
+
+    /// Reads each locator; the answers are parallel to `locators`. The
+    /// default reads them one request each, at most `limit` at once.
+    async fn fetch(
+        &self,
+        locators: &[SecretLocator],
+        limit: &RequestLimit,
+    ) -> Vec<Result<SecretData, StoreError>> {
+        limit.each(locators, |l| self.read(l)).await
+    }
 
     /// Whether paths start with a namespace (`namespace/name`). The pipeline
     /// then qualifies a bare `name` with the Pod's namespace before policy
@@ -124,7 +142,17 @@ pub trait Store: Send + Sync + 'static {
     async fn check(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Background work the store needs while it is in use (keeping a token
+    /// or credentials fresh), for the caller to run as a task: it ends once
+    /// the store is dropped. Nothing is spawned by the store itself.
+    fn upkeep(&self) -> Option<Upkeep> {
+        None
+    }
 }
+
+/// A store's background work; see [`Store::upkeep`].
+pub(crate) type Upkeep = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
 
 /// Builds a provider from its configuration. `kube` is the Kubernetes
 /// client, when there is one (for the `kubernetes` provider).
@@ -133,7 +161,10 @@ pub async fn build_store(
     base_dir: &std::path::Path,
     kube: Option<&::kube::Client>,
 ) -> anyhow::Result<Arc<dyn Store>> {
-    match config.provider()? {
+    match config
+        .provider()
+        .map_err(|e| e.within(&format!("stores[{}]", config.name)))?
+    {
         ProviderConfig::File(file) => Ok(Arc::new(file::FileStore::new(file, base_dir))),
         ProviderConfig::Vault(vault) => Ok(Arc::new(vault::VaultStore::new(vault, base_dir).await?)),
         ProviderConfig::Aws(aws) => aws::build(aws).await,
@@ -147,14 +178,27 @@ pub async fn build_store(
     }
 }
 
+/// Whether two sections build the same store. `refreshInterval` is
+/// rotation's business, not the store's: changing it keeps the store.
+fn same_store(a: &StoreConfig, b: &StoreConfig) -> bool {
+    let without_refresh = |c: &StoreConfig| StoreConfig {
+        refresh_interval: None,
+        ..c.clone()
+    };
+    without_refresh(a) == without_refresh(b)
+}
+
 /// All configured stores, each behind its cache, by name.
 #[derive(Clone, Default)]
 pub struct Stores {
     stores: HashMap<String, Arc<CachedStore>>,
+    /// What each store was built from, so that a reload keeps the stores
+    /// whose section did not change.
+    built_from: HashMap<String, (StoreConfig, PathBuf)>,
 }
 
 /// One reference to resolve: which store, which secret.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StoreRequest {
     pub store: String,
     pub locator: SecretLocator,
@@ -168,19 +212,44 @@ impl Stores {
         metrics: &Arc<Metrics>,
         kube: Option<&::kube::Client>,
     ) -> anyhow::Result<Self> {
+        Self::default().rebuilt(configs, base_dir, metrics, kube).await
+    }
+
+    /// The stores of a new configuration: a store whose section (and base
+    /// directory) did not change is kept as it is, with its cache, its
+    /// client and its token; the others are built anew.
+    pub(crate) async fn rebuilt(
+        &self,
+        configs: &[StoreConfig],
+        base_dir: &Path,
+        metrics: &Arc<Metrics>,
+        kube: Option<&::kube::Client>,
+    ) -> anyhow::Result<Self> {
         let mut stores = HashMap::new();
+        let mut built_from = HashMap::new();
         for config in configs {
-            let store = build_store(config, base_dir, kube).await?;
-            let cached = CachedStore::new(
-                config.name.clone(),
-                store,
-                config.cache_ttl,
-                config.max_stale,
-                metrics.clone(),
-            );
-            stores.insert(config.name.clone(), Arc::new(cached));
+            let unchanged = self
+                .built_from
+                .get(&config.name)
+                .is_some_and(|(old, dir)| dir == base_dir && same_store(old, config));
+            let cached = match self.stores.get(&config.name) {
+                Some(existing) if unchanged => existing.clone(),
+                _ => {
+                    let store = build_store(config, base_dir, kube).await?;
+                    Arc::new(CachedStore::with_concurrency(
+                        config.name.clone(),
+                        store,
+                        config.cache_ttl,
+                        config.max_stale,
+                        config.max_concurrency,
+                        metrics.clone(),
+                    ))
+                }
+            };
+            stores.insert(config.name.clone(), cached);
+            built_from.insert(config.name.clone(), (config.clone(), base_dir.to_path_buf()));
         }
-        Ok(Self { stores })
+        Ok(Self { stores, built_from })
     }
 
     /// Adds a store under a name (tests and embedders).
@@ -194,6 +263,21 @@ impl Stores {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.stores.keys().map(String::as_str)
+    }
+
+    /// The upkeep of every store whose upkeep was not handed out before
+    /// (a store kept by a reload keeps its running one), by store name,
+    /// with the token that is cancelled when that store is dropped, for the
+    /// caller to run.
+    pub(crate) fn upkeeps(&self) -> Vec<(String, tokio_util::sync::CancellationToken, Upkeep)> {
+        self.stores
+            .iter()
+            .filter(|(_, store)| store.take_upkeep())
+            .filter_map(|(name, store)| {
+                let upkeep = store.inner().upkeep()?;
+                Some((name.clone(), store.dropped(), upkeep))
+            })
+            .collect()
     }
 
     /// Resolves many references: grouped per store, every store in parallel,
@@ -270,12 +354,9 @@ mod tests {
         fn provider(&self) -> &'static str {
             "slow"
         }
-        async fn fetch(&self, locators: &[SecretLocator]) -> Vec<Result<SecretData, StoreError>> {
+        async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
             tokio::time::sleep(self.delay).await;
-            locators
-                .iter()
-                .map(|l| Ok(SecretData::Value(SecretValue::from(l.path.as_str()))))
-                .collect()
+            Ok(SecretData::Value(SecretValue::from(locator.path.as_str())))
         }
     }
 

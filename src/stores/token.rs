@@ -1,27 +1,33 @@
-//! Access tokens for the cloud stores (GCP, Azure, Infisical): obtained once,
-//! cached, and refreshed by a background task before they expire, so a Pod's
-//! request never waits for the identity provider. The request path obtains a
-//! token only on a cold start, after the token expired while every background
-//! refresh failed, or once after the store answered 401.
+//! The one token manager of the stores that log in (Vault, GCP, Azure,
+//! Infisical): a token is obtained once, cached, and renewed or replaced by
+//! a background loop two thirds into its life, so a Pod's request never
+//! waits for the identity provider. The request path obtains a token only
+//! on a cold start, after the token expired while every background attempt
+//! failed, or once after the store refused it.
+//!
+//! The loop is the store's upkeep: [`TokenCache::upkeep`] hands it to the
+//! caller, which runs it as a task; nothing is spawned here.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::task::AbortHandle;
 // Tokio's clock, so that tests with paused time exercise expiry and refresh.
 use tokio::time::Instant;
 
-use super::common::{status_error, transport_error, CredentialSource, Retry};
+use super::common::Retry;
 use super::{SecretValue, StoreError};
-use crate::config::ConfigError;
 
-/// A token as the identity provider issued it.
-pub struct AccessToken {
+/// A token as the identity provider issued (or renewed) it.
+pub(crate) struct AccessToken {
     pub value: SecretValue,
-    /// `None` for tokens that do not expire (Infisical service tokens).
+    /// `None` for tokens that do not expire (Infisical service tokens, a
+    /// Vault root token).
     pub lifetime: Option<Duration>,
+    /// Whether the provider can extend it ([`TokenProvider::renew`]).
+    pub renewable: bool,
 }
 
 impl std::fmt::Debug for AccessToken {
@@ -29,22 +35,47 @@ impl std::fmt::Debug for AccessToken {
         f.debug_struct("AccessToken")
             .field("value", &self.value)
             .field("lifetime", &self.lifetime)
+            .field("renewable", &self.renewable)
             .finish()
     }
 }
 
+/// The token in use, as a provider's [`TokenProvider::renew`] sees it.
+pub(crate) struct Issued<'a> {
+    pub value: &'a SecretValue,
+    /// The lifetime it had right after the login that produced it.
+    pub(crate) login_lifetime: Option<Duration>,
+}
+
 /// One way of obtaining a token (metadata server, key exchange, login).
 #[async_trait]
-pub trait TokenProvider: Send + Sync + 'static {
+pub(crate) trait TokenProvider: Send + Sync + 'static {
     /// Asks the identity provider for a new token. Errors name the failure
     /// class and a provider error code, never the credential.
     async fn obtain(&self) -> Result<AccessToken, StoreError>;
+
+    /// Extends a renewable token that is still valid. `Ok(None)`: it
+    /// cannot be extended (enough), so a new one is obtained instead.
+    async fn renew(&self, _current: &Issued<'_>) -> Result<Option<AccessToken>, StoreError> {
+        Ok(None)
+    }
+
+    /// How often a token that never expires is obtained again anyway (a
+    /// token read from a file may have been replaced); `None`: never.
+    fn recheck(&self) -> Option<Duration> {
+        None
+    }
 }
 
 struct Current {
     value: SecretValue,
+    /// When the token was obtained or last renewed; its lifetime counts from here.
     obtained: Instant,
+    /// When the login that produced it happened.
+    logged_in: Instant,
     lifetime: Option<Duration>,
+    login_lifetime: Option<Duration>,
+    renewable: bool,
     generation: u64,
 }
 
@@ -58,48 +89,71 @@ impl Current {
         }
     }
 
-    /// When the background task replaces it: a quarter of its life (at most
-    /// ten minutes) before it expires, leaving room for failed attempts.
+    fn expired(&self, now: Instant) -> bool {
+        self.lifetime.is_some_and(|life| self.obtained + life <= now)
+    }
+
+    /// When the background loop renews or replaces it: two thirds into its
+    /// life, leaving a third for failed attempts.
     fn refresh_at(&self) -> Option<Instant> {
-        self.lifetime
-            .map(|life| self.obtained + life - (life / 4).min(Duration::from_secs(600)))
+        self.lifetime.map(|life| self.obtained + life * 2 / 3)
     }
 }
 
-/// A token handed to one request; `generation` lets a 401 invalidate exactly
-/// the token that was rejected and not a newer one.
+/// A token handed to one request; `generation` lets a refusal invalidate
+/// exactly the token that was refused and not a newer one.
 pub struct Token {
     pub value: SecretValue,
     generation: u64,
+    logged_in: Instant,
 }
 
 impl Token {
+    #[cfg(any(feature = "gcp", feature = "azure", feature = "infisical", test))]
     pub fn as_str(&self) -> Result<&str, StoreError> {
         self.value
             .expose_str()
             .ok_or_else(|| StoreError::InvalidResponse("the access token is not text".into()))
     }
+
+    /// Time since the login that produced it (renewals do not count).
+    pub fn age(&self) -> Duration {
+        self.logged_in.elapsed()
+    }
+}
+
+/// How often tokens were obtained and renewed, for tests and diagnostics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TokenCounts {
+    /// Tokens obtained: at start, in the background and on the request path.
+    pub(crate) obtained: u64,
+    /// Successful renewals.
+    pub renewed: u64,
+    /// Tokens a request had to obtain itself (none usable, or one refused).
+    pub(crate) request_path: u64,
 }
 
 struct Inner {
     provider: Box<dyn TokenProvider>,
     retry: Retry,
     current: RwLock<Option<Current>>,
-    /// One obtain at a time: concurrent cold requests share it.
+    /// One obtain or renewal at a time: concurrent cold requests share it.
     obtaining: tokio::sync::Mutex<()>,
     generation: AtomicU64,
-    refresher: Mutex<Option<AbortHandle>>,
+    obtained: AtomicU64,
+    renewed: AtomicU64,
+    request_path: AtomicU64,
     name: &'static str,
 }
 
-/// The cached token of one store and its background refresher (stopped when
-/// the cache is dropped).
-pub struct TokenCache {
+/// The cached token of one store.
+pub(crate) struct TokenCache {
     inner: Arc<Inner>,
 }
 
 impl TokenCache {
-    /// `name` says which store kind the token is for, in logs.
+    /// `name` says which store kind the token is for, in logs; `retry`
+    /// wraps each attempt to obtain one.
     pub fn new(name: &'static str, provider: impl TokenProvider, retry: Retry) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -108,10 +162,24 @@ impl TokenCache {
                 current: RwLock::new(None),
                 obtaining: tokio::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
-                refresher: Mutex::new(None),
+                obtained: AtomicU64::new(0),
+                renewed: AtomicU64::new(0),
+                request_path: AtomicU64::new(0),
                 name,
             }),
         }
+    }
+
+    /// Which store kind the token is for.
+    #[cfg(any(feature = "gcp", feature = "azure", feature = "infisical"))]
+    pub fn name(&self) -> &'static str {
+        self.inner.name
+    }
+
+    /// Obtains the first token at start, not on a request's behalf.
+    pub(crate) async fn prime(&self) -> Result<(), StoreError> {
+        let _guard = self.inner.obtaining.lock().await;
+        self.inner.obtain_and_store().await
     }
 
     /// The current token, obtaining one only when none is usable.
@@ -123,15 +191,15 @@ impl TokenCache {
         if let Some(token) = self.inner.usable() {
             return Ok(token);
         }
+        self.inner.request_path.fetch_add(1, Ordering::Relaxed);
         self.inner.obtain_and_store().await?;
-        self.inner.ensure_refresher();
         self.inner
             .usable()
             .ok_or_else(|| StoreError::Unauthorized("the identity provider issued an expired token".into()))
     }
 
-    /// Forgets a token the store rejected (unless a newer one replaced it).
-    pub fn invalidate(&self, token: &Token) {
+    /// Forgets a token the store refused (unless a newer one replaced it).
+    pub(crate) fn invalidate(&self, token: &Token) {
         if let Ok(mut current) = self.inner.current.write() {
             if current.as_ref().is_some_and(|c| c.generation == token.generation) {
                 *current = None;
@@ -139,178 +207,21 @@ impl TokenCache {
         }
     }
 
-    /// Sends a request built with the current bearer token and reads the
-    /// answer. Throttling and 5xx are retried with `retry`; when `rejected`
-    /// says the store refused the token (401, or a provider's own code), a
-    /// new token is obtained once and the request sent again. Any other
-    /// answer is returned for the caller to interpret.
-    pub async fn send<F, R>(&self, retry: &Retry, build: F, rejected: R) -> Result<Answer, StoreError>
-    where
-        F: Fn(&str) -> reqwest::RequestBuilder,
-        R: Fn(reqwest::StatusCode, &[u8]) -> bool,
-    {
-        let mut token = self.token().await?;
-        let mut renewed = false;
-        loop {
-            let bearer = token.as_str()?;
-            let answer = retry
-                .run(|| async { Answer::read(send_once(build(bearer)).await?).await })
-                .await?;
-            if !renewed && rejected(answer.status, &answer.body) {
-                tracing::debug!(store = self.inner.name, status = %answer.status, "token rejected; obtaining a new one");
-                self.invalidate(&token);
-                token = self.token().await?;
-                renewed = true;
-                continue;
-            }
-            return Ok(answer);
+    /// Obtains and renewals so far.
+    pub fn counts(&self) -> TokenCounts {
+        TokenCounts {
+            obtained: self.inner.obtained.load(Ordering::Relaxed),
+            renewed: self.inner.renewed.load(Ordering::Relaxed),
+            request_path: self.inner.request_path.load(Ordering::Relaxed),
         }
     }
-}
 
-/// A store's answer, read whole.
-pub struct Answer {
-    pub status: reqwest::StatusCode,
-    pub body: bytes::Bytes,
-}
-
-impl Answer {
-    /// Reads the whole body.
-    pub async fn read(response: reqwest::Response) -> Result<Self, StoreError> {
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| transport_error(&e))?;
-        Ok(Self { status, body })
-    }
-
-    /// The body as JSON, without letting a decode error quote it (serde
-    /// messages can contain the offending text, which may be a secret).
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, StoreError> {
-        serde_json::from_slice(&self.body)
-            .map_err(|_| StoreError::InvalidResponse("the answer is not the expected JSON".into()))
-    }
-}
-
-/// The usual sign of a refused token.
-pub fn unauthorized(status: reqwest::StatusCode, _body: &[u8]) -> bool {
-    status == reqwest::StatusCode::UNAUTHORIZED
-}
-
-impl Drop for TokenCache {
-    fn drop(&mut self) {
-        if let Ok(mut handle) = self.inner.refresher.lock() {
-            if let Some(handle) = handle.take() {
-                handle.abort();
-            }
-        }
-    }
-}
-
-/// One attempt: transport failures, 429 and 5xx become retryable errors.
-pub async fn send_once(request: reqwest::RequestBuilder) -> Result<reqwest::Response, StoreError> {
-    let response = request.send().await.map_err(|e| transport_error(&e))?;
-    let status = response.status();
-    if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        return Err(status_error(status, ""));
-    }
-    Ok(response)
-}
-
-/// Checks a credential source of a provider section at start-up.
-pub fn check_source(source: &CredentialSource, field: String) -> Result<(), ConfigError> {
-    source.validate(&field).map_err(|_| ConfigError::Invalid {
-        field,
-        message: "set exactly one of file or env".into(),
-    })
-}
-
-/// Checks that a configured address is an http(s) URL.
-pub fn check_url(url: &str, field: String) -> Result<(), ConfigError> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
-        _ => Err(invalid(field, format!("\"{url}\" is not an http(s) URL"))),
-    }
-}
-
-/// A configuration error in a provider section.
-pub fn invalid(field: String, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        message: message.into(),
-    }
-}
-
-/// A provider error code (`SecretNotFound`, `PERMISSION_DENIED`,
-/// `invalid_client`) if it looks like one; free text is dropped because it
-/// may quote names or values.
-pub fn error_code(code: Option<&str>) -> String {
-    match code {
-        Some(c)
-            if !c.is_empty()
-                && c.len() <= 64
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) =>
-        {
-            c.to_owned()
-        }
-        _ => String::new(),
-    }
-}
-
-/// An OAuth 2.0 token answer (RFC 6749 §5.1): Google's token endpoint and
-/// metadata server, Microsoft Entra and Azure IMDS. IMDS sends `expires_in`
-/// as a string, the others as a number.
-#[derive(serde::Deserialize)]
-struct OAuthToken {
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<serde_json::Value>,
-}
-
-/// An OAuth 2.0 error answer (RFC 6749 §5.2); only `error` is kept.
-#[derive(serde::Deserialize)]
-struct OAuthError {
-    error: Option<String>,
-}
-
-/// Turns a token endpoint's answer into a token, or into an error that names
-/// the endpoint, the status and the OAuth error code.
-pub async fn oauth_token(response: reqwest::Response, endpoint: &str) -> Result<AccessToken, StoreError> {
-    let answer = Answer::read(response).await?;
-    let status = answer.status;
-    if !status.is_success() {
-        let code = serde_json::from_slice::<OAuthError>(&answer.body)
-            .ok()
-            .and_then(|e| e.error);
-        let detail = format!(
-            "{endpoint}: HTTP {status}{}",
-            suffix(&error_code(code.as_deref()))
-        );
-        return Err(match status.as_u16() {
-            400..=403 => StoreError::Unauthorized(detail),
-            404 => StoreError::Unauthorized(detail),
-            429 => StoreError::Throttled,
-            _ => StoreError::Unreachable(detail),
-        });
-    }
-    let token: OAuthToken = answer.json()?;
-    let seconds = match token.expires_in {
-        Some(serde_json::Value::Number(n)) => n.as_u64(),
-        Some(serde_json::Value::String(s)) => s.parse().ok(),
-        _ => None,
-    };
-    Ok(AccessToken {
-        value: SecretValue::from(token.access_token),
-        // A token without a stated lifetime is treated as living an hour
-        // (the usual default) so that it is still refreshed.
-        lifetime: Some(Duration::from_secs(seconds.unwrap_or(3600))),
-    })
-}
-
-fn suffix(code: &str) -> String {
-    if code.is_empty() {
-        String::new()
-    } else {
-        format!(" ({code})")
+    /// The background upkeep: renews or replaces the token before it
+    /// expires, and on failure tries again with backoff while the old token
+    /// is still served. It ends once the cache is dropped; the caller runs
+    /// it as a task.
+    pub fn upkeep(&self) -> impl Future<Output = ()> + Send + 'static {
+        keep_fresh(Arc::downgrade(&self.inner))
     }
 }
 
@@ -321,6 +232,7 @@ impl Inner {
         current.usable(Instant::now()).then(|| Token {
             value: current.value.clone(),
             generation: current.generation,
+            logged_in: current.logged_in,
         })
     }
 
@@ -332,67 +244,112 @@ impl Inner {
             ));
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
         if let Ok(mut current) = self.current.write() {
             *current = Some(Current {
                 value: token.value,
-                obtained: Instant::now(),
+                obtained: now,
+                logged_in: now,
                 lifetime: token.lifetime,
+                login_lifetime: token.lifetime,
+                renewable: token.renewable,
                 generation,
             });
         }
+        self.obtained.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(store = self.name, lifetime = ?token.lifetime, "obtained an access token");
         Ok(())
     }
 
-    /// When the background task should next act: `None` when the token never
-    /// expires; now when there is no token.
+    /// Renews the token when it can be renewed, else obtains a new one.
+    async fn refresh(&self) -> Result<(), StoreError> {
+        let renewable = {
+            let current = self.current.read().ok();
+            current.and_then(|c| {
+                c.as_ref()
+                    .filter(|c| c.renewable && !c.expired(Instant::now()))
+                    .map(|c| (c.value.clone(), c.login_lifetime, c.generation))
+            })
+        };
+        if let Some((value, login_lifetime, generation)) = renewable {
+            let issued = Issued {
+                value: &value,
+                login_lifetime,
+            };
+            if let Some(renewed) = self.provider.renew(&issued).await? {
+                if let Ok(mut current) = self.current.write() {
+                    if let Some(c) = current.as_mut().filter(|c| c.generation == generation) {
+                        c.obtained = Instant::now();
+                        c.lifetime = renewed.lifetime;
+                        c.renewable = renewed.renewable;
+                    }
+                }
+                self.renewed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(store = self.name, lifetime = ?renewed.lifetime, "renewed the access token");
+                return Ok(());
+            }
+        }
+        self.obtain_and_store().await
+    }
+
+    /// When the loop should next act: `None` for a token that never expires
+    /// and is never rechecked; now when there is no token.
     fn next_refresh(&self) -> Option<Instant> {
         let current = self.current.read().ok()?;
         match current.as_ref() {
-            Some(c) => c.refresh_at(),
             None => Some(Instant::now()),
+            Some(c) => c
+                .refresh_at()
+                .or_else(|| self.provider.recheck().map(|d| c.obtained + d)),
         }
     }
 
-    fn ensure_refresher(self: &Arc<Self>) {
-        let Ok(mut slot) = self.refresher.lock() else {
-            return;
-        };
-        if slot.is_some() || self.next_refresh().is_none() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let weak = Arc::downgrade(self);
-        *slot = Some(runtime.spawn(refresh_loop(weak)).abort_handle());
+    /// How long the current token still lives, if it expires.
+    fn time_left(&self) -> Option<Duration> {
+        let current = self.current.read().ok()?;
+        let c = current.as_ref()?;
+        c.lifetime
+            .map(|life| (c.obtained + life).saturating_duration_since(Instant::now()))
     }
 }
 
-/// Keeps the token fresh: sleeps until it is due, obtains a new one, and on
-/// failure tries again with backoff while the old token is still served.
-async fn refresh_loop(weak: Weak<Inner>) {
+/// The upkeep loop. It holds the cache weakly, so it ends when the store
+/// that owns the cache is dropped.
+async fn keep_fresh(weak: Weak<Inner>) {
     let mut failures: u32 = 0;
     loop {
         let due = {
             let Some(inner) = weak.upgrade() else { return };
-            match inner.next_refresh() {
-                None => return,
-                Some(at) if failures == 0 => at,
-                Some(_) => Instant::now() + Duration::from_secs(1 << failures.min(5)),
+            if failures > 0 {
+                // Back off, but try again before the token runs out.
+                let backoff = Duration::from_millis(500)
+                    .saturating_mul(1 << failures.min(6))
+                    .min(Duration::from_secs(30));
+                let wait = match inner.time_left() {
+                    Some(left) if left > Duration::ZERO => backoff.min(left / 2),
+                    _ => backoff,
+                };
+                Some(Instant::now() + wait)
+            } else {
+                inner.next_refresh()
             }
         };
+        let Some(due) = due else {
+            // Nothing will ever be due: wait for the store to go away.
+            while weak.strong_count() > 0 {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            return;
+        };
         // Never spin, even on a token that lives a second.
-        let due = due.max(Instant::now() + Duration::from_millis(200));
-        tokio::time::sleep_until(due).await;
+        tokio::time::sleep_until(due.max(Instant::now() + Duration::from_millis(200))).await;
         let Some(inner) = weak.upgrade() else { return };
         let _guard = inner.obtaining.lock().await;
-        // A request may have obtained a new token (after a 401) meanwhile.
-        if inner.next_refresh().is_some_and(|at| at > Instant::now()) {
-            failures = 0;
+        // A request may have obtained a new token (after a refusal) meanwhile.
+        if failures == 0 && inner.next_refresh().is_some_and(|at| at > Instant::now()) {
             continue;
         }
-        match inner.obtain_and_store().await {
+        match inner.refresh().await {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -409,7 +366,9 @@ mod tests {
 
     struct Counting {
         calls: Arc<AtomicU32>,
+        renewals: Arc<AtomicU32>,
         lifetime: Option<Duration>,
+        renewable: bool,
     }
 
     #[async_trait]
@@ -419,61 +378,95 @@ mod tests {
             Ok(AccessToken {
                 value: SecretValue::from(format!("token-{n}")),
                 lifetime: self.lifetime,
+                renewable: self.renewable,
             })
+        }
+
+        async fn renew(&self, current: &Issued<'_>) -> Result<Option<AccessToken>, StoreError> {
+            self.renewals.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(AccessToken {
+                value: current.value.clone(),
+                lifetime: self.lifetime,
+                renewable: true,
+            }))
         }
     }
 
-    fn cache(lifetime: Option<Duration>) -> (TokenCache, Arc<AtomicU32>) {
+    fn cache(lifetime: Option<Duration>, renewable: bool) -> (TokenCache, Arc<AtomicU32>, Arc<AtomicU32>) {
         let calls = Arc::new(AtomicU32::new(0));
+        let renewals = Arc::new(AtomicU32::new(0));
         let provider = Counting {
             calls: calls.clone(),
+            renewals: renewals.clone(),
             lifetime,
+            renewable,
         };
-        (TokenCache::new("test", provider, Retry::default()), calls)
+        (
+            TokenCache::new("test", provider, Retry::default()),
+            calls,
+            renewals,
+        )
     }
 
     #[tokio::test]
     async fn concurrent_cold_requests_share_one_obtain() {
-        let (cache, calls) = cache(Some(Duration::from_secs(3600)));
+        let (cache, calls, _) = cache(Some(Duration::from_secs(3600)), false);
         let (a, b) = tokio::join!(cache.token(), cache.token());
         assert_eq!(a.unwrap().as_str().unwrap(), "token-1");
         assert_eq!(b.unwrap().as_str().unwrap(), "token-1");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.counts().request_path, 1);
     }
 
     #[tokio::test]
     async fn invalidate_only_drops_the_rejected_generation() {
-        let (cache, calls) = cache(None);
+        let (cache, calls, _) = cache(None, false);
         let first = cache.token().await.unwrap();
         cache.invalidate(&first);
         let second = cache.token().await.unwrap();
         assert_eq!(second.as_str().unwrap(), "token-2");
-        // A late 401 for the old token must not throw away the new one.
+        // A late refusal of the old token must not throw away the new one.
         cache.invalidate(&first);
         assert_eq!(cache.token().await.unwrap().as_str().unwrap(), "token-2");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
-    #[tokio::test]
-    async fn refreshes_in_the_background_before_expiry() {
-        let (cache, calls) = cache(Some(Duration::from_secs(2)));
-        assert_eq!(cache.token().await.unwrap().as_str().unwrap(), "token-1");
-        // Refresh is due a quarter of the lifetime before expiry (at 1.5 s).
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+    #[tokio::test(start_paused = true)]
+    async fn the_upkeep_replaces_the_token_before_it_expires() {
+        let (cache, calls, _) = cache(Some(Duration::from_secs(3)), false);
+        cache.prime().await.unwrap();
+        let upkeep = tokio::spawn(cache.upkeep());
+        // Due two thirds into its life, at 2 s.
+        tokio::time::sleep(Duration::from_millis(1900)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
-        // The request path gets the refreshed token without obtaining one.
+        // The request path gets the new token without obtaining one.
         assert_eq!(cache.token().await.unwrap().as_str().unwrap(), "token-2");
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.counts().request_path, 0);
+        drop(cache);
+        upkeep.await.unwrap();
     }
 
-    #[tokio::test]
-    async fn the_refresher_stops_with_the_cache() {
-        let (cache, calls) = cache(Some(Duration::from_millis(400)));
+    #[tokio::test(start_paused = true)]
+    async fn a_renewable_token_is_renewed_not_replaced() {
+        let (cache, calls, renewals) = cache(Some(Duration::from_secs(3)), true);
+        cache.prime().await.unwrap();
+        let _upkeep = tokio::spawn(cache.upkeep());
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one login");
+        assert_eq!(renewals.load(Ordering::SeqCst), 2, "renewed at 2 s and at 4 s");
+        assert_eq!(cache.counts().renewed, 2);
+        assert_eq!(cache.token().await.unwrap().as_str().unwrap(), "token-1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_upkeep_ends_with_the_cache() {
+        let (cache, calls, _) = cache(Some(Duration::from_millis(600)), false);
         cache.token().await.unwrap();
+        let upkeep = tokio::spawn(cache.upkeep());
         drop(cache);
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        upkeep.await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
@@ -482,6 +475,7 @@ mod tests {
         let t = AccessToken {
             value: SecretValue::from("ya29.secret"),
             lifetime: None,
+            renewable: false,
         };
         assert!(!format!("{t:?}").contains("ya29"));
     }

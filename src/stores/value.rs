@@ -75,7 +75,14 @@ impl SecretData {
     /// Builds secret data from text: a JSON object becomes properties (strings
     /// as they are, other JSON values in their compact JSON form); anything else
     /// stays one value. This is how Vault, AWS, GCP and Azure secrets carry fields.
-    pub fn from_text(text: &str) -> Self {
+    #[cfg(any(
+        feature = "aws",
+        feature = "gcp",
+        feature = "azure",
+        feature = "infisical",
+        test
+    ))]
+    pub(crate) fn from_text(text: &str) -> Self {
         let trimmed = text.trim_start();
         if trimmed.starts_with('{') {
             if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(trimmed) {
@@ -110,7 +117,9 @@ impl SecretData {
 }
 
 /// Turns a JSON object into properties; strings are taken as they are.
-pub fn json_properties(map: serde_json::Map<String, serde_json::Value>) -> BTreeMap<String, SecretValue> {
+pub(crate) fn json_properties(
+    map: serde_json::Map<String, serde_json::Value>,
+) -> BTreeMap<String, SecretValue> {
     map.into_iter()
         .map(|(k, v)| {
             let value = match v {

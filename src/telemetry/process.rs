@@ -108,7 +108,7 @@ impl Sample {
 }
 
 /// The soft limit on open files of this process (`None` when unlimited or unreadable).
-pub fn max_open_files() -> Option<u64> {
+pub(crate) fn max_open_files() -> Option<u64> {
     std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|s| parse_max_open_files(&s))

@@ -209,10 +209,13 @@ pub async fn fetch(
     version: Option<&str>,
 ) -> Result<sesame::stores::SecretData, sesame::stores::StoreError> {
     store
-        .fetch(&[sesame::stores::SecretLocator::new(
-            path,
-            version.map(str::to_owned),
-        )])
+        .fetch(
+            &[sesame::stores::SecretLocator::new(
+                path,
+                version.map(str::to_owned),
+            )],
+            &sesame::stores::RequestLimit::default(),
+        )
         .await
         .remove(0)
 }

@@ -95,7 +95,7 @@ impl TestServer {
     ) -> Self {
         let mut args = serve_args(dir.path());
         adjust(&mut args);
-        let handle = start(&args, None).await.unwrap();
+        let handle = start(&args).await.unwrap();
         let url = format!("https://127.0.0.1:{}/mutate", handle.webhook_addr.port());
         let ca_pem = ca_pem
             .or_else(|| handle.generated_ca_pem.clone())

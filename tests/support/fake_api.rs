@@ -312,7 +312,7 @@ async fn handle(
         Value::Null
     } else {
         serde_json::from_slice(&body)
-            .or_else(|_| serde_yaml::from_slice::<Value>(&body))
+            .or_else(|_| serde_norway::from_slice::<Value>(&body))
             .unwrap_or(Value::String("<unparsable>".into()))
     };
     st.requests.lock().unwrap().push(Recorded {

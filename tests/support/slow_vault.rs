@@ -27,6 +27,9 @@ pub struct SlowVault {
     /// Base URL, e.g. `http://127.0.0.1:41234`.
     pub address: String,
     reads: Arc<AtomicUsize>,
+    /// Reads received and not yet answered, now and at most so far.
+    in_flight: Arc<AtomicUsize>,
+    most_in_flight: Arc<AtomicUsize>,
     release: watch::Sender<bool>,
 }
 
@@ -35,10 +38,14 @@ impl SlowVault {
     pub async fn start(data: Value) -> Self {
         let (release, released) = watch::channel(false);
         let reads = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let most_in_flight = Arc::new(AtomicUsize::new(0));
         let seen = reads.clone();
+        let (now, most) = (in_flight.clone(), most_in_flight.clone());
         let (address, _) = serve_async(move |_, request: Request| {
             let mut released = released.clone();
             let seen = seen.clone();
+            let (now, most) = (now.clone(), most.clone());
             let data = data.clone();
             async move {
                 if request.path.starts_with("/v1/auth/token/lookup-self") {
@@ -46,8 +53,11 @@ impl SlowVault {
                 }
                 if request.method == "GET" && request.path.starts_with("/v1/secret/data/") {
                     seen.fetch_add(1, Ordering::SeqCst);
+                    let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(n, Ordering::SeqCst);
                     // A dropped sender (test over) leaves the read hanging, as intended.
                     let _ = released.wait_for(|r| *r).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
                     return ok(json!({"data": {"data": data, "metadata": {"version": 1, "deletion_time": "", "destroyed": false}}}));
                 }
                 Response {
@@ -61,8 +71,20 @@ impl SlowVault {
         Self {
             address,
             reads,
+            in_flight,
+            most_in_flight,
             release,
         }
+    }
+
+    /// Reads being held right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most reads that were held at once.
+    pub fn most_in_flight(&self) -> usize {
+        self.most_in_flight.load(Ordering::SeqCst)
     }
 
     /// Lets every held read, and every later one, answer.

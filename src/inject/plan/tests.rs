@@ -236,11 +236,11 @@ fn files_in_one_directory_share_one_volume() {
     let items = vec![
         (
             file("b", "dev:apps/team-a/tls#crt", "/etc/app/tls.crt", Some(0o444)),
-            props(&[("crt", "C")]),
+            props(&[("crt", "C"), ("key", "K")]),
         ),
         (
             file("a", "dev:apps/team-a/tls#key", "/etc/app/tls.key", Some(0o400)),
-            props(&[("key", "K")]),
+            props(&[("crt", "C"), ("key", "K")]),
         ),
         (
             file("c", "dev:apps/team-a/token", "/var/run/token/value", None),
@@ -269,7 +269,7 @@ fn files_in_one_directory_share_one_volume() {
         (file("b", "dev:apps/team-a/y", "/etc/app/key", None), value("2")),
     ];
     let e = plan(&twice).unwrap_err();
-    assert_eq!(e.code(), 422);
+    assert_eq!(e.class().code(), 422);
     assert!(e.to_string().contains("sesame.dev/file.b"), "{e}");
 }
 
@@ -277,7 +277,7 @@ fn files_in_one_directory_share_one_volume() {
 fn a_file_at_the_root_is_refused() {
     let e = plan(&[(file("x", "dev:apps/team-a/token", "/x", None), value("T"))]).unwrap_err();
     assert!(matches!(e, PlanError::Invalid { .. }), "{e:?}");
-    assert_eq!((e.code(), e.class()), (422, "invalid"));
+    assert_eq!((e.class().code(), e.class().label()), (422, "invalid"));
     let m = e.to_string();
     assert!(
         m.contains("sesame.dev/file.x") && m.contains("its own directory"),
@@ -316,7 +316,7 @@ fn inline_values_only_where_allowed_and_only_as_text() {
     let pod = view(&pod_json());
     let items = vec![(env("PW", "dev:apps/dev/db#password"), db())];
     let e = build(&pod, "team-a", Mode::Inline, false, &items).unwrap_err();
-    assert_eq!((e.code(), e.class()), (403, "policy"));
+    assert_eq!((e.class().code(), e.class().label()), (403, "policy"));
     assert!(e.to_string().contains("namespace \"team-a\""), "{e}");
 
     let p = build(&pod, "dev", Mode::Inline, true, &items).unwrap();
@@ -372,7 +372,7 @@ fn one_env_name_from_two_annotations_is_a_conflict() {
         (env_from("db", "dev:apps/team-a/db", "DB_"), db()),
     ];
     let e = plan(&items).unwrap_err();
-    assert_eq!((e.code(), e.class()), (422, "conflict"));
+    assert_eq!((e.class().code(), e.class().label()), (422, "conflict"));
     let m = e.to_string();
     for part in [
         "sesame.dev/env.DB_PASSWORD",
@@ -568,4 +568,25 @@ fn the_secret_is_owned_by_the_pods_controller() {
 
     // A Pod without a controller leaves the Secret to the garbage collector.
     assert!(plan(&items).unwrap().secret.unwrap().owners.is_empty());
+}
+
+#[test]
+fn a_base_that_is_no_json_pointer_is_an_error_not_the_root() {
+    let items = vec![(env("PW", "dev:apps/team-a/db#password"), db())];
+    let bare = json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "app"}]}});
+    let pod = view(&bare);
+    let p = build(&pod, "team-a", Mode::SecretRef, false, &items).unwrap();
+    let e = build_patch(&pod, &p, "spec/template", MARKER, None).unwrap_err();
+    assert_eq!(
+        e,
+        crate::inject::patch::PatchError::BadBase("spec/template".into())
+    );
+    assert_eq!(e.class().code(), 500);
+    // A good base prefixes every path.
+    let ops = build_patch(&pod, &p, "/spec/template", MARKER, None).unwrap();
+    assert!(
+        paths(&ops).iter().all(|p| p.starts_with("/spec/template/")),
+        "{:?}",
+        paths(&ops)
+    );
 }

@@ -23,6 +23,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 sesame.dev/certificates: {{ .Values.certificates.mode }}
 {{- end -}}
 
+{{/* The ServiceAccount Sesame runs as (and the RBAC binds). */}}
+{{- define "sesame.serviceAccountName" -}}
+{{- .Values.serviceAccount.name | default (include "sesame.fullname" .) -}}
+{{- end -}}
+
 {{- define "sesame.image" -}}
 {{- if .Values.image.digest -}}
 {{ .Values.image.repository }}@{{ .Values.image.digest }}
@@ -61,11 +66,28 @@ has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.star
 {{- fail "webhook.failurePolicy must be Fail or Ignore" -}}
 {{- end -}}
 {{- $t := int .Values.webhook.timeoutSeconds -}}
-{{- if or (lt $t 1) (gt $t 10) -}}
-{{- fail "webhook.timeoutSeconds must be between 1 and 10 (the API server's limit)" -}}
+{{- if or (lt $t 1) (gt $t 30) -}}
+{{- fail "webhook.timeoutSeconds must be between 1 and 30 (the API server's limit)" -}}
+{{- end -}}
+{{- /* resolveTimeout in whole seconds or milliseconds; other forms are left to Sesame's own check. */ -}}
+{{- $rt := toString (.Values.config.resolveTimeout | default "3s") -}}
+{{- $ms := -1 -}}
+{{- if regexMatch "^[0-9]+ms$" $rt -}}
+{{- $ms = int (trimSuffix "ms" $rt) -}}
+{{- else if regexMatch "^[0-9]+s$" $rt -}}
+{{- $ms = mul (int (trimSuffix "s" $rt)) 1000 -}}
+{{- end -}}
+{{- if ge $ms (mul $t 1000) -}}
+{{- fail (printf "config.resolveTimeout (%s) must be below webhook.timeoutSeconds (%d s), so that Sesame answers before the API server gives up" $rt $t) -}}
 {{- end -}}
 {{- if not (has .Values.certificates.mode (list "self-managed" "cert-manager")) -}}
 {{- fail "certificates.mode must be self-managed or cert-manager" -}}
+{{- end -}}
+{{- if and (not .Values.serviceAccount.create) (empty .Values.serviceAccount.name) -}}
+{{- fail "serviceAccount.create=false needs serviceAccount.name: the ServiceAccount Sesame runs as" -}}
+{{- end -}}
+{{- if eq (int .Values.ports.webhook) (int .Values.ports.admin) -}}
+{{- fail "ports.webhook and ports.admin must differ" -}}
 {{- end -}}
 {{- if and .Values.networkPolicy.enabled (empty .Values.networkPolicy.apiServerCIDRs) -}}
 {{- fail "networkPolicy.enabled needs networkPolicy.apiServerCIDRs: without them the API server cannot call the webhook" -}}

@@ -1,0 +1,83 @@
+//! The seams the admission path needs from the outside world, owned here
+//! and implemented by the Kubernetes adapter (`kube`), which never imports
+//! the admission module back: writing the managed Secret before a Pod is
+//! admitted, and the labels of the Pod's namespace.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use crate::inject::ManagedSecret;
+
+/// What became of a managed Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Created or updated.
+    Applied,
+    /// Already up to date; nothing was sent.
+    Unchanged,
+    /// Deliberately not written; the text becomes an AdmissionResponse warning.
+    NotWritten(String),
+}
+
+impl WriteOutcome {
+    /// Metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Unchanged => "unchanged",
+            Self::NotWritten(_) => "not_written",
+        }
+    }
+}
+
+/// Why a Secret could not be written. Messages carry API status codes and
+/// reasons, never values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("the API server refused the managed Secret {name}: {reason}")]
+    Refused { name: String, reason: String },
+    #[error("the API server could not be reached to write the managed Secret {name}: {reason}")]
+    Unreachable { name: String, reason: String },
+}
+
+/// Writes the plan's Secret before the Pod is admitted.
+#[async_trait]
+pub trait SecretWriter: Send + Sync + 'static {
+    async fn apply(&self, secret: &ManagedSecret) -> Result<WriteOutcome, WriteError>;
+
+    /// `dry-run` or `kubernetes`, for the start-up log.
+    fn kind(&self) -> &'static str;
+}
+
+/// Writes nothing and says so.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DryRunWriter;
+
+#[async_trait]
+impl SecretWriter for DryRunWriter {
+    async fn apply(&self, secret: &ManagedSecret) -> Result<WriteOutcome, WriteError> {
+        Ok(WriteOutcome::NotWritten(dry_run_warning(secret)))
+    }
+
+    fn kind(&self) -> &'static str {
+        "dry-run"
+    }
+}
+
+/// The warning for a Secret that was not written: its name and keys, no values.
+fn dry_run_warning(secret: &ManagedSecret) -> String {
+    let keys: Vec<&str> = secret.data.keys().map(String::as_str).collect();
+    format!(
+        "dry run: Sesame did not write Secret {}/{} (keys: {})",
+        secret.namespace,
+        secret.name,
+        keys.join(", ")
+    )
+}
+
+/// Labels of a namespace, for `namespaceSelector` policy rules.
+pub trait NamespaceLabels: Send + Sync + 'static {
+    /// `None` when the namespace is not known (yet).
+    fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
+}

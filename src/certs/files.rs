@@ -1,0 +1,107 @@
+//! Certificates as files: the `gen-certs` output, and the serving pair in
+//! the certificate directory, checked before binding and re-read
+//! periodically so that a rotated Secret volume (Kubernetes swaps a
+//! `..data` symlink, which path watches miss) takes effect without a
+//! restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::sign::CertifiedKey;
+use sha2::{Digest, Sha256};
+
+use super::generate::GeneratedCerts;
+use super::tls::{certified_key, CertResolver, TlsError};
+
+/// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`.
+pub fn write(dir: &std::path::Path, certs: &GeneratedCerts) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("ca.crt"), &certs.ca_cert_pem)?;
+    std::fs::write(dir.join("tls.crt"), &certs.cert_pem)?;
+    let key_path = dir.join("tls.key");
+    std::fs::write(&key_path, &certs.key_pem)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Where the serving certificate and key live.
+#[derive(Debug, Clone)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertPaths {
+    pub(crate) fn in_dir(dir: &Path) -> Self {
+        Self {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        }
+    }
+
+    pub fn exist(&self) -> bool {
+        self.cert.exists() && self.key.exists()
+    }
+}
+
+/// Reads both files (following symlinks, as a Secret volume needs).
+pub fn load(paths: &CertPaths) -> Result<(CertifiedKey, [u8; 32]), TlsError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let cert = read(&paths.cert)?;
+    let key = read(&paths.key)?;
+    let digest = fingerprint(&cert, &key);
+    Ok((certified_key(&cert, &key, &paths.cert)?, digest))
+}
+
+fn fingerprint(cert: &[u8], key: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(cert);
+    h.update(key);
+    h.finalize().into()
+}
+
+/// Re-reads the files every `interval` and swaps a changed, valid pair into
+/// `resolver`; a half-written or broken pair is logged and the old one
+/// kept. `digest` identifies the pair being served. Runs until dropped.
+pub async fn reload(resolver: Arc<CertResolver>, paths: CertPaths, mut digest: [u8; 32], interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let paths = paths.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let read = |p: &Path| std::fs::read(p).ok();
+            let (cert, key) = (read(&paths.cert)?, read(&paths.key)?);
+            Some((fingerprint(&cert, &key), cert, key, paths))
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some((new_digest, cert, key, paths)) = loaded else {
+            continue;
+        };
+        if new_digest == digest {
+            continue;
+        }
+        match certified_key(&cert, &key, &paths.cert) {
+            Ok(ck) => {
+                resolver.set(ck);
+                digest = new_digest;
+                tracing::info!(cert = %paths.cert.display(), "serving certificate reloaded");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "new certificate files are not usable yet; keeping the current ones")
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The Kubernetes side's command-line arguments, flattened into `serve`'s:
+//! whether and how to reach the API, leader election, garbage collection,
+//! and where the serving certificate comes from.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Whether `serve` talks to the Kubernetes API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubeMode {
+    /// Use the API when a configuration is found; otherwise dry-run.
+    #[default]
+    Auto,
+    /// Never: managed Secrets are not written (dry-run).
+    Off,
+    /// Fail at start when no configuration is found.
+    Required,
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CertMode {
+    /// tls.crt and tls.key in the certificate directory, re-read when they change.
+    #[default]
+    Files,
+    /// A CA and a serving certificate kept by Sesame in a Secret.
+    SelfManaged,
+}
+
+/// The Kubernetes API side of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// Write managed Secrets through the Kubernetes API: `auto` when in a
+    /// cluster or KUBECONFIG is set (else dry-run), `off`, or `required`.
+    #[arg(long = "kube", env = "SESAME_KUBE", value_enum, default_value = "auto")]
+    pub mode: KubeMode,
+    /// Kubeconfig file to use instead of in-cluster config or KUBECONFIG.
+    #[arg(long, env = "SESAME_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Sesame's own namespace: where its certificate Secret lives, the
+    /// Service's namespace in the certificate, and the default for the Lease
+    /// (default: from the service-account mount, else `default`).
+    #[arg(long, env = "SESAME_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Namespace of the leader-election Lease (default: Sesame's own).
+    #[arg(long, env = "SESAME_LEASE_NAMESPACE")]
+    pub(crate) lease_namespace: Option<String>,
+    /// Name of the leader-election Lease for garbage collection and rotation.
+    #[arg(long, env = "SESAME_LEASE_NAME", default_value = "sesame-leader")]
+    pub(crate) lease_name: String,
+    /// How long an unreferenced managed Secret is kept before it is deleted.
+    #[arg(long, env = "SESAME_GC_GRACE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub(crate) gc_grace: Duration,
+    /// How often the leader looks for unreferenced managed Secrets.
+    #[arg(long, env = "SESAME_GC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub(crate) gc_interval: Duration,
+    #[command(flatten)]
+    pub certs: CertArgs,
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone, Args)]
+pub struct CertArgs {
+    /// `files`: tls.crt/tls.key in --cert-dir (cert-manager, or your own);
+    /// `self-managed`: Sesame keeps a CA and a serving certificate in a
+    /// Secret and writes the caBundle of its webhook configuration.
+    #[arg(long, env = "SESAME_CERT_MODE", value_enum, default_value = "files")]
+    pub cert_mode: CertMode,
+    /// Self-managed: the Secret (in Sesame's namespace) holding the CA and
+    /// the serving certificate.
+    #[arg(long, env = "SESAME_CERT_SECRET", default_value = "sesame-certs")]
+    pub(crate) cert_secret: String,
+    /// Self-managed: the MutatingWebhookConfiguration whose caBundle Sesame writes.
+    #[arg(long, env = "SESAME_WEBHOOK_CONFIG", default_value = "sesame")]
+    pub(crate) webhook_config: String,
+    /// Self-managed: the Service the API server calls (names in the certificate).
+    #[arg(long, env = "SESAME_SERVICE", default_value = "sesame")]
+    pub service: String,
+    /// Self-managed: lifetime of a serving certificate; renewed at two thirds.
+    #[arg(long, env = "SESAME_SERVING_CERT_VALIDITY", default_value = "365d", value_parser = humantime::parse_duration)]
+    pub(crate) serving_cert_validity: Duration,
+    /// Self-managed: lifetime of the CA; replaced at two thirds, announced in
+    /// the caBundle before it signs anything.
+    #[arg(long, env = "SESAME_CA_VALIDITY", default_value = "3650d", value_parser = humantime::parse_duration)]
+    pub ca_validity: Duration,
+}
+
+impl Default for CertArgs {
+    fn default() -> Self {
+        Self {
+            cert_mode: CertMode::Files,
+            cert_secret: "sesame-certs".into(),
+            webhook_config: "sesame".into(),
+            service: "sesame".into(),
+            serving_cert_validity: Duration::from_secs(365 * 86_400),
+            ca_validity: Duration::from_secs(3650 * 86_400),
+        }
+    }
+}
+
+impl Default for KubeArgs {
+    fn default() -> Self {
+        Self {
+            mode: KubeMode::Auto,
+            kubeconfig: None,
+            namespace: None,
+            lease_namespace: None,
+            lease_name: "sesame-leader".into(),
+            gc_grace: Duration::from_secs(600),
+            gc_interval: Duration::from_secs(300),
+            certs: CertArgs::default(),
+        }
+    }
+}
+
+impl KubeArgs {
+    /// The namespace Sesame runs in: `--namespace` (the Deployment sets it
+    /// from the downward API), else the service-account mount; `default`
+    /// outside a cluster.
+    pub(crate) fn own_namespace(&self) -> String {
+        if let Some(ns) = self.namespace.as_deref().filter(|s| !s.is_empty()) {
+            return ns.to_owned();
+        }
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".to_owned())
+    }
+
+    /// Namespace of the leader-election Lease: `--lease-namespace`, else Sesame's own.
+    pub(crate) fn lease_namespace(&self) -> String {
+        self.lease_namespace
+            .clone()
+            .unwrap_or_else(|| self.own_namespace())
+    }
+}

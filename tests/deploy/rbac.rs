@@ -1,0 +1,69 @@
+//! The RBAC is least privilege, and names what Sesame is told to use.
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
+
+use crate::lookup::{env_of, named, one};
+use crate::render::{overlay, tools};
+use crate::NS;
+
+#[test]
+fn rbac_is_least_privilege() {
+    let Some((kubectl, _)) = tools() else { return };
+    let objects = overlay(&kubectl, "self-managed");
+    let roles: Vec<ClusterRole> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole")
+        .map(|o| serde_json::from_value(o.clone()).unwrap())
+        .collect();
+    assert_eq!(roles.len(), 2);
+    for rule in roles.into_iter().flat_map(|r| r.rules.unwrap_or_default()) {
+        let verbs = rule.verbs.clone();
+        assert!(
+            !verbs
+                .iter()
+                .any(|v| v == "*" || v == "escalate" || v == "bind" || v == "impersonate"),
+            "{rule:?}"
+        );
+        let resources = rule.resources.clone().unwrap_or_default();
+        assert!(!resources.iter().any(|r| r == "*"), "{rule:?}");
+        if resources.contains(&"mutatingwebhookconfigurations".to_string()) {
+            assert_eq!(
+                rule.resource_names,
+                Some(vec!["sesame".to_string()]),
+                "only its own webhook"
+            );
+        }
+        if resources.contains(&"pods".to_string()) {
+            assert_eq!(
+                verbs,
+                ["list"],
+                "Pods are never read one by one, watched nor changed"
+            );
+        }
+    }
+    let lease_role: Role = one(&objects, "Role");
+    assert_eq!(lease_role.metadata.namespace.as_deref(), Some(NS));
+    for rule in lease_role.rules.unwrap_or_default() {
+        if rule.verbs.iter().any(|v| v != "create") {
+            assert_eq!(
+                rule.resource_names,
+                Some(vec!["sesame-leader".to_string()]),
+                "only the leader Lease is read and renewed"
+            );
+        }
+    }
+    let sa: ServiceAccount = one(&objects, "ServiceAccount");
+    for name in ["sesame", "sesame-certificates"] {
+        let binding: ClusterRoleBinding = named(&objects, "ClusterRoleBinding", name);
+        assert_eq!(binding.role_ref.name, name);
+        let subject = &binding.subjects.unwrap()[0];
+        assert_eq!(
+            (subject.name.as_str(), subject.namespace.as_deref()),
+            (sa.metadata.name.as_deref().unwrap(), Some(NS))
+        );
+    }
+    // Sesame is told the names its RBAC grants.
+    assert_eq!(env_of(&objects, "SESAME_CERT_MODE"), "self-managed");
+    assert_eq!(env_of(&objects, "SESAME_WEBHOOK_CONFIG"), "sesame");
+}
