@@ -218,7 +218,8 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
         ),
     );
     // On a thread of its own, so that the probes and metrics answer however
-    // busy the webhook port's workers are.
+    // busy the webhook port's workers are; and the last to stop, so that
+    // /readyz says 503 (and /livez 200) through the whole drain.
     tasks
         .spawn_on_own_thread(
             "admin server",
@@ -227,7 +228,7 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
                 server::Port::admin(limits),
                 server::admin::router(readiness.clone(), metrics.clone()),
                 metrics.clone(),
-                tasks.shutdown_signal(),
+                tasks.drained_signal(),
             ),
         )
         .context("starting the admin port's thread")?;

@@ -3,7 +3,7 @@
 //! connection, review scheduling, graceful drain on shutdown. `run` serves
 //! the admin port on a thread and runtime of its own ([`serve_std`] under
 //! `Tasks::spawn_on_own_thread`), so that it answers however busy the
-//! webhook port is.
+//! webhook port is, and stops it last, so that it answers through the drain.
 
 mod accept;
 pub mod admin;
