@@ -30,6 +30,9 @@ pub enum DenialClass {
     Timeout,
     /// The store refused Sesame's credentials.
     Unauthorised,
+    /// The store's own access control refused the Pod's ServiceAccount
+    /// (`identity: pod`).
+    StoreDenied,
     /// The store could not be reached.
     Unreachable,
     /// The store throttled Sesame.
@@ -49,7 +52,7 @@ impl DenialClass {
     pub fn code(self) -> u16 {
         match self {
             Self::Malformed | Self::UnknownStore => 400,
-            Self::Policy => 403,
+            Self::Policy | Self::StoreDenied => 403,
             Self::NotFound | Self::MissingProperty => 404,
             Self::Invalid | Self::UnknownContainer | Self::Conflict => 422,
             Self::Internal => 500,
@@ -76,6 +79,7 @@ impl DenialClass {
             Self::Conflict => "conflict",
             Self::Timeout => "timeout",
             Self::Unauthorised => "unauthorised",
+            Self::StoreDenied => "denied",
             Self::Unreachable => "unreachable",
             Self::Throttled => "throttled",
             Self::InvalidResponse => "invalid_response",
@@ -92,7 +96,8 @@ impl DenialClass {
         match self {
             Self::Malformed => "denied_malformed",
             Self::UnknownStore => "denied_unknown_store",
-            Self::Policy => "denied_policy",
+            // The store's policy said no, as Sesame's may: the same action.
+            Self::Policy | Self::StoreDenied => "denied_policy",
             Self::NotFound | Self::MissingProperty => "denied_not_found",
             Self::Invalid | Self::UnknownContainer | Self::InvalidRequest => "denied_invalid",
             Self::Conflict => "denied_conflict",
@@ -111,6 +116,7 @@ impl From<&StoreError> for DenialClass {
         match e {
             StoreError::NotFound | StoreError::VersionNotFound => Self::NotFound,
             StoreError::Unauthorized(_) => Self::Unauthorised,
+            StoreError::Denied(_) => Self::StoreDenied,
             StoreError::Unreachable(_) => Self::Unreachable,
             StoreError::Throttled => Self::Throttled,
             StoreError::Timeout => Self::Timeout,
@@ -135,12 +141,19 @@ mod tests {
             StoreError::Timeout,
             StoreError::InvalidResponse("x".into()),
             StoreError::InvalidRequest("x".into()),
+            StoreError::Denied("x".into()),
         ];
         for e in errors {
             let class = DenialClass::from(&e);
             assert_eq!(class.label(), e.class(), "{e:?}");
-            assert_eq!(class.code(), if e.is_not_found() { 404 } else { 503 }, "{e:?}");
+            let code = match e {
+                _ if e.is_not_found() => 404,
+                StoreError::Denied(_) => 403,
+                _ => 503,
+            };
+            assert_eq!(class.code(), code, "{e:?}");
         }
+        assert_eq!(DenialClass::StoreDenied.outcome(), "denied_policy");
         assert_eq!(DenialClass::Timeout.outcome(), "denied_timeout");
         assert_eq!(DenialClass::Throttled.outcome(), "denied_store_error");
         assert_eq!(DenialClass::MissingProperty.outcome(), "denied_not_found");

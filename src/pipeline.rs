@@ -12,7 +12,7 @@ use crate::inject::annotations::{self, INJECTED_SUFFIX};
 use crate::inject::plan::MANAGED_PREFIX;
 use crate::inject::{build_patch, build_plan, Grant, ManagedSecret, PlanInput, PodView, SecretRef};
 use crate::policy::{NamespacePolicy, Subject};
-use crate::stores::{SecretLocator, StoreRequest, Stores};
+use crate::stores::{SecretLocator, StoreRequest, Stores, WorkloadIdentity};
 use crate::telemetry::Metrics;
 
 /// Everything the pipeline needs, built once from the configuration and
@@ -246,7 +246,10 @@ impl Engine {
         let budget = input
             .budget
             .map_or(self.resolve_timeout, |b| b.min(self.resolve_timeout));
-        let resolved = self.stores.resolve(&requests, budget).await;
+        // Stores with `identity: pod` read as this ServiceAccount, after
+        // Sesame's policy allowed every reference above.
+        let identity = WorkloadIdentity::new(input.namespace, service_account).ok();
+        let resolved = self.stores.resolve(&requests, identity.as_ref(), budget).await;
 
         let mut plan = match build_plan(&PlanInput {
             namespace: input.namespace,
@@ -475,7 +478,7 @@ mod tests {
                 locator: SecretLocator::new("apps/x", None),
             }];
             let stores = e.stores().clone();
-            async move { stores.resolve(&requests, Duration::from_secs(5)).await }
+            async move { stores.resolve(&requests, None, Duration::from_secs(5)).await }
         };
         first.stores().upkeeps();
         assert!(read(&first).await[0].is_ok());

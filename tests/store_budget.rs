@@ -156,7 +156,7 @@ async fn max_concurrency_bounds_the_requests_a_store_receives() {
     let resolving: Vec<_> = (0..2)
         .map(|pod| {
             let (stores, requests) = (stores.clone(), batch(pod));
-            tokio::spawn(async move { stores.resolve(&requests, Duration::from_secs(60)).await })
+            tokio::spawn(async move { stores.resolve(&requests, None, Duration::from_secs(60)).await })
         })
         .collect();
     vault.wait_for_reads(2).await;

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sesame::stores::common::CredentialSource;
 use sesame::stores::vault::{
-    AppRoleAuthConfig, KubernetesAuthConfig, RoleIdSource, VaultAuthConfig, VaultStore, VaultStoreConfig,
+    AppRoleAuthConfig, JwtAuthConfig, KubernetesAuthConfig, RoleIdSource, VaultAuthConfig, VaultStore,
+    VaultStoreConfig,
 };
 use sesame::stores::{CachedStore, PropertyError, SecretData, SecretLocator, Store, StoreError};
 use sesame::telemetry::Metrics;
@@ -668,6 +669,143 @@ async fn kubernetes_auth_logs_in_with_the_service_account_token() {
     assert!(!format!("{err} {err:?} {other:?}").contains(&jwt[..20]));
 }
 
+/// An ES256 signing key for JWTs and its public key as PEM (SPKI), as
+/// Vault's JWT auth method takes it in `jwt_validation_pubkeys`.
+struct Signer {
+    key: ring::signature::EcdsaKeyPair,
+}
+
+impl Signer {
+    fn new() -> Self {
+        use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+        Self { key }
+    }
+
+    fn public_pem(&self) -> String {
+        use base64::Engine as _;
+        use ring::signature::KeyPair as _;
+        // SubjectPublicKeyInfo of an uncompressed P-256 point (RFC 5480).
+        let mut der = hex_bytes("3059301306072a8648ce3d020106082a8648ce3d030107034200");
+        der.extend_from_slice(self.key.public_key().as_ref());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n")
+    }
+
+    /// A JWS compact token (RFC 7515) with ES256 over `claims`.
+    fn sign(&self, claims: &Value) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let input = format!(
+            "{}.{}",
+            b64.encode(json!({"alg": "ES256", "typ": "JWT"}).to_string()),
+            b64.encode(claims.to_string())
+        );
+        let signature = self
+            .key
+            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!("{input}.{}", b64.encode(signature.as_ref()))
+    }
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The JWT auth method (`auth/jwt/login`) of the real OpenBao, checking the
+/// signature with a public key of ours, the audience and the subject, as
+/// it does for a service-account token projected with Vault's audience.
+#[tokio::test]
+async fn jwt_auth_logs_in_with_a_projected_token() {
+    let Some(bao) = Bao::start().await else { return };
+    bao.seed().await;
+    let signer = Signer::new();
+    bao.post("sys/auth/jwt", json!({"type": "jwt"})).await;
+    bao.post(
+        "auth/jwt/config",
+        json!({"jwt_validation_pubkeys": [signer.public_pem()], "bound_issuer": "https://kubernetes.default.svc"}),
+    )
+    .await;
+    bao.post(
+        "auth/jwt/role/sesame",
+        json!({
+            "role_type": "jwt",
+            "bound_audiences": ["vault"],
+            "bound_subject": "system:serviceaccount:sesame-system:sesame",
+            "user_claim": "sub",
+            "token_policies": ["sesame-read"],
+            "token_ttl": "1h",
+        }),
+    )
+    .await;
+    let token = |aud: &str| {
+        let now = now_secs();
+        signer.sign(&json!({
+            "iss": "https://kubernetes.default.svc",
+            "sub": "system:serviceaccount:sesame-system:sesame",
+            "aud": [aud],
+            "iat": now,
+            "nbf": now,
+            "exp": now + 600,
+        }))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("vault-token"), token("vault")).unwrap();
+    let auth = VaultAuthConfig {
+        jwt: Some(JwtAuthConfig {
+            role: "sesame".into(),
+            token_file: Some("vault-token".into()),
+            mount: "jwt".into(),
+        }),
+        ..Default::default()
+    };
+    let store = VaultStore::new(&config(&bao, "secret", 2, auth.clone()), dir.path())
+        .await
+        .unwrap();
+    store.check().await.unwrap();
+    let r = store.read(&loc("apps/db", None)).await.unwrap();
+    assert_eq!(value(&r, "password"), "pw-v4");
+    assert_eq!(store.auth_counts().logins, 1);
+
+    // A token for another audience (the API server's) is refused by Vault.
+    let wrong = token("https://kubernetes.default.svc");
+    std::fs::write(dir.path().join("vault-token"), &wrong).unwrap();
+    let refused = VaultStore::new(&config(&bao, "secret", 2, auth.clone()), dir.path())
+        .await
+        .unwrap();
+    let err = refused.check().await.unwrap_err();
+    assert_eq!(err.class(), "unauthorised", "{err:?}");
+    assert!(!format!("{err} {err:?} {refused:?}").contains(&wrong[..40]));
+
+    // Without a token file the configuration is refused, naming the field.
+    let err = sesame::config::Config::from_yaml(
+        &format!(
+            "stores:\n  - name: v\n    vault:\n      address: {}\n      auth: {{jwt: {{role: sesame}}}}\n",
+            bao.address
+        ),
+        "t.yaml",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("t.yaml: stores[0].vault.auth.jwt.tokenFile:"),
+        "{err}"
+    );
+}
+
 /// The whole path from a configuration file: YAML → validated config →
 /// `Stores` (each store behind its cache) → one Pod's batch resolved.
 #[tokio::test]
@@ -697,6 +835,7 @@ async fn configured_from_yaml_and_resolved_through_stores() {
                 request("legacy", "apps/api", None),
                 request("vault", "apps/nope", None),
             ],
+            None,
             Duration::from_secs(2),
         )
         .await;

@@ -28,7 +28,7 @@ use super::secret::{
 };
 use crate::inject::{secret_data, DataError, Fetched, SecretRef};
 use crate::pipeline::{Engine, SharedEngine};
-use crate::stores::StoreRequest;
+use crate::stores::{StoreRequest, WorkloadIdentity};
 
 /// The annotation `kubectl rollout restart` sets on the Pod template.
 pub(crate) const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
@@ -200,7 +200,12 @@ impl Rotator {
         sources: &BTreeMap<String, SecretRef>,
         keys: &SecretAnnotations,
     ) -> Result<bool, RotationError> {
-        let fetched = self.fetch(engine, sources).await?;
+        // The identity the Secret was admitted under, for stores with
+        // `identity: pod`. A managed Secret does not record its Pod's
+        // ServiceAccount yet; until it does, such stores refuse to rotate it
+        // (they never read with Sesame's own identity instead).
+        let identity: Option<WorkloadIdentity> = None;
+        let fetched = self.fetch(engine, sources, identity.as_ref()).await?;
         let data = secret_data(sources, &fetched)?;
         let changed = !stored_data_equals(secret, &data);
         let managed = with_new_data(secret, keys, sources.clone(), data);
@@ -226,16 +231,21 @@ impl Rotator {
     /// newer than what admission would write could be overwritten again by
     /// the next admission within `cacheTtl`. A rotation therefore shows up
     /// within `refreshInterval + cacheTtl`.
+    /// `identity` is the ServiceAccount the Secret was admitted under.
     async fn fetch(
         &self,
         engine: &Engine,
         sources: &BTreeMap<String, SecretRef>,
+        identity: Option<&WorkloadIdentity>,
     ) -> Result<Fetched, RotationError> {
         let requests: Vec<StoreRequest> = fetches(sources).into_iter().collect();
         if let Some(r) = requests.iter().find(|r| engine.stores().get(&r.store).is_none()) {
             return Err(RotationError::UnknownStore(r.store.clone()));
         }
-        let answers = engine.stores().resolve(&requests, engine.resolve_timeout()).await;
+        let answers = engine
+            .stores()
+            .resolve(&requests, identity, engine.resolve_timeout())
+            .await;
         Ok(requests.into_iter().zip(answers).collect())
     }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::identity::PodIdentity;
 use super::Store;
 use crate::validate::{is_http_url, FieldError};
 
@@ -34,6 +35,11 @@ pub struct AwsStoreConfig {
 }
 
 impl AwsStoreConfig {
+    /// The checks of `identity: pod`; fields are below `aws`.
+    pub fn validate_pod_identity(&self) -> Result<(), FieldError> {
+        Err(FieldError::new("", "identity: pod is not supported yet"))
+    }
+
     /// Checks what serde cannot; fields are below `aws`.
     pub fn validate(&self) -> Result<(), FieldError> {
         if let Some(region) = &self.region {
@@ -78,14 +84,15 @@ impl<'a> VersionSelector<'a> {
 }
 
 /// Builds the AWS store, or explains that this build has none.
-pub async fn build(config: &AwsStoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn build(config: &AwsStoreConfig, pod: Option<PodIdentity>) -> anyhow::Result<Arc<dyn Store>> {
     #[cfg(feature = "aws")]
     {
+        let _ = pod;
         Ok(Arc::new(AwsStore::new(config).await?))
     }
     #[cfg(not(feature = "aws"))]
     {
-        let _ = config;
+        let _ = (config, pod);
         anyhow::bail!("this build of Sesame has no AWS Secrets Manager support (cargo feature `aws`)")
     }
 }

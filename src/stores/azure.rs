@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 
 use super::bearer::{error_code, oauth_token, send_once, unauthorized};
 use super::common::{http_client, status_error, CredentialSource, Retry};
+use super::identity::PodIdentity;
 use super::token::{AccessToken, TokenCache, TokenProvider};
 use super::{SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
 use crate::validate::{check_url, FieldError};
@@ -151,6 +152,11 @@ fn is_secret_name(s: &str) -> bool {
 }
 
 impl AzureStoreConfig {
+    /// The checks of `identity: pod`; fields are below the section.
+    pub fn validate_pod_identity(&self) -> Result<(), FieldError> {
+        Err(FieldError::new("", "identity: pod is not supported yet"))
+    }
+
     /// Checks the fields serde cannot; fields are below the section.
     pub fn validate(&self) -> Result<(), FieldError> {
         check_url(&self.vault_url, "vaultUrl")?;
@@ -203,6 +209,15 @@ pub(crate) struct AzureStore {
 }
 
 impl AzureStore {
+    pub fn with_identity(
+        config: &AzureStoreConfig,
+        base_dir: &Path,
+        pod: Option<PodIdentity>,
+    ) -> anyhow::Result<Self> {
+        let _ = pod;
+        Self::new(config, base_dir)
+    }
+
     pub fn new(config: &AzureStoreConfig, base_dir: &Path) -> anyhow::Result<Self> {
         let client = http_client(None, config.timeout)?;
         let retry = Retry::default();

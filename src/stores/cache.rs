@@ -1,6 +1,9 @@
 //! The cache in front of every store: a hit is a read-locked map lookup (no
 //! I/O, no await); concurrent misses for one secret share one fetch; a failed
 //! fetch may serve a value younger than `max_stale` (stale-if-error).
+//! With `identity: pod` every entry belongs to one ServiceAccount: the key
+//! is the identity and the secret, so no Pod is ever served what was read
+//! as another's.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -10,10 +13,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{RequestLimit, SecretData, SecretLocator, Store, StoreError, DEFAULT_MAX_CONCURRENCY};
+use super::{
+    IdentityMode, RequestLimit, SecretData, SecretLocator, Store, StoreError, WorkloadIdentity,
+    DEFAULT_MAX_CONCURRENCY,
+};
 use crate::telemetry::Metrics;
 
 type Answer = Result<Arc<SecretData>, StoreError>;
+
+/// Whose read, of what: the identity is `None` for stores that read with
+/// Sesame's own identity.
+type Key = (Option<WorkloadIdentity>, SecretLocator);
 
 struct Entry {
     data: Arc<SecretData>,
@@ -27,8 +37,10 @@ pub struct CachedStore {
     inner: Arc<dyn Store>,
     ttl: Duration,
     max_stale: Duration,
-    entries: RwLock<HashMap<SecretLocator, Entry>>,
-    inflight: Mutex<HashMap<SecretLocator, watch::Receiver<Option<Answer>>>>,
+    /// Whose identity the store reads with.
+    mode: IdentityMode,
+    entries: RwLock<HashMap<Key, Entry>>,
+    inflight: Mutex<HashMap<Key, watch::Receiver<Option<Answer>>>>,
     /// The store's `maxConcurrency`, held by every request the provider sends.
     limit: RequestLimit,
     metrics: Arc<Metrics>,
@@ -68,6 +80,7 @@ impl CachedStore {
             inner,
             ttl,
             max_stale,
+            mode: IdentityMode::Sesame,
             entries: RwLock::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             limit: RequestLimit::new(max_concurrency),
@@ -75,6 +88,17 @@ impl CachedStore {
             dropped: CancellationToken::new().drop_guard(),
             upkeep_taken: AtomicBool::new(false),
         }
+    }
+
+    /// The store reads with `mode`'s identity (`identity: pod`).
+    pub fn reading_as(mut self, mode: IdentityMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Whose identity the store reads with.
+    pub fn mode(&self) -> IdentityMode {
+        self.mode
     }
 
     /// True the first time only: the store's upkeep runs once, however
@@ -97,18 +121,42 @@ impl CachedStore {
         &self.inner
     }
 
-    fn fresh(&self, locator: &SecretLocator) -> Option<Arc<SecretData>> {
+    fn fresh(&self, key: &Key) -> Option<Arc<SecretData>> {
         let entries = self.entries.read().ok()?;
-        let entry = entries.get(locator)?;
+        let entry = entries.get(key)?;
         (entry.fetched.elapsed() < self.ttl).then(|| entry.data.clone())
     }
 
-    /// Resolves each locator through the cache; answers are parallel to `locators`.
+    /// Resolves each locator through the cache with Sesame's own identity;
+    /// answers are parallel to `locators`.
     pub async fn get_many(&self, locators: &[SecretLocator]) -> Vec<Answer> {
-        let mut answers: Vec<Option<Answer>> = vec![None; locators.len()];
+        self.get_many_as(None, locators).await
+    }
+
+    /// Resolves each locator through the cache, as `identity` when the
+    /// store reads as the Pod (`identity: pod`; it refuses without one) and
+    /// as Sesame otherwise; answers are parallel to `locators`.
+    pub async fn get_many_as(
+        &self,
+        identity: Option<&WorkloadIdentity>,
+        locators: &[SecretLocator],
+    ) -> Vec<Answer> {
+        let identity = match (self.mode, identity) {
+            (IdentityMode::Sesame, _) => None,
+            (IdentityMode::Pod, Some(identity)) => Some(identity),
+            (IdentityMode::Pod, None) => {
+                let refused = StoreError::Unauthorized(
+                    "the store reads as the Pod's ServiceAccount (identity: pod), and no ServiceAccount was given"
+                        .into(),
+                );
+                return vec![Err(refused); locators.len()];
+            }
+        };
+        let keys: Vec<Key> = locators.iter().map(|l| (identity.cloned(), l.clone())).collect();
+        let mut answers: Vec<Option<Answer>> = vec![None; keys.len()];
         let mut waits = Vec::new();
         let mut leads: Vec<(usize, watch::Sender<Option<Answer>>)> = Vec::new();
-        for (i, locator) in locators.iter().enumerate() {
+        for (i, locator) in keys.iter().enumerate() {
             match self.slot(locator) {
                 Slot::Ready(answer) => answers[i] = Some(answer),
                 Slot::Wait(rx) => waits.push((i, rx)),
@@ -117,7 +165,7 @@ impl CachedStore {
         }
         if !leads.is_empty() {
             let wanted: Vec<SecretLocator> = leads.iter().map(|(i, _)| locators[*i].clone()).collect();
-            let fetched = self.fetch_uncached(&wanted).await;
+            let fetched = self.fetch_uncached(identity, &wanted).await;
             for ((i, tx), answer) in leads.into_iter().zip(fetched) {
                 let _ = tx.send(Some(answer.clone()));
                 answers[i] = Some(answer);
@@ -132,7 +180,7 @@ impl CachedStore {
             answers[i] = Some(match answer {
                 Some(a) => a,
                 None => self
-                    .fetch_uncached(std::slice::from_ref(&locators[i]))
+                    .fetch_uncached(identity, std::slice::from_ref(&locators[i]))
                     .await
                     .pop()
                     .unwrap_or(Err(StoreError::Timeout)),
@@ -146,7 +194,7 @@ impl CachedStore {
 
     /// Decides, under the in-flight lock, whether this request reads the
     /// cache, waits for a fetch under way, or leads a new fetch.
-    fn slot(&self, locator: &SecretLocator) -> Slot {
+    fn slot(&self, locator: &Key) -> Slot {
         if let Some(data) = self.fresh(locator) {
             self.metrics.cache_hit(&self.name);
             return Slot::Ready(Ok(data));
@@ -171,15 +219,33 @@ impl CachedStore {
         Slot::Lead(tx)
     }
 
-    async fn fetch_uncached(&self, locators: &[SecretLocator]) -> Vec<Answer> {
+    async fn fetch_uncached(
+        &self,
+        identity: Option<&WorkloadIdentity>,
+        locators: &[SecretLocator],
+    ) -> Vec<Answer> {
         let started = Instant::now();
-        let results = self.inner.fetch(locators, &self.limit).await;
+        let results = match identity {
+            None => self.inner.fetch(locators, &self.limit).await,
+            Some(identity) => {
+                let mut results = self.inner.fetch_as(identity, locators, &self.limit).await;
+                // Refused credentials are the Pod's, not Sesame's: the
+                // store's own access control denied the workload.
+                for result in &mut results {
+                    if let Err(StoreError::Unauthorized(detail)) = result {
+                        *result = Err(StoreError::Denied(format!("{identity}: {detail}")));
+                    }
+                }
+                results
+            }
+        };
         self.metrics
             .store_request(&self.name, self.inner.provider(), started.elapsed());
         let mut answers = Vec::with_capacity(locators.len());
         let mut entries = self.entries.write().ok();
         let mut inflight = self.inflight.lock().ok();
         for (locator, result) in locators.iter().zip(results) {
+            let locator = &(identity.cloned(), locator.clone());
             let answer = match result {
                 Ok(data) => {
                     let data = Arc::new(data);
@@ -336,6 +402,74 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(220)).await;
         let failed = store.get_many(&[loc("a")]).await;
         assert_eq!(failed[0].as_ref().unwrap_err().class(), "unreachable");
+    }
+
+    /// Answers as whoever asks: the value names the ServiceAccount, and the
+    /// account `denied` is refused.
+    struct AsWorkload(AtomicUsize);
+
+    #[async_trait]
+    impl Store for AsWorkload {
+        fn provider(&self) -> &'static str {
+            "as-workload"
+        }
+        async fn read(&self, _: &SecretLocator) -> Result<SecretData, StoreError> {
+            Ok(SecretData::Value(SecretValue::from("sesame's")))
+        }
+        async fn fetch_as(
+            &self,
+            identity: &WorkloadIdentity,
+            locators: &[SecretLocator],
+            _: &RequestLimit,
+        ) -> Vec<Result<SecretData, StoreError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            locators
+                .iter()
+                .map(|_| match identity.service_account.as_str() {
+                    "denied" => Err(StoreError::Unauthorized("HTTP 403 (permission denied)".into())),
+                    sa => Ok(SecretData::Value(SecretValue::from(sa))),
+                })
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn with_identity_pod_no_account_is_served_another_accounts_value() {
+        let inner = Arc::new(AsWorkload(AtomicUsize::new(0)));
+        let store = CachedStore::new(
+            "s".into(),
+            inner.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            Arc::new(Metrics::new()),
+        )
+        .reading_as(IdentityMode::Pod);
+        let a = WorkloadIdentity::new("ns", "a").unwrap();
+        let b = WorkloadIdentity::new("ns", "b").unwrap();
+        let value = |r: &Answer| r.as_ref().unwrap().get(None).unwrap().expose().to_vec();
+        assert_eq!(value(&store.get_many_as(Some(&a), &[loc("x")]).await[0]), b"a");
+        // Same secret, another account: its own read, never a's cached value.
+        assert_eq!(value(&store.get_many_as(Some(&b), &[loc("x")]).await[0]), b"b");
+        assert_eq!(value(&store.get_many_as(Some(&a), &[loc("x")]).await[0]), b"a");
+        assert_eq!(inner.0.load(Ordering::SeqCst), 2, "a's second read was a hit");
+        // Without an identity the store refuses; it never reads as Sesame.
+        let none = store.get_many(&[loc("x")]).await;
+        assert_eq!(none[0].as_ref().unwrap_err().class(), "unauthorised");
+        // The store's refusal is the Pod's denial, naming the account.
+        let denied = WorkloadIdentity::new("ns", "denied").unwrap();
+        let err = store
+            .get_many_as(Some(&denied), &[loc("x")])
+            .await
+            .remove(0)
+            .unwrap_err();
+        assert_eq!(err.class(), "denied");
+        assert!(err.to_string().contains("ns/denied"), "{err}");
+
+        // A store with Sesame's identity ignores the Pod's: one shared entry.
+        let (inner, shared) = cached(Duration::ZERO, Duration::from_secs(60), Duration::ZERO);
+        shared.get_many_as(Some(&a), &[loc("x")]).await;
+        shared.get_many_as(Some(&b), &[loc("x")]).await;
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

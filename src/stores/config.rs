@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::aws::AwsStoreConfig;
 use super::file::FileStoreConfig;
+use super::identity::{IdentityMode, PodIdentityConfig};
 use super::kubernetes::KubernetesStoreConfig;
 use super::limit::DEFAULT_MAX_CONCURRENCY;
 use super::vault::VaultStoreConfig;
@@ -16,6 +17,10 @@ use crate::validate::{exactly_one, is_dns_label, FieldError};
 
 fn default_max_concurrency() -> usize {
     DEFAULT_MAX_CONCURRENCY
+}
+
+fn is_sesame(mode: &IdentityMode) -> bool {
+    *mode == IdentityMode::Sesame
 }
 
 fn default_cache_ttl() -> Duration {
@@ -41,6 +46,13 @@ pub struct StoreConfig {
     /// store and updates those whose values changed; unset: never.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     pub(crate) refresh_interval: Option<Duration>,
+    /// Whose identity the store is read with: `sesame` (the default) or
+    /// `pod`, the Pod's own ServiceAccount.
+    #[serde(default, skip_serializing_if = "is_sesame")]
+    pub identity: IdentityMode,
+    /// How the Pod's ServiceAccount token is requested (`identity: pod`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_identity: Option<PodIdentityConfig>,
     /// A local file or directory of secrets (development).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileStoreConfig>,
@@ -97,6 +109,36 @@ impl ProviderConfig<'_> {
             #[cfg(feature = "infisical")]
             Self::Infisical(_) => "infisical",
             Self::Kubernetes(_) => "kubernetes",
+        }
+    }
+
+    /// The provider's checks of whose identity it reads with (`identity:
+    /// pod`: whether it can read as a workload, and with what); fields are
+    /// below its section.
+    fn validate_identity(&self, pod: bool) -> Result<(), FieldError> {
+        if let Self::Vault(c) = self {
+            return c.validate_identity(pod);
+        }
+        if !pod {
+            return Ok(());
+        }
+        let unsupported = |what: &str| {
+            Err(FieldError::new(
+                "",
+                format!("{what} cannot read as the Pod's ServiceAccount (identity: pod)"),
+            ))
+        };
+        match self {
+            Self::File(_) => unsupported("a file store"),
+            Self::Kubernetes(_) => unsupported("the kubernetes store (it reads with Sesame's RBAC)"),
+            Self::Vault(_) => Ok(()),
+            Self::Aws(c) => c.validate_pod_identity(),
+            #[cfg(feature = "gcp")]
+            Self::Gcp(c) => c.validate_pod_identity(),
+            #[cfg(feature = "azure")]
+            Self::Azure(c) => c.validate_pod_identity(),
+            #[cfg(feature = "infisical")]
+            Self::Infisical(_) => unsupported("an infisical store"),
         }
     }
 
@@ -162,7 +204,16 @@ impl StoreConfig {
         if self.max_concurrency == 0 {
             return Err(FieldError::new("maxConcurrency", "must be at least 1"));
         }
-        provider.validate().map_err(|e| e.within(provider.key()))
+        provider.validate().map_err(|e| e.within(provider.key()))?;
+        if let Some(pod) = &self.pod_identity {
+            if !self.identity.is_pod() {
+                return Err(FieldError::new("podIdentity", "is only read with identity: pod"));
+            }
+            pod.validate().map_err(|e| e.within("podIdentity"))?;
+        }
+        provider
+            .validate_identity(self.identity.is_pod())
+            .map_err(|e| e.within(provider.key()))
     }
 }
 
@@ -181,4 +232,54 @@ pub(crate) fn validate_stores(stores: &[StoreConfig]) -> Result<(), FieldError> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    fn error_of(yaml: &str) -> String {
+        crate::config::Config::from_yaml(yaml, "t.yaml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn identity_pod_is_checked_per_provider() {
+        let ok = crate::config::Config::from_yaml(
+            "stores:\n  - name: v\n    identity: pod\n    podIdentity: {maxSessions: 10}\n    vault:\n      address: http://v\n      auth: {kubernetes: {role: '{namespace}-{serviceAccount}'}}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert!(ok.stores[0].identity.is_pod());
+        assert_eq!(ok.stores[0].pod_identity.as_ref().unwrap().max_sessions, 10);
+        let cases = [
+            (
+                "stores:\n  - name: f\n    identity: pod\n    file: {path: s.yaml}\n",
+                "t.yaml: stores[0].file: a file store cannot read as the Pod's ServiceAccount",
+            ),
+            (
+                "stores:\n  - name: v\n    podIdentity: {}\n    vault: {address: http://v, auth: {kubernetes: {role: r}}}\n",
+                "t.yaml: stores[0].podIdentity: is only read with identity: pod",
+            ),
+            (
+                "stores:\n  - name: v\n    identity: pod\n    vault: {address: http://v, auth: {token: {env: T}}}\n",
+                "t.yaml: stores[0].vault.auth: identity: pod logs in",
+            ),
+            (
+                "stores:\n  - name: v\n    identity: pod\n    vault: {address: http://v, auth: {jwt: {role: '{pod}'}}}\n",
+                "t.yaml: stores[0].vault.auth.jwt.role: knows the placeholders",
+            ),
+            (
+                "stores:\n  - name: v\n    identity: pod\n    podIdentity: {tokenLifetime: 1m}\n    vault: {address: http://v, auth: {jwt: {role: r}}}\n",
+                "t.yaml: stores[0].podIdentity.tokenLifetime:",
+            ),
+            (
+                "stores:\n  - name: v\n    identity: someone\n    vault: {address: http://v, auth: {jwt: {role: r}}}\n",
+                "identity",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let err = error_of(yaml);
+            assert!(err.contains(expected), "{yaml}\n{err}");
+        }
+    }
 }

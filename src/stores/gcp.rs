@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 
 use super::bearer::{error_code, oauth_token, send_once, unauthorized};
 use super::common::{http_client, status_error, transport_error, CredentialSource, Retry};
+use super::identity::PodIdentity;
 use super::token::{AccessToken, TokenCache, TokenProvider};
 use super::{SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
 use crate::validate::{check_url, FieldError};
@@ -63,6 +64,11 @@ fn default_timeout() -> Duration {
 }
 
 impl GcpStoreConfig {
+    /// The checks of `identity: pod`; fields are below the section.
+    pub fn validate_pod_identity(&self) -> Result<(), FieldError> {
+        Err(FieldError::new("", "identity: pod is not supported yet"))
+    }
+
     /// Checks the fields serde cannot; fields are below the section.
     pub fn validate(&self) -> Result<(), FieldError> {
         if let Some(c) = &self.credentials {
@@ -109,6 +115,15 @@ pub(crate) struct GcpStore {
 }
 
 impl GcpStore {
+    pub fn with_identity(
+        config: &GcpStoreConfig,
+        base_dir: &Path,
+        pod: Option<PodIdentity>,
+    ) -> anyhow::Result<Self> {
+        let _ = pod;
+        Self::new(config, base_dir)
+    }
+
     pub fn new(config: &GcpStoreConfig, base_dir: &Path) -> anyhow::Result<Self> {
         let client = http_client(None, config.timeout)?;
         let metadata_host = config

@@ -13,6 +13,7 @@ mod config;
 pub mod file;
 #[cfg(feature = "gcp")]
 pub(crate) mod gcp;
+pub mod identity;
 #[cfg(feature = "infisical")]
 pub(crate) mod infisical;
 pub mod kubernetes;
@@ -30,6 +31,7 @@ use async_trait::async_trait;
 
 pub use cache::CachedStore;
 pub(crate) use config::{validate_stores, ProviderConfig, StoreConfig};
+pub use identity::{IdentityMode, PodIdentity, PodIdentityConfig, ServiceAccountTokens, WorkloadIdentity};
 pub use limit::RequestLimit;
 pub(crate) use limit::DEFAULT_MAX_CONCURRENCY;
 pub(crate) use value::json_properties;
@@ -67,6 +69,10 @@ pub enum StoreError {
     VersionNotFound,
     #[error("unauthorised: {0}")]
     Unauthorized(String),
+    /// The store refused the Pod's own ServiceAccount (`identity: pod`):
+    /// its access control said no, as Sesame's policy may.
+    #[error("the store denied the Pod's ServiceAccount: {0}")]
+    Denied(String),
     #[error("unreachable: {0}")]
     Unreachable(String),
     #[error("throttled by the store")]
@@ -85,6 +91,7 @@ impl StoreError {
         match self {
             Self::NotFound | Self::VersionNotFound => "not_found",
             Self::Unauthorized(_) => "unauthorised",
+            Self::Denied(_) => "denied",
             Self::Unreachable(_) => "unreachable",
             Self::Throttled => "throttled",
             Self::Timeout => "timeout",
@@ -130,6 +137,23 @@ pub trait Store: Send + Sync + 'static {
         limit.each(locators, |l| self.read(l)).await
     }
 
+    /// Reads each locator as the Pod's ServiceAccount (`identity: pod`);
+    /// the answers are parallel to `locators`. Providers that can log in as
+    /// a workload override it; the others refuse.
+    async fn fetch_as(
+        &self,
+        identity: &WorkloadIdentity,
+        locators: &[SecretLocator],
+        limit: &RequestLimit,
+    ) -> Vec<Result<SecretData, StoreError>> {
+        let _ = (identity, limit);
+        let refused = StoreError::InvalidRequest(format!(
+            "the {} store cannot read as a Pod's ServiceAccount",
+            self.provider()
+        ));
+        vec![Err(refused); locators.len()]
+    }
+
     /// Whether paths start with a namespace (`namespace/name`). The pipeline
     /// then qualifies a bare `name` with the Pod's namespace before policy
     /// and fetch, and the policy grants other namespaces only by name.
@@ -155,23 +179,33 @@ pub trait Store: Send + Sync + 'static {
 pub(crate) type Upkeep = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
 
 /// Builds a provider from its configuration. `kube` is the Kubernetes
-/// client, when there is one (for the `kubernetes` provider).
+/// client, when there is one (for the `kubernetes` provider, and for the
+/// ServiceAccount tokens of `identity: pod`).
 pub async fn build_store(
     config: &StoreConfig,
     base_dir: &std::path::Path,
     kube: Option<&::kube::Client>,
 ) -> anyhow::Result<Arc<dyn Store>> {
-    match config
+    let provider = config
         .provider()
-        .map_err(|e| e.within(&format!("stores[{}]", config.name)))?
-    {
+        .map_err(|e| e.within(&format!("stores[{}]", config.name)))?;
+    let pod = config.identity.is_pod().then(|| {
+        let tokens: Arc<dyn ServiceAccountTokens> = match kube {
+            Some(client) => Arc::new(identity::KubeTokens::new(client.clone())),
+            None => Arc::new(identity::NoCluster),
+        };
+        PodIdentity::new(config.pod_identity.clone().unwrap_or_default(), tokens)
+    });
+    match provider {
         ProviderConfig::File(file) => Ok(Arc::new(file::FileStore::new(file, base_dir))),
-        ProviderConfig::Vault(vault) => Ok(Arc::new(vault::VaultStore::new(vault, base_dir).await?)),
-        ProviderConfig::Aws(aws) => aws::build(aws).await,
+        ProviderConfig::Vault(vault) => Ok(Arc::new(
+            vault::VaultStore::with_identity(vault, base_dir, pod).await?,
+        )),
+        ProviderConfig::Aws(aws) => aws::build(aws, pod).await,
         #[cfg(feature = "gcp")]
-        ProviderConfig::Gcp(c) => Ok(Arc::new(gcp::GcpStore::new(c, base_dir)?)),
+        ProviderConfig::Gcp(c) => Ok(Arc::new(gcp::GcpStore::with_identity(c, base_dir, pod)?)),
         #[cfg(feature = "azure")]
-        ProviderConfig::Azure(c) => Ok(Arc::new(azure::AzureStore::new(c, base_dir)?)),
+        ProviderConfig::Azure(c) => Ok(Arc::new(azure::AzureStore::with_identity(c, base_dir, pod)?)),
         #[cfg(feature = "infisical")]
         ProviderConfig::Infisical(c) => Ok(Arc::new(infisical::InfisicalStore::new(c, base_dir)?)),
         ProviderConfig::Kubernetes(_) => Ok(kubernetes::build(kube)),
@@ -236,14 +270,17 @@ impl Stores {
                 Some(existing) if unchanged => existing.clone(),
                 _ => {
                     let store = build_store(config, base_dir, kube).await?;
-                    Arc::new(CachedStore::with_concurrency(
-                        config.name.clone(),
-                        store,
-                        config.cache_ttl,
-                        config.max_stale,
-                        config.max_concurrency,
-                        metrics.clone(),
-                    ))
+                    Arc::new(
+                        CachedStore::with_concurrency(
+                            config.name.clone(),
+                            store,
+                            config.cache_ttl,
+                            config.max_stale,
+                            config.max_concurrency,
+                            metrics.clone(),
+                        )
+                        .reading_as(config.identity),
+                    )
                 }
             };
             stores.insert(config.name.clone(), cached);
@@ -282,10 +319,13 @@ impl Stores {
 
     /// Resolves many references: grouped per store, every store in parallel,
     /// the whole batch bounded by `budget`. One slow store times out on its
-    /// own; the answers of the others are kept.
+    /// own; the answers of the others are kept. `identity` is the Pod's: the
+    /// stores with `identity: pod` read as it (and refuse without it), the
+    /// others ignore it.
     pub async fn resolve(
         &self,
         requests: &[StoreRequest],
+        identity: Option<&WorkloadIdentity>,
         budget: Duration,
     ) -> Vec<Result<Arc<SecretData>, StoreError>> {
         let mut results: Vec<Option<Result<Arc<SecretData>, StoreError>>> = vec![None; requests.len()];
@@ -305,7 +345,8 @@ impl Stores {
         let futures = groups.into_iter().filter_map(|(name, (indexes, locators))| {
             let store = self.stores.get(name)?.clone();
             Some(async move {
-                let answers = match tokio::time::timeout(budget, store.get_many(&locators)).await {
+                let answers = match tokio::time::timeout(budget, store.get_many_as(identity, &locators)).await
+                {
                     Ok(answers) => answers,
                     Err(_) => vec![Err(StoreError::Timeout); locators.len()],
                 };
@@ -393,7 +434,7 @@ mod tests {
             req("nope", "d"),
         ];
         // The hung store would take an hour: returning at all shows the budget bounds it.
-        let answers = stores.resolve(&requests, Duration::from_millis(100)).await;
+        let answers = stores.resolve(&requests, None, Duration::from_millis(100)).await;
         assert_eq!(answers[0].as_ref().unwrap().get(None).unwrap().expose(), b"a");
         assert_eq!(answers[1].as_ref().unwrap_err(), &StoreError::Timeout);
         assert_eq!(answers[2].as_ref().unwrap().get(None).unwrap().expose(), b"c");

@@ -1,4 +1,5 @@
-//! Logging in to Vault (token, AppRole, Kubernetes) and renewing the token
+//! Logging in to Vault (token, AppRole, Kubernetes, JWT; with Sesame's
+//! own identity or, for `identity: pod`, the Pod's) and renewing the token
 //! (`auth/token/renew-self`), as the provider of the stores' one token
 //! manager; and the request path's use of the token: a request that meets a
 //! 403 logs in once more and retries, in case the token was revoked.
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use super::config::{RoleIdSource, VaultAuthConfig};
 use super::http::{parse, CallError, Http};
 use crate::stores::common::CredentialSource;
+use crate::stores::identity::{PodIdentity, WorkloadIdentity};
 use crate::stores::token::{AccessToken, Issued, TokenCache, TokenProvider};
 use crate::stores::{SecretValue, StoreError};
 
@@ -26,37 +28,89 @@ pub(super) enum Login {
         secret_id: CredentialSource,
         mount: String,
     },
-    Kubernetes {
+    /// The Kubernetes and the JWT auth methods: both send a role and a
+    /// service-account token to `auth/<mount>/login`.
+    Jwt {
+        method: &'static str,
         role: String,
-        token_file: CredentialSource,
+        jwt: JwtSource,
         mount: String,
     },
 }
 
+/// Where the service-account token of a login comes from.
+#[derive(Clone)]
+pub(super) enum JwtSource {
+    /// A projected token file (Sesame's own identity).
+    File(CredentialSource),
+    /// A TokenRequest token of the Pod's ServiceAccount, requested for
+    /// every login.
+    Pod {
+        pod: PodIdentity,
+        identity: WorkloadIdentity,
+    },
+}
+
+/// The audience of the ServiceAccount tokens requested for Vault, unless
+/// `podIdentity.audience` says otherwise (the Vault role's `audience` or
+/// `bound_audiences`).
+pub(super) const VAULT_AUDIENCE: &str = "vault";
+
 impl Login {
-    /// The configured method; `None` unless exactly one is set.
+    /// The configured method with Sesame's identity; `None` unless exactly
+    /// one is set.
     pub(super) fn from_config(auth: &VaultAuthConfig) -> Option<Self> {
-        match (&auth.token, &auth.app_role, &auth.kubernetes) {
-            (Some(token), None, None) => Some(Self::Token(token.clone())),
-            (None, Some(app_role), None) => Some(Self::AppRole {
+        match (&auth.token, &auth.app_role, &auth.kubernetes, &auth.jwt) {
+            (Some(token), None, None, None) => Some(Self::Token(token.clone())),
+            (None, Some(app_role), None, None) => Some(Self::AppRole {
                 role_id: app_role.role_id.clone(),
                 secret_id: app_role.secret_id.clone(),
                 mount: app_role.mount.clone(),
             }),
-            (None, None, Some(k8s)) => Some(Self::Kubernetes {
+            (None, None, Some(k8s), None) => Some(Self::Jwt {
+                method: "kubernetes",
                 role: k8s.role.clone(),
-                token_file: CredentialSource::from_file(&k8s.token_file),
+                jwt: JwtSource::File(CredentialSource::from_file(&k8s.token_file)),
                 mount: k8s.mount.clone(),
+            }),
+            (None, None, None, Some(jwt)) => Some(Self::Jwt {
+                method: "jwt",
+                role: jwt.role.clone(),
+                jwt: JwtSource::File(CredentialSource::from_file(jwt.token_file.clone()?)),
+                mount: jwt.mount.clone(),
             }),
             _ => None,
         }
+    }
+
+    /// The login of one workload (`identity: pod`): the Kubernetes or JWT
+    /// method with the role template filled in and the Pod's token.
+    pub(super) fn for_workload(
+        auth: &VaultAuthConfig,
+        pod: &PodIdentity,
+        identity: &WorkloadIdentity,
+    ) -> Option<Self> {
+        let (method, role, mount) = match (&auth.kubernetes, &auth.jwt) {
+            (Some(k8s), None) => ("kubernetes", &k8s.role, &k8s.mount),
+            (None, Some(jwt)) => ("jwt", &jwt.role, &jwt.mount),
+            _ => return None,
+        };
+        Some(Self::Jwt {
+            method,
+            role: identity.render(role),
+            jwt: JwtSource::Pod {
+                pod: pod.clone(),
+                identity: identity.clone(),
+            },
+            mount: mount.clone(),
+        })
     }
 
     pub(super) fn method(&self) -> &'static str {
         match self {
             Self::Token(_) => "token",
             Self::AppRole { .. } => "approle",
-            Self::Kubernetes { .. } => "kubernetes",
+            Self::Jwt { method, .. } => method,
         }
     }
 }
@@ -177,12 +231,11 @@ impl TokenProvider for VaultAuth {
                 });
                 self.login_call(mount, &body).await?
             }
-            Login::Kubernetes {
-                role,
-                token_file,
-                mount,
-            } => {
-                let jwt = token_file.read(&self.base_dir).await?;
+            Login::Jwt { role, jwt, mount, .. } => {
+                let jwt = match jwt {
+                    JwtSource::File(source) => source.read(&self.base_dir).await?,
+                    JwtSource::Pod { pod, identity } => pod.token(identity, VAULT_AUDIENCE).await?,
+                };
                 let body = serde_json::json!({ "role": role, "jwt": text(&jwt)? });
                 self.login_call(mount, &body).await?
             }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::stores::common::CredentialSource;
+use crate::stores::identity::check_template;
 use crate::validate::{exactly_one, is_http_url, FieldError};
 
 /// `stores[].vault`: where Vault is, which KV mount to read, how to log in.
@@ -49,6 +50,31 @@ pub struct VaultAuthConfig {
     pub app_role: Option<AppRoleAuthConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesAuthConfig>,
+    /// The JWT auth method with a projected service-account token whose
+    /// audience is Vault's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuthConfig>,
+}
+
+/// `auth.jwt`: Vault's JWT auth method (`auth/<mount>/login` with a role
+/// and a JWT), given a service-account token projected with Vault's
+/// audience. With `identity: pod` the token is the Pod's, requested for
+/// each ServiceAccount, and `tokenFile` is not used.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwtAuthConfig {
+    /// The Vault role; with `identity: pod` a template such as
+    /// `{namespace}-{serviceAccount}`.
+    pub role: String,
+    /// The projected token, re-read on every login (the kubelet rotates it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    #[serde(default = "default_jwt_mount")]
+    pub mount: String,
+}
+
+fn default_jwt_mount() -> String {
+    "jwt".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -76,7 +102,8 @@ pub enum RoleIdSource {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KubernetesAuthConfig {
-    /// The Vault role bound to Sesame's service account.
+    /// The Vault role bound to Sesame's service account; with `identity:
+    /// pod` a template such as `{namespace}-{serviceAccount}`.
     pub role: String,
     /// The service-account token, re-read on every login (it is rotated).
     #[serde(default = "default_sa_token_file")]
@@ -119,9 +146,10 @@ impl VaultStoreConfig {
             auth.token.as_ref().map(drop),
             auth.app_role.as_ref().map(drop),
             auth.kubernetes.as_ref().map(drop),
+            auth.jwt.as_ref().map(drop),
         ];
         if exactly_one(methods).is_err() {
-            return invalid("auth", "set exactly one of token, appRole or kubernetes");
+            return invalid("auth", "set exactly one of token, appRole, kubernetes or jwt");
         }
         if let Some(token) = &auth.token {
             token.validate().map_err(|e| e.within("auth.token"))?;
@@ -152,7 +180,40 @@ impl VaultStoreConfig {
                 return invalid("auth.kubernetes.mount", "must be a path such as kubernetes");
             }
         }
+        if let Some(jwt) = &auth.jwt {
+            if jwt.role.trim().is_empty() {
+                return invalid("auth.jwt.role", "must not be empty");
+            }
+            if !mount_is_valid(&jwt.mount) {
+                return invalid("auth.jwt.mount", "must be a path such as jwt");
+            }
+        }
         Ok(())
+    }
+
+    /// The checks that depend on whose identity the store reads with:
+    /// Sesame's own needs the JWT auth's token file; the Pod's needs a
+    /// method that logs in with a ServiceAccount token (kubernetes or jwt),
+    /// whose role may be a template.
+    pub fn validate_identity(&self, pod: bool) -> Result<(), FieldError> {
+        let auth = &self.auth;
+        if !pod {
+            if auth.jwt.as_ref().is_some_and(|j| j.token_file.is_none()) {
+                return Err(FieldError::new(
+                    "auth.jwt.tokenFile",
+                    "is needed: the path of a service-account token projected with Vault's audience",
+                ));
+            }
+            return Ok(());
+        }
+        match (&auth.kubernetes, &auth.jwt) {
+            (Some(k8s), None) => check_template(&k8s.role, "auth.kubernetes.role"),
+            (None, Some(jwt)) => check_template(&jwt.role, "auth.jwt.role"),
+            _ => Err(FieldError::new(
+                "auth",
+                "identity: pod logs in with the Pod's ServiceAccount token: use kubernetes or jwt",
+            )),
+        }
     }
 }
 

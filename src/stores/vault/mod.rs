@@ -7,6 +7,11 @@
 //! (`auth/token/renew-self`) two thirds into its TTL, or logs in again when
 //! renewal no longer helps (max TTL reached, token not renewable). Requests
 //! only read the current token.
+//!
+//! With `identity: pod` the store has no login of its own: each
+//! ServiceAccount gets a session (its own token manager) that logs in with
+//! a TokenRequest token of that ServiceAccount and the role its template
+//! names, kept within the token's lifetime in a bounded cache.
 
 mod auth;
 mod config;
@@ -21,11 +26,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest::{Method, Url};
 
-pub use config::{AppRoleAuthConfig, KubernetesAuthConfig, RoleIdSource, VaultAuthConfig, VaultStoreConfig};
+pub use config::{
+    AppRoleAuthConfig, JwtAuthConfig, KubernetesAuthConfig, RoleIdSource, VaultAuthConfig, VaultStoreConfig,
+};
 
 use super::common::{http_client, Retry};
+use super::identity::{PodIdentity, Sessions, WorkloadIdentity};
 use super::token::TokenCache;
-use super::{SecretData, SecretLocator, Store, StoreError, Upkeep};
+use super::{RequestLimit, SecretData, SecretLocator, Store, StoreError, Upkeep};
 use auth::{authed, Login, VaultAuth};
 use http::Http;
 use kv::KvVersion;
@@ -44,11 +52,29 @@ pub struct AuthCounts {
 /// A Vault or OpenBao KV store.
 pub struct VaultStore {
     http: Arc<Http>,
-    tokens: TokenCache,
+    /// Sesame's own login; `None` with `identity: pod`.
+    tokens: Option<TokenCache>,
+    /// `identity: pod`: the logins per ServiceAccount.
+    workloads: Option<Workloads>,
     method: &'static str,
     mount: String,
     kv: KvVersion,
+    base_dir: std::path::PathBuf,
 }
+
+/// The per-ServiceAccount side of a store with `identity: pod`.
+struct Workloads {
+    pod: PodIdentity,
+    auth: VaultAuthConfig,
+    sessions: Sessions<TokenCache>,
+}
+
+/// Each exchange of a login is retried already.
+const LOGIN_RETRY: Retry = Retry {
+    attempts: 1,
+    base: std::time::Duration::from_millis(50),
+    max: std::time::Duration::from_millis(800),
+};
 
 impl fmt::Debug for VaultStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -67,33 +93,61 @@ impl VaultStore {
     /// fatal: the upkeep keeps trying and `check` reports it, so a Vault
     /// outage at start does not crash-loop the webhook.
     pub async fn new(config: &VaultStoreConfig, base_dir: &Path) -> anyhow::Result<Self> {
+        Self::with_identity(config, base_dir, None).await
+    }
+
+    /// `new`, or with `pod` a store that reads as each Pod's ServiceAccount
+    /// and has no login of its own.
+    pub async fn with_identity(
+        config: &VaultStoreConfig,
+        base_dir: &Path,
+        pod: Option<PodIdentity>,
+    ) -> anyhow::Result<Self> {
         config
             .validate()
+            .and_then(|()| config.validate_identity(pod.is_some()))
             .map_err(|e| anyhow::anyhow!("{}", e.within("vault")))?;
         let ca = config.ca_file.as_ref().map(|p| base_dir.join(p));
         let client = http_client(ca.as_deref(), Duration::from_secs(5))?;
         let base = Url::parse(&config.address)?;
-        let login = Login::from_config(&config.auth)
-            .ok_or_else(|| anyhow::anyhow!("vault.auth: set exactly one of token, appRole or kubernetes"))?;
-        let method = login.method();
         let http = Arc::new(Http::new(client, base, config.namespace.clone()));
-        let provider = VaultAuth {
-            http: http.clone(),
-            login,
-            base_dir: base_dir.to_path_buf(),
+        let (tokens, workloads, method) = match pod {
+            // No login of its own: every read is some ServiceAccount's.
+            Some(pod) => (
+                None,
+                Some(Workloads {
+                    sessions: pod.sessions(),
+                    pod,
+                    auth: config.auth.clone(),
+                }),
+                if config.auth.jwt.is_some() {
+                    "jwt"
+                } else {
+                    "kubernetes"
+                },
+            ),
+            None => {
+                let login = Login::from_config(&config.auth).ok_or_else(|| {
+                    anyhow::anyhow!("vault.auth: set exactly one of token, appRole, kubernetes or jwt")
+                })?;
+                let method = login.method();
+                let provider = VaultAuth {
+                    http: http.clone(),
+                    login,
+                    base_dir: base_dir.to_path_buf(),
+                };
+                let tokens = TokenCache::new("vault", provider, LOGIN_RETRY);
+                if let Err(e) = tokens.prime().await {
+                    tracing::warn!(address = %http.base, method, error_class = e.class(), error = %e, "first Vault login failed; retrying in the background");
+                }
+                (Some(tokens), None, method)
+            }
         };
-        // Each exchange of a login is retried already.
-        let once = Retry {
-            attempts: 1,
-            ..Retry::default()
-        };
-        let tokens = TokenCache::new("vault", provider, once);
-        if let Err(e) = tokens.prime().await {
-            tracing::warn!(address = %http.base, method, error_class = e.class(), error = %e, "first Vault login failed; retrying in the background");
-        }
         Ok(Self {
             http,
             tokens,
+            workloads,
+            base_dir: base_dir.to_path_buf(),
             method,
             mount: config.mount.clone(),
             kv: if config.kv_version == 1 {
@@ -104,9 +158,34 @@ impl VaultStore {
         })
     }
 
+    /// The session of one ServiceAccount (`identity: pod`): its own token
+    /// manager, logging in with that ServiceAccount's token.
+    fn session(
+        &self,
+        workloads: &Workloads,
+        identity: &WorkloadIdentity,
+    ) -> Result<Arc<TokenCache>, StoreError> {
+        let login = Login::for_workload(&workloads.auth, &workloads.pod, identity).ok_or_else(|| {
+            StoreError::InvalidRequest("identity: pod needs the kubernetes or jwt auth method".into())
+        })?;
+        Ok(workloads.sessions.get(identity, || {
+            let provider = VaultAuth {
+                http: self.http.clone(),
+                login,
+                base_dir: self.base_dir.clone(),
+            };
+            TokenCache::new("vault", provider, LOGIN_RETRY)
+        }))
+    }
+
+    /// How many ServiceAccounts have a session (`identity: pod`).
+    pub fn sessions(&self) -> usize {
+        self.workloads.as_ref().map_or(0, |w| w.sessions.len())
+    }
+
     /// Login and renewal counts so far.
     pub fn auth_counts(&self) -> AuthCounts {
-        let counts = self.tokens.counts();
+        let counts = self.tokens.as_ref().map(TokenCache::counts).unwrap_or_default();
         AuthCounts {
             logins: counts.obtained,
             renewals: counts.renewed,
@@ -122,19 +201,64 @@ impl Store for VaultStore {
     }
 
     async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
-        kv::read(&self.http, &self.tokens, &self.mount, self.kv, locator).await
+        let Some(tokens) = &self.tokens else {
+            return Err(StoreError::Unauthorized(
+                "the store reads as the Pod's ServiceAccount (identity: pod) only".into(),
+            ));
+        };
+        kv::read(&self.http, tokens, &self.mount, self.kv, locator).await
     }
 
-    /// Looks the current token up (`lookup-self`): reachability and a valid token.
-    async fn check(&self) -> Result<(), StoreError> {
-        let url = self.http.url(&["auth/token/lookup-self"])?;
-        authed(&self.http, &self.tokens, Method::GET, &url)
+    /// Reads as the ServiceAccount: its session's token, a login of its own
+    /// when it has none (shared by its concurrent requests).
+    async fn fetch_as(
+        &self,
+        identity: &WorkloadIdentity,
+        locators: &[SecretLocator],
+        limit: &RequestLimit,
+    ) -> Vec<Result<SecretData, StoreError>> {
+        let Some(workloads) = &self.workloads else {
+            return vec![
+                Err(StoreError::InvalidRequest(
+                    "the store reads with Sesame's identity; set identity: pod to read as the Pod".into(),
+                ));
+                locators.len()
+            ];
+        };
+        let session = match self.session(workloads, identity) {
+            Ok(session) => session,
+            Err(e) => return vec![Err(e); locators.len()],
+        };
+        limit
+            .each(locators, |l| {
+                kv::read(&self.http, &session, &self.mount, self.kv, l)
+            })
             .await
-            .map(|_| ())
     }
 
-    /// Renews the token, or logs in again, before it expires.
+    /// Looks the current token up (`lookup-self`): reachability and a valid
+    /// token. With `identity: pod`, there is no token of Sesame's: Vault's
+    /// health endpoint shows that it is reachable and unsealed.
+    async fn check(&self) -> Result<(), StoreError> {
+        let Some(tokens) = &self.tokens else {
+            let mut url = self.http.url(&["sys/health"])?;
+            url.query_pairs_mut().append_pair("standbyok", "true");
+            return self
+                .http
+                .call_retrying(Method::GET, &url, None, None)
+                .await
+                .map(|_| ())
+                .map_err(StoreError::from);
+        };
+        let url = self.http.url(&["auth/token/lookup-self"])?;
+        authed(&self.http, tokens, Method::GET, &url).await.map(|_| ())
+    }
+
+    /// Renews the token, or logs in again, before it expires. The sessions
+    /// of `identity: pod` log in again on the request path once their token
+    /// nears its end (a login per ServiceAccount and token lifetime).
     fn upkeep(&self) -> Option<Upkeep> {
-        Some(Box::pin(self.tokens.upkeep()))
+        let tokens = self.tokens.as_ref()?;
+        Some(Box::pin(tokens.upkeep()))
     }
 }
