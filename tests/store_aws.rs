@@ -27,8 +27,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
 use aws_sdk_secretsmanager as sm;
-use sesame::stores::aws::{AwsStore, AwsStoreConfig};
-use sesame::stores::{SecretData, SecretLocator, Store, StoreError};
+use sesame::stores::aws::{AwsService, AwsStore, AwsStoreConfig};
+use sesame::stores::{
+    PodIdentity, PodIdentityConfig, SecretData, SecretLocator, SecretValue, ServiceAccountTokens, Store,
+    StoreError, WorkloadIdentity,
+};
 use sm::primitives::Blob;
 
 const REGION: &str = "us-east-1";
@@ -109,6 +112,7 @@ async fn store_at(endpoint: &str) -> AwsStore {
     AwsStore::new(&AwsStoreConfig {
         region: Some(REGION.into()),
         endpoint: Some(endpoint.into()),
+        ..Default::default()
     })
     .await
     .unwrap()
@@ -426,4 +430,278 @@ async fn signed_with_environment_keys_and_checked_by_iam() {
         .unwrap_err();
     assert_eq!(err.class(), "unauthorised", "{err:?}");
     assert!(!format!("{err} {err:?}").contains(&nobody_secret));
+}
+
+/// Creates a role that `principal` may assume, with a policy of its own.
+async fn iam_role(endpoint: &str, name: &str, policy: &str) -> String {
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":["sts:AssumeRole","sts:AssumeRoleWithWebIdentity"]}]}"#;
+    let created = iam(
+        endpoint,
+        &[
+            ("Action", "CreateRole"),
+            ("RoleName", name),
+            ("AssumeRolePolicyDocument", trust),
+        ],
+    )
+    .await;
+    iam(
+        endpoint,
+        &[
+            ("Action", "PutRolePolicy"),
+            ("RoleName", name),
+            ("PolicyName", "read"),
+            ("PolicyDocument", policy),
+        ],
+    )
+    .await;
+    xml_field(&created, "Arn").to_owned()
+}
+
+fn read_policy(resource: &str) -> String {
+    format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":["secretsmanager:GetSecretValue","ssm:GetParameter","ssm:GetParametersByPath"],"Resource":"{resource}"}}]}}"#
+    )
+}
+
+/// `roleArn`: the store assumes the role with the default chain's keys
+/// (moto's STS `AssumeRole`), and the role's policy, not the user's, is
+/// what moto checks the reads against.
+#[tokio::test]
+async fn a_role_is_assumed_on_top_of_the_default_chain() {
+    const SETUP_REQUESTS: usize = 6;
+    let count = SETUP_REQUESTS.to_string();
+    let Some(moto) = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", count.as_str())]).await else {
+        return;
+    };
+    // A user who may only assume roles; a role that may read prod/*.
+    let (key, secret) = iam_user(&moto.endpoint, "base").await;
+    iam(
+        &moto.endpoint,
+        &[
+            ("Action", "PutUserPolicy"),
+            ("UserName", "base"),
+            ("PolicyName", "assume"),
+            (
+                "PolicyDocument",
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"sts:AssumeRole","Resource":"*"}]}"#,
+            ),
+        ],
+    )
+    .await;
+    let role = iam_role(&moto.endpoint, "reader", &read_policy("*")).await;
+    let admin = moto.admin();
+    admin
+        .create_secret()
+        .name("prod/db")
+        .secret_string("role-password")
+        .send()
+        .await
+        .unwrap();
+
+    env_credentials();
+    std::env::set_var("AWS_ACCESS_KEY_ID", &key);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", &secret);
+    let config = |role_arn: Option<&str>| AwsStoreConfig {
+        region: Some(REGION.into()),
+        endpoint: Some(moto.endpoint.clone()),
+        sts_endpoint: Some(moto.endpoint.clone()),
+        role_arn: role_arn.map(str::to_owned),
+        external_id: Some("sesame-external-id".into()),
+        session_name: Some("sesame-test".into()),
+        ..Default::default()
+    };
+    let assumed = AwsStore::new(&config(Some(&role))).await.unwrap();
+    assumed.check().await.unwrap();
+    let r = assumed.read(&loc("prod/db", None)).await.unwrap();
+    assert_eq!(text(&r), "role-password");
+
+    // The user's own keys may not read the secret.
+    let own = AwsStore::new(&config(None)).await.unwrap();
+    let err = own.read(&loc("prod/db", None)).await.unwrap_err();
+    assert_eq!(err.class(), "unauthorised", "{err:?}");
+    assert!(!format!("{err} {err:?} {own:?} {assumed:?}").contains(&secret));
+}
+
+/// SSM Parameter Store on moto: String, SecureString (decrypted), versions
+/// and labels, and `GetParametersByPath` for a whole path.
+#[tokio::test]
+async fn parameter_store_versions_labels_and_paths() {
+    let Some(moto) = Moto::start(&[]).await else {
+        return;
+    };
+    env_credentials();
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let admin = aws_sdk_ssm::Client::from_conf(
+        aws_sdk_ssm::Config::builder()
+            .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+            .region(aws_sdk_ssm::config::Region::new(REGION))
+            .endpoint_url(&moto.endpoint)
+            .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+                "admin", "admin", None, None, "test",
+            ))
+            .http_client(http)
+            .build(),
+    );
+    use aws_sdk_ssm::types::ParameterType;
+    for (name, value, kind) in [
+        ("/prod/db/user", "app", ParameterType::String),
+        ("/prod/db/password", "pw-1", ParameterType::SecureString),
+        ("/prod/db/nested/deep", "not-below", ParameterType::String),
+        ("plain", r#"{"a":"1","b":"2"}"#, ParameterType::String),
+    ] {
+        admin
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(kind)
+            .send()
+            .await
+            .unwrap();
+    }
+    admin
+        .put_parameter()
+        .name("/prod/db/password")
+        .value("pw-2")
+        .r#type(ParameterType::SecureString)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
+    admin
+        .label_parameter_version()
+        .name("/prod/db/password")
+        .parameter_version(1)
+        .labels("blue")
+        .send()
+        .await
+        .unwrap();
+
+    let store = AwsStore::new(&AwsStoreConfig {
+        service: AwsService::ParameterStore,
+        region: Some(REGION.into()),
+        endpoint: Some(moto.endpoint.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let r = store
+        .fetch(
+            &[
+                loc("prod/db/password", None),
+                loc("prod/db/password", Some("1")),
+                loc("prod/db/password", Some("blue")),
+                loc("plain", None),
+                loc("prod/db/@all", None),
+                loc("prod/db/missing", None),
+                loc("prod/db/password", Some("9")),
+                loc("prod/db/password", Some("green")),
+                loc("nothing/here/@all", None),
+            ],
+            &sesame::stores::RequestLimit::default(),
+        )
+        .await;
+    assert_eq!(text(r[0].as_ref().unwrap()), "pw-2", "decrypted, current");
+    assert_eq!(text(r[1].as_ref().unwrap()), "pw-1", "by version");
+    assert_eq!(text(r[2].as_ref().unwrap()), "pw-1", "by label");
+    assert_eq!(r[3].as_ref().unwrap().get(Some("b")).unwrap().expose(), b"2");
+    let all = r[4].as_ref().unwrap();
+    assert_eq!(all.get(Some("user")).unwrap().expose(), b"app");
+    assert_eq!(all.get(Some("password")).unwrap().expose(), b"pw-2");
+    assert!(
+        all.get(Some("deep")).is_err(),
+        "only the parameters directly below"
+    );
+    assert_eq!(r[5].as_ref().unwrap_err(), &StoreError::NotFound);
+    assert!(r[6].as_ref().unwrap_err().is_not_found(), "{:?}", r[6]);
+    assert!(r[7].as_ref().unwrap_err().is_not_found(), "{:?}", r[7]);
+    assert_eq!(r[8].as_ref().unwrap_err(), &StoreError::NotFound);
+    assert!(!format!("{store:?} {r:?}").contains("pw-"));
+}
+
+/// A stand-in for the TokenRequest API: a token naming the account.
+struct FakeTokens;
+
+#[async_trait::async_trait]
+impl ServiceAccountTokens for FakeTokens {
+    async fn token(
+        &self,
+        identity: &WorkloadIdentity,
+        audience: &str,
+        _: std::time::Duration,
+    ) -> Result<SecretValue, StoreError> {
+        assert_eq!(audience, "sts.amazonaws.com");
+        Ok(SecretValue::from(format!(
+            "token-of-{}",
+            identity.service_account
+        )))
+    }
+}
+
+/// `identity: pod`: each ServiceAccount assumes the role its template
+/// names with its own token (moto's `AssumeRoleWithWebIdentity`), and
+/// reads with that role's credentials only: `team-a` may read Secrets
+/// Manager, `team-b` only Parameter Store. moto checks signatures and
+/// policies (by action: it does not match secret ARNs) once its set-up
+/// requests and the one unsigned STS call are done, and cannot check an
+/// unsigned call itself, so each account gets a moto of its own.
+#[tokio::test]
+async fn each_service_account_assumes_its_own_role() {
+    // Two roles, two policies, one secret; then the STS call.
+    const FREE_REQUESTS: usize = 6;
+    let count = FREE_REQUESTS.to_string();
+    for (me, allowed) in [("a", true), ("b", false)] {
+        let Some(moto) = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", count.as_str())]).await else {
+            return;
+        };
+        for (app, action) in [("a", "secretsmanager:GetSecretValue"), ("b", "ssm:GetParameter")] {
+            let policy = format!(
+                r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"{action}","Resource":"*"}}]}}"#
+            );
+            iam_role(&moto.endpoint, &format!("team-{app}"), &policy).await;
+        }
+        moto.admin()
+            .create_secret()
+            .name("team/shared")
+            .secret_string("shared-secret")
+            .send()
+            .await
+            .unwrap();
+        env_credentials();
+        let pod = PodIdentity::new(PodIdentityConfig::default(), Arc::new(FakeTokens));
+        let store = AwsStore::with_identity(
+            &AwsStoreConfig {
+                region: Some(REGION.into()),
+                endpoint: Some(moto.endpoint.clone()),
+                sts_endpoint: Some(moto.endpoint.clone()),
+                role_arn: Some("arn:aws:iam::123456789012:role/team-{serviceAccount}".into()),
+                ..Default::default()
+            },
+            Some(pod),
+        )
+        .await
+        .unwrap();
+        let identity = WorkloadIdentity::new("team", me).unwrap();
+        let r = store
+            .fetch_as(
+                &identity,
+                &[loc("team/shared", None)],
+                &sesame::stores::RequestLimit::default(),
+            )
+            .await
+            .remove(0);
+        if allowed {
+            assert_eq!(text(r.as_ref().unwrap()), "shared-secret");
+        } else {
+            assert_eq!(r.as_ref().unwrap_err().class(), "unauthorised", "{r:?}");
+        }
+        // Without an identity, the store has no credentials of its own.
+        assert_eq!(
+            store.read(&loc("team/shared", None)).await.unwrap_err().class(),
+            "unauthorised"
+        );
+    }
 }
