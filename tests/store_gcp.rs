@@ -17,7 +17,7 @@
 
 mod cloud_fake;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -547,4 +547,647 @@ async fn errors_and_debug_never_show_values_keys_or_tokens() {
     shown.push_str(&format!(" {e} {e:?}"));
     assert_hidden(&shown, &[PASSWORD, "ya29."]);
     assert!(shown.contains("password"), "property names may show: {shown}");
+}
+
+// ---------------------------------------------------------------------
+// Workload identity federation and impersonation. The fake below follows:
+// - the Security Token Service's token exchange, "Method: token"
+//   (https://cloud.google.com/iam/docs/reference/sts/rest/v1/TopLevel/token):
+//   `POST /v1/token` with a form of `grant_type`
+//   (`urn:ietf:params:oauth:grant-type:token-exchange`), `audience` (the
+//   workload identity provider), `scope`, `requested_token_type`
+//   (`urn:ietf:params:oauth:token-type:access_token`), `subject_token` and
+//   `subject_token_type`; answers `{access_token, issued_token_type,
+//   token_type, expires_in}`, errors `{error, error_description}`;
+// - IAM Service Account Credentials "Method:
+//   projects.serviceAccounts.generateAccessToken"
+//   (https://cloud.google.com/iam/docs/reference/credentials/rest/v1/projects.serviceAccounts/generateAccessToken):
+//   `POST /v1/projects/-/serviceAccounts/{email}:generateAccessToken` with
+//   the caller's bearer token and `{scope: [...], lifetime: "3600s"}`;
+//   answers `{accessToken, expireTime}` (RFC 3339), errors `google.rpc.Status`;
+// - `external_account` credential configurations (AIP-4117, "Workload
+//   identity federation with other providers": file, URL with `headers`
+//   and `format`, and executable sources with their JSON answer).
+
+const PROVIDER: &str =
+    "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/pool/providers/k8s";
+const PRINCIPAL: &str =
+    "principal://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/pool/subject/";
+const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// What the fake federation knows: which subject token is which external
+/// identity, who may impersonate which service account, and who may read
+/// which secret.
+#[derive(Default)]
+struct Federation {
+    /// subject token → external subject.
+    subjects: Mutex<HashMap<String, String>>,
+    /// issued token → the principal or service account it stands for.
+    tokens: Mutex<HashMap<String, String>>,
+    /// (principal, service account) pairs with `roles/iam.workloadIdentityUser`
+    /// (or `serviceAccountTokenCreator`).
+    may_impersonate: Mutex<HashSet<(String, String)>>,
+    /// secret → who may read it.
+    readers: Mutex<HashMap<String, String>>,
+    issued: AtomicU32,
+}
+
+impl Federation {
+    fn issue(&self, prefix: &str, who: &str) -> String {
+        let n = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        let token = format!("{prefix}-{n}");
+        self.tokens.lock().unwrap().insert(token.clone(), who.to_owned());
+        token
+    }
+
+    fn caller(&self, req: &Request) -> Option<String> {
+        req.bearer()
+            .and_then(|t| self.tokens.lock().unwrap().get(t).cloned())
+    }
+
+    fn handle(&self, req: &Request) -> Reply {
+        let rpc = |code: u16, status: &str, message: &str| {
+            Reply::json(
+                code,
+                json!({"error": {"code": code, "message": message, "status": status}}),
+            )
+        };
+        match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/computeMetadata/v1/instance/service-accounts/default/token") => {
+                let token = self.issue("ya29.metadata", "sesame@proj.iam.gserviceaccount.com");
+                Reply::json(
+                    200,
+                    json!({"access_token": token, "expires_in": 3600, "token_type": "Bearer"}),
+                )
+            }
+            ("GET", "/subject") => {
+                // A URL source, e.g. a local token server that wants a header.
+                if req.header("metadata") != Some("True") {
+                    return Reply::text(400, "missing header");
+                }
+                Reply::json(200, json!({"value": "url-subject-token", "other": "x"}))
+            }
+            ("POST", "/v1/token") => self.exchange(req),
+            ("POST", path) if path.ends_with(":generateAccessToken") => {
+                let Some(email) = path
+                    .strip_prefix("/v1/projects/-/serviceAccounts/")
+                    .and_then(|p| p.strip_suffix(":generateAccessToken"))
+                else {
+                    return rpc(404, "NOT_FOUND", "no such route");
+                };
+                let Some(caller) = self.caller(req) else {
+                    return rpc(
+                        401,
+                        "UNAUTHENTICATED",
+                        "Request had invalid authentication credentials.",
+                    );
+                };
+                let body = req.json();
+                if body["scope"] != json!(["https://www.googleapis.com/auth/cloud-platform"])
+                    || !body["lifetime"].as_str().is_some_and(|l| l.ends_with('s'))
+                {
+                    return rpc(400, "INVALID_ARGUMENT", "bad request body");
+                }
+                let allowed = self
+                    .may_impersonate
+                    .lock()
+                    .unwrap()
+                    .contains(&(caller, email.to_owned()));
+                if !allowed {
+                    return rpc(
+                        403,
+                        "PERMISSION_DENIED",
+                        "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).",
+                    );
+                }
+                let token = self.issue("ya29.impersonated", email);
+                let expires = k8s_openapi::jiff::Timestamp::now()
+                    .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(3600))
+                    .unwrap();
+                Reply::json(
+                    200,
+                    json!({"accessToken": token, "expireTime": expires.to_string()}),
+                )
+            }
+            ("GET", path) if path.starts_with("/v1/projects/proj/secrets/") => {
+                let Some(caller) = self.caller(req) else {
+                    return rpc(
+                        401,
+                        "UNAUTHENTICATED",
+                        "Request had invalid authentication credentials.",
+                    );
+                };
+                let secret = path
+                    .trim_start_matches("/v1/projects/proj/secrets/")
+                    .trim_end_matches("/versions/latest:access");
+                let reader = self.readers.lock().unwrap().get(secret).cloned();
+                match reader {
+                    None => rpc(404, "NOT_FOUND", "Secret not found or has no versions."),
+                    Some(r) if r != caller => rpc(
+                        403,
+                        "PERMISSION_DENIED",
+                        "Permission 'secretmanager.versions.access' denied for resource.",
+                    ),
+                    Some(_) => {
+                        let data = format!("value-of-{secret}").into_bytes();
+                        Reply::json(
+                            200,
+                            json!({"name": format!("projects/1/secrets/{secret}/versions/1"), "payload": {"data": B64.encode(&data), "dataCrc32c": crc32c(&data).to_string()}}),
+                        )
+                    }
+                }
+            }
+            _ => rpc(404, "NOT_FOUND", "no such route"),
+        }
+    }
+
+    fn exchange(&self, req: &Request) -> Reply {
+        let invalid = |error: &str, description: String| {
+            Reply::json(400, json!({"error": error, "error_description": description}))
+        };
+        if req.form("grant_type").as_deref() != Some("urn:ietf:params:oauth:grant-type:token-exchange") {
+            return invalid("unsupported_grant_type", "grant_type".into());
+        }
+        if req.form("requested_token_type").as_deref()
+            != Some("urn:ietf:params:oauth:token-type:access_token")
+            || req.form("scope").as_deref() != Some("https://www.googleapis.com/auth/cloud-platform")
+            || req.form("audience").as_deref() != Some(PROVIDER)
+        {
+            return invalid("invalid_request", "bad audience, scope or requested type".into());
+        }
+        if req.form("subject_token_type").as_deref() != Some(JWT_TYPE) {
+            return invalid("invalid_request", "subject_token_type".into());
+        }
+        let subject_token = req.form("subject_token").unwrap_or_default();
+        let Some(subject) = self.subjects.lock().unwrap().get(&subject_token).cloned() else {
+            // STS echoes what it could not verify; the store must not.
+            return invalid(
+                "invalid_grant",
+                format!("The given subject token {subject_token} could not be verified."),
+            );
+        };
+        let token = self.issue("ya29.federated", &format!("{PRINCIPAL}{subject}"));
+        Reply::json(
+            200,
+            json!({"access_token": token, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer", "expires_in": 3600}),
+        )
+    }
+}
+
+struct FederationSetup {
+    fake: Fake,
+    fed: Arc<Federation>,
+    dir: tempfile::TempDir,
+}
+
+async fn federation() -> FederationSetup {
+    let fed = Arc::new(Federation::default());
+    let state = fed.clone();
+    let fake = Fake::start(move |req| state.handle(req)).await;
+    FederationSetup {
+        fake,
+        fed,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl FederationSetup {
+    /// A store built through the config path from the `gcp` section lines.
+    async fn store(&self, section: &str) -> Result<Arc<dyn Store>, String> {
+        let host = self.fake.url.trim_start_matches("http://");
+        let yaml = format!(
+            "stores:\n  - name: gcp\n    gcp:\n      project: proj\n      endpoint: {url}\n      metadataHost: \"{host}\"\n      stsEndpoint: {url}\n      iamCredentialsEndpoint: {url}\n{section}",
+            url = self.fake.url
+        );
+        let config = Config::from_yaml(&yaml, "test").map_err(|e| e.to_string())?;
+        build_store(&config.stores[0], self.dir.path(), None)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The start-up error of a store that must not build.
+    async fn refused(&self, section: &str) -> String {
+        match self.store(section).await {
+            Ok(_) => panic!("the store was built from {section}"),
+            Err(e) => e,
+        }
+    }
+
+    fn write(&self, name: &str, content: &str) {
+        std::fs::write(
+            self.dir.path().join(name),
+            content.replace("{url}", &self.fake.url),
+        )
+        .unwrap();
+    }
+}
+
+fn value(data: &sesame::stores::SecretData) -> String {
+    String::from_utf8(data.get(None).unwrap().expose().to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn an_external_account_file_source_is_exchanged_then_impersonated() {
+    let s = federation().await;
+    s.fed
+        .subjects
+        .lock()
+        .unwrap()
+        .insert("oidc-subject-token".into(), "ci-runner".into());
+    s.fed.may_impersonate.lock().unwrap().insert((
+        format!("{PRINCIPAL}ci-runner"),
+        "reader@proj.iam.gserviceaccount.com".into(),
+    ));
+    s.fed
+        .readers
+        .lock()
+        .unwrap()
+        .insert("db".into(), "reader@proj.iam.gserviceaccount.com".into());
+    // A token file as an OIDC provider's agent writes it, with a newline.
+    s.write("subject.jwt", "oidc-subject-token\n");
+    s.write(
+        "wif.json",
+        &json!({
+            "type": "external_account",
+            "audience": PROVIDER,
+            "subject_token_type": JWT_TYPE,
+            "token_url": "{url}/v1/token",
+            "credential_source": {"file": "subject.jwt"},
+            "service_account_impersonation_url": "{url}/v1/projects/-/serviceAccounts/reader@proj.iam.gserviceaccount.com:generateAccessToken",
+            "service_account_impersonation": {"token_lifetime_seconds": 1800},
+        })
+        .to_string(),
+    );
+    let store = s.store("      credentials: {file: wif.json}\n").await.unwrap();
+    assert_eq!(value(&fetch(&store, "db", None).await.unwrap()), "value-of-db");
+
+    let exchange = &s.fake.requests_to("/v1/token")[0];
+    assert_eq!(
+        exchange.form("subject_token").as_deref(),
+        Some("oidc-subject-token")
+    );
+    assert_eq!(exchange.form("subject_token_type").as_deref(), Some(JWT_TYPE));
+    let generate = &s.fake.requests_to("/v1/projects/-/serviceAccounts/")[0];
+    assert_eq!(generate.bearer(), Some("ya29.federated-1"));
+    assert_eq!(generate.json()["lifetime"], "1800s");
+    // Secret Manager saw the impersonated account's token, not the federated one.
+    assert_eq!(
+        s.fake.requests_to("/v1/projects/proj/secrets/")[0].bearer(),
+        Some("ya29.impersonated-2")
+    );
+    // The token is cached: another read exchanges nothing.
+    fetch(&store, "db", None).await.unwrap();
+    assert_eq!(s.fake.requests_to("/v1/token").len(), 1);
+    assert!(s.fake.requests_to("/computeMetadata/").is_empty());
+
+    // A subject token STS refuses: its echo stays out of the error.
+    s.fed.tokens.lock().unwrap().clear();
+    s.write("subject.jwt", "stolen-or-stale-token");
+    let e = fetch(&store, "db", None).await.unwrap_err();
+    assert_eq!(e.class(), "unauthorised");
+    assert!(e.to_string().contains("invalid_grant"), "{e}");
+    assert_hidden(&format!("{e} {e:?}"), &["stolen-or-stale-token", "ya29."]);
+}
+
+#[tokio::test]
+async fn a_url_source_with_headers_and_a_json_field_reads_with_the_federated_token() {
+    let s = federation().await;
+    s.fed
+        .subjects
+        .lock()
+        .unwrap()
+        .insert("url-subject-token".into(), "vm-1".into());
+    // No impersonation: the federated principal itself has access.
+    s.fed
+        .readers
+        .lock()
+        .unwrap()
+        .insert("db".into(), format!("{PRINCIPAL}vm-1"));
+    s.write(
+        "wif.json",
+        &json!({
+            "type": "external_account",
+            "audience": PROVIDER,
+            "subject_token_type": JWT_TYPE,
+            "token_url": "{url}/v1/token",
+            "credential_source": {
+                "url": "{url}/subject",
+                "headers": {"Metadata": "True"},
+                "format": {"type": "json", "subject_token_field_name": "value"},
+            },
+        })
+        .to_string(),
+    );
+    let store = s.store("      credentials: {file: wif.json}\n").await.unwrap();
+    assert_eq!(value(&fetch(&store, "db", None).await.unwrap()), "value-of-db");
+    assert_eq!(s.fake.requests_to("/subject")[0].header("metadata"), Some("True"));
+    assert_eq!(
+        s.fake.requests_to("/v1/token")[0]
+            .form("subject_token")
+            .as_deref(),
+        Some("url-subject-token")
+    );
+    assert!(s.fake.requests_to("/v1/projects/-/").is_empty());
+
+    // A field the answer lacks is a clear error, and nothing is exchanged.
+    s.fed.tokens.lock().unwrap().clear();
+    s.write(
+        "wif.json",
+        &json!({
+            "type": "external_account",
+            "audience": PROVIDER,
+            "subject_token_type": JWT_TYPE,
+            "token_url": "{url}/v1/token",
+            "credential_source": {"url": "{url}/subject", "headers": {"Metadata": "True"}, "format": {"type": "json", "subject_token_field_name": "token"}},
+        })
+        .to_string(),
+    );
+    let e = fetch(&store, "db", None).await.unwrap_err();
+    assert_eq!(e.class(), "unauthorised");
+    assert!(e.to_string().contains("no such field"), "{e}");
+    assert_eq!(s.fake.requests_to("/v1/token").len(), 1);
+}
+
+/// Executable sources run a command named in a file, so, as the
+/// documented format requires, only where the process was started with
+/// `GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1`. No other test in this
+/// file reads that variable.
+#[tokio::test]
+async fn an_executable_source_runs_only_when_allowed() {
+    let s = federation().await;
+    s.fed
+        .subjects
+        .lock()
+        .unwrap()
+        .insert("exec-subject-token".into(), "job".into());
+    s.fed
+        .readers
+        .lock()
+        .unwrap()
+        .insert("db".into(), format!("{PRINCIPAL}job"));
+    let ran = s.dir.path().join("ran");
+    let script = s.dir.path().join("token.sh");
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE $GOOGLE_EXTERNAL_ACCOUNT_INTERACTIVE\" > {}\nprintf '%s' '{{\"version\": 1, \"success\": true, \"token_type\": \"{JWT_TYPE}\", \"id_token\": \"exec-subject-token\", \"expiration_time\": {expires}}}'\n",
+            ran.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    s.write(
+        "wif.json",
+        &json!({
+            "type": "external_account",
+            "audience": PROVIDER,
+            "subject_token_type": JWT_TYPE,
+            "token_url": "{url}/v1/token",
+            "credential_source": {"executable": {"command": format!("{} --flag", script.display()), "timeout_millis": 5000}},
+        })
+        .to_string(),
+    );
+    let store = s.store("      credentials: {file: wif.json}\n").await.unwrap();
+    let e = fetch(&store, "db", None).await.unwrap_err();
+    assert_eq!(e.class(), "unauthorised");
+    assert!(
+        e.to_string()
+            .contains("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1"),
+        "{e}"
+    );
+    assert!(!ran.exists(), "the command must not run without the opt-in");
+
+    std::env::set_var("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1");
+    assert_eq!(value(&fetch(&store, "db", None).await.unwrap()), "value-of-db");
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap().trim(),
+        format!("{PROVIDER} 0"),
+        "the command is told the audience and that no one is there to answer"
+    );
+    assert_eq!(
+        s.fake.requests_to("/v1/token")[0]
+            .form("subject_token")
+            .as_deref(),
+        Some("exec-subject-token")
+    );
+}
+
+#[tokio::test]
+async fn a_store_impersonates_a_service_account_with_sesames_own_token() {
+    let s = federation().await;
+    s.fed.may_impersonate.lock().unwrap().insert((
+        "sesame@proj.iam.gserviceaccount.com".into(),
+        "team-reader@proj.iam.gserviceaccount.com".into(),
+    ));
+    s.fed
+        .readers
+        .lock()
+        .unwrap()
+        .insert("db".into(), "team-reader@proj.iam.gserviceaccount.com".into());
+    let store = s
+        .store("      impersonate: team-reader@proj.iam.gserviceaccount.com\n")
+        .await
+        .unwrap();
+    assert_eq!(value(&fetch(&store, "db", None).await.unwrap()), "value-of-db");
+    let generate = s.fake.requests_to("/v1/projects/-/serviceAccounts/");
+    assert_eq!(
+        generate[0].path,
+        "/v1/projects/-/serviceAccounts/team-reader@proj.iam.gserviceaccount.com:generateAccessToken"
+    );
+    assert_eq!(generate[0].bearer(), Some("ya29.metadata-1"));
+    assert!(store.check().await.is_ok());
+
+    // Without the IAM binding, the store says so and reads nothing.
+    let other = s
+        .store("      impersonate: admin@proj.iam.gserviceaccount.com\n")
+        .await
+        .unwrap();
+    let e = fetch(&other, "db", None).await.unwrap_err();
+    assert_eq!(e.class(), "unauthorised");
+    assert!(e.to_string().contains("PERMISSION_DENIED"), "{e}");
+
+    // A template is for identity: pod; a malformed e-mail is refused at start.
+    let e = s
+        .refused("      impersonate: \"{serviceAccount}@proj.iam.gserviceaccount.com\"\n")
+        .await;
+    assert!(e.contains("impersonate") && e.contains("identity: pod"), "{e}");
+    let e = s.refused("      impersonate: \"a/b@proj\"\n").await;
+    assert!(e.contains("impersonate"), "{e}");
+}
+
+/// A stand-in for the TokenRequest API: a token naming the account and
+/// the audience it was asked for.
+struct FakeTokens(Mutex<Vec<(String, String)>>);
+
+#[async_trait::async_trait]
+impl sesame::stores::ServiceAccountTokens for FakeTokens {
+    async fn token(
+        &self,
+        identity: &sesame::stores::WorkloadIdentity,
+        audience: &str,
+        _: Duration,
+    ) -> Result<sesame::stores::SecretValue, StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((identity.to_string(), audience.to_owned()));
+        Ok(sesame::stores::SecretValue::from(format!(
+            "k8s-token:{}:{}",
+            identity.namespace, identity.service_account
+        )))
+    }
+}
+
+/// `identity: pod`: each ServiceAccount's token is exchanged at the
+/// workload identity provider, the federated principal impersonates the
+/// service account the template names for it, and IAM decides: `team/a`
+/// reads its own secret, not `team/b`'s, and `team/c` (no IAM binding)
+/// reads nothing.
+#[tokio::test]
+async fn identity_pod_federates_each_service_account() {
+    use sesame::stores::gcp::{GcpStore, GcpStoreConfig};
+    use sesame::stores::{PodIdentity, PodIdentityConfig, WorkloadIdentity};
+
+    let s = federation().await;
+    for sa in ["a", "b", "c"] {
+        s.fed.subjects.lock().unwrap().insert(
+            format!("k8s-token:team:{sa}"),
+            format!("system:serviceaccount:team:{sa}"),
+        );
+    }
+    for sa in ["a", "b"] {
+        s.fed.may_impersonate.lock().unwrap().insert((
+            format!("{PRINCIPAL}system:serviceaccount:team:{sa}"),
+            format!("team-{sa}@proj.iam.gserviceaccount.com"),
+        ));
+        s.fed.readers.lock().unwrap().insert(
+            format!("{sa}-secret"),
+            format!("team-{sa}@proj.iam.gserviceaccount.com"),
+        );
+    }
+    let config: GcpStoreConfig = serde_json::from_value(json!({
+        "project": "proj",
+        "endpoint": s.fake.url,
+        "stsEndpoint": s.fake.url,
+        "iamCredentialsEndpoint": s.fake.url,
+        "workloadIdentityProvider": PROVIDER,
+        "impersonate": "{namespace}-{serviceAccount}@proj.iam.gserviceaccount.com",
+    }))
+    .unwrap();
+    let tokens = Arc::new(FakeTokens(Mutex::default()));
+    let pod = PodIdentity::new(PodIdentityConfig::default(), tokens.clone());
+    let store = GcpStore::with_identity(&config, s.dir.path(), Some(pod)).unwrap();
+    let read_as = |sa: &'static str, secret: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .fetch_as(
+                    &WorkloadIdentity::new("team", sa).unwrap(),
+                    &[SecretLocator::new(secret, None)],
+                    &sesame::stores::RequestLimit::default(),
+                )
+                .await
+                .remove(0)
+        }
+    };
+    assert_eq!(
+        value(&read_as("a", "a-secret").await.unwrap()),
+        "value-of-a-secret"
+    );
+    assert_eq!(
+        value(&read_as("b", "b-secret").await.unwrap()),
+        "value-of-b-secret"
+    );
+    let e = read_as("a", "b-secret").await.unwrap_err();
+    assert_eq!(e.class(), "unauthorised", "{e}");
+    assert!(e.to_string().contains("PERMISSION_DENIED"), "{e}");
+    let e = read_as("c", "a-secret").await.unwrap_err();
+    assert_eq!(e.class(), "unauthorised", "{e}");
+    assert!(e.to_string().contains("generateAccessToken"), "{e}");
+
+    // The TokenRequest asked for the provider's default audience; STS got
+    // each ServiceAccount's own token as a JWT for the provider.
+    let asked = tokens.0.lock().unwrap().clone();
+    let audience = format!("https:{PROVIDER}");
+    assert_eq!(
+        asked,
+        [
+            ("team/a".to_owned(), audience.clone()),
+            ("team/b".to_owned(), audience.clone()),
+            ("team/c".to_owned(), audience.clone())
+        ]
+    );
+    let subjects: Vec<_> = s
+        .fake
+        .requests_to("/v1/token")
+        .iter()
+        .map(|r| r.form("subject_token").unwrap())
+        .collect();
+    assert_eq!(
+        subjects,
+        ["k8s-token:team:a", "k8s-token:team:b", "k8s-token:team:c"]
+    );
+    let impersonated: Vec<_> = s
+        .fake
+        .requests_to("/v1/projects/-/serviceAccounts/")
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        impersonated,
+        [
+            "/v1/projects/-/serviceAccounts/team-a@proj.iam.gserviceaccount.com:generateAccessToken",
+            "/v1/projects/-/serviceAccounts/team-b@proj.iam.gserviceaccount.com:generateAccessToken",
+            "/v1/projects/-/serviceAccounts/team-c@proj.iam.gserviceaccount.com:generateAccessToken",
+        ]
+    );
+
+    // Sessions are cached per ServiceAccount: another read asks nothing new.
+    read_as("a", "a-secret").await.unwrap();
+    assert_eq!(tokens.0.lock().unwrap().len(), 3);
+    assert_eq!(s.fake.requests_to("/v1/token").len(), 3);
+    // Sesame's own identity is never used: not for reads, not at start.
+    assert_eq!(
+        store
+            .read(&SecretLocator::new("a-secret", None))
+            .await
+            .unwrap_err()
+            .class(),
+        "unauthorised"
+    );
+    assert!(store.check().await.is_ok());
+    assert!(s.fake.requests_to("/computeMetadata/").is_empty());
+}
+
+#[tokio::test]
+async fn identity_pod_needs_a_provider_and_no_own_credentials() {
+    let s = federation().await;
+    let pod = "    identity: pod\n";
+    let e = s.refused(pod).await;
+    assert!(e.contains("workloadIdentityProvider"), "{e}");
+    let e = s
+        .refused(&format!(
+            "      workloadIdentityProvider: \"//evil.example/x\"\n{pod}"
+        ))
+        .await;
+    assert!(e.contains("workloadIdentityProvider"), "{e}");
+    let e = s
+        .refused(&format!(
+            "      workloadIdentityProvider: \"{PROVIDER}\"\n      credentials: {{file: key.json}}\n{pod}"
+        ))
+        .await;
+    assert!(e.contains("credentials"), "{e}");
+    let e = s.refused(&format!(
+            "      workloadIdentityProvider: \"{PROVIDER}\"\n      impersonate: \"{{pod}}@p.iam.gserviceaccount.com\"\n{pod}"
+        )).await;
+    assert!(e.contains("impersonate"), "{e}");
+    s.store(&format!("      workloadIdentityProvider: \"{PROVIDER}\"\n{pod}"))
+        .await
+        .unwrap();
 }

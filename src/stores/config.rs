@@ -120,7 +120,21 @@ impl ProviderConfig<'_> {
             return c.validate_identity(pod);
         }
         if !pod {
-            return Ok(());
+            // A per-ServiceAccount template means nothing to Sesame's own
+            // identity: refuse it rather than send its braces to the store.
+            let template = match self {
+                Self::Aws(c) => c.role_arn.as_deref().map(|t| ("roleArn", t)),
+                #[cfg(feature = "gcp")]
+                Self::Gcp(c) => c.impersonate.as_deref().map(|t| ("impersonate", t)),
+                _ => None,
+            };
+            return match template {
+                Some((field, t)) if t.contains(['{', '}']) => Err(FieldError::new(
+                    field,
+                    "has {namespace}/{serviceAccount} placeholders, which only identity: pod fills in",
+                )),
+                _ => Ok(()),
+            };
         }
         let unsupported = |what: &str| {
             Err(FieldError::new(
@@ -271,6 +285,10 @@ mod tests {
             (
                 "stores:\n  - name: v\n    identity: pod\n    podIdentity: {tokenLifetime: 1m}\n    vault: {address: http://v, auth: {jwt: {role: r}}}\n",
                 "t.yaml: stores[0].podIdentity.tokenLifetime:",
+            ),
+            (
+                "stores:\n  - name: a\n    aws: {roleArn: 'arn:aws:iam::123456789012:role/{serviceAccount}'}\n",
+                "t.yaml: stores[0].aws.roleArn: has {namespace}/{serviceAccount} placeholders, which only identity: pod",
             ),
             (
                 "stores:\n  - name: v\n    identity: someone\n    vault: {address: http://v, auth: {jwt: {role: r}}}\n",

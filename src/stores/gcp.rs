@@ -10,6 +10,11 @@
 //! `projects/<project>/secrets/<secret>` (also with `locations/<location>/`
 //! for regional secrets, against a regional endpoint). The version is
 //! `latest` unless the reference names one (a number or an alias).
+//!
+//! `credentials` may also be an `external_account` configuration
+//! (workload identity federation outside GKE), `impersonate` names a
+//! service account to act as, and `identity: pod` exchanges the Pod's
+//! ServiceAccount token at the workload identity provider: `gcp/federation.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,10 +26,14 @@ use zeroize::Zeroizing;
 
 use super::bearer::{error_code, oauth_token, send_once, unauthorized};
 use super::common::{http_client, status_error, transport_error, CredentialSource, Retry};
-use super::identity::PodIdentity;
+use super::identity::{check_template, PodIdentity, Sessions, WorkloadIdentity};
 use super::token::{AccessToken, TokenCache, TokenProvider};
-use super::{SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
+use super::{RequestLimit, SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
 use crate::validate::{check_url, FieldError};
+
+mod federation;
+
+use federation::{ExternalAccount, Impersonated, PodFederation};
 
 const DEFAULT_ENDPOINT: &str = "https://secretmanager.googleapis.com";
 const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
@@ -53,10 +62,33 @@ pub struct GcpStoreConfig {
     /// Timeout of one HTTP request.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// A service account to act as (IAM Credentials `generateAccessToken`
+    /// with the store's own token); with `identity: pod` a template such
+    /// as `{namespace}-{serviceAccount}@project.iam.gserviceaccount.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impersonate: Option<String>,
+    /// `identity: pod`: the workload identity provider the Pod's token is
+    /// exchanged at, `//iam.googleapis.com/projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity_provider: Option<String>,
+    /// The Security Token Service (for `identity: pod`).
+    #[serde(default = "default_sts")]
+    pub sts_endpoint: String,
+    /// The IAM Service Account Credentials API (for `impersonate`).
+    #[serde(default = "default_iam_credentials")]
+    pub iam_credentials_endpoint: String,
 }
 
 fn default_endpoint() -> String {
     DEFAULT_ENDPOINT.to_owned()
+}
+
+fn default_sts() -> String {
+    federation::DEFAULT_STS.to_owned()
+}
+
+fn default_iam_credentials() -> String {
+    federation::DEFAULT_IAM_CREDENTIALS.to_owned()
 }
 
 fn default_timeout() -> Duration {
@@ -66,11 +98,54 @@ fn default_timeout() -> Duration {
 impl GcpStoreConfig {
     /// The checks of `identity: pod`; fields are below the section.
     pub fn validate_pod_identity(&self) -> Result<(), FieldError> {
-        Err(FieldError::new("", "identity: pod is not supported yet"))
+        match &self.workload_identity_provider {
+            None => {
+                return Err(FieldError::new(
+                    "workloadIdentityProvider",
+                    "is needed with identity: pod: the provider that trusts the cluster's ServiceAccount tokens",
+                ))
+            }
+            Some(p) if !federation::is_provider_name(p) => {
+                return Err(FieldError::new(
+                    "workloadIdentityProvider",
+                    "must be //iam.googleapis.com/projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>",
+                ))
+            }
+            Some(_) => {}
+        }
+        if self.credentials.is_some() {
+            return Err(FieldError::new(
+                "credentials",
+                "is Sesame's own identity; with identity: pod each Pod's token is exchanged instead",
+            ));
+        }
+        if let Some(template) = &self.impersonate {
+            check_template(template, "impersonate")?;
+        }
+        Ok(())
     }
 
     /// Checks the fields serde cannot; fields are below the section.
     pub fn validate(&self) -> Result<(), FieldError> {
+        if let Some(email) = &self.impersonate {
+            let sample = email
+                .replace("{namespace}", "ns")
+                .replace("{serviceAccount}", "sa");
+            if !federation::is_service_account_email(&sample) {
+                return Err(FieldError::new(
+                    "impersonate",
+                    "must be a service account's e-mail address such as reader@project.iam.gserviceaccount.com",
+                ));
+            }
+        }
+        if self.workload_identity_provider.is_some() && self.credentials.is_some() {
+            return Err(FieldError::new(
+                "workloadIdentityProvider",
+                "is for identity: pod; Sesame's own federation goes in an external_account credentials file",
+            ));
+        }
+        check_url(&self.sts_endpoint, "stsEndpoint")?;
+        check_url(&self.iam_credentials_endpoint, "iamCredentialsEndpoint")?;
         if let Some(c) = &self.credentials {
             c.validate().map_err(|e| e.within("credentials"))?;
         }
@@ -103,7 +178,7 @@ fn is_id(s: &str) -> bool {
 }
 
 /// A store reading GCP Secret Manager.
-pub(crate) struct GcpStore {
+pub struct GcpStore {
     client: reqwest::Client,
     endpoint: String,
     tokens: TokenCache,
@@ -112,16 +187,42 @@ pub(crate) struct GcpStore {
     configured_project: Option<String>,
     key: Option<(CredentialSource, PathBuf)>,
     metadata_base: String,
+    /// `identity: pod`: a federated token per ServiceAccount.
+    workloads: Option<Workloads>,
+}
+
+/// The per-ServiceAccount side of a store with `identity: pod`.
+struct Workloads {
+    pod: PodIdentity,
+    provider: String,
+    token_url: String,
+    impersonate: Option<String>,
+    iam_credentials: String,
+    sessions: Sessions<TokenCache>,
 }
 
 impl GcpStore {
+    /// `new`, or with `pod` a store that reads as each Pod's ServiceAccount.
     pub fn with_identity(
         config: &GcpStoreConfig,
         base_dir: &Path,
         pod: Option<PodIdentity>,
     ) -> anyhow::Result<Self> {
-        let _ = pod;
-        Self::new(config, base_dir)
+        let mut store = Self::new(config, base_dir)?;
+        if let Some(pod) = pod {
+            config
+                .validate_pod_identity()
+                .map_err(|e| anyhow::anyhow!("{}", e.within("gcp")))?;
+            store.workloads = Some(Workloads {
+                sessions: pod.sessions(),
+                pod,
+                provider: config.workload_identity_provider.clone().unwrap_or_default(),
+                token_url: format!("{}/v1/token", config.sts_endpoint.trim_end_matches('/')),
+                impersonate: config.impersonate.clone(),
+                iam_credentials: config.iam_credentials_endpoint.clone(),
+            });
+        }
+        Ok(store)
     }
 
     pub fn new(config: &GcpStoreConfig, base_dir: &Path) -> anyhow::Result<Self> {
@@ -134,24 +235,30 @@ impl GcpStore {
         let metadata_base = format!("http://{metadata_host}/computeMetadata/v1");
         let retry = Retry::default();
         let key = config.credentials.clone().map(|c| (c, base_dir.to_path_buf()));
-        let tokens = match &key {
-            Some((source, base_dir)) => TokenCache::new(
+        let base: Box<dyn TokenProvider> = match &key {
+            Some((source, base_dir)) => Box::new(ServiceAccountAuth {
+                client: client.clone(),
+                source: source.clone(),
+                base_dir: base_dir.clone(),
+            }),
+            None => Box::new(MetadataAuth {
+                client: client.clone(),
+                url: format!("{metadata_base}/instance/service-accounts/default/token"),
+            }),
+        };
+        // `impersonate` on Sesame's own identity: act as that account. (A
+        // template is for identity: pod, and rendered per ServiceAccount.)
+        let tokens = match config.impersonate.as_deref().filter(|e| !e.contains('{')) {
+            Some(email) => TokenCache::new(
                 "gcp",
-                ServiceAccountAuth {
+                Impersonated {
+                    base,
                     client: client.clone(),
-                    source: source.clone(),
-                    base_dir: base_dir.clone(),
+                    url: federation::impersonation_url(&config.iam_credentials_endpoint, email),
                 },
                 retry,
             ),
-            None => TokenCache::new(
-                "gcp",
-                MetadataAuth {
-                    client: client.clone(),
-                    url: format!("{metadata_base}/instance/service-accounts/default/token"),
-                },
-                retry,
-            ),
+            None => TokenCache::new("gcp", BoxedProvider(base), retry),
         };
         Ok(Self {
             client,
@@ -162,7 +269,43 @@ impl GcpStore {
             configured_project: config.project.clone(),
             key,
             metadata_base,
+            workloads: None,
         })
+    }
+
+    /// The token manager of one ServiceAccount (`identity: pod`).
+    fn session(
+        &self,
+        workloads: &Workloads,
+        identity: &WorkloadIdentity,
+    ) -> Result<std::sync::Arc<TokenCache>, StoreError> {
+        let impersonate = match &workloads.impersonate {
+            None => None,
+            Some(template) => {
+                let email = identity.render(template);
+                if !federation::is_service_account_email(&email) {
+                    return Err(StoreError::InvalidRequest(
+                        "the impersonate template gives no service account e-mail for this ServiceAccount"
+                            .into(),
+                    ));
+                }
+                Some(federation::impersonation_url(&workloads.iam_credentials, &email))
+            }
+        };
+        Ok(workloads.sessions.get(identity, || {
+            TokenCache::new(
+                "gcp",
+                PodFederation {
+                    client: self.client.clone(),
+                    pod: workloads.pod.clone(),
+                    identity: identity.clone(),
+                    provider: workloads.provider.clone(),
+                    token_url: workloads.token_url.clone(),
+                    impersonate,
+                },
+                self.retry,
+            )
+        }))
     }
 
     /// The project of short references, found once.
@@ -173,9 +316,13 @@ impl GcpStore {
                     return Ok(p.clone());
                 }
                 if let Some((source, base_dir)) = &self.key {
-                    let key = ServiceAccountKey::read(source, base_dir).await?;
-                    if let Some(p) = key.project_id.as_deref().filter(|p| is_project_id(p)) {
-                        return Ok(p.to_owned());
+                    // An external_account configuration names no project.
+                    let raw = source.read(base_dir).await?;
+                    if !is_external_account(raw.expose()) {
+                        let key = ServiceAccountKey::parse(raw.expose())?;
+                        if let Some(p) = key.project_id.as_deref().filter(|p| is_project_id(p)) {
+                            return Ok(p.to_owned());
+                        }
                     }
                 }
                 let url = format!("{}/project/project-id", self.metadata_base);
@@ -230,7 +377,7 @@ impl GcpStore {
         }
     }
 
-    async fn access(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+    async fn access(&self, tokens: &TokenCache, locator: &SecretLocator) -> Result<SecretData, StoreError> {
         let name = self.resource_name(&locator.path).await?;
         let version = locator.version.as_deref().unwrap_or("latest");
         if !is_id(version) {
@@ -239,8 +386,7 @@ impl GcpStore {
             ));
         }
         let url = format!("{}/v1/{name}/versions/{version}:access", self.endpoint);
-        let answer = self
-            .tokens
+        let answer = tokens
             .send(
                 &self.retry,
                 |token| self.client.get(&url).bearer_auth(token),
@@ -262,16 +408,48 @@ impl Store for GcpStore {
     }
 
     async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
-        self.access(locator).await
+        if self.workloads.is_some() {
+            return Err(StoreError::Unauthorized(
+                "the store reads as the Pod's ServiceAccount (identity: pod) only".into(),
+            ));
+        }
+        self.access(&self.tokens, locator).await
     }
 
-    /// Obtains a token.
+    /// Reads with the ServiceAccount's federated (or impersonated) token.
+    async fn fetch_as(
+        &self,
+        identity: &WorkloadIdentity,
+        locators: &[SecretLocator],
+        limit: &RequestLimit,
+    ) -> Vec<Result<SecretData, StoreError>> {
+        let Some(workloads) = &self.workloads else {
+            return vec![
+                Err(StoreError::InvalidRequest(
+                    "the store reads with Sesame's identity; set identity: pod to read as the Pod".into(),
+                ));
+                locators.len()
+            ];
+        };
+        match self.session(workloads, identity) {
+            Ok(tokens) => limit.each(locators, |l| self.access(&tokens, l)).await,
+            Err(e) => vec![Err(e); locators.len()],
+        }
+    }
+
+    /// Obtains a token (none of Sesame's own with `identity: pod`).
     async fn check(&self) -> Result<(), StoreError> {
+        if self.workloads.is_some() {
+            return Ok(());
+        }
         self.tokens.token().await.map(|_| ())
     }
 
     /// Obtains a new token before the current one expires.
     fn upkeep(&self) -> Option<Upkeep> {
+        if self.workloads.is_some() {
+            return None;
+        }
         Some(Box::pin(self.tokens.upkeep()))
     }
 }
@@ -373,11 +551,40 @@ struct ServiceAccountAuth {
     base_dir: PathBuf,
 }
 
+/// Whether a credentials file is an `external_account` configuration
+/// rather than a service-account key.
+fn is_external_account(raw: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    serde_json::from_slice::<Kind>(raw).is_ok_and(|k| k.kind.as_deref() == Some("external_account"))
+}
+
+/// A provider chosen at start, as the token manager takes it.
+struct BoxedProvider(Box<dyn TokenProvider>);
+
+#[async_trait]
+impl TokenProvider for BoxedProvider {
+    async fn obtain(&self) -> Result<AccessToken, StoreError> {
+        self.0.obtain().await
+    }
+}
+
 #[async_trait]
 impl TokenProvider for ServiceAccountAuth {
+    /// A service-account key, or an `external_account` configuration
+    /// (workload identity federation), whichever the file holds.
     async fn obtain(&self) -> Result<AccessToken, StoreError> {
         // Re-read on every exchange, so a rotated key is picked up.
-        let key = ServiceAccountKey::read(&self.source, &self.base_dir).await?;
+        let raw = self.source.read(&self.base_dir).await?;
+        if is_external_account(raw.expose()) {
+            return ExternalAccount::parse(raw.expose())?
+                .token(&self.client, &self.base_dir)
+                .await;
+        }
+        let key = ServiceAccountKey::parse(raw.expose())?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -415,9 +622,8 @@ impl Drop for ServiceAccountKey {
 }
 
 impl ServiceAccountKey {
-    async fn read(source: &CredentialSource, base_dir: &Path) -> Result<Self, StoreError> {
-        let raw = source.read(base_dir).await?;
-        let key: Self = serde_json::from_slice(raw.expose()).map_err(|_| {
+    fn parse(raw: &[u8]) -> Result<Self, StoreError> {
+        let key: Self = serde_json::from_slice(raw).map_err(|_| {
             StoreError::Unauthorized("the credentials are not a service-account key JSON".into())
         })?;
         if key.kind != "service_account" {

@@ -12,7 +12,7 @@ pub mod common;
 mod config;
 pub mod file;
 #[cfg(feature = "gcp")]
-pub(crate) mod gcp;
+pub mod gcp;
 pub mod identity;
 #[cfg(feature = "infisical")]
 pub(crate) mod infisical;
