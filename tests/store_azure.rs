@@ -1,6 +1,6 @@
 //! Azure Key Vault store against an HTTP fake. The fake follows:
-//! - Key Vault REST API 7.4 "Get Secret"
-//!   (`GET {vaultBaseUrl}/secrets/{secret-name}/{secret-version}?api-version=7.4`,
+//! - Key Vault REST API 2025-07-01 "Get Secret"
+//!   (`GET {vaultBaseUrl}/secrets/{secret-name}/{secret-version}?api-version=2025-07-01`,
 //!   a `SecretBundle` answer, errors as `KeyVaultError`
 //!   `{"error":{"code","message","innererror"}}`, e.g. `SecretNotFound`,
 //!   `Forbidden`/`ForbiddenByRbac`, `Forbidden`/`SecretDisabled`, `Throttled`);
@@ -12,7 +12,13 @@
 //!   `{"error","error_description","error_codes"}`;
 //! - Azure Instance Metadata Service managed identity tokens
 //!   (`GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=…`,
-//!   header `Metadata: true`, `expires_in` as a string).
+//!   header `Metadata: true`, `expires_in` as a string);
+//! - "Azure Key Vault authentication" / the Key Vault REST API's
+//!   "Authentication, requests and responses" (challenge-based
+//!   authentication): a 401 carries `WWW-Authenticate: Bearer
+//!   authorization="<authority>/<tenant>", resource="<resource>"` (or
+//!   `scope="<resource>/.default"`), naming the tenant and the resource a
+//!   token must be for when the vault is in another tenant or cloud.
 #![cfg(feature = "azure")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -126,7 +132,7 @@ impl Azure {
     }
 
     fn get_secret(&self, req: &Request, rest: &str) -> Reply {
-        if req.query("api-version") != Some("7.4") {
+        if req.query("api-version") != Some("2025-07-01") {
             return vault_error(
                 400,
                 "BadParameter",
@@ -296,7 +302,7 @@ async fn client_secret_reads_values_properties_and_versions() {
         ]
     );
     for r in s.fake.requests_to("/secrets/") {
-        assert_eq!(r.query("api-version"), Some("7.4"));
+        assert_eq!(r.query("api-version"), Some("2025-07-01"));
         assert_eq!(r.bearer(), Some("eyJ0eXAi.fake-access-token-1"));
     }
 }
@@ -529,4 +535,123 @@ async fn errors_and_debug_never_show_values_secrets_or_tokens() {
         &shown,
         &[VALUE, CLIENT_SECRET, "wrong-hunter2", "fake-access-token"],
     );
+}
+
+/// A vault in another tenant and cloud, behind challenge-based
+/// authentication: it accepts only tokens issued by `tenant-2` for its own
+/// resource, and says so in the `WWW-Authenticate` of its 401s.
+#[derive(Default)]
+struct OtherTenant {
+    /// issued token → (tenant, scope).
+    issued: Mutex<std::collections::HashMap<String, (String, String)>>,
+    /// The challenge the vault sends.
+    challenge: Mutex<String>,
+}
+
+impl OtherTenant {
+    fn handle(&self, req: &Request) -> Reply {
+        match (req.method.as_str(), req.path.as_str()) {
+            ("POST", p) if p.ends_with("/oauth2/v2.0/token") => {
+                let tenant = p.trim_start_matches('/').split('/').next().unwrap().to_owned();
+                if req.form("client_secret").as_deref() != Some(CLIENT_SECRET) {
+                    return oauth_error(401, "invalid_client", "AADSTS7000215");
+                }
+                let scope = req.form("scope").unwrap_or_default();
+                let mut issued = self.issued.lock().unwrap();
+                let token = format!("token-{}-{tenant}", issued.len() + 1);
+                issued.insert(token.clone(), (tenant, scope));
+                Reply::json(
+                    200,
+                    json!({"token_type": "Bearer", "expires_in": 3600, "access_token": token}),
+                )
+            }
+            ("GET", "/secrets/db-password") => {
+                let wanted = ("tenant-2".to_owned(), "https://localhost/.default".to_owned());
+                let ok = req
+                    .bearer()
+                    .and_then(|t| self.issued.lock().unwrap().get(t).cloned())
+                    .is_some_and(|t| t == wanted);
+                if !ok {
+                    return vault_error(401, "Unauthorized", "AKV10032: Invalid issuer.", None)
+                        .with_header("WWW-Authenticate", &self.challenge.lock().unwrap());
+                }
+                Reply::json(
+                    200,
+                    json!({"value": VALUE, "id": "https://localhost/secrets/db-password/1"}),
+                )
+            }
+            _ => Reply::text(404, "not found"),
+        }
+    }
+
+    fn token_requests(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self.issued.lock().unwrap().values().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+#[tokio::test]
+async fn a_vault_in_another_tenant_says_where_to_sign_in() {
+    let vault = Arc::new(OtherTenant::default());
+    *vault.challenge.lock().unwrap() =
+        r#"Bearer authorization="https://login.microsoftonline.com/tenant-2", resource="https://localhost""#
+            .into();
+    let state = vault.clone();
+    let fake = Fake::start(move |req| state.handle(req)).await;
+    // The vault's host is a name, as real vaults' are, so that the
+    // challenge's resource can be checked against it.
+    let url = fake.url.replace("127.0.0.1", "localhost");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client-secret"), CLIENT_SECRET).unwrap();
+    let yaml = format!(
+        "stores:\n  - name: kv\n    azure:\n      vaultUrl: {url}\n      authorityHost: {url}\n      auth:\n        {CLIENT_SECRET_AUTH}\n"
+    );
+    let config = Config::from_yaml(&yaml, "test").unwrap();
+    let store = build_store(&config.stores[0], dir.path(), None).await.unwrap();
+
+    let data = fetch(&store, "db-password", None).await.unwrap();
+    assert_eq!(data.get(None).unwrap().expose(), VALUE.as_bytes());
+    // Tokens of the configured tenant were refused (and replaced once, as
+    // any refused token is); then one of the challenge's tenant and resource,
+    // asked of the configured authority host.
+    assert_eq!(
+        vault.token_requests(),
+        [
+            (
+                "tenant-1".to_owned(),
+                "https://vault.azure.net/.default".to_owned()
+            ),
+            (
+                "tenant-1".to_owned(),
+                "https://vault.azure.net/.default".to_owned()
+            ),
+            ("tenant-2".to_owned(), "https://localhost/.default".to_owned()),
+        ]
+    );
+    // The next read goes straight to the tenant the vault named.
+    fake.clear_log();
+    fetch(&store, "db-password", None).await.unwrap();
+    assert_eq!(fake.requests_to("/secrets/").len(), 1);
+    assert_eq!(vault.token_requests().len(), 3);
+
+    // A challenge that would send a token elsewhere, or a tenant that is
+    // a path, is refused: no token is asked for it.
+    for challenge in [
+        r#"Bearer authorization="https://login.microsoftonline.com/tenant-3", resource="https://vault.azure.net""#,
+        r#"Bearer authorization="https://login.microsoftonline.com/..%2Fcommon", scope="https://localhost/.default""#,
+    ] {
+        let fresh = build_store(&config.stores[0], dir.path(), None).await.unwrap();
+        *vault.challenge.lock().unwrap() = challenge.into();
+        let before = vault.token_requests().len();
+        let e = fetch(&fresh, "db-password", None).await.unwrap_err();
+        assert_eq!(e.class(), "unauthorised", "{challenge}");
+        assert!(e.to_string().contains("challenge"), "{e}");
+        assert_hidden(&format!("{e} {e:?}"), &[CLIENT_SECRET, "token-"]);
+        let asked = vault.token_requests();
+        assert_eq!(asked.len(), before + 2, "only the configured tenant's two tokens");
+        assert!(asked
+            .iter()
+            .all(|(tenant, _)| tenant != "tenant-3" && !tenant.contains("..")));
+    }
 }

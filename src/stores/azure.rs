@@ -1,8 +1,11 @@
 //! Azure Key Vault secrets, through the Key Vault REST API (Get Secret,
-//! api-version 7.4) on reqwest. Tokens come from Microsoft Entra ID (client
+//! api-version 2025-07-01) on reqwest. Tokens come from Microsoft Entra ID (client
 //! secret, or workload identity with the federated token file AKS mounts) or
 //! from the instance metadata service (managed identity). Three token flows
 //! and one GET do not justify the Azure SDK's dependency tree.
+//!
+//! A vault in another tenant or cloud says in its 401 challenge which
+//! tenant and resource its tokens come from: `azure/challenge.rs`.
 //!
 //! References: the secret name (`db-password`); the reference's version is
 //! the Key Vault version id. A secret whose value is a JSON object is split
@@ -21,6 +24,10 @@ use super::identity::PodIdentity;
 use super::token::{AccessToken, TokenCache, TokenProvider};
 use super::{SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
 use crate::validate::{check_url, FieldError};
+
+mod challenge;
+
+use challenge::Challenge;
 
 const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 const DEFAULT_IMDS: &str = "http://169.254.169.254";
@@ -126,8 +133,10 @@ fn default_resource() -> String {
     DEFAULT_RESOURCE.to_owned()
 }
 
+/// The current Key Vault data-plane version ("Get Secret", REST API
+/// 2025-07-01); older ones stay selectable with `apiVersion`.
 fn default_api_version() -> String {
-    "7.4".to_owned()
+    "2025-07-01".to_owned()
 }
 
 fn default_imds() -> String {
@@ -203,9 +212,115 @@ impl AzureStoreConfig {
 pub(crate) struct AzureStore {
     client: reqwest::Client,
     vault_url: String,
+    /// The vault's host, which a challenge's resource must lie within.
+    vault_host: String,
     api_version: String,
-    tokens: TokenCache,
+    signin: Signin,
+    /// Tokens for the configured tenant and resource.
+    tokens: Session,
+    /// Tokens for what the vault's challenge asked instead, once it did.
+    challenged: std::sync::RwLock<Option<std::sync::Arc<Session>>>,
     retry: Retry,
+}
+
+/// Tokens for one tenant and resource.
+struct Session {
+    tenant: Option<String>,
+    resource: String,
+    tokens: TokenCache,
+}
+
+impl Session {
+    /// Whether the challenge asks for what this session already has.
+    fn answers(&self, challenge: &Challenge) -> bool {
+        self.resource
+            .trim_end_matches('/')
+            .eq_ignore_ascii_case(&challenge.resource)
+            && match (&self.tenant, &challenge.tenant) {
+                // Managed identity signs in to its own tenant only.
+                (None, _) | (_, None) => true,
+                (Some(mine), Some(asked)) => mine.eq_ignore_ascii_case(asked),
+            }
+    }
+}
+
+/// How Sesame signs in, kept so that a challenge can ask for tokens of
+/// another tenant or resource with the same credential.
+#[derive(Clone)]
+enum Signin {
+    Entra {
+        /// The configured authority host; a challenge never changes it.
+        authority: String,
+        tenant: String,
+        client_id: String,
+        credential: EntraCredential,
+    },
+    Imds {
+        endpoint: String,
+        client_id: Option<String>,
+    },
+}
+
+impl Signin {
+    fn session(
+        &self,
+        client: &reqwest::Client,
+        retry: Retry,
+        tenant: Option<&str>,
+        resource: &str,
+    ) -> Result<Session, StoreError> {
+        let resource = resource.trim_end_matches('/');
+        match self {
+            Self::Entra {
+                authority,
+                tenant: configured,
+                client_id,
+                credential,
+            } => {
+                let tenant = tenant.unwrap_or(configured);
+                Ok(Session {
+                    tenant: Some(tenant.to_owned()),
+                    resource: resource.to_owned(),
+                    tokens: TokenCache::new(
+                        "azure",
+                        EntraAuth {
+                            client: client.clone(),
+                            token_url: format!("{authority}/{tenant}/oauth2/v2.0/token"),
+                            client_id: client_id.clone(),
+                            scope: format!("{resource}/.default"),
+                            credential: credential.clone(),
+                        },
+                        retry,
+                    ),
+                })
+            }
+            Self::Imds { endpoint, client_id } => {
+                let mut url = reqwest::Url::parse(&format!(
+                    "{}/metadata/identity/oauth2/token",
+                    endpoint.trim_end_matches('/')
+                ))
+                .map_err(|_| StoreError::InvalidRequest("imdsEndpoint is not a URL".into()))?;
+                url.query_pairs_mut()
+                    .append_pair("api-version", "2018-02-01")
+                    .append_pair("resource", resource);
+                if let Some(id) = client_id {
+                    url.query_pairs_mut().append_pair("client_id", id);
+                }
+                Ok(Session {
+                    tenant: None,
+                    resource: resource.to_owned(),
+                    tokens: TokenCache::new(
+                        "azure",
+                        ImdsAuth {
+                            client: client.clone(),
+                            url,
+                        },
+                        retry,
+                    ),
+                })
+            }
+        }
+    }
 }
 
 impl AzureStore {
@@ -221,7 +336,6 @@ impl AzureStore {
     pub fn new(config: &AzureStoreConfig, base_dir: &Path) -> anyhow::Result<Self> {
         let client = http_client(None, config.timeout)?;
         let retry = Retry::default();
-        let scope = format!("{}/.default", config.resource.trim_end_matches('/'));
         let authority = config
             .authority_host
             .clone()
@@ -231,23 +345,18 @@ impl AzureStore {
                     .filter(|h| !h.is_empty())
             })
             .unwrap_or_else(|| DEFAULT_AUTHORITY.to_owned());
-        let authority = authority.trim_end_matches('/');
+        let authority = authority.trim_end_matches('/').to_owned();
         let method = config
             .auth
             .method()
             .ok_or_else(|| anyhow::anyhow!("azure: set exactly one auth method"))?;
-        let tokens = match method {
-            AzureAuth::ClientSecret(a) => TokenCache::new(
-                "azure",
-                EntraAuth {
-                    client: client.clone(),
-                    token_url: format!("{authority}/{}/oauth2/v2.0/token", a.tenant_id),
-                    client_id: a.client_id.clone(),
-                    scope,
-                    credential: EntraCredential::Secret(a.client_secret.clone(), base_dir.to_path_buf()),
-                },
-                retry,
-            ),
+        let signin = match method {
+            AzureAuth::ClientSecret(a) => Signin::Entra {
+                authority,
+                tenant: a.tenant_id.clone(),
+                client_id: a.client_id.clone(),
+                credential: EntraCredential::Secret(a.client_secret.clone(), base_dir.to_path_buf()),
+            },
             AzureAuth::WorkloadIdentity(a) => {
                 let from_env = |value: &Option<String>, var: &str| {
                     value
@@ -266,46 +375,56 @@ impl AzureStore {
                 if !is_directory_id(&tenant) || !is_directory_id(&client_id) {
                     anyhow::bail!("azure workload identity: the tenant or client id is not a GUID or domain");
                 }
-                TokenCache::new(
-                    "azure",
-                    EntraAuth {
-                        client: client.clone(),
-                        token_url: format!("{authority}/{tenant}/oauth2/v2.0/token"),
-                        client_id,
-                        scope,
-                        credential: EntraCredential::FederatedToken(base_dir.join(token_file)),
-                    },
-                    retry,
-                )
-            }
-            AzureAuth::ManagedIdentity(a) => {
-                let mut url = reqwest::Url::parse(&format!(
-                    "{}/metadata/identity/oauth2/token",
-                    config.imds_endpoint.trim_end_matches('/')
-                ))?;
-                url.query_pairs_mut()
-                    .append_pair("api-version", "2018-02-01")
-                    .append_pair("resource", &config.resource);
-                if let Some(id) = &a.client_id {
-                    url.query_pairs_mut().append_pair("client_id", id);
+                Signin::Entra {
+                    authority,
+                    tenant,
+                    client_id,
+                    credential: EntraCredential::FederatedToken(base_dir.join(token_file)),
                 }
-                TokenCache::new(
-                    "azure",
-                    ImdsAuth {
-                        client: client.clone(),
-                        url,
-                    },
-                    retry,
-                )
             }
+            AzureAuth::ManagedIdentity(a) => Signin::Imds {
+                endpoint: config.imds_endpoint.clone(),
+                client_id: a.client_id.clone(),
+            },
         };
+        let tokens = signin
+            .session(&client, retry, None, &config.resource)
+            .map_err(|e| anyhow::anyhow!("azure: {e}"))?;
+        let vault_url = config.vault_url.trim_end_matches('/').to_owned();
+        let vault_host = reqwest::Url::parse(&vault_url)?
+            .host_str()
+            .unwrap_or_default()
+            .to_owned();
         Ok(Self {
             client,
-            vault_url: config.vault_url.trim_end_matches('/').to_owned(),
+            vault_url,
+            vault_host,
             api_version: config.api_version.clone(),
+            signin,
             tokens,
+            challenged: std::sync::RwLock::new(None),
             retry,
         })
+    }
+
+    /// The tokens to send: what the vault's challenge asked for, if it did.
+    fn current(&self) -> Option<std::sync::Arc<Session>> {
+        self.challenged.read().ok().and_then(|c| c.clone())
+    }
+
+    async fn send(&self, tokens: &TokenCache, url: &str) -> Result<super::bearer::Answer, StoreError> {
+        tokens
+            .send(
+                &self.retry,
+                |token| {
+                    self.client
+                        .get(url)
+                        .query(&[("api-version", self.api_version.as_str())])
+                        .bearer_auth(token)
+                },
+                unauthorized,
+            )
+            .await
     }
 
     async fn get_secret(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
@@ -325,19 +444,35 @@ impl AzureStore {
                 ))
             }
         };
-        let answer = self
-            .tokens
-            .send(
-                &self.retry,
-                |token| {
-                    self.client
-                        .get(&url)
-                        .query(&[("api-version", self.api_version.as_str())])
-                        .bearer_auth(token)
-                },
-                unauthorized,
-            )
-            .await?;
+        let current = self.current();
+        let session = current.as_deref().unwrap_or(&self.tokens);
+        let mut answer = self.send(&session.tokens, &url).await?;
+        if answer.status == reqwest::StatusCode::UNAUTHORIZED {
+            // A vault in another tenant or cloud: sign in where it says.
+            let challenge = match answer.challenge.as_deref() {
+                Some(header) => Challenge::read(header, &self.vault_host)?,
+                None => None,
+            };
+            if let Some(challenge) = challenge.filter(|c| !session.answers(c)) {
+                tracing::info!(
+                    tenant = challenge.tenant.as_deref().unwrap_or("-"),
+                    resource = %challenge.resource,
+                    "the vault asks for tokens of another tenant or resource"
+                );
+                let adopted = std::sync::Arc::new(self.signin.session(
+                    &self.client,
+                    self.retry,
+                    challenge.tenant.as_deref(),
+                    &challenge.resource,
+                )?);
+                answer = self.send(&adopted.tokens, &url).await?;
+                // Kept whatever the vault answered: its tokens were issued,
+                // and a second challenge alike would only repeat the sign-in.
+                if let Ok(mut slot) = self.challenged.write() {
+                    *slot = Some(adopted);
+                }
+            }
+        }
         if !answer.status.is_success() {
             return Err(api_error(answer.status, &answer.body, locator.version.is_some()));
         }
@@ -359,12 +494,13 @@ impl Store for AzureStore {
 
     /// Obtains a token.
     async fn check(&self) -> Result<(), StoreError> {
-        self.tokens.token().await.map(|_| ())
+        self.tokens.tokens.token().await.map(|_| ())
     }
 
-    /// Obtains a new token before the current one expires.
+    /// Obtains a new token before the current one expires (the configured
+    /// tenant's; a challenged tenant's is obtained when it is due).
     fn upkeep(&self) -> Option<Upkeep> {
-        Some(Box::pin(self.tokens.upkeep()))
+        Some(Box::pin(self.tokens.tokens.upkeep()))
     }
 }
 
@@ -408,6 +544,7 @@ fn api_error(status: reqwest::StatusCode, body: &[u8], version_named: bool) -> S
     }
 }
 
+#[derive(Clone)]
 enum EntraCredential {
     Secret(CredentialSource, PathBuf),
     FederatedToken(PathBuf),

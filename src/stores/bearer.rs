@@ -40,14 +40,26 @@ impl TokenCache {
 pub(crate) struct Answer {
     pub status: reqwest::StatusCode,
     pub body: bytes::Bytes,
+    /// The `WWW-Authenticate` challenge of a refusal (Azure Key Vault names
+    /// the tenant and resource it wants a token for).
+    pub challenge: Option<String>,
 }
 
 impl Answer {
     /// Reads the whole body.
     pub async fn read(response: reqwest::Response) -> Result<Self, StoreError> {
         let status = response.status();
+        let challenge = response
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = response.bytes().await.map_err(|e| transport_error(&e))?;
-        Ok(Self { status, body })
+        Ok(Self {
+            status,
+            body,
+            challenge,
+        })
     }
 
     /// The body as JSON, without letting a decode error quote it (serde
