@@ -1238,3 +1238,153 @@ async fn rotation_waits_for_the_keys_signs_again_after_a_new_key_and_keeps_value
         .encode()
         .contains("sesame_secret_rotations_total{outcome=\"updated\"} 1"));
 }
+
+/// The provenance key Secret, agreed between replicas the way the
+/// certificate Secret is: created once (a replica that loses the race reads
+/// the winner's), a key the operator adds is used, a deleted Secret comes
+/// back with the keys in use, a Secret without a usable key gets one by a
+/// conditional update; no key reaches an error or a `Debug`.
+#[tokio::test]
+async fn provenance_keys_are_created_once_agreed_and_kept() {
+    use sesame::kube::provenance::ProvenanceManager;
+    let api = FakeApi::start().await;
+    let metrics = sesame::telemetry::Metrics::new();
+    let kube_metrics = Arc::new(KubeMetrics::register(&metrics));
+    let manager = |p: &Provenance| {
+        ProvenanceManager::new(
+            api.client(),
+            "sesame-system",
+            "sesame-provenance",
+            p.clone(),
+            kube_metrics.clone(),
+        )
+    };
+    let path = "/api/v1/namespaces/sesame-system/secrets";
+    // What a Secret signed with `keys` looks like: equal MACs mean equal keys.
+    let signed_by = |keys: &Provenance| {
+        sesame::kube::secret::manifest(&managed("team-a", "v", vec![]), "sesame.dev", keys, "t")
+    };
+
+    // The first replica creates it: key-1, 32 random bytes, not labelled managed.
+    let first = Provenance::empty();
+    manager(&first).sync().await.unwrap();
+    let created = &api.calls("POST", path)[0];
+    assert_eq!(created.body["metadata"]["name"], "sesame-provenance");
+    assert_eq!(
+        created.body["metadata"]["labels"]["app.kubernetes.io/component"],
+        "provenance-key"
+    );
+    assert!(created.body["metadata"]["labels"]
+        .get("app.kubernetes.io/managed-by")
+        .is_none());
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(created.body["data"]["key-1"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(key.len(), 32);
+    assert_eq!(
+        signed_by(&first),
+        signed_by(&Provenance::with_keys(vec![(1, key.clone())]).unwrap())
+    );
+    assert!(!format!("{first:?}").contains(&format!("{:?}", &key[..8])));
+
+    // A replica that loses the race (another wrote just before its create)
+    // takes the winner's key.
+    let racing = FakeApi::start().await;
+    racing.put_before_next(
+        "POST",
+        "/secrets",
+        ("secrets", "sesame-system", "sesame-provenance"),
+        json!({"metadata": {}, "data": {"key-1": b64(&"5".repeat(32))}}),
+    );
+    let loser = Provenance::empty();
+    ProvenanceManager::new(
+        racing.client(),
+        "sesame-system",
+        "sesame-provenance",
+        loser.clone(),
+        kube_metrics.clone(),
+    )
+    .sync()
+    .await
+    .unwrap();
+    assert_eq!(
+        racing.calls("POST", path).len(),
+        1,
+        "one create, refused with 409"
+    );
+    assert_eq!(
+        racing.calls("GET", path).len(),
+        2,
+        "read again after the conflict"
+    );
+    let winner = Provenance::with_keys(vec![(1, "5".repeat(32).into_bytes())]).unwrap();
+    assert_eq!(signed_by(&loser), signed_by(&winner));
+
+    // The operator adds key-2: it signs from the next check on.
+    let mut stored = api.get("secrets", "sesame-system", "sesame-provenance").unwrap();
+    stored["data"]["key-2"] = json!(b64(&"6".repeat(32)));
+    api.put("secrets", "sesame-system", "sesame-provenance", stored);
+    manager(&first).sync().await.unwrap();
+    let both = Provenance::with_keys(vec![(1, key.clone()), (2, "6".repeat(32).into_bytes())]).unwrap();
+    let now = signed_by(&first);
+    assert_eq!(now, signed_by(&both));
+    assert!(now["metadata"]["annotations"]["sesame.dev/provenance"]
+        .as_str()
+        .unwrap()
+        .starts_with("v1:2:"));
+
+    // Deleted: written again with the keys in use, so that every managed
+    // Secret still verifies.
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(api.client(), "sesame-system")
+        .delete("sesame-provenance", &Default::default())
+        .await
+        .unwrap();
+    manager(&first).sync().await.unwrap();
+    assert_eq!(api.calls("POST", path).len(), 2, "created again");
+    let recreated = api.get("secrets", "sesame-system", "sesame-provenance").unwrap();
+    let decode = |k: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(recreated["data"][k].as_str().unwrap())
+            .unwrap()
+    };
+    assert_eq!(decode("key-1"), key);
+    assert_eq!(decode("key-2"), "6".repeat(32).into_bytes());
+
+    // No usable key (too short; not a key): a new key-2, by an update that
+    // carries the resourceVersion read; the other entries stay.
+    api.put(
+        "secrets",
+        "sesame-system",
+        "sesame-provenance",
+        json!({"metadata": {}, "data": {"key-1": b64("short"), "notes": b64("hello")}}),
+    );
+    let fresh = Provenance::empty();
+    manager(&fresh).sync().await.unwrap();
+    let patch = api.calls("PATCH", "/secrets/sesame-provenance").pop().unwrap();
+    assert_eq!(patch.content_type, "application/merge-patch+json");
+    assert!(patch.body["metadata"]["resourceVersion"].is_string());
+    let stored = api.get("secrets", "sesame-system", "sesame-provenance").unwrap();
+    let data = stored["data"].as_object().unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["key-1", "key-2", "notes"]);
+    assert!(
+        signed_by(&fresh)["metadata"]["annotations"]["sesame.dev/provenance"]
+            .as_str()
+            .unwrap()
+            .starts_with("v1:2:")
+    );
+
+    // Unreadable: an error naming the Secret and the status, no key; a
+    // replica that never had keys stays without, and says so in a metric.
+    api.fail_next("GET", "/secrets/sesame-provenance", 403, 1);
+    let error = manager(&first).sync().await.unwrap_err().to_string();
+    assert!(
+        error.contains("sesame-system/sesame-provenance") && error.contains("403"),
+        "{error}"
+    );
+    api.fail_next("GET", "/secrets/sesame-provenance", 403, 1);
+    let none = Provenance::empty();
+    manager(&none).bootstrap(Duration::from_secs(5)).await;
+    assert!(none.current().is_none());
+    assert!(metrics.encode().contains("sesame_provenance_keys 0"));
+}

@@ -76,21 +76,23 @@ pub async fn start(
         provenance.clone(),
         kube_metrics.clone(),
     );
-    keys.bootstrap(CACHE_SYNC_TIMEOUT).await;
-    tasks.spawn(
-        "check of the provenance keys",
-        keys.run(PROVENANCE_CHECK_INTERVAL),
-    );
     let (writer, secrets_watch) =
         writer::KubeSecretWriter::watching(client.clone(), prefix, provenance.clone());
     tasks.spawn("watch of managed Secrets", secrets_watch);
     let (namespaces, namespaces_watch) = namespaces::NamespaceCache::watching(client.clone());
     tasks.spawn("watch of Namespaces", namespaces_watch);
-    let synced = tokio::time::timeout(CACHE_SYNC_TIMEOUT, async {
-        let _ = writer.cache().wait_until_ready().await;
-        namespaces.wait_until_ready().await;
-    })
-    .await;
+    // The keys and the caches at once: neither waits for the other.
+    let ((), synced) = tokio::join!(
+        keys.bootstrap(CACHE_SYNC_TIMEOUT),
+        tokio::time::timeout(CACHE_SYNC_TIMEOUT, async {
+            let _ = writer.cache().wait_until_ready().await;
+            namespaces.wait_until_ready().await;
+        })
+    );
+    tasks.spawn(
+        "check of the provenance keys",
+        keys.run(PROVENANCE_CHECK_INTERVAL),
+    );
     match synced {
         Ok(()) => tracing::info!("managed Secret and Namespace caches synced"),
         Err(_) => tracing::warn!(

@@ -34,6 +34,11 @@ use crate::inject::{secret_data, DataError, Fetched, SecretRef};
 use crate::pipeline::{Engine, Refusal, SharedEngine};
 use crate::stores::{SecretValue, StoreRequest};
 
+/// At most this many Secrets are signed again per pass after a new key,
+/// so that a key rotation does not send the API server one write per
+/// managed Secret at once.
+const RESIGN_PER_PASS: usize = 100;
+
 /// When the Secret's values were last written or confirmed: its (signed)
 /// `refreshed-at`, else its creation time (pure).
 pub(crate) fn last_refreshed(recorded: &Recorded, secret: &Secret) -> Option<Timestamp> {
@@ -255,8 +260,10 @@ impl Rotator {
             }
             if !due {
                 // Not due: only signed again when an older key made its MAC.
-                if !verified.current {
-                    match self.resign(secret, &recorded, &ring).await {
+                if !verified.current && report.resigned >= RESIGN_PER_PASS {
+                    on_older_keys += 1;
+                } else if !verified.current {
+                    match self.resign(secret, &recorded, &keys, &ring).await {
                         Ok(()) => {
                             self.metrics.resigned();
                             report.resigned += 1;
@@ -422,13 +429,13 @@ impl Rotator {
         &self,
         secret: &Secret,
         recorded: &Recorded,
+        keys: &SecretAnnotations,
         ring: &KeyRing,
     ) -> Result<(), ::kube::Error> {
-        let keys = SecretAnnotations::new(self.engine.load().prefix());
         let patch = json!({
             "metadata": {
                 "resourceVersion": secret.metadata.resource_version,
-                "annotations": {keys.provenance: recorded.mac(ring)},
+                "annotations": {keys.provenance.as_str(): recorded.mac(ring)},
             }
         });
         let params = PatchParams {
