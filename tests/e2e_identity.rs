@@ -151,13 +151,22 @@ fn unique_suffix() -> String {
     )
 }
 
-async fn eventually<F, Fut>(what: &str, mut f: F)
+async fn eventually<F, Fut>(what: &str, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_within(what, Duration::from_secs(30), f).await;
+}
+
+/// `eventually` with its own bound (a rotation pass comes at its interval).
+async fn eventually_within<F, Fut>(what: &str, bound: Duration, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
+    while start.elapsed() < bound {
         if f().await {
             return;
         }
@@ -282,9 +291,10 @@ async fn scenarios(env: &Env, bao: &Bao, kubeconfig: &Path) {
     std::fs::write(
         dir.path().join("sesame.yaml"),
         format!(
-            "stores:\n  - name: vault\n    identity: pod\n    cacheTtl: 1m\n    vault:\n      address: {}\n      auth:\n        kubernetes: {{role: '{{namespace}}-{{serviceAccount}}'}}\n\
-             policy:\n  rules:\n    - {{name: both, namespaces: ['{ns}'], stores: [vault], paths: ['{{namespace}}/*']}}\n",
-            bao.address
+            "stores:\n  - name: vault\n    identity: pod\n    cacheTtl: 1m\n    vault:\n      address: {address}\n      auth:\n        kubernetes: {{role: '{{namespace}}-{{serviceAccount}}'}}\n\
+             \x20 - name: rotating\n    identity: pod\n    cacheTtl: 0s\n    refreshInterval: 10s\n    vault:\n      address: {address}\n      auth:\n        kubernetes: {{role: '{{namespace}}-{{serviceAccount}}'}}\n\
+             policy:\n  rules:\n    - {{name: both, namespaces: ['{ns}'], stores: [vault, rotating], paths: ['{{namespace}}/*']}}\n",
+            address = bao.address
         ),
     )
     .unwrap();
@@ -333,7 +343,7 @@ async fn scenarios(env: &Env, bao: &Bao, kubeconfig: &Path) {
         }),
     )
     .await;
-    let outcome = std::panic::AssertUnwindSafe(pods(client, ns))
+    let outcome = std::panic::AssertUnwindSafe(pods(client, ns, bao))
         .catch_unwind()
         .await;
     let _ = webhooks.delete(&webhook_name, &DeleteParams::default()).await;
@@ -345,8 +355,12 @@ async fn scenarios(env: &Env, bao: &Bao, kubeconfig: &Path) {
 }
 
 fn pod(name: &str, account: &str, path: &str) -> Value {
+    pod_from(name, account, &format!("vault:{path}#password"))
+}
+
+fn pod_from(name: &str, account: &str, reference: &str) -> Value {
     json!({
-        "metadata": {"name": name, "annotations": {format!("{PREFIX}/env.PASSWORD"): format!("vault:{path}#password")}},
+        "metadata": {"name": name, "annotations": {format!("{PREFIX}/env.PASSWORD"): reference}},
         "spec": {
             "serviceAccountName": account,
             "containers": [{"name": "app", "image": "registry.invalid/app:1"}]
@@ -365,7 +379,7 @@ async fn injected(client: &Client, ns: &str, created: &Pod) -> String {
     String::from_utf8(secret.data.unwrap()[&key.key].0.clone()).unwrap()
 }
 
-async fn pods(client: &Client, ns: &str) {
+async fn pods(client: &Client, ns: &str, bao: &Bao) {
     let pods = Api::<Pod>::namespaced(client.clone(), ns);
     // The webhook configuration takes a moment to reach the API server.
     eventually("the webhook to mutate Pods", || {
@@ -447,4 +461,31 @@ async fn pods(client: &Client, ns: &str) {
     let (code, message) = denial(err);
     assert_eq!(code, 403, "{message}");
     assert!(message.contains("store \"vault\""), "{message}");
+
+    // Rotation reads as the ServiceAccount the Secret was admitted under,
+    // as the Secret records it under its MAC: Sesame has no Vault login of
+    // its own, so only app-a's login can bring the new value.
+    let rotated = pods
+        .create(
+            &PostParams::default(),
+            &obj(pod_from(
+                "rotated-a",
+                "app-a",
+                &format!("rotating:{ns}/a#password"),
+            )),
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected(client, ns, &rotated).await, "password-of-a");
+    bao.post(
+        &format!("secret/data/{ns}/a"),
+        json!({"data": {"password": "password-of-a-2"}}),
+    )
+    .await;
+    eventually_within(
+        "rotation to refresh the Secret as app-a",
+        Duration::from_secs(120),
+        || async { injected(client, ns, &rotated).await == "password-of-a-2" },
+    )
+    .await;
 }
