@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::Value;
 
 use crate::lookup::{kinds_and_names, one, webhooks};
-use crate::render::{all_components, helm, host_network, overlay, tools};
+use crate::render::{all_components, helm, host_network, overlay, pod_identity, tools};
 use crate::NS;
 
 #[test]
@@ -22,6 +22,10 @@ fn chart_matches_the_kustomize_base() {
             helm(&helm_bin, &["certificates.mode=cert-manager"]),
         ),
         (host_network(&kubectl), helm(&helm_bin, &["hostNetwork=true"])),
+        (
+            pod_identity(&kubectl),
+            helm(&helm_bin, &["podIdentity.enabled=true"]),
+        ),
     ];
     for (k, h) in &pairs {
         // The chart leaves the namespace to `helm install --create-namespace`.

@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
 
 use crate::lookup::{env_of, named, one};
-use crate::render::{overlay, tools};
+use crate::render::{helm, overlay, pod_identity, tools};
 use crate::NS;
 
 #[test]
@@ -66,4 +66,63 @@ fn rbac_is_least_privilege() {
     // Sesame is told the names its RBAC grants.
     assert_eq!(env_of(&objects, "SESAME_CERT_MODE"), "self-managed");
     assert_eq!(env_of(&objects, "SESAME_WEBHOOK_CONFIG"), "sesame");
+}
+
+/// `identity: pod` needs `serviceaccounts/token` create, which lets Sesame
+/// act as any ServiceAccount it may make tokens for: it is opt-in, grants
+/// nothing else, and the chart scopes it to namespaces and names.
+#[test]
+fn pod_identity_rbac_is_opt_in_and_scoped() {
+    let Some((kubectl, helm_bin)) = tools() else {
+        return;
+    };
+    let grants_tokens = |objects: &[serde_json::Value]| {
+        objects.iter().any(|o| {
+            o["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["resources"].to_string().contains("serviceaccounts"))
+        })
+    };
+    assert!(!grants_tokens(&overlay(&kubectl, "self-managed")));
+    assert!(!grants_tokens(&helm(&helm_bin, &[])));
+
+    let objects = pod_identity(&kubectl);
+    let role: ClusterRole = named(&objects, "ClusterRole", "sesame-pod-identity");
+    let rules = role.rules.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["serviceaccounts/token".to_owned()][..])
+    );
+    assert_eq!(rules[0].verbs, ["create"]);
+    let binding: ClusterRoleBinding = named(&objects, "ClusterRoleBinding", "sesame-pod-identity");
+    assert_eq!(binding.subjects.unwrap()[0].name, "sesame");
+
+    // Scoped: a RoleBinding per namespace, no ClusterRoleBinding, and the
+    // named ServiceAccounts only.
+    let scoped = helm(
+        &helm_bin,
+        &[
+            "podIdentity.enabled=true",
+            "podIdentity.namespaces={team-a,team-b}",
+            "podIdentity.serviceAccounts={app}",
+        ],
+    );
+    assert!(!scoped
+        .iter()
+        .any(|o| o["kind"] == "ClusterRoleBinding" && o["metadata"]["name"] == "sesame-pod-identity"));
+    let mut namespaces: Vec<String> = scoped
+        .iter()
+        .filter(|o| o["kind"] == "RoleBinding" && o["metadata"]["name"] == "sesame-pod-identity")
+        .map(|o| o["metadata"]["namespace"].as_str().unwrap().to_owned())
+        .collect();
+    namespaces.sort();
+    assert_eq!(namespaces, ["team-a", "team-b"]);
+    let role: ClusterRole = named(&scoped, "ClusterRole", "sesame-pod-identity");
+    assert_eq!(
+        role.rules.unwrap()[0].resource_names,
+        Some(vec!["app".to_owned()])
+    );
 }

@@ -101,6 +101,15 @@ pub(crate) fn host_network(kubectl: &Path) -> Vec<Value> {
     )
 }
 
+/// The self-managed overlay with the `identity: pod` RBAC component.
+pub(crate) fn pod_identity(kubectl: &Path) -> Vec<Value> {
+    kustomize_with(
+        kubectl,
+        "pod-identity",
+        "resources:\n  - {root}/deploy/overlays/self-managed\ncomponents:\n  - {root}/deploy/components/pod-identity\n",
+    )
+}
+
 pub(crate) fn helm(helm: &Path, set: &[&str]) -> Vec<Value> {
     helm_values(helm, "", set)
 }
