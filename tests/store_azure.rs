@@ -655,3 +655,217 @@ async fn a_vault_in_another_tenant_says_where_to_sign_in() {
             .all(|(tenant, _)| tenant != "tenant-3" && !tenant.contains("..")));
     }
 }
+
+/// Microsoft Entra with two apps whose federated credentials trust one
+/// ServiceAccount each ("Workload identity federation": the assertion's
+/// subject must match a federated identity credential of the app, else
+/// `invalid_client`, AADSTS700213), and a vault whose RBAC lets each app
+/// read its own secret.
+#[derive(Default)]
+struct Federated {
+    /// issued token → app (client id).
+    issued: Mutex<std::collections::HashMap<String, String>>,
+}
+
+const APP_A: &str = "00000000-0000-0000-0000-00000000000a";
+const APP_B: &str = "00000000-0000-0000-0000-00000000000b";
+
+impl Federated {
+    fn handle(&self, req: &Request) -> Reply {
+        match (req.method.as_str(), req.path.as_str()) {
+            ("POST", "/tenant-1/oauth2/v2.0/token") => {
+                if req.form("grant_type").as_deref() != Some("client_credentials")
+                    || req.form("scope").as_deref() != Some("https://vault.azure.net/.default")
+                    || req.form("client_assertion_type").as_deref()
+                        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                {
+                    return oauth_error(400, "invalid_request", "AADSTS900144");
+                }
+                let client = req.form("client_id").unwrap_or_default();
+                let trusted = match client.as_str() {
+                    APP_A => "k8s-token:team:a",
+                    APP_B => "k8s-token:team:b",
+                    _ => {
+                        return oauth_error(
+                            400,
+                            "unauthorized_client",
+                            "AADSTS700016: Application not found.",
+                        )
+                    }
+                };
+                let assertion = req.form("client_assertion").unwrap_or_default();
+                if assertion != trusted {
+                    return oauth_error(
+                        401,
+                        "invalid_client",
+                        &format!("AADSTS700213: No matching federated identity record found for presented assertion subject {assertion}."),
+                    );
+                }
+                let mut issued = self.issued.lock().unwrap();
+                let token = format!("eyJ0eXAi.app-token-{}", issued.len() + 1);
+                issued.insert(token.clone(), client);
+                Reply::json(
+                    200,
+                    json!({"token_type": "Bearer", "expires_in": 3600, "access_token": token}),
+                )
+            }
+            ("GET", path) if path.starts_with("/secrets/") => {
+                let Some(app) = req
+                    .bearer()
+                    .and_then(|t| self.issued.lock().unwrap().get(t).cloned())
+                else {
+                    return vault_error(
+                        401,
+                        "Unauthorized",
+                        "AKV10000: Request is missing a Bearer or PoP token.",
+                        None,
+                    );
+                };
+                let name = &path["/secrets/".len()..];
+                let reader = match name {
+                    "a-secret" => APP_A,
+                    "b-secret" => APP_B,
+                    _ => {
+                        return vault_error(
+                            404,
+                            "SecretNotFound",
+                            "A secret with (name/id) was not found.",
+                            None,
+                        )
+                    }
+                };
+                if app != reader {
+                    return vault_error(
+                        403,
+                        "Forbidden",
+                        "Caller is not authorized.",
+                        Some("ForbiddenByRbac"),
+                    );
+                }
+                Reply::json(
+                    200,
+                    json!({"value": format!("value-of-{name}"), "id": format!("https://v/secrets/{name}/1")}),
+                )
+            }
+            _ => Reply::text(404, "not found"),
+        }
+    }
+}
+
+/// A stand-in for the TokenRequest API: a token naming the account.
+struct FakeTokens(Mutex<Vec<(String, String)>>);
+
+#[async_trait::async_trait]
+impl sesame::stores::ServiceAccountTokens for FakeTokens {
+    async fn token(
+        &self,
+        identity: &sesame::stores::WorkloadIdentity,
+        audience: &str,
+        _: Duration,
+    ) -> Result<sesame::stores::SecretValue, StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((identity.to_string(), audience.to_owned()));
+        Ok(sesame::stores::SecretValue::from(format!(
+            "k8s-token:{}:{}",
+            identity.namespace, identity.service_account
+        )))
+    }
+}
+
+/// `identity: pod`: each ServiceAccount's token is the client assertion of
+/// its own app's federated credential (`clientIds`, else `clientId`), and
+/// the vault's RBAC decides: `team/a` reads its secret, not `team/b`'s, and
+/// `team/c`, which no federated credential trusts, signs in nowhere.
+#[tokio::test]
+async fn identity_pod_signs_in_with_each_service_accounts_federated_credential() {
+    use sesame::stores::azure::{AzureStore, AzureStoreConfig};
+    use sesame::stores::{PodIdentity, PodIdentityConfig, RequestLimit, WorkloadIdentity};
+
+    let entra = Arc::new(Federated::default());
+    let state = entra.clone();
+    let fake = Fake::start(move |req| state.handle(req)).await;
+    let config: AzureStoreConfig = serde_norway::from_str(&format!(
+        "vaultUrl: {url}\nauthorityHost: {url}\nauth:\n  workloadIdentity:\n    tenantId: tenant-1\n    clientId: {APP_B}\n    clientIds: {{team/a: {APP_A}}}\n",
+        url = fake.url
+    ))
+    .unwrap();
+    config.validate().unwrap();
+    let tokens = Arc::new(FakeTokens(Mutex::default()));
+    let pod = PodIdentity::new(PodIdentityConfig::default(), tokens.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let store = AzureStore::with_identity(&config, dir.path(), Some(pod)).unwrap();
+    let read_as = |sa: &'static str, secret: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .fetch_as(
+                    &WorkloadIdentity::new("team", sa).unwrap(),
+                    &[SecretLocator::new(secret, None)],
+                    &RequestLimit::default(),
+                )
+                .await
+                .remove(0)
+        }
+    };
+    let text = |d: SecretData| String::from_utf8(d.get(None).unwrap().expose().to_vec()).unwrap();
+    assert_eq!(text(read_as("a", "a-secret").await.unwrap()), "value-of-a-secret");
+    assert_eq!(text(read_as("b", "b-secret").await.unwrap()), "value-of-b-secret");
+    let e = read_as("a", "b-secret").await.unwrap_err();
+    assert_eq!(e.class(), "unauthorised");
+    assert!(e.to_string().contains("ForbiddenByRbac"), "{e}");
+    let e = read_as("c", "b-secret").await.unwrap_err();
+    assert_eq!(e.class(), "unauthorised");
+    assert!(e.to_string().contains("invalid_client"), "{e}");
+    assert_hidden(&format!("{e} {e:?}"), &["k8s-token"]);
+
+    // Each token was asked for Entra's federation audience, and the
+    // sign-ins are cached per ServiceAccount.
+    read_as("a", "a-secret").await.unwrap();
+    let asked = tokens.0.lock().unwrap().clone();
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    assert!(asked
+        .iter()
+        .all(|(_, audience)| audience == "api://AzureADTokenExchange"));
+    let clients: Vec<_> = fake
+        .requests_to("/tenant-1/")
+        .iter()
+        .map(|r| r.form("client_id").unwrap())
+        .collect();
+    assert_eq!(clients, [APP_A, APP_B, APP_B]);
+    // Sesame's own identity is never used.
+    assert_eq!(
+        store
+            .read(&SecretLocator::new("a-secret", None))
+            .await
+            .unwrap_err()
+            .class(),
+        "unauthorised"
+    );
+    assert!(store.check().await.is_ok());
+    assert_eq!(fake.requests_to("/tenant-1/").len(), 3);
+
+    // The configuration path: identity: pod needs workloadIdentity, and
+    // clientIds means nothing without identity: pod.
+    for (yaml, expected) in [
+        (
+            format!("stores:\n  - name: kv\n    identity: pod\n    azure:\n      vaultUrl: {url}\n      auth:\n        {CLIENT_SECRET_AUTH}\n", url = fake.url),
+            "workloadIdentity",
+        ),
+        (
+            format!("stores:\n  - name: kv\n    azure:\n      vaultUrl: {url}\n      auth:\n        workloadIdentity: {{clientIds: {{team/a: {APP_A}}}}}\n", url = fake.url),
+            "clientIds",
+        ),
+        (
+            format!("stores:\n  - name: kv\n    identity: pod\n    azure:\n      vaultUrl: {url}\n      auth:\n        workloadIdentity: {{tenantId: t, clientIds: {{'a/b/c': {APP_A}}}}}\n", url = fake.url),
+            "clientIds",
+        ),
+    ] {
+        let e = match Config::from_yaml(&yaml, "test") {
+            Ok(_) => panic!("accepted: {yaml}"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains(expected), "{yaml}\n{e}");
+    }
+}

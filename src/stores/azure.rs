@@ -11,6 +11,7 @@
 //! the Key Vault version id. A secret whose value is a JSON object is split
 //! into properties.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,9 +21,9 @@ use zeroize::Zeroizing;
 
 use super::bearer::{error_code, oauth_token, send_once, unauthorized};
 use super::common::{http_client, status_error, CredentialSource, Retry};
-use super::identity::PodIdentity;
+use super::identity::{PodIdentity, Sessions, WorkloadIdentity};
 use super::token::{AccessToken, TokenCache, TokenProvider};
-use super::{SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
+use super::{RequestLimit, SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
 use crate::validate::{check_url, FieldError};
 
 mod challenge;
@@ -33,6 +34,8 @@ const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 const DEFAULT_IMDS: &str = "http://169.254.169.254";
 const DEFAULT_RESOURCE: &str = "https://vault.azure.net";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The audience Microsoft Entra expects of a federated credential's token.
+const FEDERATION_AUDIENCE: &str = "api://AzureADTokenExchange";
 
 /// The `azure` section of a store.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -119,6 +122,11 @@ pub struct WorkloadIdentityAuth {
     /// Default `$AZURE_FEDERATED_TOKEN_FILE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// `identity: pod`: the app registration or user-assigned identity of
+    /// each `<namespace>/<serviceAccount>` (its federated credential trusts
+    /// that account); the others use `clientId`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub client_ids: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -163,7 +171,36 @@ fn is_secret_name(s: &str) -> bool {
 impl AzureStoreConfig {
     /// The checks of `identity: pod`; fields are below the section.
     pub fn validate_pod_identity(&self) -> Result<(), FieldError> {
-        Err(FieldError::new("", "identity: pod is not supported yet"))
+        let Some(AzureAuth::WorkloadIdentity(a)) = self.auth.method() else {
+            return Err(FieldError::new(
+                "auth",
+                "identity: pod signs in with workloadIdentity: the Pod's token is the client assertion of a federated credential",
+            ));
+        };
+        if a.token_file.is_some() {
+            return Err(FieldError::new(
+                "auth.workloadIdentity.tokenFile",
+                "is Sesame's own token; with identity: pod each Pod's token is requested",
+            ));
+        }
+        if a.client_id.is_none() && a.client_ids.is_empty() {
+            return Err(FieldError::new(
+                "auth.workloadIdentity",
+                "needs clientId or clientIds with identity: pod (AZURE_CLIENT_ID is Sesame's own)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The checks of Sesame's own identity: `clientIds` is for `identity: pod`.
+    pub fn validate_own_identity(&self) -> Result<(), FieldError> {
+        match self.auth.method() {
+            Some(AzureAuth::WorkloadIdentity(a)) if !a.client_ids.is_empty() => Err(FieldError::new(
+                "auth.workloadIdentity.clientIds",
+                "is read with identity: pod only",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Checks the fields serde cannot; fields are below the section.
@@ -190,10 +227,25 @@ impl AzureStoreConfig {
                     ("clientSecret.clientId", Some(&a.client_id)),
                 ]
             }
-            AzureAuth::WorkloadIdentity(a) => vec![
-                ("workloadIdentity.tenantId", a.tenant_id.as_ref()),
-                ("workloadIdentity.clientId", a.client_id.as_ref()),
-            ],
+            AzureAuth::WorkloadIdentity(a) => {
+                for (account, id) in &a.client_ids {
+                    let named = account
+                        .split_once('/')
+                        .is_some_and(|(ns, sa)| WorkloadIdentity::new(ns, sa).is_ok());
+                    if !named || !is_directory_id(id) {
+                        return Err(FieldError::new(
+                            "auth.workloadIdentity.clientIds",
+                            format!(
+                                "\"{account}\" must be <namespace>/<serviceAccount> with a client id GUID"
+                            ),
+                        ));
+                    }
+                }
+                vec![
+                    ("workloadIdentity.tenantId", a.tenant_id.as_ref()),
+                    ("workloadIdentity.clientId", a.client_id.as_ref()),
+                ]
+            }
             AzureAuth::ManagedIdentity(a) => vec![("managedIdentity.clientId", a.client_id.as_ref())],
         };
         for (name, id) in ids {
@@ -209,7 +261,7 @@ impl AzureStoreConfig {
 }
 
 /// A store reading Azure Key Vault secrets.
-pub(crate) struct AzureStore {
+pub struct AzureStore {
     client: reqwest::Client,
     vault_url: String,
     /// The vault's host, which a challenge's resource must lie within.
@@ -221,6 +273,18 @@ pub(crate) struct AzureStore {
     /// Tokens for what the vault's challenge asked instead, once it did.
     challenged: std::sync::RwLock<Option<std::sync::Arc<Session>>>,
     retry: Retry,
+    /// `identity: pod`: a federated sign-in per ServiceAccount.
+    workloads: Option<Workloads>,
+}
+
+/// The per-ServiceAccount side of a store with `identity: pod`.
+struct Workloads {
+    pod: PodIdentity,
+    token_url: String,
+    scope: String,
+    client_id: Option<String>,
+    client_ids: BTreeMap<String, String>,
+    sessions: Sessions<TokenCache>,
 }
 
 /// Tokens for one tenant and resource.
@@ -329,8 +393,80 @@ impl AzureStore {
         base_dir: &Path,
         pod: Option<PodIdentity>,
     ) -> anyhow::Result<Self> {
-        let _ = pod;
-        Self::new(config, base_dir)
+        let Some(pod) = pod else {
+            return Self::new(config, base_dir);
+        };
+        config
+            .validate_pod_identity()
+            .map_err(|e| anyhow::anyhow!("{}", e.within("azure")))?;
+        let Some(AzureAuth::WorkloadIdentity(a)) = config.auth.method() else {
+            anyhow::bail!("azure: identity: pod needs auth.workloadIdentity");
+        };
+        let tenant = a
+            .tenant_id
+            .clone()
+            .or_else(|| std::env::var("AZURE_TENANT_ID").ok().filter(|v| !v.is_empty()))
+            .filter(|t| is_directory_id(t))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "azure: identity: pod needs auth.workloadIdentity.tenantId (or AZURE_TENANT_ID)"
+                )
+            })?;
+        // Sesame's own sign-in refuses: such a store reads as Pods only.
+        let mut own = config.clone();
+        own.auth.workload_identity = Some(WorkloadIdentityAuth {
+            tenant_id: Some(tenant.clone()),
+            client_id: Some(a.client_id.clone().unwrap_or_else(|| "pods-only".into())),
+            token_file: Some(PathBuf::new()),
+            client_ids: BTreeMap::new(),
+        });
+        let mut store = Self::new(&own, base_dir)?;
+        if let Signin::Entra { credential, .. } = &mut store.signin {
+            *credential = EntraCredential::PodsOnly;
+        }
+        store.tokens = store
+            .signin
+            .session(&store.client, store.retry, None, &config.resource)?;
+        let Signin::Entra { authority, .. } = &store.signin else {
+            anyhow::bail!("azure: identity: pod needs auth.workloadIdentity");
+        };
+        store.workloads = Some(Workloads {
+            token_url: format!("{authority}/{tenant}/oauth2/v2.0/token"),
+            scope: format!("{}/.default", config.resource.trim_end_matches('/')),
+            client_id: a.client_id.clone(),
+            client_ids: a.client_ids.clone(),
+            sessions: pod.sessions(),
+            pod,
+        });
+        Ok(store)
+    }
+
+    /// The federated sign-in of one ServiceAccount (`identity: pod`).
+    fn pod_tokens(
+        &self,
+        workloads: &Workloads,
+        identity: &WorkloadIdentity,
+    ) -> Result<std::sync::Arc<TokenCache>, StoreError> {
+        let client_id = workloads
+            .client_ids
+            .get(&identity.to_string())
+            .or(workloads.client_id.as_ref())
+            .ok_or_else(|| {
+                StoreError::Unauthorized(format!("auth.workloadIdentity names no client id for {identity}"))
+            })?;
+        Ok(workloads.sessions.get(identity, || {
+            TokenCache::new(
+                "azure",
+                EntraAuth {
+                    client: self.client.clone(),
+                    token_url: workloads.token_url.clone(),
+                    client_id: client_id.clone(),
+                    scope: workloads.scope.clone(),
+                    credential: EntraCredential::Pod(workloads.pod.clone(), identity.clone()),
+                },
+                self.retry,
+            )
+        }))
     }
 
     pub fn new(config: &AzureStoreConfig, base_dir: &Path) -> anyhow::Result<Self> {
@@ -404,6 +540,7 @@ impl AzureStore {
             tokens,
             challenged: std::sync::RwLock::new(None),
             retry,
+            workloads: None,
         })
     }
 
@@ -427,7 +564,19 @@ impl AzureStore {
             .await
     }
 
-    async fn get_secret(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+    /// A secret as the Pod's ServiceAccount: its own tenant's token, no
+    /// challenge followed (the federated credential names its tenant).
+    async fn get_secret_as(
+        &self,
+        tokens: &TokenCache,
+        locator: &SecretLocator,
+    ) -> Result<SecretData, StoreError> {
+        let url = self.secret_url(locator)?;
+        let answer = self.send(tokens, &url).await?;
+        secret_of(&answer, locator)
+    }
+
+    fn secret_url(&self, locator: &SecretLocator) -> Result<String, StoreError> {
         if !is_secret_name(&locator.path) {
             return Err(StoreError::InvalidRequest(
                 "a Key Vault secret name is letters, digits and '-'".into(),
@@ -444,6 +593,11 @@ impl AzureStore {
                 ))
             }
         };
+        Ok(url)
+    }
+
+    async fn get_secret(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+        let url = self.secret_url(locator)?;
         let current = self.current();
         let session = current.as_deref().unwrap_or(&self.tokens);
         let mut answer = self.send(&session.tokens, &url).await?;
@@ -473,13 +627,18 @@ impl AzureStore {
                 }
             }
         }
-        if !answer.status.is_success() {
-            return Err(api_error(answer.status, &answer.body, locator.version.is_some()));
-        }
-        let bundle: SecretBundle = answer.json()?;
-        let value = Zeroizing::new(bundle.value.unwrap_or_default());
-        Ok(SecretData::from_text(&value))
+        secret_of(&answer, locator)
     }
+}
+
+/// The secret of a Get Secret answer, or its error.
+fn secret_of(answer: &super::bearer::Answer, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+    if !answer.status.is_success() {
+        return Err(api_error(answer.status, &answer.body, locator.version.is_some()));
+    }
+    let bundle: SecretBundle = answer.json()?;
+    let value = Zeroizing::new(bundle.value.unwrap_or_default());
+    Ok(SecretData::from_text(&value))
 }
 
 #[async_trait]
@@ -492,14 +651,41 @@ impl Store for AzureStore {
         self.get_secret(locator).await
     }
 
-    /// Obtains a token.
+    /// Reads with the ServiceAccount's federated sign-in (`identity: pod`).
+    async fn fetch_as(
+        &self,
+        identity: &WorkloadIdentity,
+        locators: &[SecretLocator],
+        limit: &RequestLimit,
+    ) -> Vec<Result<SecretData, StoreError>> {
+        let Some(workloads) = &self.workloads else {
+            return vec![
+                Err(StoreError::InvalidRequest(
+                    "the store reads with Sesame's identity; set identity: pod to read as the Pod".into(),
+                ));
+                locators.len()
+            ];
+        };
+        match self.pod_tokens(workloads, identity) {
+            Ok(tokens) => limit.each(locators, |l| self.get_secret_as(&tokens, l)).await,
+            Err(e) => vec![Err(e); locators.len()],
+        }
+    }
+
+    /// Obtains a token (none of Sesame's own with `identity: pod`).
     async fn check(&self) -> Result<(), StoreError> {
+        if self.workloads.is_some() {
+            return Ok(());
+        }
         self.tokens.tokens.token().await.map(|_| ())
     }
 
     /// Obtains a new token before the current one expires (the configured
     /// tenant's; a challenged tenant's is obtained when it is due).
     fn upkeep(&self) -> Option<Upkeep> {
+        if self.workloads.is_some() {
+            return None;
+        }
         Some(Box::pin(self.tokens.tokens.upkeep()))
     }
 }
@@ -548,6 +734,10 @@ fn api_error(status: reqwest::StatusCode, body: &[u8], version_named: bool) -> S
 enum EntraCredential {
     Secret(CredentialSource, PathBuf),
     FederatedToken(PathBuf),
+    /// `identity: pod`: a token of this ServiceAccount, requested per sign-in.
+    Pod(PodIdentity, WorkloadIdentity),
+    /// Sesame's own sign-in of a store with `identity: pod`: there is none.
+    PodsOnly,
 }
 
 /// Microsoft Entra ID token endpoint, client credentials grant with a secret
@@ -579,6 +769,16 @@ impl TokenProvider for EntraAuth {
                 })?;
                 let text = String::from_utf8_lossy(&raw).trim().to_owned();
                 ("client_assertion", SecretValue::from(text), true)
+            }
+            EntraCredential::Pod(pod, identity) => (
+                "client_assertion",
+                pod.token(identity, FEDERATION_AUDIENCE).await?,
+                true,
+            ),
+            EntraCredential::PodsOnly => {
+                return Err(StoreError::Unauthorized(
+                    "the store reads as the Pod's ServiceAccount (identity: pod) only".into(),
+                ))
             }
         };
         let value = value

@@ -128,6 +128,10 @@ impl ProviderConfig<'_> {
                 Self::Gcp(c) => c.impersonate.as_deref().map(|t| ("impersonate", t)),
                 _ => None,
             };
+            #[cfg(feature = "azure")]
+            if let Self::Azure(c) = self {
+                c.validate_own_identity()?;
+            }
             return match template {
                 Some((field, t)) if t.contains(['{', '}']) => Err(FieldError::new(
                     field,
