@@ -48,18 +48,25 @@ pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-/// An `http` or `https` URL with a host.
-pub(crate) fn is_http_url(s: &str) -> bool {
-    reqwest::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+/// Why `s` is not usable as a store's address: not an `http` or `https`
+/// URL with a host, or one with `user:password@`. Credentials belong in a
+/// store's `auth` section, read from a file or env var; in an address they
+/// would be sent to the server and shown wherever the address is.
+pub(crate) fn url_problem(s: &str) -> Option<&'static str> {
+    match reqwest::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => (!u.username().is_empty()
+            || u.password().is_some())
+        .then_some("must not carry user:password@; give credentials in the store's auth section"),
+        _ => Some("is not an http(s) URL"),
+    }
 }
 
-/// Checks that `url` is an http(s) URL; the error names `field`.
-#[cfg(any(feature = "gcp", feature = "azure", feature = "infisical", test))]
+/// Checks that `url` is an http(s) URL without credentials; the error names
+/// `field` and never quotes the URL (it may hold a password).
 pub(crate) fn check_url(url: &str, field: &str) -> Result<(), FieldError> {
-    if is_http_url(url) {
-        Ok(())
-    } else {
-        Err(FieldError::new(field, format!("\"{url}\" is not an http(s) URL")))
+    match url_problem(url) {
+        None => Ok(()),
+        Some(problem) => Err(FieldError::new(field, problem)),
     }
 }
 
@@ -85,14 +92,30 @@ mod tests {
         }
         assert!(is_dns_subdomain("sesame.dev"));
         assert!(!is_dns_subdomain("sesame..dev"));
-        assert!(is_http_url("https://vault:8200"));
+        assert_eq!(url_problem("https://vault:8200"), None);
         for bad in ["vault:8200", "ftp://x", "http://", "not a url"] {
-            assert!(!is_http_url(bad), "{bad}");
+            assert_eq!(url_problem(bad), Some("is not an http(s) URL"), "{bad}");
         }
         assert_eq!(check_url("x", "address").unwrap_err().field, "address");
         assert_eq!(exactly_one([None, Some(2), None]), Ok(2));
         assert_eq!(exactly_one::<u8>([None, None]), Err(0));
         assert_eq!(exactly_one([Some(1), Some(2)]), Err(2));
+    }
+
+    /// An address with credentials is refused, and the error quotes neither.
+    #[test]
+    fn addresses_with_userinfo_are_refused_without_quoting_them() {
+        for bad in [
+            "https://admin:hunter2@vault:8200",
+            "https://hunter2@vault:8200",
+            "http://:hunter2@vault",
+        ] {
+            let e = check_url(bad, "address").unwrap_err();
+            assert!(e.message.contains("user:password@"), "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        let e = check_url("https://vault:8200 hunter2", "address").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

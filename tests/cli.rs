@@ -568,3 +568,103 @@ async fn serve_writes_one_json_audit_line_per_decision_and_no_value() {
     assert_eq!(l["code"], 400);
     assert!(l["reason"].as_str().unwrap().contains("colour"));
 }
+
+/// Inline mode writes env values into the Pod itself: without
+/// `--show-values` the printed Pod carries their sizes, never the values.
+#[test]
+fn mutate_hides_inline_values_unless_asked() {
+    let dir = workdir();
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: tool
+  namespace: dev-team
+  annotations:
+    sesame.dev/mode: inline
+    sesame.dev/env.DB_USER: "dev:apps/dev-team/db#user"
+    sesame.dev/env.SIGNING_KEY: "dev:apps/dev-team/signing-key"
+spec:
+  containers:
+    - name: app
+      image: busybox
+      env: [{name: LOG_LEVEL, value: debug}]
+    - name: sidecar
+      image: busybox
+"#;
+    std::fs::write(dir.path().join("pod.yaml"), pod).unwrap();
+    let out = sesame(
+        dir.path(),
+        &["mutate", "-c", "sesame.yaml", "-f", "pod.yaml"],
+        None,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for value in ["inline-user", "inline-v2"] {
+        assert!(
+            !stdout.contains(value) && !stderr.contains(value),
+            "{value} printed:\n{stdout}"
+        );
+    }
+    let docs = documents(&stdout);
+    // Added one by one to the env list `app` has, and as a new list to `sidecar`.
+    for container in [0, 1] {
+        let env = docs[0]["spec"]["containers"][container]["env"]
+            .as_array()
+            .unwrap();
+        let value_of = |name: &str| {
+            env.iter()
+                .find(|e| e["name"] == name)
+                .unwrap_or_else(|| panic!("{name} missing: {env:?}"))["value"]
+                .clone()
+        };
+        assert_eq!(value_of("DB_USER"), "<11 bytes, hidden; --show-values to print>");
+        assert_eq!(
+            value_of("SIGNING_KEY"),
+            "<9 bytes, hidden; --show-values to print>"
+        );
+        if container == 0 {
+            assert_eq!(value_of("LOG_LEVEL"), "debug", "the Pod's own values stay");
+        }
+    }
+
+    let out = sesame(
+        dir.path(),
+        &["mutate", "-c", "sesame.yaml", "-f", "pod.yaml", "--show-values"],
+        None,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("inline-user"), "{stdout}");
+}
+
+/// A credential written inline where the configuration wants a file or an
+/// env var: `check-config` names the field and the line, not the value.
+#[test]
+fn check_config_quotes_no_credential() {
+    let dir = workdir();
+    for (yaml, field) in [
+        (
+            "stores:\n  - name: v\n    vault:\n      address: https://vault:8200\n      auth:\n        token: hvs.CAESIinline-token-value\n",
+            "stores[0].vault.auth.token",
+        ),
+        (
+            "stores:\n  - name: v\n    vault:\n      address: https://vault:8200\n      auth:\n        appRole: {roleId: sesame, secretId: 3f0c77aa-inline-token-value}\n",
+            "stores[0].vault.auth.appRole.secretId",
+        ),
+        (
+            "stores:\n  - name: v\n    vault:\n      address: https://sesame:inline-token-value@vault:8200\n      auth: {token: {env: T}}\n",
+            "stores[0].vault.address",
+        ),
+    ] {
+        std::fs::write(dir.path().join("broken.yaml"), yaml).unwrap();
+        let out = sesame(dir.path(), &["check-config", "-c", "broken.yaml"], None);
+        let (stdout, stderr) = text(&out);
+        assert!(!out.status.success(), "{yaml} was accepted");
+        assert!(stderr.contains(field), "{field} missing in: {stderr}");
+        assert!(
+            !stdout.contains("inline-token-value") && !stderr.contains("inline-token-value"),
+            "the value was printed: {stderr}"
+        );
+    }
+}

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::Store;
-use crate::validate::{is_http_url, FieldError};
+use crate::validate::{check_url, FieldError};
 
 /// `stores[].aws`: which region and, optionally, which endpoint.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -46,12 +46,7 @@ impl AwsStoreConfig {
             }
         }
         if let Some(endpoint) = &self.endpoint {
-            if !is_http_url(endpoint) {
-                return Err(FieldError::new(
-                    "endpoint",
-                    "must be an http(s) URL such as https://secretsmanager.eu-west-1.amazonaws.com",
-                ));
-            }
+            check_url(endpoint, "endpoint")?;
         }
         Ok(())
     }
