@@ -668,3 +668,58 @@ fn check_config_quotes_no_credential() {
         );
     }
 }
+
+/// `gen-certs` into a directory where someone planted symlinks under the
+/// names it writes, and an old key readable by all: every file is replaced
+/// (the symlinks' targets stay as they were) and the key is 0600.
+#[cfg(unix)]
+#[test]
+fn gen_certs_replaces_planted_symlinks_and_files_instead_of_writing_through_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = workdir();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "do not touch").unwrap();
+    std::os::unix::fs::symlink(&victim, certs.join("tls.key")).unwrap();
+    std::os::unix::fs::symlink(&victim, certs.join("ca.crt")).unwrap();
+    // A dangling one: following it would create the file it names.
+    std::os::unix::fs::symlink(dir.path().join("created"), certs.join("tls.crt")).unwrap();
+
+    let out = sesame(dir.path(), &["gen-certs", "--out", "certs"], None);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "do not touch");
+    assert!(!dir.path().join("created").exists());
+    for (name, mode, begins) in [
+        ("tls.key", 0o600, "-----BEGIN PRIVATE KEY-----"),
+        ("tls.crt", 0o644, "-----BEGIN CERTIFICATE-----"),
+        ("ca.crt", 0o644, "-----BEGIN CERTIFICATE-----"),
+    ] {
+        let meta = std::fs::symlink_metadata(certs.join(name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name} is still a symlink");
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
+        assert!(std::fs::read_to_string(certs.join(name))
+            .unwrap()
+            .starts_with(begins));
+    }
+
+    // An old key that anyone may read is replaced by a new file, not rewritten.
+    std::fs::set_permissions(certs.join("tls.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let old = std::fs::File::open(certs.join("tls.key")).unwrap();
+    let out = sesame(dir.path(), &["gen-certs", "--out", "certs"], None);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(
+        old.metadata().unwrap().permissions().mode() & 0o777,
+        0o644,
+        "the old file is left alone"
+    );
+    let key = std::fs::metadata(certs.join("tls.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    let left: Vec<_> = std::fs::read_dir(&certs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
