@@ -250,6 +250,11 @@ impl Store for GcpStore {
         self.access(locator).await
     }
 
+    /// Secret Manager versions are numbers (or aliases such as `latest`, kept as written).
+    fn canonical_version<'a>(&self, version: &'a str) -> std::borrow::Cow<'a, str> {
+        super::canonical_number(version)
+    }
+
     /// Obtains a token.
     async fn check(&self) -> Result<(), StoreError> {
         self.tokens.token().await.map(|_| ())

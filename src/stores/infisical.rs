@@ -361,6 +361,11 @@ impl Store for InfisicalStore {
         self.read_secret(locator).await
     }
 
+    /// Infisical versions are numbers.
+    fn canonical_version<'a>(&self, version: &'a str) -> std::borrow::Cow<'a, str> {
+        super::canonical_number(version)
+    }
+
     /// Signs in.
     async fn check(&self) -> Result<(), StoreError> {
         self.tokens.token().await.map(|_| ())

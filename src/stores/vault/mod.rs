@@ -13,6 +13,7 @@ mod config;
 mod http;
 mod kv;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ pub use config::{AppRoleAuthConfig, KubernetesAuthConfig, RoleIdSource, VaultAut
 
 use super::common::{http_client, Retry};
 use super::token::TokenCache;
-use super::{SecretData, SecretLocator, Store, StoreError, Upkeep};
+use super::{canonical_number, SecretData, SecretLocator, Store, StoreError, Upkeep};
 use auth::{authed, Login, VaultAuth};
 use http::Http;
 use kv::KvVersion;
@@ -123,6 +124,14 @@ impl Store for VaultStore {
 
     async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
         kv::read(&self.http, &self.tokens, &self.mount, self.kv, locator).await
+    }
+
+    /// KV v2 versions are numbers (KV v1 has none, and refuses them).
+    fn canonical_version<'a>(&self, version: &'a str) -> Cow<'a, str> {
+        match self.kv {
+            KvVersion::V2 => canonical_number(version),
+            KvVersion::V1 => Cow::Borrowed(version),
+        }
     }
 
     /// Looks the current token up (`lookup-self`): reachability and a valid token.
