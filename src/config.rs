@@ -1,7 +1,8 @@
 //! The configuration file: `annotationPrefix`, `resolveTimeout`, the
-//! stores and the namespace-isolation policy. This module only composes the
-//! sections (each schema lives beside the code that interprets it:
-//! `stores::StoreConfig`, `policy::PolicyConfig`) and loads the file: parsed
+//! stores, the namespace-isolation policy and the limits per review. This
+//! module only composes the sections (each schema lives beside the code
+//! that interprets it: `stores::StoreConfig`, `policy::PolicyConfig`,
+//! `inject::LimitsConfig`) and loads the file: parsed
 //! once with serde (unknown fields are errors), then validated with messages
 //! that name the field; YAML errors carry the line and column.
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::inject::LimitsConfig;
 use crate::policy::PolicyConfig;
 use crate::stores::{validate_stores, StoreConfig};
 use crate::validate::{is_dns_subdomain, FieldError};
@@ -38,6 +40,9 @@ pub struct Config {
     /// Which namespaces may read which paths of which store.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// How much one review may ask for.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 fn default_prefix() -> String {
@@ -153,6 +158,7 @@ impl Config {
             )
             .into());
         }
+        self.limits.validate().map_err(|e| e.within("limits"))?;
         validate_stores(&self.stores)?;
         let names: HashSet<&str> = self.stores.iter().map(|s| s.name.as_str()).collect();
         self.policy.validate(&names).map_err(|e| e.within("policy"))?;
@@ -255,6 +261,7 @@ mod tests {
                 "policy.rules[0].serviceAccounts[0]",
             ),
             ("annotationPrefix: 'Not Valid'\n", "annotationPrefix"),
+            ("limits: {maxReferences: 0}\n", "limits.maxReferences"),
         ];
         for (yaml, field) in cases {
             let err = Config::from_yaml(yaml, "t").unwrap_err().to_string();

@@ -12,6 +12,9 @@ pub enum DenialClass {
     Malformed,
     /// A reference names a store the configuration does not define.
     UnknownStore,
+    /// The Pod asks for more than a limit of the configuration allows
+    /// (references, store requests, entries, patch size).
+    Limit,
     /// The policy does not grant a reference (or inline mode, or the use of
     /// another Pod's managed Secret).
     Policy,
@@ -49,6 +52,7 @@ impl DenialClass {
     pub fn code(self) -> u16 {
         match self {
             Self::Malformed | Self::UnknownStore => 400,
+            Self::Limit => 413,
             Self::Policy => 403,
             Self::NotFound | Self::MissingProperty => 404,
             Self::Invalid | Self::UnknownContainer | Self::Conflict => 422,
@@ -68,6 +72,7 @@ impl DenialClass {
         match self {
             Self::Malformed => "malformed",
             Self::UnknownStore => "unknown_store",
+            Self::Limit => "limit",
             Self::Policy => "policy",
             Self::NotFound => "not_found",
             Self::MissingProperty => "missing_property",
@@ -92,6 +97,7 @@ impl DenialClass {
         match self {
             Self::Malformed => "denied_malformed",
             Self::UnknownStore => "denied_unknown_store",
+            Self::Limit => "denied_limit",
             Self::Policy => "denied_policy",
             Self::NotFound | Self::MissingProperty => "denied_not_found",
             Self::Invalid | Self::UnknownContainer | Self::InvalidRequest => "denied_invalid",

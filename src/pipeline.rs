@@ -9,11 +9,16 @@ use json_patch::PatchOperation;
 use crate::config::{Config, LoadedConfig};
 use crate::denial::DenialClass;
 use crate::inject::annotations::{self, INJECTED_SUFFIX};
+use crate::inject::limits::{self, LimitExceeded};
+use crate::inject::patch::encoded_len;
 use crate::inject::plan::MANAGED_PREFIX;
-use crate::inject::{build_patch, build_plan, Grant, ManagedSecret, PlanInput, PodView, SecretRef};
-use crate::policy::{NamespacePolicy, Subject};
+use crate::inject::{
+    build_patch, build_plan, Grant, LimitsConfig, ManagedSecret, PlanInput, PodView, SecretRef,
+};
+use crate::policy::{NamespacePolicy, PolicyDenial, Subject};
 use crate::stores::{SecretLocator, StoreRequest, Stores};
 use crate::telemetry::Metrics;
+use crate::validate::escape_controls;
 
 /// Everything the pipeline needs, built once from the configuration and
 /// swapped whole when the configuration changes.
@@ -25,6 +30,8 @@ pub struct Engine {
     resolve_timeout: Duration,
     /// Per store: how often managed Secrets using it are re-resolved.
     refresh_intervals: std::collections::HashMap<String, Duration>,
+    /// How much one review may ask for.
+    limits: LimitsConfig,
 }
 
 /// The Pod to work on.
@@ -71,12 +78,19 @@ pub struct Denial {
 }
 
 impl Denial {
+    /// The message's control and bidirectional characters are escaped
+    /// here, the one way out for every denial: whatever a message quotes
+    /// from the Pod cannot break or reorder it.
     fn new(class: DenialClass, message: String, references: Vec<SecretRef>) -> Self {
         Self {
             class,
-            message,
+            message: escape_controls(&message).into_owned(),
             references,
         }
+    }
+
+    fn limit(exceeded: LimitExceeded, references: Vec<SecretRef>) -> Self {
+        Self::new(DenialClass::Limit, exceeded.to_string(), references)
     }
 
     /// The HTTP code of the AdmissionResponse status.
@@ -99,6 +113,7 @@ impl Engine {
                 .iter()
                 .filter_map(|s| s.refresh_interval.map(|d| (s.name.clone(), d)))
                 .collect(),
+            limits: config.limits,
         }
     }
 
@@ -146,6 +161,11 @@ impl Engine {
         self.resolve_timeout
     }
 
+    /// The limits per review.
+    pub fn limits(&self) -> &LimitsConfig {
+        &self.limits
+    }
+
     pub fn stores(&self) -> &Stores {
         &self.stores
     }
@@ -173,18 +193,32 @@ impl Engine {
         }
         let empty = Default::default();
         let annotations = input.pod.metadata.annotations.as_ref().unwrap_or(&empty);
-        let mut request = match annotations::parse(&self.prefix, annotations) {
+        let quote = self.limits.quote();
+        let mut request = match annotations::parse_with(&self.prefix, annotations, quote) {
             Ok(r) => r,
             Err(e) => return Verdict::Denied(Denial::new(DenialClass::Malformed, e.to_string(), Vec::new())),
         };
-        // Namespaced stores: `name` means the Pod's own namespace.
         for injection in &mut request.injections {
             let r = &mut injection.reference;
-            if self.stores.get(&r.store).is_some_and(|s| s.inner().namespaced()) && !r.path.contains('/') {
+            let Some(store) = self.stores.get(&r.store) else {
+                continue;
+            };
+            // Namespaced stores: `name` means the Pod's own namespace.
+            if store.inner().namespaced() && !r.path.contains('/') {
                 r.path = format!("{}/{}", input.namespace, r.path);
+            }
+            // One spelling per version: `version=01` and `version=1` are one
+            // secret for the limits, the fetch, the cache and the Secret's keys.
+            if let Some(v) = &r.version {
+                let canonical = store.canonical_version(v).into_owned();
+                r.version = Some(canonical);
             }
         }
         let references: Vec<SecretRef> = request.injections.iter().map(|i| i.reference.clone()).collect();
+        // Before policy and fetch: the counts of what the Pod asks for.
+        if let Err(e) = limits::check_request(&self.limits, &request.injections, input.pod) {
+            return Verdict::Denied(Denial::limit(e, references));
+        }
         // The ServiceAccount admission plugin runs before webhooks and sets
         // `default` when the Pod names none; `mutate` mimics it.
         let service_account = input
@@ -225,12 +259,15 @@ impl Engine {
                     reference: r.clone(),
                     rule: rule.to_owned(),
                 }),
-                Err(denial) => {
+                Err(mut denial) => {
+                    if let PolicyDenial::PathNotAllowed { path, .. } = &mut denial {
+                        *path = quote.of(path).to_string();
+                    }
                     return Verdict::Denied(Denial::new(
                         DenialClass::Policy,
                         format!("annotation \"{}\": {denial}", injection.source),
                         references,
-                    ))
+                    ));
                 }
             }
         }
@@ -247,6 +284,16 @@ impl Engine {
             .budget
             .map_or(self.resolve_timeout, |b| b.min(self.resolve_timeout));
         let resolved = self.stores.resolve(&requests, budget).await;
+        // Before the plan: what the answers would add to the Pod.
+        if let Err(e) = limits::check_answers(
+            &self.limits,
+            &request.injections,
+            &resolved,
+            input.pod,
+            request.mode,
+        ) {
+            return Verdict::Denied(Denial::limit(e, references));
+        }
 
         let mut plan = match build_plan(&PlanInput {
             namespace: input.namespace,
@@ -255,6 +302,7 @@ impl Engine {
             inline_allowed: self.policy.inline_allowed(input.namespace),
             injections: &request.injections,
             resolved: &resolved,
+            quote,
         }) {
             Ok(p) => p,
             Err(e) => return Verdict::Denied(Denial::new(e.class(), e.to_string(), references)),
@@ -268,12 +316,19 @@ impl Engine {
             denial.references = references;
             return Verdict::Denied(denial);
         }
-        let patch = match build_patch(input.pod, &plan, input.base, &self.marker_key, secret_name) {
+        let patch = match build_patch(input.pod, &plan, input.base, &self.marker_key, secret_name, quote) {
             Ok(p) => p,
             Err(e) => return Verdict::Denied(Denial::new(e.class(), e.to_string(), references)),
         };
+        if let Err(e) = limits::check_patch(&self.limits, encoded_len(&patch)) {
+            return Verdict::Denied(Denial::limit(e, references));
+        }
         // Grants only for what was placed: skipped optional references are warnings.
-        let warnings = plan.warnings;
+        let warnings = plan
+            .warnings
+            .iter()
+            .map(|w| escape_controls(w).into_owned())
+            .collect();
         Verdict::Mutated(Mutation {
             patch,
             secret: plan.secret,

@@ -80,6 +80,81 @@ pub(crate) fn exactly_one<T>(candidates: impl IntoIterator<Item = Option<T>>) ->
     }
 }
 
+/// How much of one piece of input (an annotation's key, a token of its
+/// value, a path, a container name) a message may quote: at most so many
+/// characters, then `…`. Messages name what to fix; an attacker's megabyte
+/// does not need repeating to do that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quote(pub usize);
+
+impl Quote {
+    /// `limits.maxQuotedChars` when the configuration gives none.
+    pub const DEFAULT: Self = Self(128);
+
+    /// `text` as a message shows it: cut to the limit, with the characters
+    /// of [`needs_escape`] escaped.
+    pub fn of(self, text: &str) -> Quoted<'_> {
+        Quoted { text, max: self.0 }
+    }
+}
+
+/// Text shown by [`Quote::of`].
+#[derive(Debug, Clone, Copy)]
+pub struct Quoted<'a> {
+    text: &'a str,
+    max: usize,
+}
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut chars = self.text.chars();
+        for c in chars.by_ref().take(self.max) {
+            write_escaped(f, c)?;
+        }
+        if chars.next().is_some() {
+            f.write_str("…")?;
+        }
+        Ok(())
+    }
+}
+
+/// Characters a message never carries raw: control characters (C0, DEL,
+/// C1), the line and paragraph separators, and the Unicode bidirectional
+/// controls, which make text read other than it is (U+202E reversed the
+/// rest of a denial message).
+pub fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{2028}' | '\u{2029}'
+        )
+}
+
+fn write_escaped(out: &mut impl std::fmt::Write, c: char) -> std::fmt::Result {
+    match c {
+        '\n' => out.write_str("\\n"),
+        '\r' => out.write_str("\\r"),
+        '\t' => out.write_str("\\t"),
+        c if needs_escape(c) => write!(out, "\\u{{{:x}}}", c as u32),
+        c => out.write_char(c),
+    }
+}
+
+/// `text` with the characters of [`needs_escape`] escaped (`\n`,
+/// `\u{202e}`); the last step of every message that goes back to a Pod's
+/// author. Escaping twice changes nothing.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(needs_escape) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        // Writing to a String cannot fail.
+        let _ = write_escaped(&mut out, c);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +191,21 @@ mod tests {
         }
         let e = check_url("https://vault:8200 hunter2", "address").unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn quotes_are_cut_and_escaped() {
+        let q = Quote(5);
+        assert_eq!(q.of("abc").to_string(), "abc");
+        assert_eq!(q.of("abcde").to_string(), "abcde");
+        assert_eq!(q.of("abcdef").to_string(), "abcde…");
+        assert_eq!(q.of("a\u{202e}b\nc").to_string(), "a\\u{202e}b\\nc");
+        assert_eq!(Quote(3).of("ééééé").to_string(), "ééé…");
+        let evil = "x\u{202e}\u{2066}\u{0007}\u{2028}y";
+        let escaped = escape_controls(evil);
+        assert_eq!(escaped, "x\\u{202e}\\u{2066}\\u{7}\\u{2028}y");
+        assert_eq!(escape_controls(&escaped), escaped, "idempotent");
+        assert!(matches!(escape_controls("plain"), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]
