@@ -206,6 +206,11 @@ mod tests {
         let c = Config::from_yaml(EXAMPLE_CONFIG, "example").unwrap();
         assert_eq!(c.annotation_prefix, "sesame.dev");
         assert!(!c.stores.is_empty());
+        assert_eq!(
+            c.limits,
+            LimitsConfig::default(),
+            "the example shows the defaults"
+        );
     }
 
     #[test]
