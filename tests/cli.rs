@@ -669,6 +669,44 @@ fn check_config_quotes_no_credential() {
     }
 }
 
+/// The reload warning, which repeats at every reload interval for as long
+/// as the file stays broken, quotes no credential either: it printed an
+/// inline token in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reload_warning_quotes_no_credential() {
+    let dir = workdir();
+    write_certs(&dir.path().join("certs"));
+    let server = ServeProcess::spawn(dir.path(), &["--reload-interval", "100ms"]).await;
+    std::fs::write(
+        dir.path().join("sesame.yaml"),
+        "stores:\n  - name: v\n    vault:\n      address: https://vault:8200\n      auth:\n        token: hvs.CAESIinline-token-value\n",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let warnings = loop {
+        let warnings: Vec<String> = server
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("not valid; keeping the running configuration"))
+            .collect();
+        if warnings.len() >= 2 {
+            break warnings;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload warning: {:#?}",
+            server.lines()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        warnings.iter().all(|w| w.contains("stores[0].vault.auth.token")),
+        "{warnings:#?}"
+    );
+    let all = server.lines().join("\n");
+    assert!(!all.contains("inline-token-value"), "the value was logged: {all}");
+}
+
 /// `gen-certs` into a directory where someone planted symlinks under the
 /// names it writes, and an old key readable by all: every file is replaced
 /// (the symlinks' targets stay as they were) and the key is 0600.
