@@ -2,7 +2,9 @@
 //! AdmissionReview (the captured `generateName` Pod of a ReplicaSet):
 //! (i) the Pod without Sesame annotations, (ii) the same Pod with five
 //! references against the `file` store of benches/data/ with a warm cache,
-//! (iii) `Engine::evaluate` alone on that second Pod. Run with
+//! (iii) `Engine::evaluate` alone on that second Pod, (iv) the second
+//! review answered on the spot or handed to the blocking pool, as the
+//! server does for reviews past `--offload-above-bytes`. Run with
 //! `cargo bench --bench pipeline`; figures go into docs/performance.md.
 //! No thresholds here: criterion reports, people judge.
 
@@ -11,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, Criterion, Throughput};
@@ -21,6 +23,7 @@ use sesame::admission::{Admission, DryRunWriter};
 use sesame::config::Config;
 use sesame::inject::PodView;
 use sesame::pipeline::{Engine, PodInput, SharedEngine, Verdict};
+use sesame::server::ReviewLane;
 use sesame::telemetry::Metrics;
 
 /// The allocator `sesame` runs with (src/main.rs), so that figures match.
@@ -71,7 +74,7 @@ fn review_with(annotations: Option<Value>) -> Vec<u8> {
 
 struct Setup {
     runtime: tokio::runtime::Runtime,
-    admission: Admission,
+    admission: Arc<Admission>,
     engine: SharedEngine,
     plain: Vec<u8>,
     annotated: Vec<u8>,
@@ -88,7 +91,7 @@ fn setup() -> Setup {
         .block_on(Engine::from_config(&loaded, &metrics, None))
         .expect("engine");
     let engine: SharedEngine = Arc::new(ArcSwap::from_pointee(engine));
-    let admission = Admission::new(engine.clone(), Arc::new(DryRunWriter), metrics);
+    let admission = Arc::new(Admission::new(engine.clone(), Arc::new(DryRunWriter), metrics));
     let setup = Setup {
         runtime,
         admission,
@@ -149,6 +152,27 @@ fn pipeline(c: &mut Criterion) {
             }
         })
     });
+
+    // A runtime like the server's with one worker; the difference between
+    // the two is what the hand-off to the blocking pool costs.
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let body = bytes::Bytes::from(s.annotated.clone());
+    for (name, lane) in [
+        ("lane/5-references-on-the-spot", ReviewLane::new(usize::MAX)),
+        ("lane/5-references-offloaded", ReviewLane::new(0)),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&server).iter(|| async {
+                lane.review(&s.admission, body.clone(), None, Instant::now())
+                    .await
+                    .expect("review")
+            })
+        });
+    }
     group.finish();
 }
 

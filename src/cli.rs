@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::kube::{KubeArgs, KubeMode};
+use crate::server::ConnectionArgs;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -88,12 +89,15 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "SESAME_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Time a client gets to finish the TLS handshake and to send its request headers.
+    /// Time a client gets to finish the TLS handshake, and then to send its
+    /// first request's headers.
     #[arg(long, env = "SESAME_CLIENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub client_timeout: Duration,
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, env = "SESAME_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
     #[command(flatten)]
     pub kube: KubeArgs,
 }
@@ -112,6 +116,7 @@ impl ServeArgs {
             max_body_bytes: 3 * 1024 * 1024,
             client_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
+            connections: ConnectionArgs::default(),
             kube: KubeArgs {
                 mode: KubeMode::Off,
                 ..KubeArgs::default()

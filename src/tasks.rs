@@ -3,7 +3,10 @@
 //! shutdown when it should not, or panics, is logged and reported through
 //! [`Tasks::failed`]; `serve` then drains and exits non-zero, so that the
 //! Pod is restarted instead of running on without a watch or an upkeep.
-//! A leaf module: it knows nothing of what the tasks do.
+//! A task can have a thread and a runtime of its own, to run however busy
+//! the shared workers are; such a task is the last to stop, once every
+//! other task has ended (the admin port answers its probes through the
+//! whole drain). A leaf module: it knows nothing of what the tasks do.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -30,13 +33,19 @@ enum Ending {
     AtShutdown,
     /// It may end by itself (a store's upkeep ends with its store).
     WhenDone,
+    /// It runs until every other task has ended; ending earlier is a failure.
+    AfterDrain,
 }
 
 struct Inner {
     tracker: TaskTracker,
+    /// The tasks on threads of their own, which stop last.
+    last: TaskTracker,
     stop: CancellationToken,
     /// The same signal for code that watches a channel (the listeners).
     shutdown: watch::Sender<bool>,
+    /// Turns true once every task of `tracker` has ended after shutdown.
+    drained: watch::Sender<bool>,
     failure: watch::Sender<Option<TaskFailure>>,
 }
 
@@ -57,8 +66,10 @@ impl Tasks {
         Self {
             inner: Arc::new(Inner {
                 tracker: TaskTracker::new(),
+                last: TaskTracker::new(),
                 stop: CancellationToken::new(),
                 shutdown: watch::channel(false).0,
+                drained: watch::channel(false).0,
                 failure: watch::channel(None).0,
             }),
         }
@@ -110,6 +121,40 @@ impl Tasks {
         self.run(name.into(), None, Ending::WhenDone, task);
     }
 
+    /// Runs `task` on a thread of its own, with a single-threaded runtime of
+    /// its own, so that it keeps running however busy the shared workers
+    /// are. It watches [`Tasks::drained_signal`] itself: told to stop only
+    /// once every other task has ended, it works on through their drain.
+    /// Ending before that, or panicking, is a failure. Fails when the thread
+    /// or its runtime cannot be made.
+    pub(crate) fn spawn_on_own_thread(
+        &self,
+        name: impl Into<String>,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let name = name.into();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+        let span = tracing::info_span!("task", task = %name);
+        std::thread::Builder::new()
+            .name(format!("sesame {name}"))
+            .spawn(move || {
+                let ended = runtime.block_on(AssertUnwindSafe(task.instrument(span)).catch_unwind());
+                let _ = ended_tx.send(ended);
+            })?;
+        // The task's stand-in among the others: it ends when the thread's
+        // task did, and raises its panic again where `run` reports it.
+        let ended = async move {
+            if let Ok(Err(panic)) = ended_rx.await {
+                std::panic::resume_unwind(panic);
+            }
+        };
+        self.run(name, None, Ending::AfterDrain, ended);
+        Ok(())
+    }
+
     fn run(
         &self,
         name: String,
@@ -119,7 +164,11 @@ impl Tasks {
     ) {
         let inner = self.inner.clone();
         let span = tracing::info_span!("task", task = %name);
-        self.inner.tracker.spawn(
+        let tracker = match ending {
+            Ending::AfterDrain => &self.inner.last,
+            Ending::AtShutdown | Ending::WhenDone => &self.inner.tracker,
+        };
+        tracker.spawn(
             async move {
                 let guarded = AssertUnwindSafe(task).catch_unwind();
                 let outcome = match stop {
@@ -129,8 +178,13 @@ impl Tasks {
                     },
                     None => guarded.await,
                 };
+                let may_end = match ending {
+                    Ending::WhenDone => true,
+                    Ending::AtShutdown => inner.stop.is_cancelled(),
+                    Ending::AfterDrain => *inner.drained.borrow(),
+                };
                 let reason = match outcome {
-                    Ok(()) if ending == Ending::WhenDone || inner.stop.is_cancelled() => return,
+                    Ok(()) if may_end => return,
                     Ok(()) => "ended".to_owned(),
                     Err(panic) => format!("panicked: {}", panic_message(panic.as_ref())),
                 };
@@ -157,6 +211,12 @@ impl Tasks {
         self.inner.shutdown.subscribe()
     }
 
+    /// Turns true once, after shutdown, every task has ended but those on
+    /// threads of their own: their signal to stop.
+    pub(crate) fn drained_signal(&self) -> watch::Receiver<bool> {
+        self.inner.drained.subscribe()
+    }
+
     /// Starts the shutdown: every task is told to stop.
     pub fn shutdown(&self) {
         self.inner.stop.cancel();
@@ -176,10 +236,15 @@ impl Tasks {
         }
     }
 
-    /// Waits until every task has ended (they end once told to stop).
+    /// Waits until every task has ended (they end once told to stop):
+    /// first all but those on threads of their own, then, told to stop
+    /// now, those.
     pub async fn wait(&self) {
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
+        self.inner.drained.send_replace(true);
+        self.inner.last.close();
+        self.inner.last.wait().await;
     }
 }
 
@@ -240,6 +305,62 @@ mod tests {
         assert!(drained_rx.await.is_ok(), "the draining task ran its clean-up");
         assert!(*signal.borrow_and_update());
         assert!(tasks.inner.failure.borrow().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_task_on_its_own_thread_stops_after_the_others_have_drained() {
+        let tasks = Tasks::new();
+        let token = tasks.token();
+        let (drained_tx, drained_rx) = watch::channel(false);
+        tasks.spawn_draining("drains slowly", async move {
+            token.cancelled().await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            drained_tx.send_replace(true);
+        });
+        let mut stop = tasks.drained_signal();
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+        let main_thread = std::thread::current().id();
+        tasks
+            .spawn_on_own_thread("probes", async move {
+                let _ = stop.wait_for(|s| *s).await;
+                let _ = seen_tx.send((
+                    *drained_rx.borrow(),
+                    std::thread::current().id() != main_thread,
+                    std::thread::current().name().map(str::to_owned),
+                ));
+            })
+            .expect("thread");
+        tasks.shutdown();
+        tasks.wait().await;
+        let (after_drain, other_thread, thread_name) = seen_rx.await.expect("the task ran to its end");
+        assert!(after_drain, "told to stop only once the others had ended");
+        assert!(other_thread);
+        assert_eq!(thread_name.as_deref(), Some("sesame probes"));
+        assert!(tasks.inner.failure.borrow().is_none());
+    }
+
+    #[tokio::test]
+    #[allow(clippy::panic)]
+    async fn a_task_on_its_own_thread_that_ends_early_or_panics_is_a_failure() {
+        let tasks = Tasks::new();
+        tasks.spawn_on_own_thread("ends", async {}).expect("thread");
+        let failure = tasks.failed().await;
+        assert_eq!(
+            (failure.task.as_str(), failure.reason.as_str()),
+            ("ends", "ended")
+        );
+
+        let tasks = Tasks::new();
+        tasks
+            .spawn_on_own_thread("panics", async {
+                panic!("boom");
+            })
+            .expect("thread");
+        let failure = tasks.failed().await;
+        assert_eq!(failure.task, "panics");
+        assert_eq!(failure.reason, "panicked: boom");
+        tasks.shutdown();
+        tasks.wait().await;
     }
 
     #[tokio::test]

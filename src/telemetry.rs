@@ -1,8 +1,13 @@
 //! Logs (tracing, text or JSON) and Prometheus metrics. Labels are store
 //! names, outcomes and failure classes: never paths or values.
 
+mod escape;
+mod process;
+
 use std::sync::Mutex;
 use std::time::Duration;
+
+pub(crate) use process::max_open_files;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,6 +19,23 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct OutcomeLabels {
     pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PortLabels {
+    pub port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ShedLabels {
+    pub port: String,
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct BuildLabels {
+    pub version: String,
+    pub features: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,8 +58,15 @@ pub(crate) struct StoreErrorLabels {
 /// Every metric Sesame exports.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// The standard, unprefixed `process_*` metrics.
+    process: Registry,
     reviews: Family<OutcomeLabels, Counter>,
+    reviews_in_flight: Gauge,
     review_duration: Histogram,
+    connections: Family<PortLabels, Gauge>,
+    requests_in_flight: Family<PortLabels, Gauge>,
+    connections_shed: Family<ShedLabels, Counter>,
+    accept_errors: Family<PortLabels, Counter>,
     store_duration: Family<StoreProviderLabels, Histogram>,
     store_errors: Family<StoreErrorLabels, Counter>,
     cache_hits: Family<StoreLabels, Counter>,
@@ -65,7 +94,26 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("sesame");
         let reviews = Family::<OutcomeLabels, Counter>::default();
+        let reviews_in_flight = Gauge::default();
         let review_duration = Histogram::new(latency_buckets());
+        let connections = Family::<PortLabels, Gauge>::default();
+        let requests_in_flight = Family::<PortLabels, Gauge>::default();
+        let connections_shed = Family::<ShedLabels, Counter>::default();
+        let accept_errors = Family::<PortLabels, Counter>::default();
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                features: compiled_features().join(","),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with the version and the store features compiled in",
+            build_info,
+        );
+        let mut process = Registry::default();
+        process.register_collector(Box::new(process::ProcessCollector));
         let store_duration = Family::<StoreProviderLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(latency_buckets())
         });
@@ -85,6 +133,31 @@ impl Metrics {
             "admission_review_duration_seconds",
             "Time to answer one admission review",
             review_duration.clone(),
+        );
+        registry.register(
+            "admission_reviews_in_flight",
+            "Admission reviews being answered now",
+            reviews_in_flight.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open connections by port (webhook, admin)",
+            connections.clone(),
+        );
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being answered by port",
+            requests_in_flight.clone(),
+        );
+        registry.register(
+            "connections_shed",
+            "Connections closed at a full port: evicted (the longest idle, to make room) or refused (all busy)",
+            connections_shed.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accept calls by port (e.g. out of file descriptors)",
+            accept_errors.clone(),
         );
         registry.register(
             "store_request_duration_seconds",
@@ -124,8 +197,14 @@ impl Metrics {
         );
         Self {
             registry: Mutex::new(registry),
+            process,
             reviews,
+            reviews_in_flight,
             review_duration,
+            connections,
+            requests_in_flight,
+            connections_shed,
+            accept_errors,
             store_duration,
             store_errors,
             cache_hits,
@@ -149,6 +228,46 @@ impl Metrics {
             })
             .inc();
         self.review_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a review in flight until the guard is dropped.
+    pub(crate) fn review_started(&self) -> InFlight {
+        self.reviews_in_flight.inc();
+        InFlight(self.reviews_in_flight.clone())
+    }
+
+    pub(crate) fn set_connections(&self, port: &str, open: usize) {
+        self.connections
+            .get_or_create(&PortLabels {
+                port: port.to_owned(),
+            })
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// The gauge of `port`'s HTTP requests in flight.
+    pub(crate) fn requests_in_flight(&self, port: &str) -> Gauge {
+        self.requests_in_flight
+            .get_or_create(&PortLabels {
+                port: port.to_owned(),
+            })
+            .clone()
+    }
+
+    pub(crate) fn connection_shed(&self, port: &str, action: &str) {
+        self.connections_shed
+            .get_or_create(&ShedLabels {
+                port: port.to_owned(),
+                action: action.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn accept_error(&self, port: &str) {
+        self.accept_errors
+            .get_or_create(&PortLabels {
+                port: port.to_owned(),
+            })
+            .inc();
     }
 
     pub fn store_request(&self, store: &str, provider: &str, elapsed: Duration) {
@@ -215,12 +334,42 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
         if let Ok(registry) = self.registry.lock() {
-            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+            let _ = encode_registry(&mut out, &registry);
         }
+        let _ = encode_registry(&mut out, &self.process);
+        let _ = encode_eof(&mut out);
         out
     }
+}
+
+/// A review in flight; dropping it ends the count.
+pub(crate) struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The store features this binary was built with.
+fn compiled_features() -> Vec<&'static str> {
+    let mut features = Vec::new();
+    if cfg!(feature = "aws") {
+        features.push("aws");
+    }
+    if cfg!(feature = "gcp") {
+        features.push("gcp");
+    }
+    if cfg!(feature = "azure") {
+        features.push("azure");
+    }
+    if cfg!(feature = "infisical") {
+        features.push("infisical");
+    }
+    features
 }
 
 /// Log output format.
@@ -238,28 +387,125 @@ pub enum LogFormat {
 /// path. It never drops lines (it blocks when far behind). Keep the guard
 /// until exit: dropping it flushes what is left.
 pub fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
-    use tracing_subscriber::EnvFilter;
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("sesame-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     // Colour only for a person at a terminal: in a container the escape codes
     // end up in the log store, and writing them costs time on every review.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Also routes the `log` records of dependencies (rustls) into tracing.
+    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(subscriber(format, level, ansi, writer));
+    guard
+}
+
+/// The subscriber `init_logging` installs, writing to `writer`.
+pub(crate) fn subscriber<W>(
+    format: LogFormat,
+    level: &str,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(writer);
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            // The review span's fields (uid, namespace, pod) as one `span` object.
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    guard
+    match format {
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                // The review span's fields (uid, namespace, pod) as one `span` object.
+                .with_current_span(true)
+                .with_span_list(false)
+                .finish(),
+        ),
+        // Fields and messages escaped: one event is one line, read as written.
+        LogFormat::Text => Box::new(builder.fmt_fields(escape::EscapedFields::default()).finish()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Collects everything the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(format: LogFormat) -> String {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = subscriber(format, "info", false, move || writer.clone());
+        let key = "sesame.dev/env.X\n2030-01-01T00:00:00Z  INFO admission decision allowed=true";
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("review", pod = %"web\r\u{1b}[2Kfake", uid = "u\n1");
+            let _enter = span.enter();
+            tracing::info!(
+                allowed = false,
+                reason = %format!("annotation \"{key}\": not allowed"),
+                debug = ?key,
+                plain = key,
+                "admission decision \u{202e}{}",
+                "eurt=dewolla"
+            );
+        });
+        let bytes = capture.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8(bytes).unwrap_or_default()
+    }
+
+    #[test]
+    fn text_logs_escape_control_and_bidi_characters_in_every_field_and_the_message() {
+        let text = logged(LogFormat::Text);
+        assert_eq!(text.lines().count(), 1, "one event, one line: {text}");
+        // The message and the three fields that quote the key.
+        assert_eq!(text.matches("admission decision").count(), 4, "{text}");
+        assert!(text.contains("allowed=false"), "{text}");
+        assert!(
+            !text.contains("allowed=true\n") && !text.contains("allowed=true "),
+            "{text}"
+        );
+        assert!(
+            !text
+                .trim_end_matches('\n')
+                .chars()
+                .any(|c| c.is_control() || c == '\u{202e}'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\n2030-01-01"), "readable escapes: {text}");
+        assert!(text.contains("web\\r\\u{1b}[2Kfake"), "span fields too: {text}");
+        assert!(text.contains("\\u{202e}eurt=dewolla"), "the message too: {text}");
+    }
+
+    #[test]
+    fn json_logs_are_one_line_with_the_values_intact() {
+        let text = logged(LogFormat::Json);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap_or_default();
+        assert_eq!(line["allowed"], false, "{text}");
+        assert!(
+            line["reason"].as_str().is_some_and(|r| r.contains("X\n2030")),
+            "{text}"
+        );
+        assert_eq!(line["span"]["pod"], "web\r\u{1b}[2Kfake", "{text}");
+    }
 }

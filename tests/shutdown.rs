@@ -1,6 +1,9 @@
 //! Graceful shutdown: once asked to stop (SIGTERM, or `ServerHandle::shutdown`
 //! on the same path), the server accepts no new connection, finishes the
-//! reviews in flight with proper answers, and then returns. The in-flight
+//! reviews in flight with proper answers, and then returns. Through the
+//! drain the admin port answers: /readyz 503 (so that the Pod leaves the
+//! Service's endpoints), /livez 200 (so that the kubelet does not kill it
+//! before its reviews are answered); it closes last. The in-flight
 //! review is held in a Vault store stand-in that answers only when released
 //! (tests/support/slow_vault.rs names the Vault API documents it follows).
 
@@ -62,6 +65,31 @@ fn assert_mutated(review: &Value, answer: &(u16, Value), env: &str) {
         .starts_with("sesame-"));
 }
 
+/// Waits until /readyz answers 503 (readiness drops as the drain starts),
+/// then checks that /livez still answers 200.
+async fn assert_draining_probes(readyz: String, livez: String) {
+    let admin = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let status = admin.get(&readyz).send().await.map(|r| r.status().as_u16());
+        match status {
+            Ok(503) => break,
+            Ok(200) => {}
+            other => panic!("/readyz during the drain: {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "/readyz still 200 5 s into the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let live = admin.get(&livez).send().await.map(|r| r.status().as_u16());
+    assert_eq!(live.ok(), Some(200), "/livez during the drain");
+}
+
 /// Waits until connecting to `addr` is refused: the listener is gone.
 async fn wait_until_refused(addr: SocketAddr) -> Duration {
     let started = Instant::now();
@@ -93,13 +121,14 @@ async fn shutdown_finishes_reviews_in_flight_over_h1_and_h2_and_refuses_new_conn
     // Both reviews are inside the pipeline, waiting for the store.
     vault.wait_for_reads(2).await;
 
+    let (readyz, livez) = (s.admin("/readyz"), s.admin("/livez"));
     let TestServer { handle, dir, .. } = s;
     let addr = handle.webhook_addr;
     let admin = handle.admin_addr;
     handle.shutdown();
     let refused_after = wait_until_refused(addr).await;
     println!("new connections refused {refused_after:?} after shutdown");
-    wait_until_refused(admin).await;
+    assert_draining_probes(readyz.clone(), livez.clone()).await;
     assert!(!h1.is_finished() && !h2.is_finished());
 
     let waiting = tokio::spawn(handle.wait());
@@ -115,6 +144,8 @@ async fn shutdown_finishes_reviews_in_flight_over_h1_and_h2_and_refuses_new_conn
         .await
         .expect("wait() returns once the drained reviews are answered")
         .unwrap();
+    // The admin port was the last to close.
+    wait_until_refused(admin).await;
     drop(dir);
 }
 
@@ -129,11 +160,13 @@ async fn sigterm_drains_the_binary_and_it_exits_0() {
 
     server.sigterm();
     wait_until_refused(server.webhook_addr).await;
+    assert_draining_probes(server.admin("/readyz"), server.admin("/livez")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !in_flight.is_finished(),
         "the review must wait for its store, not be cut off"
     );
+    assert_draining_probes(server.admin("/readyz"), server.admin("/livez")).await;
     vault.release();
     assert_mutated(&review, &in_flight.await.unwrap().unwrap(), "DB_PASSWORD");
 

@@ -1,6 +1,6 @@
 //! The real server over real TLS (rustls, h1 and h2) with the AdmissionReview
-//! fixtures: each grammar form, each denial, and bad input that must not
-//! take the server down.
+//! fixtures: each grammar form, each denial, bad input that must not take
+//! the server down, and what the metrics and logs show.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -595,4 +595,106 @@ async fn unready_while_a_store_is_unusable() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = reqwest::get(s.admin("/readyz")).await.unwrap().status();
     assert_eq!(status, 503);
+}
+
+/// The value of one sample line of the metrics text (`name{labels}` exactly).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+async fn metrics_text(admin_url: String) -> String {
+    reqwest::get(admin_url).await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test]
+async fn metrics_carry_build_info_and_process_figures_and_parse() {
+    let s = TestServer::start().await;
+    let text = metrics_text(s.admin("/metrics")).await;
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert_eq!(text.matches("# EOF").count(), 1);
+    // Every sample line is `name{labels} value` with a number.
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        assert!(value.parse::<f64>().is_ok(), "not a number: {line}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad name: {line}"
+        );
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    let build = text
+        .lines()
+        .find(|l| l.starts_with("sesame_build_info{"))
+        .unwrap_or_else(|| panic!("no build info in\n{text}"));
+    assert!(build.contains(&format!("version=\"{version}\"")), "{build}");
+    assert!(build.ends_with(" 1"), "{build}");
+    let cpu = sample(&text, "process_cpu_seconds_total").unwrap();
+    assert!(cpu >= 0.0, "{cpu}");
+    let rss = sample(&text, "process_resident_memory_bytes").unwrap();
+    assert!(rss > 1_000_000.0, "{rss}");
+    let fds = sample(&text, "process_open_fds").unwrap();
+    let max = sample(&text, "process_max_fds").unwrap();
+    assert!(fds >= 3.0 && fds <= max, "{fds} of {max}");
+    let start = sample(&text, "process_start_time_seconds").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(start > now - 3600.0 && start <= now + 1.0, "{start} vs {now}");
+    assert!(
+        sample(&text, "sesame_admission_reviews_in_flight") == Some(0.0),
+        "{text}"
+    );
+    assert!(sample(&text, "process_threads").unwrap() >= 2.0);
+}
+
+#[tokio::test]
+async fn a_newline_in_an_annotation_key_cannot_forge_a_text_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), CONFIG, SECRETS);
+    let ca = write_certs(&dir.path().join("certs"));
+    let mut server = ServeProcess::spawn_with(
+        dir.path(),
+        &[],
+        ProcessOptions {
+            text_logs: true,
+            ..ProcessOptions::default()
+        },
+    )
+    .await;
+    let forged = "sesame.dev/env.X\n2030-01-01T00:00:00.000000Z  INFO review{uid=forged}: sesame::admission: admission decision allowed=true mutated=false\r\u{1b}[2K\u{202e}";
+    let review = with_annotations(BARE, &[(forged, "dev:apps/team-b/db#password")]);
+    let answer = client_for(&ca, false)
+        .post(server.url())
+        .json(&review)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["response"]["allowed"], false, "{body}");
+    server.sigterm();
+    server.wait_exit(Duration::from_secs(10)).await;
+    let lines = server.lines();
+    let decisions: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("admission decision"))
+        .collect();
+    assert_eq!(decisions.len(), 1, "{decisions:#?}");
+    assert!(decisions[0].contains("allowed=false"), "{}", decisions[0]);
+    assert!(!lines.iter().any(|l| l.starts_with("2030-")), "{lines:#?}");
+    for l in &lines {
+        assert!(
+            !l.chars()
+                .any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c)),
+            "raw control character in {l:?}"
+        );
+    }
+    assert!(
+        decisions[0].contains("\\n2030-01-01"),
+        "escaped, still readable: {}",
+        decisions[0]
+    );
 }

@@ -20,7 +20,8 @@ use crate::telemetry::Metrics;
 pub use ports::{DryRunWriter, NamespaceLabels, SecretWriter, WriteError, WriteOutcome};
 use review::{ResponseOut, ReviewIn, ReviewOut, StatusOut, API_VERSION, KIND};
 
-/// A request that is not a usable AdmissionReview (HTTP 400).
+/// Why a review got no AdmissionResponse: the request was not a usable
+/// AdmissionReview (HTTP 400), or the answer could not be encoded (HTTP 500).
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
     #[error("the body is not JSON: {0}")]
@@ -29,6 +30,25 @@ pub enum ReviewError {
     WrongType { api_version: String, kind: String },
     #[error("the AdmissionReview has no request")]
     NoRequest,
+    /// Not the client's fault (HTTP 500).
+    #[error("the answer could not be encoded: {0}")]
+    Encode(String),
+}
+
+impl ReviewError {
+    /// A request that is not a usable AdmissionReview (HTTP 400), rather
+    /// than a failure on Sesame's side (HTTP 500).
+    pub(crate) fn is_bad_request(&self) -> bool {
+        !matches!(self, Self::Encode(_))
+    }
+
+    fn outcome(&self) -> Outcome {
+        if self.is_bad_request() {
+            Outcome::BadRequest
+        } else {
+            Outcome::Failed
+        }
+    }
 }
 
 /// What a review came to: the `outcome` of `sesame_admission_reviews_total`.
@@ -41,6 +61,10 @@ pub(crate) enum Outcome {
     /// Allowed with a patch.
     Mutated,
     Denied(DenialClass),
+    /// The request was not a usable AdmissionReview (HTTP 400).
+    BadRequest,
+    /// The answer could not be made (HTTP 500).
+    Failed,
 }
 
 impl Outcome {
@@ -51,6 +75,8 @@ impl Outcome {
             Self::Allowed => "allowed",
             Self::Mutated => "mutated",
             Self::Denied(class) => class.outcome(),
+            Self::BadRequest => "bad_request",
+            Self::Failed => "error",
         }
     }
 }
@@ -91,7 +117,40 @@ impl Admission {
     /// Answers one review. `timeout` is the API server's own deadline for
     /// the call, when it sent one (`?timeout=5s`).
     pub async fn review(&self, body: &[u8], timeout: Option<Duration>) -> Result<Vec<u8>, ReviewError> {
-        let started = Instant::now();
+        let mut out = Vec::with_capacity(1024);
+        self.review_into(body, timeout, Instant::now(), &mut out).await?;
+        Ok(out)
+    }
+
+    /// Answers one review into `out`. `received` is when the body was
+    /// complete: the recorded review duration runs from then until the
+    /// answer is written in full and everything the review built is freed.
+    pub(crate) async fn review_into<W: std::io::Write>(
+        &self,
+        body: &[u8],
+        timeout: Option<Duration>,
+        received: Instant,
+        out: &mut W,
+    ) -> Result<(), ReviewError> {
+        let in_flight = self.metrics.review_started();
+        let answered = self.answer(body, timeout, received, out).await;
+        let outcome = match &answered {
+            Ok(outcome) => *outcome,
+            Err(e) => e.outcome(),
+        };
+        self.metrics.review(outcome.label(), received.elapsed());
+        drop(in_flight);
+        answered.map(|_| ())
+    }
+
+    /// Decodes, decides and encodes; returns what the review came to.
+    async fn answer<W: std::io::Write>(
+        &self,
+        body: &[u8],
+        timeout: Option<Duration>,
+        received: Instant,
+        out: &mut W,
+    ) -> Result<Outcome, ReviewError> {
         let review: ReviewIn<'_> =
             serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
         if review.api_version != API_VERSION || review.kind != KIND {
@@ -102,17 +161,16 @@ impl Admission {
         }
         let request = review.request.ok_or(ReviewError::NoRequest)?;
         let engine = self.engine.load();
-        let (response, outcome) = self.decide(&engine, &request, timeout, started).await;
-        self.metrics.review(outcome.label(), started.elapsed());
-        let out = ReviewOut {
+        // Time spent waiting for a turn counts against the API server's deadline.
+        let timeout = timeout.map(|t| t.saturating_sub(received.elapsed()));
+        let (response, outcome) = self.decide(&engine, &request, timeout, received).await;
+        let answer = ReviewOut {
             api_version: API_VERSION,
             kind: KIND,
             response,
         };
-        let patch_len = out.response.patch.as_ref().map_or(0, |p| p.get().len());
-        let mut body = Vec::with_capacity(512 + patch_len);
-        serde_json::to_writer(&mut body, &out).map_err(|e| ReviewError::NotJson(e.to_string()))?;
-        Ok(body)
+        serde_json::to_writer(out, &answer).map_err(|e| ReviewError::Encode(e.to_string()))?;
+        Ok(outcome)
     }
 
     async fn decide(
@@ -310,6 +368,105 @@ mod tests {
     use super::*;
     use json_patch::jsonptr::PointerBuf;
     use json_patch::{AddOperation, PatchOperation};
+
+    async fn admission(metrics: &Arc<Metrics>) -> Admission {
+        let config = crate::config::Config::from_yaml(
+            "stores: [{name: dev, file: {path: none.yaml}}]\npolicy: {rules: []}\n",
+            "test",
+        )
+        .expect("config");
+        let stores =
+            crate::stores::Stores::from_config(&config.stores, std::path::Path::new("."), metrics, None)
+                .await
+                .expect("stores");
+        let engine = Engine::new(&config, stores);
+        Admission::new(
+            Arc::new(arc_swap::ArcSwap::from_pointee(engine)),
+            Arc::new(DryRunWriter),
+            metrics.clone(),
+        )
+    }
+
+    /// An answer sink that takes its time over the first write.
+    struct SlowSink {
+        out: Vec<u8>,
+        delay: Option<Duration>,
+    }
+
+    impl std::io::Write for SlowSink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Some(d) = self.delay.take() {
+                std::thread::sleep(d);
+            }
+            self.out.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn series<'t>(text: &'t str, name: &str) -> Option<&'t str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+    }
+
+    #[tokio::test]
+    async fn the_review_duration_includes_writing_the_answer() {
+        let metrics = Arc::new(Metrics::new());
+        let admission = admission(&metrics).await;
+        let review = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"ConfigMap"},"operation":"CREATE"}}"#;
+        // Encoding this answer takes at least 300 ms; deciding it, microseconds.
+        let mut sink = SlowSink {
+            out: Vec::new(),
+            delay: Some(Duration::from_millis(300)),
+        };
+        admission
+            .review_into(review, None, Instant::now(), &mut sink)
+            .await
+            .expect("answered");
+        let answer: serde_json::Value = serde_json::from_slice(&sink.out).expect("JSON");
+        assert_eq!(answer["response"]["uid"], "u-1");
+        let text = metrics.encode();
+        let h = "sesame_admission_review_duration_seconds";
+        assert_eq!(series(&text, &format!("{h}_count")), Some("1"), "{text}");
+        // Recorded after the answer was written: not in any bucket up to 0.25 s.
+        assert_eq!(
+            series(&text, &format!("{h}_bucket{{le=\"0.25\"}}")),
+            Some("0"),
+            "{text}"
+        );
+        assert_eq!(
+            series(&text, &format!("{h}_bucket{{le=\"+Inf\"}}")),
+            Some("1"),
+            "{text}"
+        );
+        assert_eq!(
+            series(&text, "sesame_admission_reviews_in_flight"),
+            Some("0"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_is_not_a_review_is_recorded_with_its_duration() {
+        let metrics = Arc::new(Metrics::new());
+        let admission = admission(&metrics).await;
+        let err = admission
+            .review(b"not json", None)
+            .await
+            .expect_err("not a review");
+        assert!(err.is_bad_request());
+        let text = metrics.encode();
+        assert_eq!(
+            series(&text, "sesame_admission_reviews_total{outcome=\"bad_request\"}"),
+            Some("1"),
+            "{text}"
+        );
+        assert_eq!(
+            series(&text, "sesame_admission_review_duration_seconds_count"),
+            Some("1")
+        );
+    }
 
     #[test]
     fn encoded_patch_is_a_json_string_of_the_base64_patch() {

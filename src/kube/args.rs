@@ -56,6 +56,10 @@ pub struct KubeArgs {
     /// How often the leader looks for unreferenced managed Secrets.
     #[arg(long, env = "SESAME_GC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub(crate) gc_interval: Duration,
+    /// The Secret (in Sesame's namespace) holding the provenance keys that
+    /// sign every managed Secret; created at first start.
+    #[arg(long, env = "SESAME_PROVENANCE_SECRET", default_value = "sesame-provenance")]
+    pub(crate) provenance_secret: String,
     #[command(flatten)]
     pub certs: CertArgs,
 }
@@ -110,6 +114,7 @@ impl Default for KubeArgs {
             lease_name: "sesame-leader".into(),
             gc_grace: Duration::from_secs(600),
             gc_interval: Duration::from_secs(300),
+            provenance_secret: "sesame-provenance".into(),
             certs: CertArgs::default(),
         }
     }

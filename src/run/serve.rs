@@ -194,12 +194,12 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
     let writer_kind = admission.writer_kind();
     tracing::info!(writer = writer_kind, "managed Secret writer");
     let admission = Arc::new(admission);
-    let limits = Limits {
-        max_body_bytes: args.max_body_bytes,
-        drain_timeout: args.drain_timeout,
-        handshake_timeout: args.client_timeout,
-        header_read_timeout: args.client_timeout,
-    };
+    let limits = Limits::new(
+        args.max_body_bytes,
+        args.client_timeout,
+        args.drain_timeout,
+        &args.connections,
+    );
 
     let webhook_listener = server::bind(SocketAddr::new(args.bind_address, args.tls_port)).await?;
     let admin_listener = server::bind(SocketAddr::new(args.bind_address, args.admin_port)).await?;
@@ -211,25 +211,27 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
         "webhook server",
         server::serve(
             webhook_listener,
-            Some(tls_config),
+            server::Port::webhook(tls_config, limits),
             server::webhook_router(admission, limits),
-            limits,
+            metrics.clone(),
             tasks.shutdown_signal(),
         ),
     );
-    tasks.spawn_draining(
-        "admin server",
-        server::serve(
-            admin_listener,
-            None,
-            server::admin::router(readiness.clone(), metrics.clone()),
-            Limits {
-                drain_timeout: Duration::from_secs(1),
-                ..limits
-            },
-            tasks.shutdown_signal(),
-        ),
-    );
+    // On a thread of its own, so that the probes and metrics answer however
+    // busy the webhook port's workers are; and the last to stop, so that
+    // /readyz says 503 (and /livez 200) through the whole drain.
+    tasks
+        .spawn_on_own_thread(
+            "admin server",
+            server::serve_std(
+                admin_listener.into_std()?,
+                server::Port::admin(limits),
+                server::admin::router(readiness.clone(), metrics.clone()),
+                metrics.clone(),
+                tasks.drained_signal(),
+            ),
+        )
+        .context("starting the admin port's thread")?;
     tracing::info!(%webhook_addr, %admin_addr, "serving");
 
     tasks.spawn_draining(

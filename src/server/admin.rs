@@ -12,7 +12,8 @@ use axum::Router;
 
 use crate::telemetry::Metrics;
 
-/// Readiness: false until TLS is serving and every store passed its check.
+/// Readiness: false until TLS is serving and every store passed its check,
+/// and again from the start of the drain.
 #[derive(Debug, Default)]
 pub struct Readiness {
     ready: AtomicBool,

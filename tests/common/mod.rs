@@ -257,18 +257,52 @@ pub fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
 pub struct ServeProcess {
     child: std::process::Child,
     pub webhook_addr: std::net::SocketAddr,
+    pub admin_addr: std::net::SocketAddr,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// How `ServeProcess::spawn_with` starts the binary, beyond its flags.
+#[derive(Default)]
+pub struct ProcessOptions<'a> {
+    /// Extra environment variables.
+    pub env: &'a [(&'a str, &'a str)],
+    /// The process's open-file limit (`ulimit -n`, soft and hard).
+    pub max_open_files: Option<u64>,
+    /// Text logs instead of JSON.
+    pub text_logs: bool,
+}
+
+/// The value of `key=` in a text log line.
+fn text_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    line[at..].split_whitespace().next()
 }
 
 impl ServeProcess {
     /// Starts the binary on `dir` (its `sesame.yaml` and `certs/`); `extra`
     /// flags are added (the drain timeout, for one, defaults to 25 s).
     pub async fn spawn(dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn_with(dir, extra, ProcessOptions::default()).await
+    }
+
+    pub async fn spawn_with(dir: &Path, extra: &[&str], options: ProcessOptions<'_>) -> Self {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sesame"))
-            .args(["--log-format", "json", "--log-level", "info", "serve"])
+        let bin = env!("CARGO_BIN_EXE_sesame");
+        let mut command = match options.max_open_files {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let format = if options.text_logs { "text" } else { "json" };
+        let mut child = command
+            .args(["--log-format", format, "--log-level", "info", "serve"])
             .arg("--config")
             .arg(dir.join("sesame.yaml"))
             .arg("--cert-dir")
@@ -284,6 +318,7 @@ impl ServeProcess {
             .args(["--kube", "off"])
             .args(extra)
             .env_remove("RUST_LOG")
+            .envs(options.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -302,17 +337,36 @@ impl ServeProcess {
                 }
             }));
         }
+        let unset: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut this = Self {
             child,
-            webhook_addr: "127.0.0.1:0".parse().unwrap(),
+            webhook_addr: unset,
+            admin_addr: unset,
             lines,
             readers,
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let serving = this.json_logs().into_iter().find(|l| l["message"] == "serving");
-            if let Some(line) = serving {
-                this.webhook_addr = line["webhook_addr"].as_str().unwrap().parse().unwrap();
+            let json = this.json_logs().into_iter().find(|l| l["message"] == "serving");
+            let addrs = match json {
+                Some(line) => Some((
+                    line["webhook_addr"].as_str().unwrap().to_owned(),
+                    line["admin_addr"].as_str().unwrap().to_owned(),
+                )),
+                None => this
+                    .lines()
+                    .iter()
+                    .find(|l| l.contains(": serving webhook_addr="))
+                    .map(|l| {
+                        (
+                            text_field(l, "webhook_addr").unwrap().to_owned(),
+                            text_field(l, "admin_addr").unwrap().to_owned(),
+                        )
+                    }),
+            };
+            if let Some((webhook, admin)) = addrs {
+                this.webhook_addr = webhook.parse().unwrap();
+                this.admin_addr = admin.parse().unwrap();
                 return this;
             }
             if let Some(status) = this.child.try_wait().unwrap() {
@@ -325,6 +379,10 @@ impl ServeProcess {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
     }
 
     pub fn url(&self) -> String {

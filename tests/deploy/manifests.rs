@@ -297,7 +297,7 @@ pub(crate) fn check_deployment(what: &str, objects: &[Value]) {
     }
 
     // The start-up probe gives Sesame its certificate deadline (60 s,
-    // CERT_BOOTSTRAP_DEADLINE in src/run.rs) plus the cache sync (10 s,
+    // CERT_BOOTSTRAP_DEADLINE in src/run/serve.rs) plus the cache sync (10 s,
     // CACHE_SYNC_TIMEOUT in src/kube/mod.rs) before the kubelet restarts it;
     // the liveness probe only starts after it passed.
     let startup = c.startup_probe.clone().unwrap();
