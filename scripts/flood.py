@@ -12,7 +12,9 @@ then times /livez, /readyz and one review, counts the server's "accept
 failed" and "connection cap reached" log lines, its open descriptors, and how
 many of the held connections the server has closed. `heavy` sends one review
 of 300 containers x 300 references (--size) and, while it is computed, times /livez
-and a small review. SESAME_BIN picks the binary (default target/release/sesame).
+and a small review; it raises the configuration's limits per review so that
+the review is computed, not denied (--no-limits for builds without the
+`limits` section). SESAME_BIN picks the binary (default target/release/sesame).
 """
 
 import argparse
@@ -32,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests/fixtures/admission/real-pod-create-bare.json")
 
 
-def start(binary, tmp, ulimit, worker_threads, client_timeout):
+def start(binary, tmp, ulimit, worker_threads, client_timeout, limits=""):
     subprocess.run([binary, "gen-certs", "--out", f"{tmp}/certs"], check=True, capture_output=True)
     with open(f"{tmp}/secrets.yaml", "w") as f:
         f.write("apps/team-a/db:\n  password: pw\n")
@@ -40,7 +42,7 @@ def start(binary, tmp, ulimit, worker_threads, client_timeout):
         f.write(
             "annotationPrefix: sesame.dev\nstores:\n  - name: dev\n    file: {path: secrets.yaml}\n"
             "policy:\n  rules:\n    - name: own\n      namespaces: ['*']\n      stores: [dev]\n"
-            "      paths: ['apps/{namespace}/**']\n"
+            "      paths: ['apps/{namespace}/**']\n" + limits
         )
     args = [binary, "--log-format", "json", "serve", "--config", f"{tmp}/sesame.yaml",
             "--cert-dir", f"{tmp}/certs", "--bind-address", "127.0.0.1", "--tls-port", "0",
@@ -173,7 +175,10 @@ def idle_drill(a, tmp, proc, webhook, admin):
 
 
 def heavy(a, tmp):
-    proc, webhook, admin = start(a.sesame, tmp, a.ulimit, a.worker_threads, a.client_timeout)
+    limits = "" if a.no_limits else (
+        f"limits: {{maxReferences: {max(a.size, 100)}, maxAddedEntries: {max(a.size * a.size, 2000)},"
+        f" maxPatchBytes: {64 * 1024 * 1024}}}\n")
+    proc, webhook, admin = start(a.sesame, tmp, a.ulimit, a.worker_threads, a.client_timeout, limits)
     try:
         heavy_drill(a, tmp, proc, webhook, admin)
     finally:
@@ -216,6 +221,8 @@ def main():
     p.add_argument("--worker-threads", type=int)
     p.add_argument("--size", type=int, default=300,
                    help="heavy: containers and references (size x size env vars)")
+    p.add_argument("--no-limits", action="store_true",
+                   help="heavy: write no `limits` section (for builds before it)")
     p.add_argument("--client-timeout", default="120s",
                    help="the server's --client-timeout; long, so that idle connections stay")
     a = p.parse_args()

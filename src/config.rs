@@ -1,7 +1,8 @@
 //! The configuration file: `annotationPrefix`, `resolveTimeout`, the
-//! stores and the namespace-isolation policy. This module only composes the
-//! sections (each schema lives beside the code that interprets it:
-//! `stores::StoreConfig`, `policy::PolicyConfig`) and loads the file: parsed
+//! stores, the namespace-isolation policy and the limits per review. This
+//! module only composes the sections (each schema lives beside the code
+//! that interprets it: `stores::StoreConfig`, `policy::PolicyConfig`,
+//! `inject::LimitsConfig`) and loads the file: parsed
 //! once with serde (unknown fields are errors), then validated with messages
 //! that name the field; YAML errors carry the line and column.
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::inject::LimitsConfig;
 use crate::policy::PolicyConfig;
 use crate::stores::{validate_stores, StoreConfig};
 use crate::validate::{is_dns_subdomain, FieldError};
@@ -38,6 +40,9 @@ pub struct Config {
     /// Which namespaces may read which paths of which store.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// How much one review may ask for.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 fn default_prefix() -> String {
@@ -87,10 +92,13 @@ impl Config {
         let de = serde_norway::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // serde_norway names the field itself; it is said once, in front.
+            let message = message.strip_prefix(&format!("{field}: ")).unwrap_or(&message);
             ConfigError::Parse {
                 origin: origin.to_owned(),
                 field: if field == "." { "(top level)".into() } else { field },
-                message: e.into_inner().to_string(),
+                message: without_values(message),
             }
         })?;
         config.validate().map_err(|e| match e {
@@ -150,11 +158,43 @@ impl Config {
             )
             .into());
         }
+        self.limits.validate().map_err(|e| e.within("limits"))?;
         validate_stores(&self.stores)?;
         let names: HashSet<&str> = self.stores.iter().map(|s| s.name.as_str()).collect();
         self.policy.validate(&names).map_err(|e| e.within("policy"))?;
         Ok(())
     }
+}
+
+/// A serde message without the value it quotes. serde words a wrong value
+/// as `invalid type: string "…", expected …` (or `integer `…``, `unknown
+/// variant `…``), and the value may be a credential written where only a
+/// pointer to one belongs (`token: hvs.…` instead of `token: {file: …}`);
+/// this message is printed by `check-config` and logged at every reload.
+/// The kind of value, the field, what was expected and the line stay.
+fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(start) = message.find(prefix).map(|i| i + prefix.len()) else {
+            continue;
+        };
+        // The value comes first, so the last ", expected " is serde's own.
+        if let Some(end) = message[start..].rfind(", expected ").map(|i| start + i) {
+            let unexpected = &message[start..end];
+            let kind = ["string", "integer", "floating point", "boolean", "character"]
+                .into_iter()
+                .find(|kind| unexpected.starts_with(&format!("{kind} ")));
+            if let Some(kind) = kind {
+                return format!("{}{kind} (not shown){}", &message[..start], &message[end..]);
+            }
+        }
+    }
+    let variant = "unknown variant `";
+    if let Some(start) = message.find(variant).map(|i| i + variant.len()) {
+        if let Some(end) = message[start..].rfind("`, expected ").map(|i| start + i) {
+            return format!("{}(not shown){}", &message[..start - 1], &message[end + 1..]);
+        }
+    }
+    message.to_owned()
 }
 
 #[cfg(test)]
@@ -166,6 +206,11 @@ mod tests {
         let c = Config::from_yaml(EXAMPLE_CONFIG, "example").unwrap();
         assert_eq!(c.annotation_prefix, "sesame.dev");
         assert!(!c.stores.is_empty());
+        assert_eq!(
+            c.limits,
+            LimitsConfig::default(),
+            "the example shows the defaults"
+        );
     }
 
     #[test]
@@ -221,11 +266,51 @@ mod tests {
                 "policy.rules[0].serviceAccounts[0]",
             ),
             ("annotationPrefix: 'Not Valid'\n", "annotationPrefix"),
+            ("limits: {maxReferences: 0}\n", "limits.maxReferences"),
         ];
         for (yaml, field) in cases {
             let err = Config::from_yaml(yaml, "t").unwrap_err().to_string();
             assert!(err.starts_with(&format!("t: {field}")), "{yaml} -> {err}");
         }
+    }
+
+    /// A credential written inline where a file or env var belongs is not
+    /// quoted back, nor is any other value serde refuses; the error still
+    /// names the field, the kind of value and the line.
+    #[test]
+    fn configuration_errors_quote_no_values() {
+        let cases = [
+            (
+                "stores:\n  - name: v\n    vault: {address: 'http://v', auth: {token: hvs.s3cr3t-inline}}\n",
+                "stores[0].vault.auth.token: invalid type: string (not shown), expected struct CredentialSource at line 3",
+            ),
+            (
+                "stores:\n  - name: v\n    vault: {address: 'http://v', auth: {appRole: {roleId: r, secretId: 's3cr3t-id, expected x'}}}\n",
+                "stores[0].vault.auth.appRole.secretId: invalid type: string (not shown), expected struct CredentialSource",
+            ),
+            (
+                "stores:\n  - name: v\n    vault: {address: 'http://v', kvVersion: 7123456, auth: {token: {env: T}}}\n",
+                "stores[0].vault.kvVersion: invalid value: integer (not shown), expected u8",
+            ),
+            (
+                "stores:\n  - name: v\n    file: {path: x}\n    cacheTtl: s3cr3t-ttl\n",
+                "stores[0].cacheTtl: invalid value: string (not shown), expected a duration",
+            ),
+            (
+                "policy:\n  rules:\n    - {name: r, namespaceSelector: {matchExpressions: [{key: k, operator: s3cr3t}]}, stores: [a], paths: ['x']}\n",
+                "operator: unknown variant (not shown), expected one of `In`, `NotIn`",
+            ),
+        ];
+        for (yaml, says) in cases {
+            let err = Config::from_yaml(yaml, "t").unwrap_err().to_string();
+            assert!(!err.contains("s3cr3t") && !err.contains("7123456"), "{err}");
+            assert!(err.contains(says), "{err}");
+        }
+        // What carries no value is left as it was.
+        assert_eq!(
+            without_values("invalid type: sequence, expected a string at line 3 column 19"),
+            "invalid type: sequence, expected a string at line 3 column 19"
+        );
     }
 
     #[test]

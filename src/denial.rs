@@ -12,6 +12,9 @@ pub enum DenialClass {
     Malformed,
     /// A reference names a store the configuration does not define.
     UnknownStore,
+    /// The Pod asks for more than a limit of the configuration allows
+    /// (references, store requests, entries, patch size).
+    Limit,
     /// The policy does not grant a reference (or inline mode, or the use of
     /// another Pod's managed Secret).
     Policy,
@@ -52,6 +55,7 @@ impl DenialClass {
     pub fn code(self) -> u16 {
         match self {
             Self::Malformed | Self::UnknownStore => 400,
+            Self::Limit => 413,
             Self::Policy | Self::StoreDenied => 403,
             Self::NotFound | Self::MissingProperty => 404,
             Self::Invalid | Self::UnknownContainer | Self::Conflict => 422,
@@ -71,6 +75,7 @@ impl DenialClass {
         match self {
             Self::Malformed => "malformed",
             Self::UnknownStore => "unknown_store",
+            Self::Limit => "limit",
             Self::Policy => "policy",
             Self::NotFound => "not_found",
             Self::MissingProperty => "missing_property",
@@ -96,6 +101,7 @@ impl DenialClass {
         match self {
             Self::Malformed => "denied_malformed",
             Self::UnknownStore => "denied_unknown_store",
+            Self::Limit => "denied_limit",
             // The store's policy said no, as Sesame's may: the same action.
             Self::Policy | Self::StoreDenied => "denied_policy",
             Self::NotFound | Self::MissingProperty => "denied_not_found",

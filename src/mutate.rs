@@ -37,10 +37,13 @@ pub struct Mutated {
 }
 
 /// Runs the pipeline on one object; `Err` carries the denial message.
+/// Unless `show_values`, values that inline mode writes into the Pod are
+/// replaced by their size.
 pub(crate) async fn mutate_object(
     engine: &Engine,
     mut object: Value,
     namespace: Option<&str>,
+    show_values: bool,
 ) -> anyhow::Result<Result<Mutated, String>> {
     let kind = object
         .get("kind")
@@ -81,7 +84,10 @@ pub(crate) async fn mutate_object(
             warnings: Vec::new(),
         })),
         Verdict::Denied(d) => Ok(Err(d.message)),
-        Verdict::Mutated(m) => {
+        Verdict::Mutated(mut m) => {
+            if !show_values {
+                hide_inline_values(&mut m.patch);
+            }
             let patch = json_patch::Patch(m.patch);
             json_patch::patch(&mut object, &patch).context("applying the patch")?;
             Ok(Ok(Mutated {
@@ -89,6 +95,29 @@ pub(crate) async fn mutate_object(
                 secret: m.secret,
                 warnings: m.warnings,
             }))
+        }
+    }
+}
+
+/// Replaces the values inline mode writes into the Pod by their size. Every
+/// env entry of the patch that has a `value` is one of them: Sesame adds
+/// env vars either with `value` (inline) or with `valueFrom` (secretRef).
+fn hide_inline_values(patch: &mut [json_patch::PatchOperation]) {
+    let hide = |entry: &mut Value| {
+        if let Some(value) = entry.get_mut("value") {
+            let len = value.as_str().map_or(0, str::len);
+            *value = Value::String(format!("<{len} bytes, hidden; --show-values to print>"));
+        }
+    };
+    for op in patch {
+        let json_patch::PatchOperation::Add(add) = op else {
+            continue;
+        };
+        let path = add.path.as_str();
+        if path.ends_with("/env/-") {
+            hide(&mut add.value);
+        } else if path.ends_with("/env") {
+            add.value.as_array_mut().into_iter().flatten().for_each(hide);
         }
     }
 }
@@ -135,7 +164,7 @@ pub async fn run(args: &MutateArgs) -> anyhow::Result<ExitCode> {
         if value.is_null() {
             continue;
         }
-        match mutate_object(&engine, value, args.namespace.as_deref()).await? {
+        match mutate_object(&engine, value, args.namespace.as_deref(), args.show_values).await? {
             Ok(m) => {
                 for w in &m.warnings {
                     eprintln!("warning: {w}");

@@ -10,11 +10,16 @@ use json_patch::PatchOperation;
 use crate::config::{Config, LoadedConfig};
 use crate::denial::DenialClass;
 use crate::inject::annotations::{self, GrammarError, PodRequest, INJECTED_SUFFIX};
+use crate::inject::limits::{self, LimitExceeded};
+use crate::inject::patch::encoded_len;
 use crate::inject::plan::MANAGED_PREFIX;
-use crate::inject::{build_patch, build_plan, Grant, ManagedSecret, PlanInput, PodView, SecretRef};
+use crate::inject::{
+    build_patch, build_plan, Grant, LimitsConfig, ManagedSecret, PlanInput, PodView, SecretRef,
+};
 use crate::policy::{NamespacePolicy, PolicyDenial, Subject};
 use crate::stores::{SecretLocator, StoreRequest, Stores, WorkloadIdentity};
 use crate::telemetry::Metrics;
+use crate::validate::escape_controls;
 
 /// Everything the pipeline needs, built once from the configuration and
 /// swapped whole when the configuration changes.
@@ -26,6 +31,8 @@ pub struct Engine {
     resolve_timeout: Duration,
     /// Per store: how often managed Secrets using it are re-resolved.
     refresh_intervals: std::collections::HashMap<String, Duration>,
+    /// How much one review may ask for.
+    limits: LimitsConfig,
 }
 
 /// The Pod to work on.
@@ -72,12 +79,19 @@ pub struct Denial {
 }
 
 impl Denial {
+    /// The message's control and bidirectional characters are escaped
+    /// here, the one way out for every denial: whatever a message quotes
+    /// from the Pod cannot break or reorder it.
     fn new(class: DenialClass, message: String, references: Vec<SecretRef>) -> Self {
         Self {
             class,
-            message,
+            message: escape_controls(&message).into_owned(),
             references,
         }
+    }
+
+    fn limit(exceeded: LimitExceeded, references: Vec<SecretRef>) -> Self {
+        Self::new(DenialClass::Limit, exceeded.to_string(), references)
     }
 
     /// The HTTP code of the AdmissionResponse status.
@@ -100,6 +114,7 @@ impl Engine {
                 .iter()
                 .filter_map(|s| s.refresh_interval.map(|d| (s.name.clone(), d)))
                 .collect(),
+            limits: config.limits,
         }
     }
 
@@ -143,6 +158,11 @@ impl Engine {
         self.resolve_timeout
     }
 
+    /// The limits per review.
+    pub fn limits(&self) -> &LimitsConfig {
+        &self.limits
+    }
+
     pub fn stores(&self) -> &Stores {
         &self.stores
     }
@@ -160,17 +180,28 @@ impl Engine {
     }
 
     /// What the Pod's (or a workload template's) annotations ask for, as
-    /// the pipeline reads them: parsed, and with the paths of namespaced
-    /// stores qualified (`name` means `namespace/name`). Admission and the
-    /// restart check after a rotation read annotations only through this.
+    /// the pipeline reads them: parsed (messages quoting at most
+    /// `limits.maxQuotedChars` of any piece), with the paths of namespaced
+    /// stores qualified (`name` means `namespace/name`) and each version in
+    /// its store's one spelling. Admission and the restart check after a
+    /// rotation read annotations only through this.
     pub(crate) fn request(&self, namespace: &str, pod: &PodView) -> Result<PodRequest, GrammarError> {
         let empty = Default::default();
         let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-        let mut request = annotations::parse(&self.prefix, annotations)?;
+        let mut request = annotations::parse_with(&self.prefix, annotations, self.limits.quote())?;
         for injection in &mut request.injections {
             let r = &mut injection.reference;
-            if self.stores.get(&r.store).is_some_and(|s| s.inner().namespaced()) && !r.path.contains('/') {
+            let Some(store) = self.stores.get(&r.store) else {
+                continue;
+            };
+            if store.inner().namespaced() && !r.path.contains('/') {
                 r.path = format!("{namespace}/{}", r.path);
+            }
+            // `version=01` and `version=1` are one secret for the limits,
+            // the fetch, the cache and the Secret's keys.
+            if let Some(v) = &r.version {
+                let canonical = store.canonical_version(v).into_owned();
+                r.version = Some(canonical);
             }
         }
         Ok(request)
@@ -215,11 +246,16 @@ impl Engine {
                 Some(name) => Verdict::Denied(foreign_secret(name, None)),
             };
         }
+        let quote = self.limits.quote();
         let request = match self.request(input.namespace, input.pod) {
             Ok(r) => r,
             Err(e) => return Verdict::Denied(Denial::new(DenialClass::Malformed, e.to_string(), Vec::new())),
         };
         let references: Vec<SecretRef> = request.injections.iter().map(|i| i.reference.clone()).collect();
+        // Before policy and fetch: the counts of what the Pod asks for.
+        if let Err(e) = limits::check_request(&self.limits, &request.injections, input.pod) {
+            return Verdict::Denied(Denial::limit(e, references));
+        }
         let service_account = service_account(input.pod);
 
         // Policy first: nothing is fetched for a Pod that may not have it.
@@ -232,10 +268,15 @@ impl Engine {
                     reference: r.clone(),
                     rule: rule.to_owned(),
                 }),
-                Err(refusal) => {
-                    let class = match refusal {
+                Err(mut refusal) => {
+                    let class = match &mut refusal {
                         Refusal::UnknownStore { .. } => DenialClass::UnknownStore,
-                        Refusal::Policy(_) => DenialClass::Policy,
+                        Refusal::Policy(denial) => {
+                            if let PolicyDenial::PathNotAllowed { path, .. } = denial {
+                                *path = quote.of(path).to_string();
+                            }
+                            DenialClass::Policy
+                        }
                     };
                     return Verdict::Denied(Denial::new(
                         class,
@@ -261,6 +302,16 @@ impl Engine {
         // Sesame's policy allowed every reference above.
         let identity = WorkloadIdentity::new(input.namespace, service_account).ok();
         let resolved = self.stores.resolve(&requests, identity.as_ref(), budget).await;
+        // Before the plan: what the answers would add to the Pod.
+        if let Err(e) = limits::check_answers(
+            &self.limits,
+            &request.injections,
+            &resolved,
+            input.pod,
+            request.mode,
+        ) {
+            return Verdict::Denied(Denial::limit(e, references));
+        }
 
         let mut plan = match build_plan(&PlanInput {
             namespace: input.namespace,
@@ -270,6 +321,7 @@ impl Engine {
             inline_allowed: self.policy.inline_allowed(input.namespace),
             injections: &request.injections,
             resolved: &resolved,
+            quote,
         }) {
             Ok(p) => p,
             Err(e) => return Verdict::Denied(Denial::new(e.class(), e.to_string(), references)),
@@ -283,12 +335,19 @@ impl Engine {
             denial.references = references;
             return Verdict::Denied(denial);
         }
-        let patch = match build_patch(input.pod, &plan, input.base, &self.marker_key, secret_name) {
+        let patch = match build_patch(input.pod, &plan, input.base, &self.marker_key, secret_name, quote) {
             Ok(p) => p,
             Err(e) => return Verdict::Denied(Denial::new(e.class(), e.to_string(), references)),
         };
+        if let Err(e) = limits::check_patch(&self.limits, encoded_len(&patch)) {
+            return Verdict::Denied(Denial::limit(e, references));
+        }
         // Grants only for what was placed: skipped optional references are warnings.
-        let warnings = plan.warnings;
+        let warnings = plan
+            .warnings
+            .iter()
+            .map(|w| escape_controls(w).into_owned())
+            .collect();
         Verdict::Mutated(Mutation {
             patch,
             secret: plan.secret,

@@ -572,3 +572,196 @@ async fn serve_writes_one_json_audit_line_per_decision_and_no_value() {
     assert_eq!(l["code"], 400);
     assert!(l["reason"].as_str().unwrap().contains("colour"));
 }
+
+/// Inline mode writes env values into the Pod itself: without
+/// `--show-values` the printed Pod carries their sizes, never the values.
+#[test]
+fn mutate_hides_inline_values_unless_asked() {
+    let dir = workdir();
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: tool
+  namespace: dev-team
+  annotations:
+    sesame.dev/mode: inline
+    sesame.dev/env.DB_USER: "dev:apps/dev-team/db#user"
+    sesame.dev/env.SIGNING_KEY: "dev:apps/dev-team/signing-key"
+spec:
+  containers:
+    - name: app
+      image: busybox
+      env: [{name: LOG_LEVEL, value: debug}]
+    - name: sidecar
+      image: busybox
+"#;
+    std::fs::write(dir.path().join("pod.yaml"), pod).unwrap();
+    let out = sesame(
+        dir.path(),
+        &["mutate", "-c", "sesame.yaml", "-f", "pod.yaml"],
+        None,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for value in ["inline-user", "inline-v2"] {
+        assert!(
+            !stdout.contains(value) && !stderr.contains(value),
+            "{value} printed:\n{stdout}"
+        );
+    }
+    let docs = documents(&stdout);
+    // Added one by one to the env list `app` has, and as a new list to `sidecar`.
+    for container in [0, 1] {
+        let env = docs[0]["spec"]["containers"][container]["env"]
+            .as_array()
+            .unwrap();
+        let value_of = |name: &str| {
+            env.iter()
+                .find(|e| e["name"] == name)
+                .unwrap_or_else(|| panic!("{name} missing: {env:?}"))["value"]
+                .clone()
+        };
+        assert_eq!(value_of("DB_USER"), "<11 bytes, hidden; --show-values to print>");
+        assert_eq!(
+            value_of("SIGNING_KEY"),
+            "<9 bytes, hidden; --show-values to print>"
+        );
+        if container == 0 {
+            assert_eq!(value_of("LOG_LEVEL"), "debug", "the Pod's own values stay");
+        }
+    }
+
+    let out = sesame(
+        dir.path(),
+        &["mutate", "-c", "sesame.yaml", "-f", "pod.yaml", "--show-values"],
+        None,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("inline-user"), "{stdout}");
+}
+
+/// A credential written inline where the configuration wants a file or an
+/// env var: `check-config` names the field and the line, not the value.
+#[test]
+fn check_config_quotes_no_credential() {
+    let dir = workdir();
+    for (yaml, field) in [
+        (
+            "stores:\n  - name: v\n    vault:\n      address: https://vault:8200\n      auth:\n        token: hvs.CAESIinline-token-value\n",
+            "stores[0].vault.auth.token",
+        ),
+        (
+            "stores:\n  - name: v\n    vault:\n      address: https://vault:8200\n      auth:\n        appRole: {roleId: sesame, secretId: 3f0c77aa-inline-token-value}\n",
+            "stores[0].vault.auth.appRole.secretId",
+        ),
+        (
+            "stores:\n  - name: v\n    vault:\n      address: https://sesame:inline-token-value@vault:8200\n      auth: {token: {env: T}}\n",
+            "stores[0].vault.address",
+        ),
+    ] {
+        std::fs::write(dir.path().join("broken.yaml"), yaml).unwrap();
+        let out = sesame(dir.path(), &["check-config", "-c", "broken.yaml"], None);
+        let (stdout, stderr) = text(&out);
+        assert!(!out.status.success(), "{yaml} was accepted");
+        assert!(stderr.contains(field), "{field} missing in: {stderr}");
+        assert!(
+            !stdout.contains("inline-token-value") && !stderr.contains("inline-token-value"),
+            "the value was printed: {stderr}"
+        );
+    }
+}
+
+/// The reload warning, which repeats at every reload interval for as long
+/// as the file stays broken, quotes no credential either: it printed an
+/// inline token in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reload_warning_quotes_no_credential() {
+    let dir = workdir();
+    write_certs(&dir.path().join("certs"));
+    let server = ServeProcess::spawn(dir.path(), &["--reload-interval", "100ms"]).await;
+    std::fs::write(
+        dir.path().join("sesame.yaml"),
+        "stores:\n  - name: v\n    vault:\n      address: https://vault:8200\n      auth:\n        token: hvs.CAESIinline-token-value\n",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let warnings = loop {
+        let warnings: Vec<String> = server
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("not valid; keeping the running configuration"))
+            .collect();
+        if warnings.len() >= 2 {
+            break warnings;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload warning: {:#?}",
+            server.lines()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        warnings.iter().all(|w| w.contains("stores[0].vault.auth.token")),
+        "{warnings:#?}"
+    );
+    let all = server.lines().join("\n");
+    assert!(!all.contains("inline-token-value"), "the value was logged: {all}");
+}
+
+/// `gen-certs` into a directory where someone planted symlinks under the
+/// names it writes, and an old key readable by all: every file is replaced
+/// (the symlinks' targets stay as they were) and the key is 0600.
+#[cfg(unix)]
+#[test]
+fn gen_certs_replaces_planted_symlinks_and_files_instead_of_writing_through_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = workdir();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "do not touch").unwrap();
+    std::os::unix::fs::symlink(&victim, certs.join("tls.key")).unwrap();
+    std::os::unix::fs::symlink(&victim, certs.join("ca.crt")).unwrap();
+    // A dangling one: following it would create the file it names.
+    std::os::unix::fs::symlink(dir.path().join("created"), certs.join("tls.crt")).unwrap();
+
+    let out = sesame(dir.path(), &["gen-certs", "--out", "certs"], None);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "do not touch");
+    assert!(!dir.path().join("created").exists());
+    for (name, mode, begins) in [
+        ("tls.key", 0o600, "-----BEGIN PRIVATE KEY-----"),
+        ("tls.crt", 0o644, "-----BEGIN CERTIFICATE-----"),
+        ("ca.crt", 0o644, "-----BEGIN CERTIFICATE-----"),
+    ] {
+        let meta = std::fs::symlink_metadata(certs.join(name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name} is still a symlink");
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
+        assert!(std::fs::read_to_string(certs.join(name))
+            .unwrap()
+            .starts_with(begins));
+    }
+
+    // An old key that anyone may read is replaced by a new file, not rewritten.
+    std::fs::set_permissions(certs.join("tls.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let old = std::fs::File::open(certs.join("tls.key")).unwrap();
+    let out = sesame(dir.path(), &["gen-certs", "--out", "certs"], None);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(
+        old.metadata().unwrap().permissions().mode() & 0o777,
+        0o644,
+        "the old file is left alone"
+    );
+    let key = std::fs::metadata(certs.join("tls.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    let left: Vec<_> = std::fs::read_dir(&certs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}

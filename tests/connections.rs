@@ -483,8 +483,13 @@ async fn out_of_file_descriptors_the_probes_and_reviews_still_answer_and_the_log
     drop(idle);
 }
 
+/// Limits per review that let [`heavy_review`] through.
+const HEAVY_LIMITS: &str = "limits: {maxReferences: 200, maxAddedEntries: 40000, maxPatchBytes: 67108864}\n";
+
 /// A review that computes for long: 200 containers × 200 references (40 000
-/// env vars in the patch), padded past the offload threshold.
+/// env vars in the patch), padded past the offload threshold. It is past the
+/// default limits per review, which [`HEAVY_LIMITS`] raise: the scheduling
+/// must hold whatever limits the platform team sets.
 fn heavy_review() -> Value {
     let mut annotations: Vec<(String, String)> = (0..200)
         .map(|i| {
@@ -510,7 +515,7 @@ fn heavy_review() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_one_worker_a_heavy_review_does_not_hold_up_others_or_the_probes() {
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), CONFIG, SECRETS);
+    write_config(dir.path(), &format!("{CONFIG}{HEAVY_LIMITS}"), SECRETS);
     let ca = write_certs(&dir.path().join("certs"));
     let server = ServeProcess::spawn_with(
         dir.path(),

@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use sesame::inject::annotations::{self, ContainerSelector};
 use sesame::inject::{Injection, PodView, SecretRef, Target};
 use sesame::policy::{glob_match, validate_secret_path, PathPattern};
+use sesame::validate::{needs_escape, Quote};
 
 const PREFIX: &str = "sesame.dev";
 
@@ -435,7 +436,12 @@ fn check_parse(annotations: &BTreeMap<String, String>) -> Result<(), TestCaseErr
                 message.len(),
                 input
             );
-            prop_assert!(annotations.keys().any(|k| e.annotation.starts_with(k.as_str())));
+            // It names one of the keys, as messages quote them (cut, escaped).
+            prop_assert!(annotations
+                .keys()
+                .any(|k| e.annotation.starts_with(&Quote::DEFAULT.of(k).to_string())));
+            // Nothing in it can break a line or reorder the text.
+            prop_assert!(!message.contains(needs_escape), "{:?}", message);
         }
         Ok(request) => {
             // What was built, in bytes of text it holds.

@@ -198,7 +198,12 @@ impl Admission {
         let pod: PodView = match serde_json::from_str(object.get()) {
             Ok(p) => p,
             Err(e) => {
-                let message = format!("the Pod in the review could not be read: {e}");
+                // serde's message quotes the offending text: cut to the limit.
+                let error = e.to_string();
+                let message = format!(
+                    "the Pod in the review could not be read: {}",
+                    engine.limits().quote().of(&error)
+                );
                 return (
                     deny(&request.uid, DenialClass::Malformed, message),
                     Outcome::Denied(DenialClass::Malformed),
@@ -336,6 +341,8 @@ fn encode_patch(patch: &[json_patch::PatchOperation]) -> Option<Box<serde_json::
 }
 
 fn deny(uid: &str, class: DenialClass, message: String) -> ResponseOut {
+    // Escaped again for the messages made here (escaping twice changes nothing).
+    let message = crate::validate::escape_controls(&message).into_owned();
     ResponseOut {
         uid: uid.to_owned(),
         allowed: false,

@@ -90,6 +90,7 @@ impl StatusOut {
             403 => "Forbidden",
             404 => "NotFound",
             409 => "Conflict",
+            413 => "RequestEntityTooLarge",
             422 => "Invalid",
             429 => "TooManyRequests",
             503 => "ServiceUnavailable",

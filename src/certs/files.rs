@@ -14,19 +14,60 @@ use sha2::{Digest, Sha256};
 use super::generate::GeneratedCerts;
 use super::tls::{certified_key, CertResolver, TlsError};
 
-/// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`.
-pub fn write(dir: &std::path::Path, certs: &GeneratedCerts) -> std::io::Result<()> {
+/// Writes `ca.crt` and `tls.crt` (mode 0644) and `tls.key` (mode 0600) into
+/// `dir`, each through [`replace_file`]: the key is never readable by
+/// others, not even for a moment, and a file or symlink planted under one
+/// of the names is replaced, never written through.
+pub fn write(dir: &Path, certs: &GeneratedCerts) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("ca.crt"), &certs.ca_cert_pem)?;
-    std::fs::write(dir.join("tls.crt"), &certs.cert_pem)?;
-    let key_path = dir.join("tls.key");
-    std::fs::write(&key_path, &certs.key_pem)?;
+    replace_file(&dir.join("ca.crt"), certs.ca_cert_pem.as_bytes(), 0o644)?;
+    replace_file(&dir.join("tls.crt"), certs.cert_pem.as_bytes(), 0o644)?;
+    replace_file(&dir.join("tls.key"), certs.key_pem.as_bytes(), 0o600)
+}
+
+/// Writes `content` to `path` by creating a new file beside it with its
+/// final `mode` (`create_new`: an existing path there, symlink or not,
+/// fails the creation instead of being opened) and renaming it over `path`
+/// (a rename replaces a symlink at `path`; it does not follow it).
+fn replace_file(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a file path", path.display()),
+        ));
+    };
+    let temp = dir.join(format!(
+        ".{}.{:016x}.tmp",
+        name.to_string_lossy(),
+        fastrand::u64(..)
+    ));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
     }
-    Ok(())
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(&temp)?;
+    let written = (|| {
+        // The umask may have taken bits away; none are added (the file was
+        // created with at most `mode`), so the key is never more open.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+        file.write_all(content)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
 }
 
 /// Where the serving certificate and key live.

@@ -13,7 +13,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::validate_secret_path;
-use crate::validate::is_dns_label;
+use crate::validate::{is_dns_label, Quote, Quoted};
 
 /// Annotation Sesame writes on Pods it mutated; its value names the managed
 /// Secret (or `inline`). Admission policies and the garbage collector read it.
@@ -51,23 +51,26 @@ impl std::str::FromStr for SecretRef {
     /// `<store>:<path>[#<property>][ version=<version>]`, with the checks of
     /// the annotation grammar.
     fn from_str(text: &str) -> Result<Self, GrammarError> {
-        const WHAT: &str = "reference";
+        let at = At {
+            key: "reference",
+            quote: Quote::DEFAULT,
+        };
         let mut tokens = text.split_whitespace();
         let reference = tokens
             .next()
-            .ok_or_else(|| err(WHAT, "expected <store>:<path>[#property]"))?;
+            .ok_or_else(|| at.err("expected <store>:<path>[#property]"))?;
         let version = match tokens.next() {
             None => None,
             Some(t) => Some(
                 t.strip_prefix("version=")
-                    .ok_or_else(|| err(WHAT, format!("\"{t}\" is not version=<version>")))?
+                    .ok_or_else(|| at.err(format!("\"{}\" is not version=<version>", at.q(t))))?
                     .to_owned(),
             ),
         };
         if tokens.next().is_some() {
-            return Err(err(WHAT, "only version= may follow the reference"));
+            return Err(at.err("only version= may follow the reference"));
         }
-        parse_reference(WHAT, reference, version)
+        parse_reference(at, reference, version)
     }
 }
 
@@ -150,10 +153,31 @@ pub struct GrammarError {
     pub message: String,
 }
 
-fn err(annotation: &str, message: impl Into<String>) -> GrammarError {
-    GrammarError {
-        annotation: annotation.to_owned(),
-        message: message.into(),
+/// The annotation a message is about, and how much of the input a message
+/// may quote ([`Quote`]): keys and values are whatever the Pod's author
+/// wrote, of any length and with any characters.
+#[derive(Debug, Clone, Copy)]
+struct At<'a> {
+    key: &'a str,
+    quote: Quote,
+}
+
+impl<'a> At<'a> {
+    fn err(self, message: impl Into<String>) -> GrammarError {
+        GrammarError {
+            annotation: self.quote.of(self.key).to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A piece of the input, as a message quotes it.
+    fn q(self, text: &str) -> Quoted<'_> {
+        self.quote.of(text)
+    }
+
+    /// The same limit, about another annotation (a structured entry).
+    fn with(self, key: &'a str) -> Self {
+        Self { key, ..self }
     }
 }
 
@@ -167,13 +191,25 @@ pub(crate) fn has_requests<'a>(prefix: &str, mut keys: impl Iterator<Item = &'a 
     })
 }
 
-/// Parses every Sesame annotation of a Pod.
+/// Parses every Sesame annotation of a Pod; messages quote at most
+/// [`Quote::DEFAULT`] characters of any piece of the input.
 pub fn parse(prefix: &str, annotations: &BTreeMap<String, String>) -> Result<PodRequest, GrammarError> {
+    parse_with(prefix, annotations, Quote::DEFAULT)
+}
+
+/// [`parse`], with messages that quote at most `quote` characters of any
+/// piece of the input (`limits.maxQuotedChars`).
+pub fn parse_with(
+    prefix: &str,
+    annotations: &BTreeMap<String, String>,
+    quote: Quote,
+) -> Result<PodRequest, GrammarError> {
     let mut request = PodRequest::default();
     for (key, value) in annotations {
         let Some(name) = key.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
             continue;
         };
+        let at = At { key, quote };
         if name == INJECTED_SUFFIX {
             continue;
         }
@@ -182,71 +218,70 @@ pub fn parse(prefix: &str, annotations: &BTreeMap<String, String>) -> Result<Pod
                 "secretRef" => Mode::SecretRef,
                 "inline" => Mode::Inline,
                 other => {
-                    return Err(err(
-                        key,
-                        format!("mode must be \"secretRef\" or \"inline\", not \"{other}\""),
-                    ))
+                    return Err(at.err(format!(
+                        "mode must be \"secretRef\" or \"inline\", not \"{}\"",
+                        at.q(other)
+                    )))
                 }
             };
         } else if name == RESTART_ON_ROTATION_SUFFIX {
-            request.restart_on_rotation = parse_bool(key, "the value", Some(value.trim()))?;
+            request.restart_on_rotation = parse_bool(at, "the value", Some(value.trim()))?;
         } else if name == SECRETS_SUFFIX {
-            request.injections.extend(parse_structured(key, value)?);
+            request.injections.extend(parse_structured(at, value)?);
         } else if let Some((kind, id)) = name.split_once('.') {
-            request.injections.push(parse_compact(key, kind, id, value)?);
+            request.injections.push(parse_compact(at, kind, id, value)?);
         } else {
-            return Err(unknown(key));
+            return Err(unknown(at));
         }
     }
     Ok(request)
 }
 
-fn unknown(key: &str) -> GrammarError {
-    err(
-        key,
+fn unknown(at: At<'_>) -> GrammarError {
+    at.err(
         "unknown Sesame annotation; use env.<NAME>, env-from.<id>, file.<id>, dir.<id>, secrets, mode or restart-on-rotation",
     )
 }
 
-fn parse_compact(key: &str, kind: &str, id: &str, value: &str) -> Result<Injection, GrammarError> {
+fn parse_compact(at: At<'_>, kind: &str, id: &str, value: &str) -> Result<Injection, GrammarError> {
     let mut tokens = value.split_whitespace();
     let reference_text = tokens
         .next()
-        .ok_or_else(|| err(key, "the value is empty; expected <store>:<path>[#property]"))?;
+        .ok_or_else(|| at.err("the value is empty; expected <store>:<path>[#property]"))?;
     let mut options: BTreeMap<&str, &str> = BTreeMap::new();
     for token in tokens {
         let (k, v) = token
             .split_once('=')
-            .ok_or_else(|| err(key, format!("option \"{token}\" is not key=value")))?;
+            .ok_or_else(|| at.err(format!("option \"{}\" is not key=value", at.q(token))))?;
         if options.insert(k, v).is_some() {
-            return Err(err(key, format!("option \"{k}\" is given twice")));
+            return Err(at.err(format!("option \"{}\" is given twice", at.q(k))));
         }
     }
     let mut take = |name: &str| options.remove(name);
     let version = take("version").map(str::to_owned);
-    let reference = parse_reference(key, reference_text, version)?;
+    let reference = parse_reference(at, reference_text, version)?;
     let containers = ContainerSelector {
         names: match take("containers") {
-            Some(list) => parse_container_list(key, list.split(','))?,
+            Some(list) => parse_container_list(at, list.split(','))?,
             None => Vec::new(),
         },
-        init: parse_bool(key, "init", take("init"))?,
+        init: parse_bool(at, "init", take("init"))?,
     };
-    let optional = parse_bool(key, "optional", take("optional"))?;
+    let optional = parse_bool(at, "optional", take("optional"))?;
     let target = match kind {
         "env" => {
-            validate_env_name(key, id)?;
+            validate_env_name(at, id)?;
             Target::Env { name: id.to_owned() }
         }
         "env-from" => {
             let prefix = take("prefix").unwrap_or("").to_owned();
-            validate_env_prefix(key, &prefix)?;
+            validate_env_prefix(at, &prefix)?;
             Target::EnvFrom { prefix }
         }
         "file" | "dir" => {
-            let path = take("path").ok_or_else(|| err(key, format!("{kind} needs path=/absolute/path")))?;
-            validate_mount_path(key, path)?;
-            let mode = take("mode").map(|m| parse_mode(key, m)).transpose()?;
+            let path = take("path").ok_or_else(|| at.err(format!("{kind} needs path=/absolute/path")))?;
+            validate_mount_path(at, path)?;
+            let mode = take("mode").map(|m| parse_mode(at, m)).transpose()?;
             if kind == "file" {
                 Target::File {
                     path: path.to_owned(),
@@ -259,20 +294,20 @@ fn parse_compact(key: &str, kind: &str, id: &str, value: &str) -> Result<Injecti
                 }
             }
         }
-        _ => return Err(unknown(key)),
+        _ => return Err(unknown(at)),
     };
     if kind != "env" && !is_dns_label(id) {
-        return Err(err(
-            key,
-            format!("the id \"{id}\" must be lower-case letters, digits and '-'"),
-        ));
+        return Err(at.err(format!(
+            "the id \"{}\" must be lower-case letters, digits and '-'",
+            at.q(id)
+        )));
     }
     if let Some(extra) = options.keys().next() {
-        return Err(err(key, format!("option \"{extra}\" does not apply here")));
+        return Err(at.err(format!("option \"{}\" does not apply here", at.q(extra))));
     }
-    check_property_use(key, &target, &reference)?;
+    check_property_use(at, &target, &reference)?;
     Ok(Injection {
-        source: key.to_owned(),
+        source: at.q(at.key).to_string(),
         target,
         reference,
         containers,
@@ -283,38 +318,35 @@ fn parse_compact(key: &str, kind: &str, id: &str, value: &str) -> Result<Injecti
 /// `<store>:<path>[#<property>]`. The store is a DNS label, so the first `:`
 /// ends it; `#` never occurs in a path any store allows (the policy refuses
 /// it), so the last `#` starts the property.
-fn parse_reference(key: &str, text: &str, version: Option<String>) -> Result<SecretRef, GrammarError> {
+fn parse_reference(at: At<'_>, text: &str, version: Option<String>) -> Result<SecretRef, GrammarError> {
     let (store, rest) = text
         .split_once(':')
-        .ok_or_else(|| err(key, "expected <store>:<path>[#property]"))?;
+        .ok_or_else(|| at.err("expected <store>:<path>[#property]"))?;
     let (path, property) = match rest.split_once('#') {
         Some((p, prop)) => (p, Some(prop.to_owned())),
         None => (rest, None),
     };
-    build_reference(key, store, path, property, version)
+    build_reference(at, store, path, property, version)
 }
 
 fn build_reference(
-    key: &str,
+    at: At<'_>,
     store: &str,
     path: &str,
     property: Option<String>,
     version: Option<String>,
 ) -> Result<SecretRef, GrammarError> {
     if !is_dns_label(store) {
-        return Err(err(
-            key,
-            format!("\"{store}\" is not a store name (lower-case letters, digits, '-')"),
-        ));
+        return Err(at.err(format!(
+            "\"{}\" is not a store name (lower-case letters, digits, '-')",
+            at.q(store)
+        )));
     }
-    validate_secret_path(path).map_err(|m| err(key, m))?;
+    validate_secret_path(path).map_err(|m| at.err(m))?;
     if let Some(p) = &property {
         if p.is_empty() || p.len() > 253 || p.chars().any(|c| c.is_control() || c == '#' || c.is_whitespace())
         {
-            return Err(err(
-                key,
-                "the property after '#' must be 1-253 characters without spaces or '#'",
-            ));
+            return Err(at.err("the property after '#' must be 1-253 characters without spaces or '#'"));
         }
     }
     if let Some(v) = &version {
@@ -324,7 +356,7 @@ fn build_reference(
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         {
-            return Err(err(key, "version must be 1-128 letters, digits, '.', '_' or '-'"));
+            return Err(at.err("version must be 1-128 letters, digits, '.', '_' or '-'"));
         }
     }
     Ok(SecretRef {
@@ -335,51 +367,50 @@ fn build_reference(
     })
 }
 
-fn check_property_use(key: &str, target: &Target, reference: &SecretRef) -> Result<(), GrammarError> {
+fn check_property_use(at: At<'_>, target: &Target, reference: &SecretRef) -> Result<(), GrammarError> {
     match target {
-        Target::EnvFrom { .. } | Target::Dir { .. } if reference.property.is_some() => Err(err(
-            key,
-            "env-from and dir take every property of a secret; drop the #property",
-        )),
+        Target::EnvFrom { .. } | Target::Dir { .. } if reference.property.is_some() => {
+            Err(at.err("env-from and dir take every property of a secret; drop the #property"))
+        }
         _ => Ok(()),
     }
 }
 
-fn parse_bool(key: &str, name: &str, v: Option<&str>) -> Result<bool, GrammarError> {
+fn parse_bool(at: At<'_>, name: &str, v: Option<&str>) -> Result<bool, GrammarError> {
     match v {
         None => Ok(false),
         Some("true") => Ok(true),
         Some("false") => Ok(false),
-        Some(other) => Err(err(key, format!("{name} must be true or false, not \"{other}\""))),
+        Some(other) => Err(at.err(format!("{name} must be true or false, not \"{}\"", at.q(other)))),
     }
 }
 
 fn parse_container_list<'a>(
-    key: &str,
+    at: At<'_>,
     names: impl Iterator<Item = &'a str>,
 ) -> Result<Vec<String>, GrammarError> {
     let mut out = Vec::new();
     for n in names {
         if !is_dns_label(n) {
-            return Err(err(key, format!("\"{n}\" is not a container name")));
+            return Err(at.err(format!("\"{}\" is not a container name", at.q(n))));
         }
         out.push(n.to_owned());
     }
     if out.is_empty() {
-        return Err(err(key, "containers must name at least one container"));
+        return Err(at.err("containers must name at least one container"));
     }
     Ok(out)
 }
 
 /// File modes are octal, as in `chmod`: `0400`, `440`, `0o440`.
-fn parse_mode(key: &str, text: &str) -> Result<u32, GrammarError> {
+fn parse_mode(at: At<'_>, text: &str) -> Result<u32, GrammarError> {
     let digits = text.strip_prefix("0o").unwrap_or(text);
     match u32::from_str_radix(digits, 8) {
         Ok(m) if m <= 0o777 => Ok(m),
-        _ => Err(err(
-            key,
-            format!("mode \"{text}\" must be octal between 0000 and 0777, e.g. 0400"),
-        )),
+        _ => Err(at.err(format!(
+            "mode \"{}\" must be octal between 0000 and 0777, e.g. 0400",
+            at.q(text)
+        ))),
     }
 }
 
@@ -390,27 +421,30 @@ pub(crate) fn is_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
-fn validate_env_name(key: &str, name: &str) -> Result<(), GrammarError> {
+fn validate_env_name(at: At<'_>, name: &str) -> Result<(), GrammarError> {
     if is_env_name(name) {
         Ok(())
     } else {
-        Err(err(key, format!("\"{name}\" is not a valid env var name (letters, digits, '_', '-', '.', not starting with a digit)")))
+        Err(at.err(format!(
+            "\"{}\" is not a valid env var name (letters, digits, '_', '-', '.', not starting with a digit)",
+            at.q(name)
+        )))
     }
 }
 
-fn validate_env_prefix(key: &str, prefix: &str) -> Result<(), GrammarError> {
+fn validate_env_prefix(at: At<'_>, prefix: &str) -> Result<(), GrammarError> {
     if prefix.is_empty() || is_env_name(prefix) {
         Ok(())
     } else {
-        Err(err(
-            key,
-            format!("prefix \"{prefix}\" cannot start an env var name"),
-        ))
+        Err(at.err(format!(
+            "prefix \"{}\" cannot start an env var name",
+            at.q(prefix)
+        )))
     }
 }
 
 /// Absolute, normalised container paths; `/` itself is refused.
-fn validate_mount_path(key: &str, path: &str) -> Result<(), GrammarError> {
+fn validate_mount_path(at: At<'_>, path: &str) -> Result<(), GrammarError> {
     let ok = path.starts_with('/')
         && path.len() > 1
         && !path.ends_with('/')
@@ -422,10 +456,10 @@ fn validate_mount_path(key: &str, path: &str) -> Result<(), GrammarError> {
     if ok {
         Ok(())
     } else {
-        Err(err(
-            key,
-            format!("path \"{path}\" must be an absolute, normalised path (no '..', '//' or trailing '/')"),
-        ))
+        Err(at.err(format!(
+            "path \"{}\" must be an absolute, normalised path (no '..', '//' or trailing '/')",
+            at.q(path)
+        )))
     }
 }
 
@@ -538,77 +572,75 @@ mod reading {
     }
 }
 
-fn parse_structured(key: &str, value: &str) -> Result<Vec<Injection>, GrammarError> {
+fn parse_structured(at: At<'_>, value: &str) -> Result<Vec<Injection>, GrammarError> {
     // serde_norway reads JSON too; its messages give positions, not the value.
     let budget = 2 * value.len() + 16;
     let entries: Vec<Charged> = reading::within(budget, || serde_norway::from_str(value)).map_err(|e| {
         let msg = e.to_string();
-        err(key, format!("not a YAML/JSON list of entries: {msg}"))
+        at.err(format!("not a YAML/JSON list of entries: {}", at.q(&msg)))
     })?;
     let entries: Vec<Entry> = entries.into_iter().map(|c| c.0).collect();
     let mut out = Vec::with_capacity(entries.len());
     for (i, e) in entries.into_iter().enumerate() {
-        let source = format!("{key}[{i}]");
+        let key = format!("{}[{i}]", at.key);
+        let at = at.with(&key);
         let version = e.version.map(|v| match v {
             VersionText::Text(t) => t.0,
             VersionText::Number(n) => n.to_string(),
         });
         let property = e.property.map(|p| p.0);
         let reference = match (e.reference, e.store, e.path) {
-            (Some(r), None, None) if property.is_none() => parse_reference(&source, &r.0, version)?,
-            (None, Some(store), Some(path)) => {
-                build_reference(&source, &store.0, &path.0, property, version)?
-            }
+            (Some(r), None, None) if property.is_none() => parse_reference(at, &r.0, version)?,
+            (None, Some(store), Some(path)) => build_reference(at, &store.0, &path.0, property, version)?,
             _ => {
-                return Err(err(
-                    &source,
-                    "give either ref: <store>:<path>[#property] or store and path (and property)",
-                ))
+                return Err(
+                    at.err("give either ref: <store>:<path>[#property] or store and path (and property)")
+                )
             }
         };
         let mode = |m: Option<ModeText>| -> Result<Option<u32>, GrammarError> {
             match m {
                 None => Ok(None),
-                Some(ModeText::Octal(t)) => parse_mode(&source, &t.0).map(Some),
+                Some(ModeText::Octal(t)) => parse_mode(at, &t.0).map(Some),
                 Some(ModeText::Decimal(d)) if d <= 0o777 => Ok(Some(d)),
-                Some(ModeText::Decimal(_)) => Err(err(&source, "mode must be at most 0777 (511)")),
+                Some(ModeText::Decimal(_)) => Err(at.err("mode must be at most 0777 (511)")),
             }
         };
         let mut targets = Vec::new();
         if let Some(Text(name)) = e.env {
-            validate_env_name(&source, &name)?;
+            validate_env_name(at, &name)?;
             targets.push(Target::Env { name });
         }
         if let Some(ef) = e.env_from {
-            validate_env_prefix(&source, &ef.prefix.0)?;
+            validate_env_prefix(at, &ef.prefix.0)?;
             targets.push(Target::EnvFrom { prefix: ef.prefix.0 });
         }
         if let Some(f) = e.file {
-            validate_mount_path(&source, &f.path.0)?;
+            validate_mount_path(at, &f.path.0)?;
             targets.push(Target::File {
                 path: f.path.0,
                 mode: mode(f.mode)?,
             });
         }
         if let Some(d) = e.dir {
-            validate_mount_path(&source, &d.path.0)?;
+            validate_mount_path(at, &d.path.0)?;
             targets.push(Target::Dir {
                 path: d.path.0,
                 mode: mode(d.mode)?,
             });
         }
         if targets.len() != 1 {
-            return Err(err(&source, "needs exactly one of env, envFrom, file or dir"));
+            return Err(at.err("needs exactly one of env, envFrom, file or dir"));
         }
         let target = targets.remove(0);
-        check_property_use(&source, &target, &reference)?;
+        check_property_use(at, &target, &reference)?;
         let names = if e.containers.is_empty() {
             Vec::new()
         } else {
-            parse_container_list(&source, e.containers.iter().map(|c| c.0.as_str()))?
+            parse_container_list(at, e.containers.iter().map(|c| c.0.as_str()))?
         };
         out.push(Injection {
-            source,
+            source: at.q(at.key).to_string(),
             target,
             reference,
             containers: ContainerSelector {
@@ -732,6 +764,41 @@ mod tests {
             let e = parse("sesame.dev", &annotations(&[(k, v)])).unwrap_err();
             assert!(e.annotation.starts_with(k), "{k}: {e}");
         }
+    }
+
+    /// Messages quote what the Pod's author wrote, cut to the limit and
+    /// with control and bidirectional characters escaped: a megabyte
+    /// option or key is not repeated, U+202E does not reorder the message.
+    #[test]
+    fn messages_quote_the_input_cut_and_escaped() {
+        let long = "x".repeat(100_000);
+        let quoted =
+            |key: &str, value: &str| match parse_with("sesame.dev", &annotations(&[(key, value)]), Quote(32))
+            {
+                Err(e) => e,
+                Ok(_) => panic!("parsed: {}", Quote(64).of(key)),
+            };
+        for e in [
+            quoted("sesame.dev/env.A", &format!("dev:a {long}")),
+            quoted("sesame.dev/file.a", &format!("dev:a path=/{long}")),
+            quoted("sesame.dev/env.A", &format!("{long}:a")),
+            quoted("sesame.dev/env.A", &format!("dev:a optional={long}")),
+            quoted(&format!("sesame.dev/env.{long}!"), "dev:a"),
+            quoted(&format!("sesame.dev/{long}"), "dev:a"),
+            quoted(
+                "sesame.dev/secrets",
+                &format!("[{{env: A, ref: 'dev:a', {long}: 1}}]"),
+            ),
+        ] {
+            let text = e.to_string();
+            assert!(text.len() < 400, "{} bytes: {}", text.len(), &text[..400]);
+            assert!(text.contains('…'), "{text}");
+        }
+        let e = quoted("sesame.dev/env.A", "dev:a mode\u{202e}=x");
+        assert!(!e.to_string().contains('\u{202e}'), "{e}");
+        assert!(e.to_string().contains("mode\\u{202e}"), "{e}");
+        let e = quoted("sesame.dev/env.A\n", "dev:a");
+        assert!(!e.to_string().contains('\n'), "{e}");
     }
 
     #[test]

@@ -3,12 +3,14 @@
 
 pub mod annotations;
 pub mod data;
+pub mod limits;
 pub mod patch;
 pub mod plan;
 pub mod pod;
 
 pub use annotations::{Injection, SecretRef, Target};
 pub(crate) use data::{secret_data, DataError, Fetched};
+pub use limits::LimitsConfig;
 pub(crate) use patch::build_patch;
 pub use plan::ManagedSecret;
 pub(crate) use plan::{build_plan, Grant, PlanInput};

@@ -7,9 +7,12 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use serde_json::{json, Value};
 
+use std::collections::{BTreeMap, HashMap};
+
 use super::plan::{EnvSource, InjectionPlan, PlannedEnv, PlannedVolume};
 use super::pod::{ContainerView, PodView};
 use crate::denial::DenialClass;
+use crate::validate::Quote;
 
 /// Why no patch can be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,7 +45,9 @@ pub(crate) fn build_patch(
     base: &str,
     marker_key: &str,
     secret_name: Option<&str>,
+    quote: Quote,
 ) -> Result<Vec<PatchOperation>, PatchError> {
+    let q = quote;
     let base = PointerBuf::parse(base).map_err(|_| PatchError::BadBase(base.to_owned()))?;
     let mut ops = Vec::new();
     // The suffixes below are fixed field names and indexes; tokens from
@@ -56,15 +61,14 @@ pub(crate) fn build_patch(
     };
 
     // Volumes at Pod level.
-    let existing_volumes = pod.spec.volumes.as_deref().unwrap_or(&[]);
+    let existing_volumes = by_key(pod.spec.volumes.iter().flatten(), |v| {
+        v.get("name").and_then(Value::as_str)
+    });
     let mut new_volumes = Vec::new();
     for v in &plan.volumes {
         let desired = volume_json(v, secret_name);
-        match existing_volumes
-            .iter()
-            .find(|e| e.get("name").and_then(Value::as_str) == Some(&v.name))
-        {
-            Some(e) if *e == desired => {}
+        match existing_volumes.get(v.name.as_str()) {
+            Some(e) if **e == desired => {}
             Some(_) => {
                 return Err(PatchError::Conflict(format!(
                     "the Pod already has a volume named \"{}\" that Sesame did not create as planned",
@@ -81,63 +85,76 @@ pub(crate) fn build_patch(
         new_volumes,
     );
 
-    // Env vars and mounts per container.
-    let lists: [(&str, &[ContainerView], bool); 2] = [
-        ("containers", &pod.spec.containers, false),
-        ("initContainers", pod.init_containers(), true),
-    ];
-    for (list, containers, init) in lists {
-        for (index, container) in containers.iter().enumerate() {
-            let at = |field: &str| pointer(&format!("/spec/{list}/{index}/{field}"));
-            let env: Vec<&PlannedEnv> = plan
-                .env
-                .iter()
-                .filter(|e| e.container.init == init && e.container.index == index)
-                .collect();
-            let mut new_env = Vec::new();
-            for e in env {
-                let desired = env_json(e, secret_name);
-                let existing = container.env.as_deref().unwrap_or(&[]);
-                match existing.iter().find(|x| x.get("name").and_then(Value::as_str) == Some(&e.name)) {
-                    Some(x) if *x == desired => {}
-                    Some(_) => {
-                        return Err(PatchError::Conflict(format!(
-                            "container \"{}\" already defines env var {}; remove it or drop the Sesame annotation for it",
-                            container.name, e.name
-                        )))
-                    }
-                    None => new_env.push(desired),
-                }
-            }
-            append_all(&mut ops, container.env.is_some(), at("env"), new_env);
-
-            let mut new_mounts = Vec::new();
-            for v in plan
-                .volumes
-                .iter()
-                .filter(|v| v.containers.iter().any(|c| c.init == init && c.index == index))
-            {
-                let existing = container.volume_mounts.as_deref().unwrap_or(&[]);
-                match existing.iter().find(|m| m.mount_path == v.mount_path) {
-                    Some(m) if m.name == v.name => {}
-                    Some(m) => {
-                        return Err(PatchError::Conflict(format!(
-                            "container \"{}\" already mounts volume \"{}\" at {}",
-                            container.name, m.name, v.mount_path
-                        )))
-                    }
-                    None => {
-                        new_mounts.push(json!({"name": v.name, "mountPath": v.mount_path, "readOnly": true}))
-                    }
-                }
-            }
-            append_all(
-                &mut ops,
-                container.volume_mounts.is_some(),
-                at("volumeMounts"),
-                new_mounts,
-            );
+    // Env vars and mounts, container by container in the Pod's order, for
+    // the containers that get any: the Pod may list very many others.
+    let mut planned: BTreeMap<(bool, usize), ForContainer<'_>> = BTreeMap::new();
+    for e in &plan.env {
+        planned
+            .entry((e.container.init, e.container.index))
+            .or_default()
+            .0
+            .push(e);
+    }
+    for v in &plan.volumes {
+        for c in &v.containers {
+            planned.entry((c.init, c.index)).or_default().1.push(v);
         }
+    }
+    for ((init, index), (env, volumes)) in planned {
+        let (list, containers): (&str, &[ContainerView]) = if init {
+            ("initContainers", pod.init_containers())
+        } else {
+            ("containers", &pod.spec.containers)
+        };
+        // The plan was made from this Pod: every container it names exists.
+        let Some(container) = containers.get(index) else {
+            continue;
+        };
+        let at = |field: &str| pointer(&format!("/spec/{list}/{index}/{field}"));
+        let existing_env = by_key(container.env.iter().flatten(), |x| {
+            x.get("name").and_then(Value::as_str)
+        });
+        let mut new_env = Vec::new();
+        for e in env {
+            let desired = env_json(e, secret_name);
+            match existing_env.get(e.name.as_str()) {
+                Some(x) if **x == desired => {}
+                Some(_) => {
+                    return Err(PatchError::Conflict(format!(
+                        "container \"{}\" already defines env var {}; remove it or drop the Sesame annotation for it",
+                        q.of(&container.name),
+                        q.of(&e.name)
+                    )))
+                }
+                None => new_env.push(desired),
+            }
+        }
+        append_all(&mut ops, container.env.is_some(), at("env"), new_env);
+
+        let existing_mounts = by_key(container.volume_mounts.iter().flatten(), |m| {
+            Some(m.mount_path.as_str())
+        });
+        let mut new_mounts = Vec::new();
+        for v in volumes {
+            match existing_mounts.get(v.mount_path.as_str()) {
+                Some(m) if m.name == v.name => {}
+                Some(m) => {
+                    return Err(PatchError::Conflict(format!(
+                        "container \"{}\" already mounts volume \"{}\" at {}",
+                        q.of(&container.name),
+                        q.of(&m.name),
+                        q.of(&v.mount_path)
+                    )))
+                }
+                None => new_mounts.push(json!({"name": v.name, "mountPath": v.mount_path, "readOnly": true})),
+            }
+        }
+        append_all(
+            &mut ops,
+            container.volume_mounts.is_some(),
+            at("volumeMounts"),
+            new_mounts,
+        );
     }
 
     // The marker, last: only a Pod that got everything carries it.
@@ -159,6 +176,44 @@ pub(crate) fn build_patch(
         });
     }
     Ok(ops)
+}
+
+/// What one container gets: env vars and Sesame volumes to mount.
+type ForContainer<'p> = (Vec<&'p PlannedEnv>, Vec<&'p PlannedVolume>);
+
+/// The items of a list by a key, the first of each key winning, as a
+/// search from the front would find them.
+fn by_key<'a, T: 'a>(
+    items: impl Iterator<Item = &'a T>,
+    key: impl Fn(&'a T) -> Option<&'a str>,
+) -> HashMap<&'a str, &'a T> {
+    let mut map = HashMap::new();
+    for item in items {
+        if let Some(k) = key(item) {
+            map.entry(k).or_insert(item);
+        }
+    }
+    map
+}
+
+/// The length of the patch as it is sent, in JSON before base64, without
+/// keeping the text.
+pub(crate) fn encoded_len(patch: &[PatchOperation]) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(bytes.len());
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serialising operations built from JSON values cannot fail; if it did,
+    // the answer could not be encoded either, and says so.
+    let _ = serde_json::to_writer(&mut count, patch);
+    count.0
 }
 
 /// Appends values to an array, creating it first when the Pod has none.

@@ -2,7 +2,7 @@
 //! env vars, volumes and mounts each container gets, and the managed Secret
 //! that holds the values. Pure; the patch is built from the plan afterwards.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -12,6 +12,7 @@ use super::data::{secret_data, DataError, Fetched};
 use super::pod::{OwnerReference, PodView};
 use crate::denial::DenialClass;
 use crate::stores::{PropertyError, SecretData, SecretValue, StoreError};
+use crate::validate::Quote;
 
 /// Names of managed Secrets and volumes start with this.
 pub(crate) const MANAGED_PREFIX: &str = "sesame-";
@@ -151,6 +152,8 @@ pub(crate) struct PlanInput<'a> {
     /// secret (store, path, version) have the same answer, as
     /// `Stores::resolve` gives it: the Secret's data is taken per secret.
     pub resolved: &'a [Result<Arc<SecretData>, StoreError>],
+    /// How much of a path, a name or a property key a message quotes.
+    pub quote: Quote,
 }
 
 /// An injection that passed, with its containers and the values it places.
@@ -170,41 +173,37 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
             namespace: input.namespace.to_owned(),
         });
     }
+    let q = input.quote;
     let mut warnings = Vec::new();
     // Per injection: the containers and the values it places.
     let mut accepted: Vec<Accepted<'_, '_>> = Vec::new();
     // The answers of accepted injections, for the Secret's data.
     let mut fetched = Fetched::new();
+    let index = ContainerIndex::new(input.pod);
     for (injection, answer) in input.injections.iter().zip(input.resolved) {
-        let containers = select_containers(input.pod, injection)?;
+        let containers = index.select(injection)?;
         let data = match answer {
             Ok(d) => d,
             Err(e) if e.is_not_found() && injection.optional => {
-                warnings.push(format!(
-                    "optional {} ({}) not found; skipped",
-                    injection.reference, injection.source
-                ));
+                warnings.push(skipped(injection, q));
                 continue;
             }
             Err(e) => {
                 return Err(PlanError::Store {
                     annotation: injection.source.clone(),
                     store: injection.reference.store.clone(),
-                    path: injection.reference.path.clone(),
+                    path: q.of(&injection.reference.path).to_string(),
                     error: e.clone(),
                 })
             }
         };
-        match place(injection, data) {
+        match place(injection, data, q) {
             Ok(values) => {
                 fetched.insert(injection.reference.request(), Ok(data.clone()));
                 accepted.push((injection, containers, values));
             }
             Err(PlanError::Property { .. }) if injection.optional => {
-                warnings.push(format!(
-                    "optional {} ({}) not found; skipped",
-                    injection.reference, injection.source
-                ));
+                warnings.push(skipped(injection, q));
             }
             Err(e) => return Err(e),
         }
@@ -250,8 +249,10 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
                         {
                             return Err(PlanError::Conflict {
                                 message: format!(
-                                    "annotations \"{other}\" and \"{}\" both set env var {name} in container \"{}\"",
-                                    injection.source, c.name
+                                    "annotations \"{other}\" and \"{}\" both set env var {} in container \"{}\"",
+                                    injection.source,
+                                    q.of(name),
+                                    q.of(&c.name)
                                 ),
                             });
                         }
@@ -281,8 +282,9 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
                     if items.iter().any(|i| &i.path == file_name) {
                         return Err(PlanError::Conflict {
                             message: format!(
-                                "annotation \"{}\": file {path} is already injected by another annotation",
-                                injection.source
+                                "annotation \"{}\": file {} is already injected by another annotation",
+                                injection.source,
+                                q.of(path)
                             ),
                         });
                     }
@@ -303,8 +305,9 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
             if mounts_seen.insert((c.clone(), dir.clone()), ()).is_some() {
                 return Err(PlanError::Conflict {
                     message: format!(
-                        "container \"{}\" would get two Sesame volumes at {dir}; give the injections for that directory the same containers",
-                        c.name
+                        "container \"{}\" would get two Sesame volumes at {}; give the injections for that directory the same containers",
+                        q.of(&c.name),
+                        q.of(&dir)
                     ),
                 });
             }
@@ -336,7 +339,7 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
             name: secret_name(input.namespace, input.service_account, &references),
             namespace: input.namespace.to_owned(),
             service_account: input.service_account.to_owned(),
-            data: secret_data(&sources, &fetched).map_err(|e| data_error(&accepted, e))?,
+            data: secret_data(&sources, &fetched).map_err(|e| data_error(&accepted, e, q))?,
             references,
             sources,
             restart_on_rotation: false,
@@ -358,7 +361,7 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
 
 /// A value placed above that the Secret's data then lacks: cannot happen,
 /// since both read the same answers; named after the injection anyway.
-fn data_error(accepted: &[Accepted<'_, '_>], e: DataError) -> PlanError {
+fn data_error(accepted: &[Accepted<'_, '_>], e: DataError, q: Quote) -> PlanError {
     let annotation = |r: &SecretRef| {
         accepted
             .iter()
@@ -370,13 +373,13 @@ fn data_error(accepted: &[Accepted<'_, '_>], e: DataError) -> PlanError {
         DataError::Store { reference, error, .. } => PlanError::Store {
             annotation: annotation(&reference),
             store: reference.store.clone(),
-            path: reference.path.clone(),
+            path: q.of(&reference.path).to_string(),
             error,
         },
         DataError::Property { reference, error, .. } => PlanError::Property {
             annotation: annotation(&reference),
             store: reference.store.clone(),
-            path: reference.path.clone(),
+            path: q.of(&reference.path).to_string(),
             error,
         },
         DataError::NotFetched { reference, .. } => PlanError::Invalid {
@@ -384,6 +387,15 @@ fn data_error(accepted: &[Accepted<'_, '_>], e: DataError) -> PlanError {
             message: format!("nothing was fetched from store \"{}\"", reference.store),
         },
     }
+}
+
+/// The warning for an optional reference that was not found.
+fn skipped(injection: &Injection, q: Quote) -> String {
+    format!(
+        "optional {} ({}) not found; skipped",
+        q.of(&injection.reference.to_string()),
+        injection.source
+    )
 }
 
 fn invalid(injection: &Injection, message: impl Into<String>) -> PlanError {
@@ -394,12 +406,16 @@ fn invalid(injection: &Injection, message: impl Into<String>) -> PlanError {
 }
 
 /// Picks the values an injection places, with the env var or file name for each.
-fn place<'a>(injection: &Injection, data: &'a SecretData) -> Result<Vec<(String, Placed<'a>)>, PlanError> {
+fn place<'a>(
+    injection: &Injection,
+    data: &'a SecretData,
+    q: Quote,
+) -> Result<Vec<(String, Placed<'a>)>, PlanError> {
     let r = &injection.reference;
     let prop_err = |error| PlanError::Property {
         annotation: injection.source.clone(),
         store: r.store.clone(),
-        path: r.path.clone(),
+        path: q.of(&r.path).to_string(),
         error,
     };
     let single = |name: String| -> Result<Vec<(String, Placed<'a>)>, PlanError> {
@@ -422,7 +438,11 @@ fn place<'a>(injection: &Injection, data: &'a SecretData) -> Result<Vec<(String,
             } else {
                 Err(invalid(
                     injection,
-                    format!("property \"{k}\" does not make a valid env var name ({name})"),
+                    format!(
+                        "property \"{}\" does not make a valid env var name ({})",
+                        q.of(k),
+                        q.of(&name)
+                    ),
                 ))
             }
         }),
@@ -430,7 +450,7 @@ fn place<'a>(injection: &Injection, data: &'a SecretData) -> Result<Vec<(String,
             if k.is_empty() || k == "." || k == ".." || k.contains('/') || k.len() > 253 {
                 Err(invalid(
                     injection,
-                    format!("property \"{k}\" is not a usable file name"),
+                    format!("property \"{}\" is not a usable file name", q.of(k)),
                 ))
             } else {
                 Ok(k.to_owned())
@@ -472,41 +492,61 @@ pub(crate) fn env_key(key: &str) -> String {
         .collect()
 }
 
-fn select_containers(pod: &PodView, injection: &Injection) -> Result<Vec<ContainerRef>, PlanError> {
-    let app = pod.spec.containers.iter().enumerate().map(|(i, c)| ContainerRef {
-        init: false,
-        index: i,
-        name: c.name.clone(),
-    });
-    let init = pod
-        .init_containers()
-        .iter()
-        .enumerate()
-        .map(|(i, c)| ContainerRef {
-            init: true,
-            index: i,
-            name: c.name.clone(),
-        });
-    let all: Vec<ContainerRef> = app.chain(init).collect();
-    let sel = &injection.containers;
-    let mut chosen: BTreeSet<ContainerRef> = BTreeSet::new();
-    if sel.names.is_empty() {
-        chosen.extend(all.iter().filter(|c| !c.init).cloned());
+/// Where each container name first occurs (app containers first), built
+/// once per plan: a Pod may list very many containers, and looking each
+/// selected name up in the whole list would multiply the two.
+struct ContainerIndex<'p> {
+    pod: &'p PodView,
+    first: HashMap<&'p str, ContainerRef>,
+}
+
+impl<'p> ContainerIndex<'p> {
+    fn new(pod: &'p PodView) -> Self {
+        let mut first = HashMap::new();
+        for (init, list) in [(false, &pod.spec.containers[..]), (true, pod.init_containers())] {
+            for (index, c) in list.iter().enumerate() {
+                first.entry(c.name.as_str()).or_insert_with(|| ContainerRef {
+                    init,
+                    index,
+                    name: c.name.clone(),
+                });
+            }
+        }
+        Self { pod, first }
     }
-    for name in &sel.names {
-        let found = all
-            .iter()
-            .find(|c| &c.name == name)
-            .ok_or_else(|| PlanError::UnknownContainer {
-                annotation: injection.source.clone(),
-                container: name.clone(),
-            })?;
-        chosen.insert(found.clone());
+
+    /// The containers an injection goes to.
+    fn select(&self, injection: &Injection) -> Result<Vec<ContainerRef>, PlanError> {
+        let list = |init: bool, list: &[super::pod::ContainerView]| {
+            list.iter()
+                .enumerate()
+                .map(|(index, c)| ContainerRef {
+                    init,
+                    index,
+                    name: c.name.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let sel = &injection.containers;
+        let mut chosen: BTreeSet<ContainerRef> = BTreeSet::new();
+        if sel.names.is_empty() {
+            chosen.extend(list(false, &self.pod.spec.containers));
+        }
+        for name in &sel.names {
+            let found = self
+                .first
+                .get(name.as_str())
+                .ok_or_else(|| PlanError::UnknownContainer {
+                    annotation: injection.source.clone(),
+                    container: name.clone(),
+                })?;
+            chosen.insert(found.clone());
+        }
+        if sel.init {
+            chosen.extend(list(true, self.pod.init_containers()));
+        }
+        Ok(chosen.into_iter().collect())
     }
-    if sel.init {
-        chosen.extend(all.iter().filter(|c| c.init).cloned());
-    }
-    Ok(chosen.into_iter().collect())
 }
 
 fn parent_dir(path: &str) -> String {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::identity::{check_template, PodIdentity};
 use super::Store;
-use crate::validate::{is_http_url, FieldError};
+use crate::validate::{check_url, FieldError};
 
 #[cfg(feature = "aws")]
 mod parameters;
@@ -153,9 +153,7 @@ impl AwsStoreConfig {
             }
         }
         if let Some(endpoint) = &self.sts_endpoint {
-            if !is_http_url(endpoint) {
-                return Err(FieldError::new("stsEndpoint", "must be an http(s) URL"));
-            }
+            check_url(endpoint, "stsEndpoint")?;
         }
         if let Some(region) = &self.region {
             let ok = !region.is_empty()
@@ -167,12 +165,7 @@ impl AwsStoreConfig {
             }
         }
         if let Some(endpoint) = &self.endpoint {
-            if !is_http_url(endpoint) {
-                return Err(FieldError::new(
-                    "endpoint",
-                    "must be an http(s) URL such as https://secretsmanager.eu-west-1.amazonaws.com",
-                ));
-            }
+            check_url(endpoint, "endpoint")?;
         }
         Ok(())
     }
@@ -624,15 +617,51 @@ mod imp {
             "InternalServiceError" | "InternalFailure" | "InternalServerError" | "ServiceUnavailable" => {
                 StoreError::Unreachable(code.to_owned())
             }
-            _ => match status {
-                429 => StoreError::Throttled,
-                401 | 403 => StoreError::Unauthorized(format!("HTTP {status} {code}").trim_end().to_owned()),
-                500..=599 => StoreError::Unreachable(format!("HTTP {status} {code}").trim_end().to_owned()),
-                _ if code.is_empty() => StoreError::InvalidRequest(format!("HTTP {status}")),
-                _ => StoreError::InvalidRequest(code.to_owned()),
-            },
+            _ => {
+                // Only a code AWS documents is repeated: the code comes from
+                // the answer, and an endpoint is trusted only so far.
+                let code = crate::stores::common::error_code(Some(code), OTHER_CODES);
+                match status {
+                    429 => StoreError::Throttled,
+                    401 | 403 => {
+                        StoreError::Unauthorized(format!("HTTP {status} {code}").trim_end().to_owned())
+                    }
+                    500..=599 => {
+                        StoreError::Unreachable(format!("HTTP {status} {code}").trim_end().to_owned())
+                    }
+                    _ if code.is_empty() => StoreError::InvalidRequest(format!("HTTP {status}")),
+                    _ => StoreError::InvalidRequest(code.to_owned()),
+                }
+            }
         }
     }
+
+    /// Secrets Manager's other documented error codes, and the common ones
+    /// of every AWS API, that a message may name.
+    const OTHER_CODES: &[&str] = &[
+        "InvalidParameterException",
+        "InvalidRequestException",
+        "InvalidNextTokenException",
+        "LimitExceededException",
+        "ResourceExistsException",
+        "EncryptionFailure",
+        "MalformedPolicyDocumentException",
+        "PreconditionNotMetException",
+        "PublicPolicyException",
+        "ValidationException",
+        "ValidationError",
+        "SerializationException",
+        "UnknownOperationException",
+        "InvalidAction",
+        "InvalidParameterCombination",
+        "InvalidParameterValue",
+        "InvalidQueryParameter",
+        "MissingAction",
+        "MissingParameter",
+        "NotAuthorized",
+        "OptInRequired",
+        "RequestExpired",
+    ];
 
     /// SecretString: a JSON object becomes properties, other text one value.
     /// SecretBinary: one value.
@@ -783,7 +812,8 @@ mod imp {
                 .and_then(|c| c.expiry())
                 .map(|expiry| expiry.duration_since(SystemTime::now()).unwrap_or_default());
             match left {
-                Some(left) => (left * 2 / 3).max(Duration::from_secs(1)),
+                // Divided first: `left` comes from the credential source and may be huge.
+                Some(left) => (left / 3 * 2).max(Duration::from_secs(1)),
                 // Credentials without expiry (static keys) are read again now and then.
                 None if self.current.load().is_some() => Duration::from_secs(600),
                 None => Duration::ZERO,
@@ -883,8 +913,17 @@ mod imp {
             assert_eq!(code_error(None, 503, false).class(), "unreachable");
             assert_eq!(code_error(None, 429, false), StoreError::Throttled);
             assert_eq!(
-                code_error(Some("InvalidParameterException"), 400, false).class(),
-                "invalid_request"
+                code_error(Some("InvalidParameterException"), 400, false),
+                StoreError::InvalidRequest("InvalidParameterException".into())
+            );
+            // A code AWS does not document is not repeated: it came from the answer.
+            assert_eq!(
+                code_error(Some("secret-id-1234"), 400, false),
+                StoreError::InvalidRequest("HTTP 400".into())
+            );
+            assert_eq!(
+                code_error(Some("secret-id-1234"), 403, false),
+                StoreError::Unauthorized("HTTP 403".into())
             );
         }
 

@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::bearer::{error_code, oauth_token, send_once, unauthorized};
-use super::common::{http_client, status_error, CredentialSource, Retry};
+use super::bearer::{oauth_token, send_once, unauthorized};
+use super::common::{error_code, http_client, status_error, CredentialSource, Retry};
 use super::identity::{PodIdentity, Sessions, WorkloadIdentity};
 use super::token::{AccessToken, TokenCache, TokenProvider};
 use super::{RequestLimit, SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
@@ -710,6 +710,27 @@ struct ApiErrorBody {
     innererror: Option<Box<ApiErrorBody>>,
 }
 
+/// Key Vault's error codes (`error.code` and `innererror.code`) that a
+/// message may name; any other code is not repeated.
+const KEY_VAULT_CODES: &[&str] = &[
+    "BadParameter",
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "ForbiddenByConnection",
+    "ForbiddenByFirewall",
+    "ForbiddenByPolicy",
+    "ForbiddenByRbac",
+    "AccessDenied",
+    "InternalServerError",
+    "NotFound",
+    "SecretDisabled",
+    "SecretNotFound",
+    "ServiceUnavailable",
+    "Throttled",
+    "Unauthorized",
+];
+
 fn api_error(status: reqwest::StatusCode, body: &[u8], version_named: bool) -> StoreError {
     let parsed = serde_json::from_slice::<ApiError>(body).ok().map(|e| e.error);
     // The innermost code is the most precise (ForbiddenByRbac, SecretDisabled).
@@ -719,14 +740,14 @@ fn api_error(status: reqwest::StatusCode, body: &[u8], version_named: bool) -> S
         code = e.code.as_deref().or(code);
         level = e.innererror.as_deref();
     }
-    let code = error_code(code);
-    match (status.as_u16(), code.as_str()) {
+    let code = error_code(code, KEY_VAULT_CODES);
+    match (status.as_u16(), code) {
         (404, _) if version_named => StoreError::VersionNotFound,
         (404, _) => StoreError::NotFound,
         // A disabled secret or version cannot be read by anyone: it is absent.
         (403, "SecretDisabled") if version_named => StoreError::VersionNotFound,
         (403, "SecretDisabled") => StoreError::NotFound,
-        _ => status_error(status, &code),
+        _ => status_error(status, code),
     }
 }
 

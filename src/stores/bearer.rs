@@ -80,23 +80,6 @@ pub(crate) async fn send_once(request: reqwest::RequestBuilder) -> Result<reqwes
     Ok(response)
 }
 
-/// A provider error code (`SecretNotFound`, `PERMISSION_DENIED`,
-/// `invalid_client`) if it looks like one; free text is dropped because it
-/// may quote names or values.
-pub(crate) fn error_code(code: Option<&str>) -> String {
-    match code {
-        Some(c)
-            if !c.is_empty()
-                && c.len() <= 64
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) =>
-        {
-            c.to_owned()
-        }
-        _ => String::new(),
-    }
-}
-
 #[cfg(any(feature = "gcp", feature = "azure"))]
 pub(crate) use oauth::{oauth_token, unauthorized};
 
@@ -105,7 +88,8 @@ pub(crate) use oauth::{oauth_token, unauthorized};
 mod oauth {
     use std::time::Duration;
 
-    use super::{error_code, Answer};
+    use super::Answer;
+    use crate::stores::common::error_code;
     use crate::stores::token::AccessToken;
     use crate::stores::{SecretValue, StoreError};
 
@@ -123,6 +107,27 @@ mod oauth {
         #[serde(default)]
         expires_in: Option<serde_json::Value>,
     }
+
+    /// The error codes of RFC 6749 §5.2, of bearer-token use (RFC 6750 §3.1)
+    /// and resource indicators (RFC 8707), and the ones Microsoft Entra and
+    /// Google add; any other `error` is not repeated.
+    const OAUTH_ERRORS: &[&str] = &[
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "access_denied",
+        "server_error",
+        "temporarily_unavailable",
+        "invalid_token",
+        "insufficient_scope",
+        "invalid_target",
+        "invalid_resource",
+        "interaction_required",
+        "consent_required",
+    ];
 
     /// An OAuth 2.0 error answer (RFC 6749 §5.2); only `error` is kept.
     #[derive(serde::Deserialize)]
@@ -144,7 +149,7 @@ mod oauth {
                 .and_then(|e| e.error);
             let detail = format!(
                 "{endpoint}: HTTP {status}{}",
-                suffix(&error_code(code.as_deref()))
+                suffix(error_code(code.as_deref(), OAUTH_ERRORS))
             );
             return Err(match status.as_u16() {
                 400..=403 => StoreError::Unauthorized(detail),

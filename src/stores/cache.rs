@@ -127,6 +127,20 @@ impl CachedStore {
         (entry.fetched.elapsed() < self.ttl).then(|| entry.data.clone())
     }
 
+    /// The store's own spelling of a version ([`Store::canonical_version`]).
+    pub fn canonical_version<'a>(&self, version: &'a str) -> std::borrow::Cow<'a, str> {
+        self.inner.canonical_version(version)
+    }
+
+    /// `locator` with its store's canonical version: the one cache key.
+    fn canonical(&self, locator: &SecretLocator) -> Option<SecretLocator> {
+        let version = locator.version.as_deref()?;
+        match self.inner.canonical_version(version) {
+            std::borrow::Cow::Borrowed(same) if same == version => None,
+            other => Some(SecretLocator::new(locator.path.clone(), Some(other.into_owned()))),
+        }
+    }
+
     /// Resolves each locator through the cache with Sesame's own identity;
     /// answers are parallel to `locators`.
     pub async fn get_many(&self, locators: &[SecretLocator]) -> Vec<Answer> {
@@ -151,6 +165,17 @@ impl CachedStore {
                 );
                 return vec![Err(refused); locators.len()];
             }
+        };
+        // Two spellings of one version are one entry and one fetch.
+        let canonical: Vec<SecretLocator>;
+        let locators = if locators.iter().any(|l| self.canonical(l).is_some()) {
+            canonical = locators
+                .iter()
+                .map(|l| self.canonical(l).unwrap_or_else(|| l.clone()))
+                .collect();
+            &canonical[..]
+        } else {
+            locators
         };
         let keys: Vec<Key> = locators.iter().map(|l| (identity.cloned(), l.clone())).collect();
         let mut answers: Vec<Option<Answer>> = vec![None; keys.len()];
@@ -361,6 +386,58 @@ mod tests {
             1,
             "one batched fetch, then hits"
         );
+    }
+
+    /// A store whose versions are numbers.
+    struct Numbered(Counting);
+
+    #[async_trait]
+    impl Store for Numbered {
+        fn provider(&self) -> &'static str {
+            "numbered"
+        }
+        async fn read(&self, l: &SecretLocator) -> Result<SecretData, StoreError> {
+            self.0.read(l).await
+        }
+        async fn fetch(
+            &self,
+            locators: &[SecretLocator],
+            limit: &RequestLimit,
+        ) -> Vec<Result<SecretData, StoreError>> {
+            self.0.calls.fetch_add(locators.len(), Ordering::SeqCst);
+            limit.each(locators, |l| self.read(l)).await
+        }
+        fn canonical_version<'a>(&self, version: &'a str) -> std::borrow::Cow<'a, str> {
+            crate::stores::canonical_number(version)
+        }
+    }
+
+    #[tokio::test]
+    async fn two_spellings_of_a_numbered_version_are_one_fetch_and_one_entry() {
+        let inner = Arc::new(Numbered(Counting {
+            calls: AtomicUsize::new(0),
+            fail: AtomicBool::new(false),
+            delay: Duration::ZERO,
+        }));
+        let store = CachedStore::new(
+            "s".into(),
+            inner.clone(),
+            Duration::from_secs(60),
+            Duration::ZERO,
+            Arc::new(Metrics::new()),
+        );
+        let v = |v: &str| SecretLocator::new("a", Some(v.into()));
+        let answers = store.get_many(&[v("01"), v("1"), v("001")]).await;
+        assert!(answers.iter().all(Result::is_ok));
+        assert_eq!(inner.0.calls.load(Ordering::SeqCst), 1, "one locator fetched");
+        store.get_many(&[v("0001")]).await;
+        assert_eq!(inner.0.calls.load(Ordering::SeqCst), 1, "a cache hit");
+        assert_eq!(store.entries.read().unwrap().len(), 1);
+        // Stores with opaque versions keep them apart.
+        let (opaque, plain) = cached(Duration::ZERO, Duration::from_secs(60), Duration::ZERO);
+        plain.get_many(&[v("01"), v("1")]).await;
+        assert_eq!(plain.entries.read().unwrap().len(), 2);
+        drop(opaque);
     }
 
     #[tokio::test]

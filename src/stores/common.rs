@@ -62,14 +62,23 @@ impl CredentialSource {
     }
 }
 
+/// Redirects a store client follows, each to the origin it asked (scheme,
+/// host and port unchanged); see [`same_origin_only`].
+const MAX_REDIRECTS: usize = 3;
+
 /// One HTTP client per store, with TLS (rustls) and an optional extra CA for
-/// self-hosted servers.
+/// self-hosted servers. It follows a redirect only within the origin of the
+/// request and sends no `Referer`: store requests carry credentials in
+/// headers (`X-Vault-Token`, bearer tokens) that a client would otherwise
+/// repeat to whatever host a redirect names, and paths that name secrets.
 pub fn http_client(ca_file: Option<&Path>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(3))
         .pool_idle_timeout(Duration::from_secs(90))
+        .redirect(reqwest::redirect::Policy::custom(same_origin_only))
+        .referer(false)
         .user_agent(concat!("sesame/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_file {
         let pem = std::fs::read(path)
@@ -83,14 +92,47 @@ pub fn http_client(ca_file: Option<&Path>, timeout: Duration) -> anyhow::Result<
     Ok(builder.build()?)
 }
 
+/// The redirect policy of every store client: follow at most
+/// [`MAX_REDIRECTS`] hops, and only while scheme, host and port stay those
+/// of the first request. Any other redirect is not followed: the 3xx answer
+/// itself comes back, and [`status_error`] makes it an error.
+fn same_origin_only(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+    let same = attempt
+        .previous()
+        .first()
+        .is_some_and(|first| first.origin() == attempt.url().origin());
+    if same && attempt.previous().len() <= MAX_REDIRECTS {
+        attempt.follow()
+    } else {
+        attempt.stop()
+    }
+}
+
+/// A provider's error code when it is one of `known`, the codes that its
+/// API documents; anything else gives `""`. Stores are trusted only so far:
+/// an error body may echo the request (a login's secret), so no text of
+/// theirs is ever copied into a message or a log, only one of our own
+/// constants.
+pub(crate) fn error_code(code: Option<&str>, known: &[&'static str]) -> &'static str {
+    code.and_then(|c| known.iter().find(|k| **k == c))
+        .copied()
+        .unwrap_or("")
+}
+
 /// Failure class of an HTTP status. 404 is left to the caller (a missing
 /// secret or a missing version means different things per provider).
-pub(crate) fn status_error(status: reqwest::StatusCode, detail: &str) -> StoreError {
+/// `detail` is one of our own constants (a known provider code), never
+/// text from the answer.
+pub(crate) fn status_error(status: reqwest::StatusCode, detail: &'static str) -> StoreError {
     match status.as_u16() {
         401 | 403 => StoreError::Unauthorized(format!("HTTP {status}{}", suffix(detail))),
         404 => StoreError::NotFound,
         429 => StoreError::Throttled,
         400..=499 => StoreError::InvalidRequest(format!("HTTP {status}{}", suffix(detail))),
+        // A redirect that was not followed (another origin, or too many).
+        300..=399 => StoreError::InvalidResponse(format!(
+            "HTTP {status}: a redirect Sesame does not follow (to another origin, or more than {MAX_REDIRECTS})"
+        )),
         _ => StoreError::Unreachable(format!("HTTP {status}{}", suffix(detail))),
     }
 }

@@ -192,7 +192,7 @@ async fn from_dir(dir: &Path, locator: &SecretLocator) -> Result<SecretData, Sto
     }
     // The grammar and the policy refuse `..`, empty segments and absolute
     // paths before a path gets here; refused here too, so that no caller
-    // that skipped them can leave `dir`.
+    // that skipped them can leave `dir`. Symlinks are checked next.
     let escapes = locator.path.is_empty()
         || locator.path.starts_with('/')
         || locator.path.contains('\\')
@@ -205,19 +205,66 @@ async fn from_dir(dir: &Path, locator: &SecretLocator) -> Result<SecretData, Sto
             "the path has an empty, \".\" or \"..\" segment, a backslash, or is absolute".into(),
         ));
     }
-    let file = dir.join(format!("{}.env", locator.path));
+    let relative = format!("{}.env", locator.path);
+    let file = resolve_beneath(dir, &relative).await?;
     let text = match tokio::fs::read_to_string(&file).await {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotFound),
         Err(e) => {
             return Err(StoreError::Unreachable(format!(
                 "cannot read {}: {}",
-                file.display(),
+                dir.join(&relative).display(),
                 e.kind()
             )))
         }
     };
     parse_dotenv(&text).map(SecretData::Properties)
+}
+
+/// The real file behind `relative` in `root`, if the filesystem resolves it
+/// to that same path. The policy granted `relative`; a symlink that leads
+/// out of the root, or to another path within it (`apps/team-a/b ->
+/// ../team-b` would hand team-a what the policy grants team-b), is refused.
+/// One layout resolves elsewhere and is allowed: a volume the kubelet
+/// projects (a ConfigMap or Secret) keeps its files in a `..<timestamp>`
+/// directory at its root, behind `..data` and per-entry symlinks; there the
+/// real path is `relative` below that one directory.
+///
+/// The resolved path is the one read, so a symlink swapped in afterwards
+/// at `relative` is not followed; one swapped in among the resolved
+/// directories in that instant could be (the store is for development).
+async fn resolve_beneath(root: &Path, relative: &str) -> Result<PathBuf, StoreError> {
+    let unreadable = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StoreError::NotFound
+        } else {
+            StoreError::Unreachable(format!(
+                "cannot read {}: {}",
+                root.join(relative).display(),
+                e.kind()
+            ))
+        }
+    };
+    let real_root = tokio::fs::canonicalize(root).await.map_err(unreadable)?;
+    let real = tokio::fs::canonicalize(root.join(relative))
+        .await
+        .map_err(unreadable)?;
+    let wanted = Path::new(relative);
+    let same = real.strip_prefix(&real_root).is_ok_and(|inside| {
+        inside == wanted
+            || inside.components().next().is_some_and(|first| {
+                first.as_os_str().to_string_lossy().starts_with("..")
+                    && inside.strip_prefix(first).is_ok_and(|rest| rest == wanted)
+            })
+    });
+    if same {
+        Ok(real)
+    } else {
+        Err(StoreError::InvalidRequest(
+            "the file is a symlink to another path; the file store reads only the path the policy granted"
+                .into(),
+        ))
+    }
 }
 
 /// Parses `.env` text: `KEY=value`, optional `export `, `#` comments, single
@@ -344,6 +391,67 @@ mod tests {
         assert_eq!(db.get(Some("NOTE")).unwrap().expose(), b"a # b");
         assert_eq!(db.get(Some("X")).unwrap().expose(), b"y");
         assert_eq!(r[1].as_ref().unwrap_err(), &StoreError::NotFound);
+    }
+
+    /// Team a writes a symlink into its own subtree: to team b's, to a
+    /// file outside the store, to another of its own names. None is read.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn symlinks_to_another_path_are_refused() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        std::fs::create_dir_all(root.join("apps/team-a")).unwrap();
+        std::fs::create_dir_all(root.join("apps/team-b")).unwrap();
+        std::fs::write(root.join("apps/team-a/db.env"), "PASSWORD=team-a-pw\n").unwrap();
+        std::fs::write(root.join("apps/team-b/db.env"), "PASSWORD=team-b-pw\n").unwrap();
+        std::fs::write(dir.path().join("outside.env"), "PASSWORD=outside-pw\n").unwrap();
+        symlink("../team-b", root.join("apps/team-a/b")).unwrap();
+        symlink(dir.path().join("outside.env"), root.join("apps/team-a/out.env")).unwrap();
+        symlink("db.env", root.join("apps/team-a/alias.env")).unwrap();
+        let s = store_at(&root);
+        let r = s
+            .fetch(
+                &[
+                    SecretLocator::new("apps/team-a/db", None),
+                    SecretLocator::new("apps/team-a/b/db", None),
+                    SecretLocator::new("apps/team-a/out", None),
+                    SecretLocator::new("apps/team-a/alias", None),
+                    SecretLocator::new("apps/team-a/none", None),
+                ],
+                &RequestLimit::default(),
+            )
+            .await;
+        assert_eq!(
+            r[0].as_ref().unwrap().get(Some("PASSWORD")).unwrap().expose(),
+            b"team-a-pw"
+        );
+        for refused in &r[1..4] {
+            let e = refused.as_ref().unwrap_err();
+            assert!(matches!(e, StoreError::InvalidRequest(_)), "{e:?}");
+            assert!(e.to_string().contains("symlink"), "{e}");
+        }
+        assert_eq!(r[4].as_ref().unwrap_err(), &StoreError::NotFound);
+    }
+
+    /// A ConfigMap or Secret volume as the kubelet writes it: the files in a
+    /// `..<timestamp>` directory, `..data` pointing there, and one symlink
+    /// per top-level entry; the store directory itself behind a symlink.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_projected_volume_reads_through_its_own_symlinks() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("volume");
+        let data = volume.join("..2024_01_01_00_00_00.000000001");
+        std::fs::create_dir_all(data.join("apps/team-a")).unwrap();
+        std::fs::write(data.join("apps/team-a/db.env"), "PASSWORD=projected\n").unwrap();
+        symlink("..2024_01_01_00_00_00.000000001", volume.join("..data")).unwrap();
+        symlink("..data/apps", volume.join("apps")).unwrap();
+        symlink(&volume, dir.path().join("mounted")).unwrap();
+        let s = store_at(&dir.path().join("mounted"));
+        let db = s.read(&SecretLocator::new("apps/team-a/db", None)).await.unwrap();
+        assert_eq!(db.get(Some("PASSWORD")).unwrap().expose(), b"projected");
     }
 
     /// Defence in depth: a path that would leave the directory is refused

@@ -24,8 +24,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::bearer::{error_code, oauth_token, send_once, unauthorized};
-use super::common::{http_client, status_error, transport_error, CredentialSource, Retry};
+use super::bearer::{oauth_token, send_once, unauthorized};
+use super::common::{error_code, http_client, status_error, transport_error, CredentialSource, Retry};
 use super::identity::{check_template, PodIdentity, Sessions, WorkloadIdentity};
 use super::token::{AccessToken, TokenCache, TokenProvider};
 use super::{RequestLimit, SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
@@ -416,6 +416,11 @@ impl Store for GcpStore {
         self.access(&self.tokens, locator).await
     }
 
+    /// Secret Manager versions are numbers (or aliases such as `latest`, kept as written).
+    fn canonical_version<'a>(&self, version: &'a str) -> std::borrow::Cow<'a, str> {
+        super::canonical_number(version)
+    }
+
     /// Reads with the ServiceAccount's federated (or impersonated) token.
     async fn fetch_as(
         &self,
@@ -511,21 +516,52 @@ struct ApiErrorBody {
     message: Option<String>,
 }
 
+/// The canonical codes of `google.rpc.Code`, the only `status` values
+/// Google APIs send; anything else is not repeated.
+const RPC_CODES: &[&str] = &[
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The `type`s of Google credential files, for a message that names a wrong one.
+const CREDENTIAL_TYPES: &[&str] = &[
+    "authorized_user",
+    "external_account",
+    "external_account_authorized_user",
+    "impersonated_service_account",
+    "gdch_service_account",
+];
+
 fn api_error(status: reqwest::StatusCode, body: &[u8], version_named: bool) -> StoreError {
     let parsed = serde_json::from_slice::<ApiError>(body).ok().map(|e| e.error);
-    let code = error_code(parsed.as_ref().and_then(|e| e.status.as_deref()));
+    let code = error_code(parsed.as_ref().and_then(|e| e.status.as_deref()), RPC_CODES);
     // The message is read, never repeated: "Secret Version [...] not found"
     // versus "Secret [...] not found or has no versions".
     let about_version = parsed
         .as_ref()
         .and_then(|e| e.message.as_deref())
         .is_some_and(|m| m.starts_with("Secret Version"));
-    match (status.as_u16(), code.as_str()) {
+    match (status.as_u16(), code) {
         (404, _) if version_named && about_version => StoreError::VersionNotFound,
         (404, _) => StoreError::NotFound,
         // A disabled or destroyed version.
         (400, "FAILED_PRECONDITION") => StoreError::VersionNotFound,
-        _ => status_error(status, &code),
+        _ => status_error(status, code),
     }
 }
 
@@ -627,9 +663,12 @@ impl ServiceAccountKey {
             StoreError::Unauthorized("the credentials are not a service-account key JSON".into())
         })?;
         if key.kind != "service_account" {
+            let kind = match error_code(Some(&key.kind), CREDENTIAL_TYPES) {
+                "" => "another type".to_owned(),
+                known => format!("type \"{known}\""),
+            };
             return Err(StoreError::Unauthorized(format!(
-                "the credentials are of type \"{}\", not service_account",
-                error_code(Some(&key.kind))
+                "the credentials are of {kind}, not service_account"
             )));
         }
         Ok(key)

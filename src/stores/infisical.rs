@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::bearer::{error_code, send_once, Answer};
-use super::common::{http_client, status_error, CredentialSource, Retry};
+use super::bearer::{send_once, Answer};
+use super::common::{error_code, http_client, status_error, CredentialSource, Retry};
 use super::token::{AccessToken, TokenCache, TokenProvider};
 use super::{SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
 use crate::validate::{check_url, FieldError};
@@ -361,6 +361,11 @@ impl Store for InfisicalStore {
         self.read_secret(locator).await
     }
 
+    /// Infisical versions are numbers.
+    fn canonical_version<'a>(&self, version: &'a str) -> std::borrow::Cow<'a, str> {
+        super::canonical_number(version)
+    }
+
     /// Signs in.
     async fn check(&self) -> Result<(), StoreError> {
         self.tokens.token().await.map(|_| ())
@@ -421,11 +426,30 @@ fn error_name(body: &[u8]) -> Option<String> {
         .and_then(|e| e.error)
 }
 
+/// The error names Infisical's API answers with (`error`); any other name
+/// is not repeated.
+const ERROR_NAMES: &[&str] = &[
+    "BadRequest",
+    "BadRequestError",
+    "Unauthorized",
+    "UnauthorizedError",
+    "Forbidden",
+    "ForbiddenError",
+    "PermissionDenied",
+    "TokenError",
+    "NotFound",
+    "NotFoundError",
+    "RateLimitError",
+    "InternalServerError",
+    "GatewayTimeoutError",
+    "DatabaseError",
+];
+
 fn api_error(status: reqwest::StatusCode, body: &[u8], version_named: bool) -> StoreError {
-    let code = error_code(error_name(body).as_deref());
+    let code = error_code(error_name(body).as_deref(), ERROR_NAMES);
     match status.as_u16() {
         404 if version_named => StoreError::VersionNotFound,
-        _ => status_error(status, &code),
+        _ => status_error(status, code),
     }
 }
 
@@ -492,7 +516,7 @@ impl TokenProvider for Login {
             .body(body.as_bytes().to_vec());
         let answer = Answer::read(send_once(request).await?).await?;
         if !answer.status.is_success() {
-            let code = error_code(error_name(&answer.body).as_deref());
+            let code = error_code(error_name(&answer.body).as_deref(), ERROR_NAMES);
             let code = if code.is_empty() {
                 String::new()
             } else {

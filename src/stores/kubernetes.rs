@@ -12,6 +12,7 @@ use ::kube::{Api, Client};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
 
+use super::common::error_code;
 use super::{SecretData, SecretLocator, SecretValue, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -78,19 +79,48 @@ pub(crate) fn split_path(path: &str) -> Result<(&str, &str), StoreError> {
     Ok((namespace, name))
 }
 
-/// Maps an API failure to a store failure; messages carry the status, not
-/// the Secret.
+/// The `reason`s of a Kubernetes `Status` (`metav1.StatusReason`) that a
+/// message may name.
+const STATUS_REASONS: &[&str] = &[
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "AlreadyExists",
+    "Conflict",
+    "Gone",
+    "Invalid",
+    "ServerTimeout",
+    "Timeout",
+    "TooManyRequests",
+    "MethodNotAllowed",
+    "NotAcceptable",
+    "RequestEntityTooLarge",
+    "UnsupportedMediaType",
+    "InternalError",
+    "Expired",
+    "ServiceUnavailable",
+];
+
+/// Maps an API failure to a store failure; messages carry the status and
+/// its reason, not the Status message (which names the Secret) nor the
+/// text of a transport or credential failure (an exec credential plugin's
+/// output, for one).
 pub fn store_error(e: &::kube::Error) -> StoreError {
     match e {
-        ::kube::Error::Api(s) => match s.code {
-            404 => StoreError::NotFound,
-            401 | 403 => StoreError::Unauthorized(format!("{} {}", s.code, s.reason)),
-            429 => StoreError::Throttled,
-            code if code >= 500 => StoreError::Unreachable(format!("{} {}", s.code, s.reason)),
-            _ => StoreError::InvalidResponse(format!("{} {}", s.code, s.reason)),
-        },
+        ::kube::Error::Api(s) => {
+            let status = format!("{} {}", s.code, error_code(Some(&s.reason), STATUS_REASONS));
+            let status = status.trim_end().to_owned();
+            match s.code {
+                404 => StoreError::NotFound,
+                401 | 403 => StoreError::Unauthorized(status),
+                429 => StoreError::Throttled,
+                code if code >= 500 => StoreError::Unreachable(status),
+                _ => StoreError::InvalidResponse(status),
+            }
+        }
         ::kube::Error::SerdeError(_) => StoreError::InvalidResponse("the Secret could not be read".into()),
-        other => StoreError::Unreachable(other.to_string()),
+        _ => StoreError::Unreachable("the request to the API server failed".into()),
     }
 }
 

@@ -22,6 +22,7 @@ pub mod token;
 mod value;
 pub mod vault;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -137,6 +138,16 @@ pub trait Store: Send + Sync + 'static {
         limit.each(locators, |l| self.read(l)).await
     }
 
+    /// The one spelling of `version` that names the same version, so that
+    /// the cache and the Secret a Pod gets see one secret however the Pod
+    /// wrote it. Stores whose versions are numbers (Vault KV v2, GCP,
+    /// Infisical) drop leading zeros: `version=01` is `version=1`, one fetch
+    /// and one cache entry. The default keeps the text: versions that are
+    /// opaque ids or stages are compared as written.
+    fn canonical_version<'a>(&self, version: &'a str) -> Cow<'a, str> {
+        Cow::Borrowed(version)
+    }
+
     /// Reads each locator as the Pod's ServiceAccount (`identity: pod`);
     /// the answers are parallel to `locators`. Providers that can log in as
     /// a workload override it; the others refuse.
@@ -172,6 +183,18 @@ pub trait Store: Send + Sync + 'static {
     /// the store is dropped. Nothing is spawned by the store itself.
     fn upkeep(&self) -> Option<Upkeep> {
         None
+    }
+}
+
+/// A version number without its leading zeros (`007` is `7`, `000` is
+/// `0`); anything that is not all digits is left as it is. For stores
+/// whose versions are numbers ([`Store::canonical_version`]).
+pub(crate) fn canonical_number(version: &str) -> Cow<'_, str> {
+    if version.len() > 1 && version.starts_with('0') && version.bytes().all(|b| b.is_ascii_digit()) {
+        let trimmed = version.trim_start_matches('0');
+        Cow::Borrowed(if trimmed.is_empty() { "0" } else { trimmed })
+    } else {
+        Cow::Borrowed(version)
     }
 }
 
@@ -421,6 +444,22 @@ mod tests {
         StoreRequest {
             store: store.into(),
             locator: SecretLocator::new(path, None),
+        }
+    }
+
+    #[test]
+    fn numbers_lose_their_leading_zeros_and_other_versions_stay() {
+        for (given, canonical) in [
+            ("01", "1"),
+            ("0001", "1"),
+            ("10", "10"),
+            ("0", "0"),
+            ("000", "0"),
+            ("007a", "007a"),
+            ("latest", "latest"),
+            ("099999999999999999999999", "99999999999999999999999"),
+        ] {
+            assert_eq!(canonical_number(given), canonical, "{given}");
         }
     }
 

@@ -67,6 +67,18 @@ pub(crate) trait TokenProvider: Send + Sync + 'static {
     }
 }
 
+/// The longest lifetime the token manager counts with. Lifetimes are what
+/// a store answers (Vault's `lease_duration`, an OAuth `expires_in`), and a
+/// store is trusted only so far: `2^64-1` seconds would overflow every
+/// instant computed from it and panic the upkeep task. Ten years is no
+/// limit for a real token.
+const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// A lifetime as the store gave it, at most [`MAX_LIFETIME`].
+fn bounded(lifetime: Option<Duration>) -> Option<Duration> {
+    lifetime.map(|life| life.min(MAX_LIFETIME))
+}
+
 struct Current {
     value: SecretValue,
     /// When the token was obtained or last renewed; its lifetime counts from here.
@@ -96,7 +108,7 @@ impl Current {
     /// When the background loop renews or replaces it: two thirds into its
     /// life, leaving a third for failed attempts.
     fn refresh_at(&self) -> Option<Instant> {
-        self.lifetime.map(|life| self.obtained + life * 2 / 3)
+        self.lifetime.map(|life| self.obtained + life / 3 * 2)
     }
 }
 
@@ -245,13 +257,14 @@ impl Inner {
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let now = Instant::now();
+        let lifetime = bounded(token.lifetime);
         if let Ok(mut current) = self.current.write() {
             *current = Some(Current {
                 value: token.value,
                 obtained: now,
                 logged_in: now,
-                lifetime: token.lifetime,
-                login_lifetime: token.lifetime,
+                lifetime,
+                login_lifetime: lifetime,
                 renewable: token.renewable,
                 generation,
             });
@@ -280,7 +293,7 @@ impl Inner {
                 if let Ok(mut current) = self.current.write() {
                     if let Some(c) = current.as_mut().filter(|c| c.generation == generation) {
                         c.obtained = Instant::now();
-                        c.lifetime = renewed.lifetime;
+                        c.lifetime = bounded(renewed.lifetime);
                         c.renewable = renewed.renewable;
                     }
                 }
@@ -468,6 +481,21 @@ mod tests {
         drop(cache);
         upkeep.await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A Vault answer with `lease_duration = 2^64-1` panicked the upkeep
+    /// (an instant plus that overflows), which then died silently.
+    #[tokio::test(start_paused = true)]
+    async fn a_lifetime_of_2_64_seconds_saturates() {
+        let (cache, calls, _) = cache(Some(Duration::from_secs(u64::MAX)), true);
+        cache.prime().await.unwrap();
+        let upkeep = tokio::spawn(cache.upkeep());
+        assert_eq!(cache.token().await.unwrap().as_str().unwrap(), "token-1");
+        tokio::time::sleep(Duration::from_secs(86_400)).await;
+        assert!(!upkeep.is_finished(), "the upkeep is alive");
+        assert_eq!(cache.token().await.unwrap().as_str().unwrap(), "token-1");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        upkeep.abort();
     }
 
     #[tokio::test]

@@ -121,6 +121,7 @@ fn build(
         inline_allowed,
         injections: &injections,
         resolved: &resolved,
+        quote: Quote::DEFAULT,
     })
 }
 
@@ -225,6 +226,7 @@ fn the_secret_name_depends_on_the_namespace_the_service_account_and_the_set_of_r
         inline_allowed: false,
         injections: &injections,
         resolved: &resolved,
+        quote: Quote::DEFAULT,
     })
     .unwrap()
     .secret
@@ -349,7 +351,7 @@ fn inline_values_only_where_allowed_and_only_as_text() {
     assert!(p.secret.is_none(), "inline env needs no Secret");
     assert_eq!(p.marker, "inline");
     assert!(matches!(&p.env[0].source, EnvSource::Inline(v) if v.expose() == b"pw"));
-    let ops = build_patch(&pod, &p, "", MARKER, None).unwrap();
+    let ops = build_patch(&pod, &p, "", MARKER, None, Quote::DEFAULT).unwrap();
     let mut patched = pod_json();
     apply(&mut patched, ops);
     assert_eq!(
@@ -430,7 +432,7 @@ fn the_patch_creates_missing_arrays_and_escapes_the_marker_key() {
     let pod = view(&bare);
     let p = build(&pod, "team-a", Mode::SecretRef, false, &items).unwrap();
     let name = p.secret.as_ref().unwrap().name.clone();
-    let ops = build_patch(&pod, &p, "", MARKER, Some(&name)).unwrap();
+    let ops = build_patch(&pod, &p, "", MARKER, Some(&name), Quote::DEFAULT).unwrap();
     assert_eq!(
         paths(&ops),
         [
@@ -467,7 +469,7 @@ fn the_patch_creates_missing_arrays_and_escapes_the_marker_key() {
     });
     let pod = view(&full);
     let p = build(&pod, "team-a", Mode::SecretRef, false, &items).unwrap();
-    let ops = build_patch(&pod, &p, "", MARKER, Some(&name)).unwrap();
+    let ops = build_patch(&pod, &p, "", MARKER, Some(&name), Quote::DEFAULT).unwrap();
     assert_eq!(
         paths(&ops),
         [
@@ -520,7 +522,15 @@ fn a_workload_template_is_patched_under_its_base_pointer_and_only_once() {
     let template = view(&deployment["spec"]["template"]);
     let p = build(&template, "team-a", Mode::SecretRef, false, &rich_items()).unwrap();
     let name = p.secret.as_ref().unwrap().name.clone();
-    let ops = build_patch(&template, &p, "/spec/template", MARKER, Some(&name)).unwrap();
+    let ops = build_patch(
+        &template,
+        &p,
+        "/spec/template",
+        MARKER,
+        Some(&name),
+        Quote::DEFAULT,
+    )
+    .unwrap();
     assert!(
         paths(&ops).iter().all(|p| p.starts_with("/spec/template/")),
         "{:?}",
@@ -549,7 +559,7 @@ fn a_workload_template_is_patched_under_its_base_pointer_and_only_once() {
     let again = view(&patched["spec"]["template"]);
     let p2 = build(&again, "team-a", Mode::SecretRef, false, &rich_items()).unwrap();
     assert_eq!(p2.secret.as_ref().unwrap().name, name);
-    let ops = build_patch(&again, &p2, "/spec/template", MARKER, Some(&name)).unwrap();
+    let ops = build_patch(&again, &p2, "/spec/template", MARKER, Some(&name), Quote::DEFAULT).unwrap();
     assert!(ops.is_empty(), "{:?}", ops_json(&ops));
 }
 
@@ -564,13 +574,13 @@ fn a_patched_pod_needs_no_second_patch() {
     let name = p.secret.as_ref().unwrap().name.clone();
     apply(
         &mut pod_value,
-        build_patch(&pod, &p, "", MARKER, Some(&name)).unwrap(),
+        build_patch(&pod, &p, "", MARKER, Some(&name), Quote::DEFAULT).unwrap(),
     );
 
     let again = view(&pod_value);
     let p2 = build(&again, "team-a", Mode::SecretRef, false, &rich_items()).unwrap();
     assert_eq!(p2, p, "the plan does not depend on what the Pod already got");
-    let ops = build_patch(&again, &p2, "", MARKER, Some(&name)).unwrap();
+    let ops = build_patch(&again, &p2, "", MARKER, Some(&name), Quote::DEFAULT).unwrap();
     assert!(ops.is_empty(), "{:?}", ops_json(&ops));
 }
 
@@ -602,14 +612,14 @@ fn a_base_that_is_no_json_pointer_is_an_error_not_the_root() {
     let bare = json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "app"}]}});
     let pod = view(&bare);
     let p = build(&pod, "team-a", Mode::SecretRef, false, &items).unwrap();
-    let e = build_patch(&pod, &p, "spec/template", MARKER, None).unwrap_err();
+    let e = build_patch(&pod, &p, "spec/template", MARKER, None, Quote::DEFAULT).unwrap_err();
     assert_eq!(
         e,
         crate::inject::patch::PatchError::BadBase("spec/template".into())
     );
     assert_eq!(e.class().code(), 500);
     // A good base prefixes every path.
-    let ops = build_patch(&pod, &p, "/spec/template", MARKER, None).unwrap();
+    let ops = build_patch(&pod, &p, "/spec/template", MARKER, None, Quote::DEFAULT).unwrap();
     assert!(
         paths(&ops).iter().all(|p| p.starts_with("/spec/template/")),
         "{:?}",

@@ -20,7 +20,8 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::SCOPE;
-use crate::stores::bearer::{error_code, oauth_token, send_once, Answer};
+use crate::stores::bearer::{oauth_token, send_once, Answer};
+use crate::stores::common::error_code;
 use crate::stores::identity::{PodIdentity, WorkloadIdentity};
 use crate::stores::token::{AccessToken, TokenProvider};
 use crate::stores::{SecretValue, StoreError};
@@ -285,7 +286,8 @@ fn executable_token(response: ExecutableResponse) -> Result<Zeroizing<String>, S
         ));
     }
     if !response.success {
-        let code = error_code(response.code.as_deref());
+        // The executable is configured by the platform, but its code is free text.
+        let code = error_code(response.code.as_deref(), &[]);
         return Err(unauthorized(
             format!("the credential executable reported failure {code}")
                 .trim_end()
@@ -373,7 +375,7 @@ pub(super) async fn generate_access_token(
         let code = serde_json::from_slice::<serde_json::Value>(&answer.body)
             .ok()
             .and_then(|v| v["error"]["status"].as_str().map(str::to_owned));
-        let code = error_code(code.as_deref());
+        let code = error_code(code.as_deref(), super::RPC_CODES);
         let detail = format!(
             "generateAccessToken: HTTP {}{}",
             answer.status,

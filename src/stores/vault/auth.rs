@@ -261,9 +261,10 @@ impl TokenProvider for VaultAuth {
                     return Ok(None);
                 };
                 let ttl = Duration::from_secs(auth.lease_duration);
+                // Divided first: lifetimes are what Vault says, and may be huge.
                 let enough = current
                     .login_lifetime
-                    .is_none_or(|login_ttl| ttl >= login_ttl * 2 / 3);
+                    .is_none_or(|login_ttl| ttl >= login_ttl / 3 * 2);
                 // A static token cannot log in anew: any renewal is worth having.
                 let static_token = matches!(self.login, Login::Token(_));
                 if auth.lease_duration > 0 && (enough || static_token) {

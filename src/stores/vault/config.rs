@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::stores::common::CredentialSource;
 use crate::stores::identity::check_template;
-use crate::validate::{exactly_one, is_http_url, FieldError};
+use crate::validate::{check_url, exactly_one, FieldError};
 
 /// `stores[].vault`: where Vault is, which KV mount to read, how to log in.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -124,9 +124,7 @@ impl VaultStoreConfig {
     /// Checks what serde cannot; fields are below `vault`.
     pub fn validate(&self) -> Result<(), FieldError> {
         let invalid = |field: &str, message: &str| Err(FieldError::new(field, message));
-        if !is_http_url(&self.address) {
-            return invalid("address", "must be an http(s) URL such as https://vault:8200");
-        }
+        check_url(&self.address, "address")?;
         if let Some(ns) = &self.namespace {
             if !mount_is_valid(ns) || !ns.bytes().all(|b| b.is_ascii_graphic()) {
                 return invalid(
@@ -242,6 +240,10 @@ mod tests {
         ok.validate().unwrap();
         let cases = [
             ("address: vault:8200\nauth: {token: {env: T}}\n", "address"),
+            (
+                "address: https://sesame:hunter2@vault:8200\nauth: {token: {env: T}}\n",
+                "address",
+            ),
             (
                 "address: http://v\nkvVersion: 3\nauth: {token: {env: T}}\n",
                 "kvVersion",

@@ -18,12 +18,6 @@ pub(super) struct Http {
     retry: Retry,
 }
 
-#[derive(Deserialize)]
-struct ErrorsAnswer {
-    #[serde(default)]
-    errors: Vec<String>,
-}
-
 /// Why a single HTTP exchange failed, with the 403 kept apart: only a token
 /// problem is worth a re-login.
 pub(super) enum CallError {
@@ -103,8 +97,7 @@ impl Http {
         if status.is_success() || status == StatusCode::NOT_FOUND {
             return Ok((status, bytes));
         }
-        let detail = vault_errors(&bytes);
-        let err = status_error(status, &detail);
+        let err = status_error(status, vault_reason(&bytes));
         Err(if status == StatusCode::FORBIDDEN {
             CallError::Denied(err)
         } else {
@@ -149,19 +142,31 @@ pub(super) fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Resu
         .map_err(|_| StoreError::InvalidResponse(format!("the {what} answer is not the expected JSON")))
 }
 
-/// Vault's own error text (`{"errors": [...]}`), shortened. Vault's messages
-/// name the failure ("permission denied"), never a secret's data.
-fn vault_errors(body: &[u8]) -> String {
-    let Ok(answer) = serde_json::from_slice::<ErrorsAnswer>(body) else {
-        return String::new();
+/// What Vault's error text (`{"errors": [...]}`) says, as one of a fixed
+/// set of reasons, or `""`. The text itself is never repeated: Vault's
+/// messages may quote the request (an AppRole login error echoed its
+/// `secret_id`), and a store is trusted only so far.
+fn vault_reason(body: &[u8]) -> &'static str {
+    const REASONS: &[(&str, &str)] = &[
+        ("permission denied", "permission denied"),
+        ("invalid role or secret id", "invalid credentials"),
+        ("invalid secret id", "invalid credentials"),
+        ("invalid role id", "invalid credentials"),
+        ("failed to validate credentials", "invalid credentials"),
+        ("missing client token", "missing client token"),
+        ("no handler for route", "no such mount or path"),
+        ("unsupported path", "no such mount or path"),
+        ("vault is sealed", "sealed"),
+        ("node not active", "standby node"),
+    ];
+    let Ok(text) = std::str::from_utf8(body) else {
+        return "";
     };
-    let joined = answer
-        .errors
+    let text = text.to_ascii_lowercase();
+    REASONS
         .iter()
-        .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join("; ");
-    joined.chars().take(160).collect()
+        .find(|(needle, _)| text.contains(needle))
+        .map_or("", |(_, reason)| reason)
 }
 
 #[cfg(test)]
@@ -182,10 +187,17 @@ mod tests {
         );
     }
 
+    /// Vault's text is read for a fixed reason, never repeated: an AppRole
+    /// login error that echoes its request must not carry the secret id on.
     #[test]
-    fn vault_error_text_is_short_and_flat() {
+    fn vault_error_text_becomes_a_fixed_reason() {
         let body = br#"{"errors":["1 error occurred:\n\t* permission denied\n\n"]}"#;
-        assert_eq!(vault_errors(body), "1 error occurred: * permission denied");
-        assert_eq!(vault_errors(b"not json"), "");
+        assert_eq!(vault_reason(body), "permission denied");
+        let echo = br#"{"errors":["invalid secret id \"3f0c-77aa-secret\" for role \"sesame\""]}"#;
+        assert_eq!(vault_reason(echo), "invalid credentials");
+        let e = status_error(StatusCode::BAD_REQUEST, vault_reason(echo));
+        assert!(!e.to_string().contains("3f0c"), "{e}");
+        assert_eq!(vault_reason(br#"{"errors":["something new: 3f0c"]}"#), "");
+        assert_eq!(vault_reason(b"not json"), "");
     }
 }

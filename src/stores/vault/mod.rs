@@ -18,6 +18,7 @@ mod config;
 mod http;
 mod kv;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -33,7 +34,7 @@ pub use config::{
 use super::common::{http_client, Retry};
 use super::identity::{PodIdentity, Sessions, WorkloadIdentity};
 use super::token::TokenCache;
-use super::{RequestLimit, SecretData, SecretLocator, Store, StoreError, Upkeep};
+use super::{canonical_number, RequestLimit, SecretData, SecretLocator, Store, StoreError, Upkeep};
 use auth::{authed, Login, VaultAuth};
 use http::Http;
 use kv::KvVersion;
@@ -207,6 +208,14 @@ impl Store for VaultStore {
             ));
         };
         kv::read(&self.http, tokens, &self.mount, self.kv, locator).await
+    }
+
+    /// KV v2 versions are numbers (KV v1 has none, and refuses them).
+    fn canonical_version<'a>(&self, version: &'a str) -> Cow<'a, str> {
+        match self.kv {
+            KvVersion::V2 => canonical_number(version),
+            KvVersion::V1 => Cow::Borrowed(version),
+        }
     }
 
     /// Reads as the ServiceAccount: its session's token, a login of its own
