@@ -283,8 +283,8 @@ pub(crate) fn check_deployment(what: &str, objects: &[Value]) {
         "{what}: container port matches --admin-port"
     );
     for (probe, path) in [
-        (&c.startup_probe, "/healthz"),
-        (&c.liveness_probe, "/healthz"),
+        (&c.startup_probe, "/startupz"),
+        (&c.liveness_probe, "/livez"),
         (&c.readiness_probe, "/readyz"),
     ] {
         let get = probe.clone().and_then(|p| p.http_get).expect("HTTP probe");

@@ -720,6 +720,20 @@ impl FakeApi {
         sesame::kube::client::build(config).unwrap()
     }
 
+    /// Writes a kubeconfig for this server into `dir` (for `sesame serve
+    /// --kubeconfig`, the binary or in-process) and returns its path.
+    pub fn write_kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("fake-api.kubeconfig");
+        let config = json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        });
+        std::fs::write(&path, config.to_string()).unwrap();
+        path
+    }
+
     /// Creates or replaces an object as if another client had written it.
     pub fn put(&self, resource: &str, namespace: &str, name: &str, obj: Value) -> Value {
         let key = (resource.to_owned(), namespace.to_owned(), name.to_owned());
