@@ -1,11 +1,12 @@
 //! The Kubernetes API side: the client, the managed-Secret writer and the
 //! Namespace cache (implementations of the admission path's ports),
-//! watch-backed caches, and (leader-elected) garbage collection and
-//! rotation.
+//! watch-backed caches, the watch of Sesame's own ConfigMap, and
+//! (leader-elected) garbage collection and rotation.
 
 mod args;
 pub mod certs;
 pub mod client;
+pub(crate) mod config_map;
 pub mod gc;
 pub mod leader;
 pub mod lease;

@@ -13,13 +13,14 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 
 use super::readiness::keep_ready;
-use super::reload::reload_config;
+use super::reload::{reload_config, ConfigSource};
 use super::start_upkeeps;
 use crate::admission::{Admission, DryRunWriter, NamespaceLabels, SecretWriter};
 use crate::certs::{CertPaths, CertResolver};
 use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::kube::certs::{CertManager, Material, Policy};
+use crate::kube::config_map::{watch_config_map, ConfigMapRef};
 use crate::kube::CertMode;
 use crate::pipeline::{Engine, SharedEngine};
 use crate::server::admin::Readiness;
@@ -275,10 +276,19 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
         keep_ready(engine.clone(), readiness.clone(), metrics.clone(), tasks.token()),
     );
     if let Some(path) = config_path {
+        let api = match (&kube, ConfigMapRef::from_args(&args.kube, &path)) {
+            (Some(client), Some(target)) => {
+                let (seen, watch) = watch_config_map(client.clone(), &target);
+                tasks.spawn("watch of the configuration ConfigMap", watch);
+                tracing::info!(source = %target.origin(), file = %path.display(), "configuration changes come from the API, the mounted file until the ConfigMap is seen");
+                Some((seen, target.origin()))
+            }
+            _ => None,
+        };
         tasks.spawn(
             "configuration reload",
             reload_config(
-                path,
+                ConfigSource { path, api },
                 loaded.config,
                 engine.clone(),
                 metrics.clone(),
