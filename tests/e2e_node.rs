@@ -745,6 +745,66 @@ fn run_method(node: &Node, method: Method) {
         "{method:?}: a value in the Pod spec"
     );
 
+    // The other two kinds the worked example does not show: every property
+    // as env vars (env-from) and as files in a directory (dir).
+    let inventory = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "inventory", "namespace": "team-a"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "inventory"}},
+          "template": {"metadata": {"labels": {"app": "inventory"}, "annotations": {
+              "sesame.dev/env-from.db": "dev:apps/team-a/db prefix=DB_",
+              "sesame.dev/dir.tls": "dev:apps/team-a/tls path=/etc/tls mode=0440"}},
+            "spec": {"securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532},
+              "containers": [{"name": "app", "image": node.busybox, "command": ["sleep", "86400"]}]}}}
+    });
+    let file = node.file("inventory.json", &inventory.to_string());
+    node.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    node.kubectl(&[
+        "-n",
+        "team-a",
+        "rollout",
+        "status",
+        "deployment/inventory",
+        "--timeout=120s",
+    ]);
+    let pod = node.newest_pod("team-a", "inventory");
+    let inventory = pod["metadata"]["name"].as_str().unwrap().to_owned();
+    let seen = node.kubectl(&[
+        "-n",
+        "team-a",
+        "exec",
+        &inventory,
+        "--",
+        "sh",
+        "-c",
+        "echo $DB_HOST $DB_PORT $DB_USERNAME $DB_PASSWORD $DB_DATABASE; ls /etc/tls; cat /etc/tls/ca.crt",
+    ]);
+    assert_eq!(
+        seen.split_whitespace().collect::<Vec<_>>(),
+        [
+            "db.team-a.svc",
+            "5432",
+            "team_a",
+            "dev-password-team-a",
+            "orders",
+            "ca.crt",
+            "tls.crt",
+            "tls.key",
+            "-----BEGIN",
+            "CERTIFICATE-----",
+            "DEVELOPMENT",
+            "CA",
+            "-----END",
+            "CERTIFICATE-----",
+        ],
+        "{method:?}: env-from and dir as the container sees them"
+    );
+    let spec = node.kubectl(&["-n", "team-a", "get", "pod", &inventory, "-o", "yaml"]);
+    assert!(
+        !spec.contains("dev-password") && !spec.contains("DEVELOPMENT"),
+        "{method:?}: a value in the Pod spec"
+    );
+
     // 4. A team reading outside its subtree: the ReplicaSet's event says why.
     node.block(&work, "deny");
     node.expect(&work, "deny-look", Duration::from_secs(60));
