@@ -13,7 +13,6 @@ use serde_json::Value;
 use crate::cli::MutateArgs;
 use crate::config::Config;
 use crate::inject::{ManagedSecret, PodView};
-use crate::kube::secret::ApplyBody;
 use crate::pipeline::{Engine, PodInput, Verdict};
 use crate::telemetry::Metrics;
 
@@ -97,24 +96,20 @@ pub(crate) async fn mutate_object(
 /// The managed Secret exactly as the Kubernetes writer would apply it, with
 /// each value replaced by its size unless `show_values` is set.
 pub(crate) fn secret_manifest(secret: &ManagedSecret, prefix: &str, show_values: bool) -> Value {
-    let owners: Vec<_> = secret
-        .owners
-        .iter()
-        .map(crate::kube::secret::secret_owner)
-        .collect();
-    let keys = crate::kube::secret::SecretAnnotations::new(prefix);
-    let ApplyBody(mut body) =
-        crate::kube::secret::apply_body(secret, &owners, &keys, &crate::kube::secret::now_rfc3339());
+    // No API, no provenance key: the Secret as the dry-run writer would
+    // leave it, unsigned.
+    let mut body = crate::kube::secret::manifest(
+        secret,
+        prefix,
+        &crate::kube::provenance::Provenance::empty(),
+        &crate::kube::secret::now_rfc3339(),
+    );
     if !show_values {
         if let Some(Value::Object(data)) = body.get_mut("data") {
             for (key, shown) in data.iter_mut() {
                 let len = secret.data.get(key).map_or(0, |v| v.len());
                 *shown = Value::String(format!("<{len} bytes, hidden; --show-values to print>"));
             }
-        }
-        // A hash of short values could be brute-forced from a CI log.
-        if let Some(Value::Object(annotations)) = body.pointer_mut("/metadata/annotations") {
-            annotations.remove(&keys.content_hash);
         }
     }
     body

@@ -1,6 +1,7 @@
 //! The admission pipeline for one Pod: annotations → references → policy →
 //! stores → plan → patch. `serve` and `mutate` both run exactly this.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,10 +9,10 @@ use json_patch::PatchOperation;
 
 use crate::config::{Config, LoadedConfig};
 use crate::denial::DenialClass;
-use crate::inject::annotations::{self, INJECTED_SUFFIX};
+use crate::inject::annotations::{self, GrammarError, PodRequest, INJECTED_SUFFIX};
 use crate::inject::plan::MANAGED_PREFIX;
 use crate::inject::{build_patch, build_plan, Grant, ManagedSecret, PlanInput, PodView, SecretRef};
-use crate::policy::{NamespacePolicy, Subject};
+use crate::policy::{NamespacePolicy, PolicyDenial, Subject};
 use crate::stores::{SecretLocator, StoreRequest, Stores};
 use crate::telemetry::Metrics;
 
@@ -133,10 +134,6 @@ impl Engine {
         &self.prefix
     }
 
-    pub(crate) fn marker_key(&self) -> &str {
-        &self.marker_key
-    }
-
     /// The refresh interval of a store, if it has one.
     pub(crate) fn refresh_interval(&self, store: &str) -> Option<Duration> {
         self.refresh_intervals.get(store).copied()
@@ -162,6 +159,53 @@ impl Engine {
         self.wants(pod) || !pod.secret_names_with_prefix(MANAGED_PREFIX).is_empty()
     }
 
+    /// What the Pod's (or a workload template's) annotations ask for, as
+    /// the pipeline reads them: parsed, and with the paths of namespaced
+    /// stores qualified (`name` means `namespace/name`). Admission and the
+    /// restart check after a rotation read annotations only through this.
+    pub(crate) fn request(&self, namespace: &str, pod: &PodView) -> Result<PodRequest, GrammarError> {
+        let empty = Default::default();
+        let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+        let mut request = annotations::parse(&self.prefix, annotations)?;
+        for injection in &mut request.injections {
+            let r = &mut injection.reference;
+            if self.stores.get(&r.store).is_some_and(|s| s.inner().namespaced()) && !r.path.contains('/') {
+                r.path = format!("{namespace}/{}", r.path);
+            }
+        }
+        Ok(request)
+    }
+
+    /// Whether the current policy lets `service_account` in `namespace`
+    /// (with its labels, when known) read `reference`: the name of the rule
+    /// that grants it, or why not. The one check admission runs before
+    /// fetching and rotation runs again before every refresh.
+    pub(crate) fn authorize(
+        &self,
+        namespace: &str,
+        namespace_labels: Option<&BTreeMap<String, String>>,
+        service_account: &str,
+        reference: &SecretRef,
+    ) -> Result<&str, Refusal> {
+        let Some(store) = self.stores.get(&reference.store) else {
+            let mut known: Vec<&str> = self.stores.names().collect();
+            known.sort_unstable();
+            return Err(Refusal::UnknownStore {
+                store: reference.store.clone(),
+                configured: known.join(", "),
+            });
+        };
+        let subject = Subject {
+            namespace,
+            namespace_labels,
+            service_account: Some(service_account),
+        };
+        let namespaced = store.inner().namespaced();
+        self.policy
+            .authorize_in(&subject, &reference.store, &reference.path, namespaced)
+            .map_err(Refusal::Policy)
+    }
+
     /// Runs the whole pipeline for one Pod.
     pub async fn evaluate(&self, input: &PodInput<'_>) -> Verdict {
         let used_managed = input.pod.secret_names_with_prefix(MANAGED_PREFIX);
@@ -171,66 +215,33 @@ impl Engine {
                 Some(name) => Verdict::Denied(foreign_secret(name, None)),
             };
         }
-        let empty = Default::default();
-        let annotations = input.pod.metadata.annotations.as_ref().unwrap_or(&empty);
-        let mut request = match annotations::parse(&self.prefix, annotations) {
+        let request = match self.request(input.namespace, input.pod) {
             Ok(r) => r,
             Err(e) => return Verdict::Denied(Denial::new(DenialClass::Malformed, e.to_string(), Vec::new())),
         };
-        // Namespaced stores: `name` means the Pod's own namespace.
-        for injection in &mut request.injections {
-            let r = &mut injection.reference;
-            if self.stores.get(&r.store).is_some_and(|s| s.inner().namespaced()) && !r.path.contains('/') {
-                r.path = format!("{}/{}", input.namespace, r.path);
-            }
-        }
         let references: Vec<SecretRef> = request.injections.iter().map(|i| i.reference.clone()).collect();
-        // The ServiceAccount admission plugin runs before webhooks and sets
-        // `default` when the Pod names none; `mutate` mimics it.
-        let service_account = input
-            .pod
-            .spec
-            .service_account_name
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .unwrap_or("default");
-        let subject = Subject {
-            namespace: input.namespace,
-            namespace_labels: input.namespace_labels,
-            service_account: Some(service_account),
-        };
+        let service_account = service_account(input.pod);
 
         // Policy first: nothing is fetched for a Pod that may not have it.
         let mut grants = Vec::with_capacity(request.injections.len());
         for injection in &request.injections {
             let r = &injection.reference;
-            if self.stores.get(&r.store).is_none() {
-                let mut known: Vec<&str> = self.stores.names().collect();
-                known.sort_unstable();
-                return Verdict::Denied(Denial::new(
-                    DenialClass::UnknownStore,
-                    format!(
-                        "annotation \"{}\": no store is named \"{}\" (configured: {})",
-                        injection.source,
-                        r.store,
-                        known.join(", ")
-                    ),
-                    references,
-                ));
-            }
-            let namespaced = self.stores.get(&r.store).is_some_and(|s| s.inner().namespaced());
-            match self.policy.authorize_in(&subject, &r.store, &r.path, namespaced) {
+            match self.authorize(input.namespace, input.namespace_labels, service_account, r) {
                 Ok(rule) => grants.push(Grant {
                     annotation: injection.source.clone(),
                     reference: r.clone(),
                     rule: rule.to_owned(),
                 }),
-                Err(denial) => {
+                Err(refusal) => {
+                    let class = match refusal {
+                        Refusal::UnknownStore { .. } => DenialClass::UnknownStore,
+                        Refusal::Policy(_) => DenialClass::Policy,
+                    };
                     return Verdict::Denied(Denial::new(
-                        DenialClass::Policy,
-                        format!("annotation \"{}\": {denial}", injection.source),
+                        class,
+                        format!("annotation \"{}\": {refusal}", injection.source),
                         references,
-                    ))
+                    ));
                 }
             }
         }
@@ -250,6 +261,7 @@ impl Engine {
 
         let mut plan = match build_plan(&PlanInput {
             namespace: input.namespace,
+            service_account,
             pod: input.pod,
             mode: request.mode,
             inline_allowed: self.policy.inline_allowed(input.namespace),
@@ -281,6 +293,26 @@ impl Engine {
             warnings,
         })
     }
+}
+
+/// Why a reference is not granted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("no store is named \"{store}\" (configured: {configured})")]
+    UnknownStore { store: String, configured: String },
+    #[error(transparent)]
+    Policy(PolicyDenial),
+}
+
+/// The Pod's service account. The ServiceAccount admission plugin runs
+/// before webhooks and sets `default` when the Pod names none; `mutate` and
+/// the restart check (which reads workload templates) assume the same.
+pub(crate) fn service_account(pod: &PodView) -> &str {
+    pod.spec
+        .service_account_name
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
 }
 
 /// A Pod may not mount or reference a managed Secret other than its own:
@@ -411,6 +443,7 @@ mod tests {
         let e = engine(Arc::new(Namespaced(Default::default())));
         let own_name = crate::inject::plan::secret_name(
             "team-a",
+            "default",
             &[Ref {
                 store: "k8s".into(),
                 path: "team-a/db".into(),
@@ -443,6 +476,14 @@ mod tests {
         // Its own Secret (a reinvoked webhook sees it already referenced) is fine.
         let own = pod(&[("sesame.dev/env.PW", "k8s:db#password")], mount(&own_name));
         assert!(matches!(run(&e, &own).await, Verdict::Mutated(_)));
+        // The same annotations under another service account produce another
+        // Secret: a Pod of `ci` cannot use the one written for `default`.
+        let mut other_account = own.clone();
+        other_account.spec.service_account_name = Some("ci".into());
+        let Verdict::Denied(d) = run(&e, &other_account).await else {
+            panic!("a Pod used another service account's managed Secret")
+        };
+        assert!(d.message.contains(&own_name), "{}", d.message);
         // Unrelated Secrets are none of Sesame's business.
         assert!(!e.concerns(&pod(&[], mount("app-secret"))));
     }

@@ -137,12 +137,16 @@ fn hidden_secret(secret: &Value, namespace: &str) -> (String, Vec<String>) {
         let v = v.as_str().unwrap();
         assert!(v.contains("hidden") && v.contains("--show-values"), "{v}");
     }
-    // A hash of short values could be brute-forced: hidden as well.
+    // No hash of the values (one of short values could be brute-forced),
+    // and no MAC: without the API there is no provenance key.
     let annotations = secret["metadata"]["annotations"].as_object().unwrap();
     assert!(
-        annotations.keys().all(|k| !k.contains("content-hash")),
+        annotations
+            .keys()
+            .all(|k| !k.contains("content-hash") && !k.ends_with("/provenance")),
         "{annotations:?}"
     );
+    assert_eq!(annotations["sesame.dev/service-account"], "default");
     (
         secret["metadata"]["name"].as_str().unwrap().to_owned(),
         data.keys().cloned().collect(),

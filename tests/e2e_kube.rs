@@ -7,7 +7,11 @@
 //! a fresh namespace; deleted at the end, also on failure), and checks with
 //! real Pods: the mutation, the managed Secret and its owners, dry-run,
 //! policy denials the client sees, garbage collection of a bare Pod's Secret
-//! and a rotation with its rolling restart. It needs the API server's
+//! and a rotation with its rolling restart. A second test plays a tenant
+//! (a ServiceAccount with Secret and Pod rights in its own namespace, through
+//! impersonation) forging managed Secrets to make rotation read other
+//! teams' secrets and restart a Deployment it may not patch; a third, the
+//! self-managed certificates of two replicas. They need the API server's
 //! controllers (kube-controller-manager), as every cluster has them: the
 //! serviceaccount controller makes each namespace's `default` ServiceAccount,
 //! and a real Deployment's controllers make the ReplicaSets and Pods whose
@@ -181,7 +185,7 @@ async fn e2e_against_a_real_api_server() {
         "required",
         "--kubeconfig",
         kubeconfig.to_str().unwrap(),
-        "--lease-namespace",
+        "--namespace",
         &ns,
         "--gc-grace",
         "3s",
@@ -403,6 +407,12 @@ async fn scenarios(env: &Env) {
         secret_annotations[&format!("{PREFIX}/restart-on-rotation")],
         "true"
     );
+    assert_eq!(
+        secret_annotations[&format!("{PREFIX}/service-account")],
+        "default"
+    );
+    assert!(secret_annotations[&format!("{PREFIX}/provenance")].starts_with("v1:1:"));
+    assert!(!secret_annotations.contains_key(&format!("{PREFIX}/content-hash")));
     assert!(!secret_annotations.values().any(|v| v.contains("first-password")));
     let owners: Vec<String> = secret
         .metadata
@@ -861,4 +871,482 @@ async fn self_managed_checks(
             "renewed certificate served"
         );
     }
+}
+
+/// A client for the API server under test that acts as `user` (and its
+/// groups), through impersonation: what that user may do, and no more.
+async fn impersonating(kubeconfig: &Path, user: &str, groups: Vec<String>) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some(user.to_owned());
+    config.auth_info.impersonate_groups = Some(groups);
+    sesame::kube::client::build(config).unwrap()
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Issue 10's confused deputy, as the attacker plays it against a real API
+/// server: a tenant ServiceAccount with Secret and Pod rights in its own
+/// namespace only (acting through impersonation) labels Secrets of its own
+/// as managed by Sesame. Their `sources` name another team's path, a
+/// kube-system Secret through the `kubernetes` store, a path no rule grants
+/// and `../outside` of the file store; one carries the MAC it copied from
+/// its genuine managed Secret. Each has an owner reference to the
+/// platform's Deployment (which the tenant may not patch) and asks for a
+/// restart on rotation. After rotation and garbage collection have seen
+/// them, none holds a value of a store, none was deleted, and the platform's
+/// Deployment was not restarted; meanwhile the tenant's genuine Deployment
+/// (opted in) had its Secret rotated and was restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_use_rotation_as_a_confused_deputy() {
+    let Some((kubeconfig, admin)) = e2e_client().await else {
+        return;
+    };
+    let suffix = unique_suffix();
+    let ns = format!("sesame-tenant-{suffix}");
+    let sesame_ns = format!("sesame-own-{suffix}");
+    let victim = format!("sesame-e2e-victim-{suffix}");
+    let namespaces = Api::<Namespace>::all(admin.clone());
+    for name in [&ns, &sesame_ns] {
+        create(&namespaces, json!({"metadata": {"name": name}})).await;
+    }
+    default_service_account(&admin, &ns).await;
+    // What the forgeries are after: a kube-system Secret ...
+    let kube_system = Api::<Secret>::namespaced(admin.clone(), "kube-system");
+    create(
+        &kube_system,
+        json!({"metadata": {"name": victim}, "data": {"token": b64("kube-system-token")}}),
+    )
+    .await;
+    // ... and, in a directory file store, another team's secret, one no
+    // rule grants, and a file beside the directory.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_bundle = certificates(&kubeconfig, dir.path());
+    let store = dir.path().join("secrets");
+    let write = |path: &str, text: &str| {
+        let file = store.join(format!("{path}.env"));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
+    };
+    write(&format!("apps/{ns}/db"), "password=first-password\n");
+    write(&format!("apps/{ns}/bare"), "x=bare-value\n");
+    write("apps/other-team/db", "password=other-team-password\n");
+    write("nobody/db", "password=nobody-password\n");
+    std::fs::write(dir.path().join("outside.env"), "x=outside-value\n").unwrap();
+    let stolen = [
+        "kube-system-token",
+        "other-team-password",
+        "nobody-password",
+        "outside-value",
+    ];
+    std::fs::write(
+        dir.path().join("sesame.yaml"),
+        "stores:\n  - {name: dev, file: {path: secrets}, cacheTtl: 0s, refreshInterval: 10s}\n  - {name: k8s, kubernetes: {}, cacheTtl: 0s, refreshInterval: 10s}\n\
+         policy:\n  rules:\n\
+         \x20   - {name: own, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/**']}\n\
+         \x20   - {name: own-k8s, namespaces: ['*'], stores: [k8s], paths: ['{namespace}/*']}\n",
+    )
+    .unwrap();
+
+    // The tenant: Secrets and Pods of its own namespace, nothing else.
+    let roles = Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(admin.clone(), &ns);
+    create(
+        &roles,
+        json!({"metadata": {"name": "tenant"}, "rules": [
+            {"apiGroups": [""], "resources": ["secrets", "pods"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
+        ]}),
+    )
+    .await;
+    create(
+        &Api::<ServiceAccount>::namespaced(admin.clone(), &ns),
+        json!({"metadata": {"name": "tenant"}}),
+    )
+    .await;
+    create(
+        &Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), &ns),
+        json!({"metadata": {"name": "tenant"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant"},
+               "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": ns}]}),
+    )
+    .await;
+    let tenant = impersonating(
+        &kubeconfig,
+        &format!("system:serviceaccount:{ns}:tenant"),
+        vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".into(),
+        ],
+    )
+    .await;
+
+    let args = serve_args(&[
+        "--config",
+        dir.path().join("sesame.yaml").to_str().unwrap(),
+        "--bind-address",
+        "127.0.0.1",
+        "--tls-port",
+        "0",
+        "--admin-port",
+        "0",
+        "--cert-dir",
+        dir.path().join("certs").to_str().unwrap(),
+        "--kube",
+        "required",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--namespace",
+        &sesame_ns,
+        "--gc-grace",
+        "3s",
+        "--gc-interval",
+        "2s",
+    ]);
+    let handle = sesame::run::start(&args).await.unwrap();
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(admin.clone());
+    let webhook_name = format!("sesame-tenant-{suffix}");
+    create(
+        &webhooks,
+        json!({
+            "metadata": {"name": webhook_name},
+            "webhooks": [{
+                "name": "pods.sesame.dev",
+                "clientConfig": {"url": format!("https://127.0.0.1:{}/mutate", handle.webhook_addr.port()), "caBundle": ca_bundle},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "sideEffects": "NoneOnDryRun",
+                "admissionReviewVersions": ["v1"],
+                "failurePolicy": "Fail",
+                "reinvocationPolicy": "IfNeeded",
+                "timeoutSeconds": 10
+            }]
+        }),
+    )
+    .await;
+
+    let setup = TenantSetup {
+        admin: admin.clone(),
+        tenant,
+        ns: ns.clone(),
+        sesame_ns: sesame_ns.clone(),
+        victim: victim.clone(),
+    };
+    let outcome = std::panic::AssertUnwindSafe(tenant_checks(&setup, &dir, &stolen, &handle))
+        .catch_unwind()
+        .await;
+    let _ = webhooks.delete(&webhook_name, &DeleteParams::default()).await;
+    let _ = kube_system.delete(&victim, &DeleteParams::default()).await;
+    handle.shutdown();
+    handle.wait().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    delete_namespace(&admin, &ns).await;
+    delete_namespace(&admin, &sesame_ns).await;
+}
+
+/// Who is who in the tenant scenario.
+struct TenantSetup {
+    admin: Client,
+    /// Acts as the tenant's ServiceAccount.
+    tenant: Client,
+    /// The tenant's namespace.
+    ns: String,
+    /// Sesame's own namespace (its provenance key).
+    sesame_ns: String,
+    /// The kube-system Secret the forgeries are after.
+    victim: String,
+}
+
+async fn tenant_checks(
+    setup: &TenantSetup,
+    dir: &tempfile::TempDir,
+    stolen: &[&str],
+    handle: &sesame::run::ServerHandle,
+) {
+    let (admin, tenant) = (&setup.admin, &setup.tenant);
+    let (ns, sesame_ns, victim_name) = (setup.ns.as_str(), setup.sesame_ns.as_str(), setup.victim.as_str());
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), ns);
+    let secrets = Api::<Secret>::namespaced(admin.clone(), ns);
+    let pods = Api::<Pod>::namespaced(admin.clone(), ns);
+    let replicasets = Api::<ReplicaSet>::namespaced(admin.clone(), ns);
+    let tenant_secrets = Api::<Secret>::namespaced(tenant.clone(), ns);
+    let marker = format!("{PREFIX}/injected");
+
+    // The platform's Deployment in the tenant's namespace: it opts in to
+    // restarts, but for a Secret of its own; it runs no Pods here.
+    let platform = create(
+        &deployments,
+        json!({"metadata": {"name": "platform"}, "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "platform"}},
+            "template": {
+                "metadata": {"labels": {"app": "platform"}, "annotations": {
+                    format!("{PREFIX}/env.TOKEN"): "k8s:platform-token#token",
+                    format!("{PREFIX}/restart-on-rotation"): "true",
+                }},
+                "spec": {"containers": [{"name": "app", "image": "registry.invalid/platform:1"}]}
+            }
+        }}),
+    )
+    .await;
+    let platform_uid = platform.metadata.uid.clone().unwrap();
+
+    // The tenant's own Deployment, opted in: its Pod is mutated and its
+    // genuine managed Secret written.
+    let web_annotations = json!({
+        format!("{PREFIX}/env.DB_PASSWORD"): format!("dev:apps/{ns}/db#password"),
+        format!("{PREFIX}/restart-on-rotation"): "true",
+    });
+    eventually("the webhook to mutate Pods", Duration::from_secs(20), || {
+        let pods = pods.clone();
+        let marker = marker.clone();
+        let annotations = web_annotations.clone();
+        async move {
+            let params = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            pods.create(&params, &obj(pod("probe", annotations)))
+                .await
+                .is_ok_and(|p: Pod| p.metadata.annotations.is_some_and(|a| a.contains_key(&marker)))
+        }
+    })
+    .await;
+    create(
+        &deployments,
+        json!({"metadata": {"name": "web"}, "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}, "annotations": web_annotations},
+                "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+            }
+        }}),
+    )
+    .await;
+    let rs = replicasets_of(&replicasets, "web", 1).await.remove(0);
+    let web_pod = pod_of(&pods, &rs).await;
+    let genuine = web_pod.metadata.annotations.as_ref().unwrap()[&marker].clone();
+    let genuine_secret = wait_for("the genuine managed Secret", || {
+        let secrets = secrets.clone();
+        let name = genuine.clone();
+        async move { secrets.get_opt(&name).await.unwrap() }
+    })
+    .await;
+
+    // What the tenant may not do itself: patch the platform's Deployment,
+    // read kube-system's Secret or Sesame's key.
+    let forbidden = |r: Result<(), kube::Error>| matches!(r, Err(kube::Error::Api(s)) if s.code == 403);
+    let patch =
+        kube::api::Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"x": "y"}}}}}));
+    assert!(forbidden(
+        Api::<Deployment>::namespaced(tenant.clone(), ns)
+            .patch("platform", &Default::default(), &patch)
+            .await
+            .map(drop)
+    ));
+    assert!(forbidden(
+        Api::<Secret>::namespaced(tenant.clone(), "kube-system")
+            .get(victim_name)
+            .await
+            .map(drop)
+    ));
+    assert!(forbidden(
+        Api::<Secret>::namespaced(tenant.clone(), sesame_ns)
+            .get("sesame-provenance")
+            .await
+            .map(drop)
+    ));
+
+    // The forgeries, created as the tenant.
+    let forge = |name: &str, sources: Value, extra: Value| {
+        let mut annotations = json!({
+            format!("{PREFIX}/sources"): sources.to_string(),
+            format!("{PREFIX}/references"): "",
+            format!("{PREFIX}/service-account"): "default",
+            format!("{PREFIX}/refreshed-at"): "2020-01-01T00:00:00Z",
+            format!("{PREFIX}/restart-on-rotation"): "true",
+        });
+        if let (Some(a), Some(e)) = (annotations.as_object_mut(), extra.as_object()) {
+            a.extend(e.clone());
+        }
+        json!({
+            "metadata": {
+                "name": name,
+                "labels": {"app.kubernetes.io/managed-by": "sesame"},
+                "annotations": annotations,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "platform", "uid": platform_uid}],
+            },
+            "type": "Opaque",
+            "data": {"k": b64("tenant's own")},
+        })
+    };
+    let copied_mac =
+        genuine_secret.metadata.annotations.as_ref().unwrap()[&format!("{PREFIX}/provenance")].clone();
+    let forgeries = [
+        (
+            "sesame-forged-other-team",
+            json!({"k": {"store": "dev", "path": "apps/other-team/db", "property": "password"}}),
+            json!({}),
+        ),
+        (
+            "sesame-forged-kube-system",
+            json!({"k": {"store": "k8s", "path": format!("kube-system/{victim_name}"), "property": "token"}}),
+            json!({}),
+        ),
+        (
+            "sesame-forged-ungranted",
+            json!({"k": {"store": "dev", "path": "nobody/db", "property": "password"}}),
+            json!({}),
+        ),
+        (
+            "sesame-forged-outside",
+            json!({"k": {"store": "dev", "path": "../outside", "property": "x"}}),
+            json!({}),
+        ),
+        (
+            "sesame-forged-copied-mac",
+            json!({"k": {"store": "dev", "path": "apps/other-team/db", "property": "password"}}),
+            json!({format!("{PREFIX}/provenance"): copied_mac}),
+        ),
+    ];
+    let unverified = |action: &str, reason: &str| {
+        let line =
+            format!("sesame_managed_secret_unverified_total{{action=\"{action}\",reason=\"{reason}\"}} ");
+        handle
+            .metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(&line).and_then(|n| n.parse::<u64>().ok()))
+            .unwrap_or(0)
+    };
+    let counts = || {
+        [
+            unverified("rotation", "missing"),
+            unverified("rotation", "mismatch"),
+            unverified("gc", "missing"),
+            unverified("gc", "mismatch"),
+        ]
+    };
+    let before = counts();
+    for (name, sources, extra) in &forgeries {
+        tenant_secrets
+            .create(
+                &PostParams::default(),
+                &obj(forge(name, sources.clone(), extra.clone())),
+            )
+            .await
+            .unwrap();
+    }
+
+    // The tenant's own bare Pod (it may create Pods): mutated, and once it
+    // is gone, its Secret is collected. That collection is a garbage
+    // collection pass past the grace period of the forgeries too, which
+    // were in the cache before that Secret was.
+    let tenant_pods = Api::<Pod>::namespaced(tenant.clone(), ns);
+    let bare = tenant_pods
+        .create(
+            &PostParams::default(),
+            &obj(pod(
+                "bare",
+                json!({format!("{PREFIX}/env.B"): format!("dev:apps/{ns}/bare#x")}),
+            )),
+        )
+        .await
+        .unwrap();
+    let bare_secret = bare.metadata.annotations.unwrap()[&marker].clone();
+    tenant_pods
+        .delete("bare", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("GC of the bare Pod's Secret", Duration::from_secs(40), || {
+        let secrets = secrets.clone();
+        let name = bare_secret.clone();
+        async move { secrets.get_opt(&name).await.unwrap().is_none() }
+    })
+    .await;
+
+    // A new value: the genuine Secret rotates and its Deployment restarts.
+    std::fs::write(
+        dir.path().join(format!("secrets/apps/{ns}/db.env")),
+        "password=second-password\n",
+    )
+    .unwrap();
+    let key = web_pod.spec.as_ref().unwrap().containers[0].env.as_ref().unwrap()[0]
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap()
+        .key
+        .clone();
+    eventually("the genuine Secret to rotate", Duration::from_secs(60), || {
+        let secrets = secrets.clone();
+        let (name, key) = (genuine.clone(), key.clone());
+        async move {
+            let s = secrets.get(&name).await.unwrap();
+            s.data.unwrap()[&key].0 == b"second-password"
+        }
+    })
+    .await;
+    let restarted = |name: &'static str| {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get(name).await.unwrap();
+            d.spec
+                .and_then(|s| s.template.metadata)
+                .and_then(|m| m.annotations)
+                .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"))
+        }
+    };
+    eventually("web's rolling restart", Duration::from_secs(20), || {
+        restarted("web")
+    })
+    .await;
+
+    // Rotation and garbage collection reported the forgeries (four without
+    // a MAC, one with a MAC that does not match), once each. The counters
+    // are the server's: Secrets other tests leave on a shared API server
+    // may add to them.
+    let after = counts();
+    let added: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert!(
+        added[0] >= 4 && added[1] >= 1 && added[2] >= 4 && added[3] >= 1,
+        "unverified Secrets reported: {added:?}"
+    );
+    // ... and left them as the tenant made them: no value of a store, not
+    // deleted (they are older than the grace period and no Pod uses them).
+    for (name, _, _) in &forgeries {
+        let s = secrets.get(name).await.unwrap();
+        let data = s.data.unwrap_or_default();
+        assert_eq!(data.len(), 1, "{name}");
+        assert_eq!(data["k"].0, b"tenant's own", "{name}");
+        assert_eq!(
+            s.metadata.annotations.unwrap()[&format!("{PREFIX}/refreshed-at")],
+            "2020-01-01T00:00:00Z",
+            "{name} was written"
+        );
+    }
+    for s in secrets.list(&Default::default()).await.unwrap().items {
+        for value in s.data.iter().flatten().map(|(_, v)| v.0.clone()) {
+            for wanted in stolen {
+                assert_ne!(value, wanted.as_bytes(), "{:?} holds {wanted}", s.metadata.name);
+            }
+        }
+    }
+    // The platform's Deployment was never restarted.
+    assert!(
+        !restarted("platform").await,
+        "the platform's Deployment was restarted"
+    );
+    let platform = deployments.get("platform").await.unwrap();
+    assert_eq!(platform.metadata.generation, Some(1));
 }

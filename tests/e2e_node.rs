@@ -985,7 +985,7 @@ fn run_method(node: &Node, method: Method) {
 
     // 7. Uninstall: docs/install.md says managed Secrets stay, the webhook
     // configuration and the guard go, and Helm leaves the namespace (with
-    // Sesame's certificate Secret) while kustomize deletes it.
+    // the certificate and provenance key Secrets) while kustomize deletes it.
     let managed = node.newest_pod("team-a", "orders")["metadata"]["annotations"]["sesame.dev/injected"]
         .as_str()
         .unwrap()
@@ -1011,12 +1011,16 @@ fn run_method(node: &Node, method: Method) {
             .is_ok(),
         "{method:?}: the managed Secret {managed} stays"
     );
-    let certs = node.try_kubectl(&["-n", NS, "get", "secret", "sesame-certs", "-o", "name"]);
     match method {
-        Method::Helm => assert!(
-            certs.is_ok(),
-            "Helm leaves sesame-system and its certificate Secret"
-        ),
+        Method::Helm => {
+            for secret in ["sesame-certs", "sesame-provenance"] {
+                assert!(
+                    node.try_kubectl(&["-n", NS, "get", "secret", secret, "-o", "name"])
+                        .is_ok(),
+                    "Helm leaves sesame-system with the Secret {secret}"
+                );
+            }
+        }
         Method::Kustomize => {
             let phase = node.try_kubectl(&["get", "namespace", NS, "-o", "jsonpath={.status.phase}"]);
             assert!(

@@ -17,13 +17,14 @@ use fake_api::FakeApi;
 use serde_json::{json, Value};
 use sesame::admission::{NamespaceLabels, SecretWriter, WriteError, WriteOutcome};
 use sesame::inject::annotations::SecretRef;
-use sesame::inject::plan::content_hash;
+use sesame::inject::plan::secret_name;
 use sesame::inject::pod::OwnerReference;
 use sesame::inject::ManagedSecret;
 use sesame::kube::gc::GarbageCollector;
 use sesame::kube::lease::LeaseElector;
 use sesame::kube::metrics::KubeMetrics;
 use sesame::kube::namespaces::NamespaceCache;
+use sesame::kube::provenance::Provenance;
 use sesame::kube::rotation::Rotator;
 use sesame::kube::writer::KubeSecretWriter;
 use sesame::stores::kubernetes::KubernetesStore;
@@ -54,6 +55,7 @@ fn managed(namespace: &str, value: &str, owners: Vec<OwnerReference>) -> Managed
     ManagedSecret {
         name: "sesame-0123456789abcdef".into(),
         namespace: namespace.into(),
+        service_account: "web".into(),
         data,
         references: vec![r.clone()],
         sources: [("db.password".to_owned(), r)].into(),
@@ -98,9 +100,14 @@ async fn file_engine(
     (dir, Arc::new(arc_swap::ArcSwap::from_pointee(engine)), metrics)
 }
 
+/// The provenance key of these tests (`serve` keeps it in a Secret).
+fn provenance() -> Provenance {
+    Provenance::with_keys(vec![(1, vec![42; 32])]).unwrap()
+}
+
 /// The writer over its cache, the cache's watch running as `serve` runs it.
 async fn ready_writer(api: &FakeApi) -> KubeSecretWriter {
-    let (writer, watch) = KubeSecretWriter::watching(api.client(), "sesame.dev");
+    let (writer, watch) = KubeSecretWriter::watching(api.client(), "sesame.dev", provenance());
     tokio::spawn(watch);
     tokio::time::timeout(Duration::from_secs(5), writer.cache().wait_until_ready())
         .await
@@ -159,10 +166,13 @@ async fn writer_applies_with_server_side_apply_and_skips_current_secrets() {
         annotations["sesame.dev/references"],
         "vault:secret/app/db#password"
     );
-    assert_eq!(
-        annotations["sesame.dev/content-hash"],
-        content_hash(&first.data).as_str()
-    );
+    assert_eq!(annotations["sesame.dev/service-account"], "web");
+    // Signed with the provenance key; no plain hash of the values.
+    assert!(annotations["sesame.dev/provenance"]
+        .as_str()
+        .unwrap()
+        .starts_with("v1:1:"));
+    assert!(annotations.get("sesame.dev/content-hash").is_none());
     let sources: Value = serde_json::from_str(annotations["sesame.dev/sources"].as_str().unwrap()).unwrap();
     assert_eq!(
         sources,
@@ -434,36 +444,121 @@ async fn lease_acquire_renew_conflict_and_takeover() {
         .contains("500"));
 }
 
-fn managed_secret_object(extra_annotations: Value, created: &str) -> Value {
-    let mut annotations = json!({"sesame.dev/content-hash": "x"});
-    if let (Some(a), Some(e)) = (annotations.as_object_mut(), extra_annotations.as_object()) {
+/// A managed Secret as Sesame writes it for Pods of `service_account` in
+/// `namespace` whose annotations ask for `sources` (Secret key → reference
+/// in the annotation grammar), holding `values`, refreshed at
+/// `refreshed_at`, signed with `keys` (the genuine key, or an attacker's).
+/// Its name is the one the plan gives those references. Returns the name
+/// and the object to store.
+fn signed(
+    keys: &Provenance,
+    namespace: &str,
+    service_account: &str,
+    sources: &[(&str, &str)],
+    values: &[(&str, &str)],
+    restart_on_rotation: bool,
+    refreshed_at: &str,
+) -> (String, Value) {
+    let sources: BTreeMap<String, SecretRef> = sources
+        .iter()
+        .map(|(k, r)| ((*k).to_owned(), r.parse().unwrap()))
+        .collect();
+    let references: Vec<SecretRef> = sources
+        .values()
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let name = secret_name(namespace, service_account, &references);
+    let secret = ManagedSecret {
+        name: name.clone(),
+        namespace: namespace.into(),
+        service_account: service_account.into(),
+        data: values
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), SecretValue::from(*v)))
+            .collect(),
+        references,
+        sources,
+        restart_on_rotation,
+        owners: Vec::new(),
+    };
+    let mut object = sesame::kube::secret::manifest(&secret, "sesame.dev", keys, refreshed_at);
+    object["metadata"]["creationTimestamp"] = json!(refreshed_at);
+    (name, object)
+}
+
+/// A Secret a tenant made to look managed: the label and the annotations
+/// Sesame writes (no MAC unless `extra` adds one), created long ago.
+fn forged(sources: Value, extra: Value) -> Value {
+    let mut annotations = json!({
+        "sesame.dev/sources": sources.to_string(),
+        "sesame.dev/references": "",
+        "sesame.dev/service-account": "default",
+        "sesame.dev/refreshed-at": "2020-01-01T00:00:00Z",
+        "sesame.dev/restart-on-rotation": "true",
+    });
+    if let (Some(a), Some(e)) = (annotations.as_object_mut(), extra.as_object()) {
         a.extend(e.clone());
     }
     json!({
         "metadata": {
             "labels": {"app.kubernetes.io/managed-by": "sesame"},
             "annotations": annotations,
-            "creationTimestamp": created,
+            "creationTimestamp": "2020-01-01T00:00:00Z",
         },
         "type": "Opaque",
-        "data": {"k": b64("v")},
+        "data": {"k": b64("tenant's own")},
     })
+}
+
+fn gc(api: &FakeApi, writer: &KubeSecretWriter, metrics: &sesame::telemetry::Metrics) -> GarbageCollector {
+    GarbageCollector::new(
+        api.client(),
+        writer.cache().clone(),
+        provenance(),
+        Duration::from_secs(600),
+        2,
+        Arc::new(KubeMetrics::register(metrics)),
+    )
 }
 
 #[tokio::test]
 async fn gc_lists_only_namespaces_with_old_secrets_page_by_page() {
     let api = FakeApi::start().await;
     let old = "2020-01-01T00:00:00Z";
-    for name in ["sesame-used", "sesame-unused"] {
-        api.put("secrets", "gc-a", name, managed_secret_object(json!({}), old));
-    }
-    let young = sesame::kube::secret::now_rfc3339();
-    api.put(
-        "secrets",
-        "gc-b",
-        "sesame-young",
-        managed_secret_object(json!({}), &young),
+    let keys = provenance();
+    let (used, used_obj) = signed(
+        &keys,
+        "gc-a",
+        "default",
+        &[("k", "dev:apps/used")],
+        &[("k", "v")],
+        false,
+        old,
     );
+    let (unused, unused_obj) = signed(
+        &keys,
+        "gc-a",
+        "default",
+        &[("k", "dev:apps/unused")],
+        &[("k", "v")],
+        false,
+        old,
+    );
+    api.put("secrets", "gc-a", &used, used_obj);
+    api.put("secrets", "gc-a", &unused, unused_obj);
+    let young = sesame::kube::secret::now_rfc3339();
+    let (young_name, young_obj) = signed(
+        &keys,
+        "gc-b",
+        "default",
+        &[("k", "dev:apps/young")],
+        &[("k", "v")],
+        false,
+        &young,
+    );
+    api.put("secrets", "gc-b", &young_name, young_obj);
     // An unmanaged Secret is never a candidate.
     api.put(
         "secrets",
@@ -473,7 +568,7 @@ async fn gc_lists_only_namespaces_with_old_secrets_page_by_page() {
     );
     for i in 0..5 {
         let annotations = if i == 3 {
-            json!({"sesame.dev/injected": "sesame-used"})
+            json!({"sesame.dev/injected": used})
         } else {
             json!({})
         };
@@ -488,16 +583,10 @@ async fn gc_lists_only_namespaces_with_old_secrets_page_by_page() {
 
     let writer = ready_writer(&api).await;
     let metrics = sesame::telemetry::Metrics::new();
-    let gc = GarbageCollector {
-        client: api.client(),
-        cache: writer.cache().clone(),
-        grace: Duration::from_secs(600),
-        page_size: 2,
-        metrics: Arc::new(KubeMetrics::register(&metrics)),
-    };
+    let gc = gc(&api, &writer, &metrics);
     let (_lead, leading) = watch::channel(true);
-    let report = gc.run_once("sesame.dev/injected", &leading).await.unwrap();
-    assert_eq!(report.deleted, ["gc-a/sesame-unused"]);
+    let report = gc.run_once("sesame.dev", &leading).await.unwrap();
+    assert_eq!(report.deleted, [format!("gc-a/{unused}")]);
     assert_eq!(report.namespaces, 1);
     assert_eq!(report.pods_seen, 5);
 
@@ -520,169 +609,782 @@ async fn gc_lists_only_namespaces_with_old_secrets_page_by_page() {
 
     // The delete carries preconditions, so a Secret re-applied meanwhile survives.
     let delete = &api.calls("DELETE", "/secrets/")[0];
-    assert_eq!(delete.path, "/api/v1/namespaces/gc-a/secrets/sesame-unused");
+    assert_eq!(delete.path, format!("/api/v1/namespaces/gc-a/secrets/{unused}"));
     assert!(delete.body["preconditions"]["uid"].is_string());
     assert!(delete.body["preconditions"]["resourceVersion"].is_string());
-    assert!(api.get("secrets", "gc-a", "sesame-unused").is_none());
-    assert!(api.get("secrets", "gc-a", "sesame-used").is_some());
-    assert!(api.get("secrets", "gc-b", "sesame-young").is_some());
+    assert!(api.get("secrets", "gc-a", &unused).is_none());
+    assert!(api.get("secrets", "gc-a", &used).is_some());
+    assert!(api.get("secrets", "gc-b", &young_name).is_some());
     assert!(metrics.encode().contains("sesame_secret_gc_deleted_total 1"));
 
     // Not leading: nothing is deleted.
-    api.put(
-        "secrets",
+    let (unused2, unused2_obj) = signed(
+        &keys,
         "gc-a",
-        "sesame-unused2",
-        managed_secret_object(json!({}), old),
+        "default",
+        &[("k", "dev:apps/unused2")],
+        &[("k", "v")],
+        false,
+        old,
     );
+    api.put("secrets", "gc-a", &unused2, unused2_obj);
     eventually("the cache to see the new Secret", || {
         writer.cache().state().len() == 3
     })
     .await;
     let (_lead, not_leading) = watch::channel(false);
-    let report = gc.run_once("sesame.dev/injected", &not_leading).await.unwrap();
+    let report = gc.run_once("sesame.dev", &not_leading).await.unwrap();
     assert!(report.deleted.is_empty());
-    assert!(api.get("secrets", "gc-a", "sesame-unused2").is_some());
+    assert!(api.get("secrets", "gc-a", &unused2).is_some());
 }
 
+/// The attacker labels Secrets of its own namespace as managed, unsigned
+/// or signed with a key of its own, and leaves them unreferenced past the
+/// grace period: garbage collection deletes none of them (and says so once
+/// per Secret), and without the provenance key it deletes nothing at all.
 #[tokio::test]
-async fn rotation_updates_changed_values_and_restarts_the_deployment() {
+async fn gc_never_deletes_a_secret_sesame_did_not_write() {
     let api = FakeApi::start().await;
-    let (dir, engine, metrics) = file_engine(
-        "apps/web/db:\n  password: new-value\n",
-        "stores:\n  - {name: dev, file: {path: secrets.yaml}, cacheTtl: 0s, refreshInterval: 60s}\n  - {name: frozen, file: {path: secrets.yaml}}\n",
-    )
-    .await;
-    let file = dir.path().join("secrets.yaml");
-
-    let sources = |store: &str| {
-        json!({"db.password": {"store": store, "path": "apps/web/db", "property": "password"}}).to_string()
-    };
-    let mut rotating = managed_secret_object(
-        json!({
-            "sesame.dev/sources": sources("dev"),
-            "sesame.dev/refreshed-at": "2020-01-01T00:00:00Z",
-            "sesame.dev/restart-on-rotation": "true",
-        }),
-        "2020-01-01T00:00:00Z",
+    let old = "2020-01-01T00:00:00Z";
+    api.put("secrets", "team-a", "sesame-forged", forged(json!({}), json!({})));
+    let attacker = Provenance::with_keys(vec![(1, vec![7; 32])]).unwrap();
+    let (theirs, theirs_obj) = signed(
+        &attacker,
+        "team-a",
+        "default",
+        &[("k", "dev:apps/x")],
+        &[("k", "v")],
+        false,
+        old,
     );
-    rotating["data"] = json!({"db.password": b64("old-value")});
-    rotating["metadata"]["ownerReferences"] =
-        json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d4f", "uid": "rs-uid"}]);
-    api.put("secrets", "web", "sesame-rot", rotating);
-    // A store without refreshInterval is never re-resolved.
+    api.put("secrets", "team-a", &theirs, theirs_obj);
+    let (ours, ours_obj) = signed(
+        &provenance(),
+        "team-a",
+        "default",
+        &[("k", "dev:apps/y")],
+        &[("k", "v")],
+        false,
+        old,
+    );
+    api.put("secrets", "team-a", &ours, ours_obj);
+
+    let writer = ready_writer(&api).await;
+    eventually("the cache", || writer.cache().state().len() == 3).await;
+    let metrics = sesame::telemetry::Metrics::new();
+    let kube_metrics = Arc::new(KubeMetrics::register(&metrics));
+    let (_lead, leading) = watch::channel(true);
+
+    let without_keys = GarbageCollector::new(
+        api.client(),
+        writer.cache().clone(),
+        Provenance::empty(),
+        Duration::from_secs(600),
+        500,
+        kube_metrics.clone(),
+    );
+    let report = without_keys.run_once("sesame.dev", &leading).await.unwrap();
+    assert!(report.waiting_for_keys);
+    assert!(api.calls("GET", "/pods").is_empty() && api.calls("DELETE", "/secrets/").is_empty());
+
+    let gc = GarbageCollector::new(
+        api.client(),
+        writer.cache().clone(),
+        provenance(),
+        Duration::from_secs(600),
+        500,
+        kube_metrics,
+    );
+    let mut expected = vec![format!("team-a/{theirs}"), "team-a/sesame-forged".to_owned()];
+    expected.sort();
+    for pass in 0..2 {
+        let report = gc.run_once("sesame.dev", &leading).await.unwrap();
+        let deleted = if pass == 0 {
+            vec![format!("team-a/{ours}")]
+        } else {
+            vec![]
+        };
+        assert_eq!(report.deleted, deleted);
+        let mut unverified = report.unverified.clone();
+        unverified.sort();
+        assert_eq!(unverified, expected);
+        eventually("the cache", || writer.cache().state().len() == 2).await;
+    }
+    assert!(api.get("secrets", "team-a", "sesame-forged").is_some());
+    assert!(api.get("secrets", "team-a", &theirs).is_some());
+    let deletes = api.calls("DELETE", "/secrets/");
+    assert!(deletes.iter().all(|d| d.path.ends_with(&ours)), "{deletes:?}");
+    // Counted once per Secret, not once per pass.
+    let text = metrics.encode();
+    assert!(
+        text.contains("sesame_managed_secret_unverified_total{action=\"gc\",reason=\"missing\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sesame_managed_secret_unverified_total{action=\"gc\",reason=\"mismatch\"} 1"),
+        "{text}"
+    );
+}
+
+/// A directory file store (`secrets/<path>.env`) with a secret outside it,
+/// a `kubernetes` store, and the policy: each namespace its own subtree and
+/// its own Kubernetes Secrets. Both stores refresh every minute.
+async fn attack_engine(
+    api: &FakeApi,
+) -> (
+    tempfile::TempDir,
+    sesame::pipeline::SharedEngine,
+    Arc<sesame::telemetry::Metrics>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    for (path, text) in [
+        ("apps/team-a/db", "password=new-value\n"),
+        ("apps/team-b/db", "password=team-b-secret\n"),
+        ("nobody/db", "password=nobody-secret\n"),
+    ] {
+        let file = secrets.join(format!("{path}.env"));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
+    }
+    std::fs::write(dir.path().join("outside.env"), "x=outside-secret\n").unwrap();
+    let yaml = "stores:\n  - {name: dev, file: {path: secrets}, cacheTtl: 0s, refreshInterval: 60s}\n  - {name: k8s, kubernetes: {}, cacheTtl: 0s, refreshInterval: 60s}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/**']}\n    - {name: own-k8s, namespaces: ['*'], stores: [k8s], paths: ['{namespace}/*']}\n";
+    let config = sesame::config::Config::from_yaml(yaml, "t").unwrap();
+    let metrics = Arc::new(sesame::telemetry::Metrics::new());
+    let client = api.client();
+    let stores = sesame::stores::Stores::from_config(&config.stores, dir.path(), &metrics, Some(&client))
+        .await
+        .unwrap();
+    let engine = sesame::pipeline::Engine::new(&config, stores);
+    (dir, Arc::new(arc_swap::ArcSwap::from_pointee(engine)), metrics)
+}
+
+/// The Namespace cache over the fake, synced.
+async fn namespace_cache(api: &FakeApi) -> Arc<NamespaceCache> {
+    let (cache, watch) = NamespaceCache::watching(api.client());
+    tokio::spawn(watch);
+    tokio::time::timeout(Duration::from_secs(5), cache.wait_until_ready())
+        .await
+        .unwrap();
+    Arc::new(cache)
+}
+
+/// A Deployment `name` whose Pod template carries `annotations` (and the
+/// service account `default`), as the API server returns it.
+fn deployment(annotations: Value) -> Value {
+    json!({
+        "metadata": {},
+        "spec": {"template": {
+            "metadata": {"annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "x"}]},
+        }},
+    })
+}
+
+fn owned_by(mut secret: Value, kind: &str, name: &str) -> Value {
+    secret["metadata"]["ownerReferences"] =
+        json!([{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": format!("uid-{name}")}]);
+    secret
+}
+
+/// The confused deputy, played against the fake API server: a tenant of
+/// team-a labels Secrets of its own as managed, naming another team's path,
+/// kube-system's Secrets through the `kubernetes` store, a path no rule
+/// grants and `../outside` of the file store, with owner references to a
+/// Deployment it may not patch and `restart-on-rotation`; some unsigned,
+/// one signed with a key of its own, one with a MAC copied from a genuine
+/// Secret, one a genuine Secret whose sources it edited. None of them gets
+/// a value or causes a restart. A genuine Secret rotates and its opted-in
+/// Deployment restarts; a genuine Secret the tenant gave another owner
+/// restarts nothing else; a genuine Secret whose reference the policy no
+/// longer grants loses that key, with an Event.
+#[tokio::test]
+async fn rotation_refreshes_only_secrets_sesame_wrote_and_only_what_the_policy_grants() {
+    let api = FakeApi::start().await;
+    let (_dir, engine, metrics) = attack_engine(&api).await;
+    api.put("namespaces", "", "team-a", json!({"metadata": {}}));
     api.put(
         "secrets",
-        "web",
-        "sesame-frozen",
-        managed_secret_object(
-            json!({"sesame.dev/sources": sources("frozen")}),
-            "2020-01-01T00:00:00Z",
-        ),
+        "kube-system",
+        "admin-token",
+        json!({"metadata": {}, "data": {"token": b64("cluster-admin-token")}}),
+    );
+    let old = "2020-01-01T00:00:00Z";
+    let keys = provenance();
+    let stolen = [
+        "new-value",
+        "team-b-secret",
+        "cluster-admin-token",
+        "nobody-secret",
+        "outside-secret",
+    ];
+
+    // The genuine Secret of Deployment web (opted in), owned by its ReplicaSet.
+    let web_annotations = json!({
+        "sesame.dev/env.DB_PASSWORD": "dev:apps/team-a/db#password",
+        "sesame.dev/restart-on-rotation": "true",
+    });
+    let (web, web_obj) = signed(
+        &keys,
+        "team-a",
+        "default",
+        &[("db.password", "dev:apps/team-a/db#password")],
+        &[("db.password", "old-value")],
+        true,
+        old,
+    );
+    api.put(
+        "secrets",
+        "team-a",
+        &web,
+        owned_by(web_obj, "ReplicaSet", "web-5d4f"),
     );
     api.put(
         "replicasets",
-        "web",
+        "team-a",
         "web-5d4f",
-        json!({"metadata": {"ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d-uid", "controller": true}]}}),
+        json!({"metadata": {"ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "uid-web", "controller": true}]}}),
     );
+    api.put("deployments", "team-a", "web", deployment(web_annotations));
+    // The platform's Deployment in team-a: the tenant may not patch it. Its
+    // template opts in, but for Secrets of its own.
     api.put(
         "deployments",
-        "web",
-        "web",
-        json!({"metadata": {}, "spec": {"template": {"metadata": {}}}}),
+        "team-a",
+        "platform",
+        deployment(json!({
+            "sesame.dev/env.TOKEN": "k8s:platform-token#token",
+            "sesame.dev/restart-on-rotation": "true",
+        })),
     );
 
+    // Forged: no MAC at all, one per attack on the stores.
+    let attacks = [
+        (
+            "other-team",
+            json!({"k": {"store": "dev", "path": "apps/team-b/db", "property": "password"}}),
+        ),
+        (
+            "kube-system",
+            json!({"k": {"store": "k8s", "path": "kube-system/admin-token", "property": "token"}}),
+        ),
+        (
+            "ungranted",
+            json!({"k": {"store": "dev", "path": "nobody/db", "property": "password"}}),
+        ),
+        (
+            "outside",
+            json!({"k": {"store": "dev", "path": "../outside", "property": "x"}}),
+        ),
+        (
+            "own-path",
+            json!({"k": {"store": "dev", "path": "apps/team-a/db", "property": "password"}}),
+        ),
+    ];
+    for (name, sources) in &attacks {
+        let secret = owned_by(forged(sources.clone(), json!({})), "Deployment", "platform");
+        api.put("secrets", "team-a", &format!("sesame-forged-{name}"), secret);
+    }
+    // Signed with the attacker's own key.
+    let attacker = Provenance::with_keys(vec![(1, vec![7; 32])]).unwrap();
+    let (theirs, theirs_obj) = signed(
+        &attacker,
+        "team-a",
+        "default",
+        &[("k", "k8s:kube-system/admin-token#token")],
+        &[],
+        true,
+        old,
+    );
+    api.put(
+        "secrets",
+        "team-a",
+        &theirs,
+        owned_by(theirs_obj, "Deployment", "platform"),
+    );
+    // The genuine MAC of web's Secret, copied onto a Secret naming team-b.
+    let genuine_mac = api.get("secrets", "team-a", &web).unwrap()["metadata"]["annotations"]
+        ["sesame.dev/provenance"]
+        .clone();
+    let copied = forged(
+        json!({"db.password": {"store": "dev", "path": "apps/team-b/db", "property": "password"}}),
+        json!({"sesame.dev/provenance": genuine_mac, "sesame.dev/references": "dev:apps/team-b/db#password"}),
+    );
+    api.put(
+        "secrets",
+        "team-a",
+        "sesame-forged-copied-mac",
+        owned_by(copied, "Deployment", "platform"),
+    );
+    // A genuine Secret whose sources the tenant edited afterwards.
+    let (edited, mut edited_obj) = signed(
+        &keys,
+        "team-a",
+        "default",
+        &[("k", "dev:apps/team-a/db#user")],
+        &[("k", "old-value")],
+        true,
+        old,
+    );
+    edited_obj["metadata"]["annotations"]["sesame.dev/sources"] =
+        json!(json!({"k": {"store": "dev", "path": "apps/team-b/db", "property": "password"}}).to_string());
+    api.put(
+        "secrets",
+        "team-a",
+        &edited,
+        owned_by(edited_obj, "Deployment", "platform"),
+    );
+    // A genuine Secret of another service account, to which the tenant
+    // added the platform Deployment as an owner (owners are not signed).
+    let (reowned, reowned_obj) = signed(
+        &keys,
+        "team-a",
+        "api",
+        &[("db.password", "dev:apps/team-a/db#password")],
+        &[("db.password", "old-value")],
+        true,
+        old,
+    );
+    api.put(
+        "secrets",
+        "team-a",
+        &reowned,
+        owned_by(reowned_obj, "Deployment", "platform"),
+    );
+    // A genuine Secret, written when the policy granted team-a a path of
+    // team-b; the policy no longer does.
+    let (revoked, revoked_obj) = signed(
+        &keys,
+        "team-a",
+        "default",
+        &[
+            ("db.password", "dev:apps/team-a/db#password"),
+            ("team-b.password", "dev:apps/team-b/db#password"),
+        ],
+        &[
+            ("db.password", "new-value"),
+            ("team-b.password", "what it was then"),
+        ],
+        false,
+        old,
+    );
+    api.put("secrets", "team-a", &revoked, revoked_obj);
     let writer = ready_writer(&api).await;
-    let rotator = Rotator {
-        client: api.client(),
-        cache: writer.cache().clone(),
+    eventually("the cache", || writer.cache().state().len() == 11).await;
+    let rotator = Rotator::new(
+        api.client(),
+        writer.cache().clone(),
         engine,
-        metrics: Arc::new(KubeMetrics::register(&metrics)),
-    };
+        namespace_cache(&api).await,
+        provenance(),
+        Arc::new(KubeMetrics::register(&metrics)),
+    );
     let (_lead, leading) = watch::channel(true);
     let report = rotator.run_once(&leading).await;
-    assert_eq!(report.checked, 1);
-    assert_eq!(report.updated, ["web/sesame-rot"]);
-    assert_eq!(report.restarted, ["Deployment/web"]);
 
-    let patch = &api.calls("PATCH", "/api/v1/namespaces/web/secrets/sesame-rot")[0];
-    assert_eq!(patch.content_type, "application/merge-patch+json");
-    assert_eq!(patch.query["fieldManager"], "sesame");
-    assert_eq!(patch.body["data"]["db.password"], b64("new-value"));
-    assert!(
-        patch.body["metadata"]["resourceVersion"].is_string(),
-        "conditional update"
-    );
-    let stored = api.get("secrets", "web", "sesame-rot").unwrap();
+    // Only Sesame's own Secrets were looked at.
+    let mut unverified = report.unverified.clone();
+    unverified.sort();
+    let mut expected: Vec<String> = attacks
+        .iter()
+        .map(|(n, _)| format!("team-a/sesame-forged-{n}"))
+        .chain([
+            "team-a/sesame-forged-copied-mac".to_owned(),
+            format!("team-a/{theirs}"),
+            format!("team-a/{edited}"),
+        ])
+        .collect();
+    expected.sort();
+    assert_eq!(unverified, expected);
+    assert_eq!(report.checked, 3);
+    let mut updated = report.updated.clone();
+    updated.sort();
+    let mut expected = vec![
+        format!("team-a/{web}"),
+        format!("team-a/{reowned}"),
+        format!("team-a/{revoked}"),
+    ];
+    expected.sort();
+    assert_eq!(updated, expected);
+
+    // No forged Secret was written, and none holds a value of a store.
+    for (name, _) in &attacks {
+        let path = format!("/secrets/sesame-forged-{name}");
+        assert!(api.calls("PATCH", &path).is_empty(), "{name} was written");
+    }
+    for name in ["sesame-forged-copied-mac", theirs.as_str(), edited.as_str()] {
+        assert!(
+            api.calls("PATCH", &format!("/secrets/{name}")).is_empty(),
+            "{name} was written"
+        );
+    }
+    let all_forged = attacks.iter().map(|(n, _)| format!("sesame-forged-{n}")).chain([
+        "sesame-forged-copied-mac".to_owned(),
+        theirs.clone(),
+        edited.clone(),
+    ]);
+    for name in all_forged {
+        let stored = api.get("secrets", "team-a", &name).unwrap();
+        let text = stored["data"].to_string();
+        for value in stolen {
+            assert!(!text.contains(&b64(value)), "{name} holds {value}");
+        }
+    }
+    // No store was asked for what the forgeries name.
+    assert!(api.calls("GET", "/namespaces/kube-system/").is_empty());
+
+    // The genuine Secret rotated, and its own Deployment restarted; the
+    // platform's Deployment was not touched, whatever the owners said.
+    let stored = api.get("secrets", "team-a", &web).unwrap();
     assert_eq!(stored["data"]["db.password"], b64("new-value"));
-    assert_ne!(
-        stored["metadata"]["annotations"]["sesame.dev/refreshed-at"],
-        "2020-01-01T00:00:00Z"
-    );
-
-    // ReplicaSet → Deployment, patched the way `kubectl rollout restart` does.
-    let rs = &api.calls("GET", "/apis/apps/v1/namespaces/web/replicasets/web-5d4f")[0];
-    assert!(rs.accept.contains("as=PartialObjectMetadata"));
-    let restart = &api.calls("PATCH", "/apis/apps/v1/namespaces/web/deployments/web")[0];
+    assert_eq!(report.restarted, ["Deployment/web"]);
+    assert!(api.calls("PATCH", "/deployments/platform").is_empty());
+    let restart = &api.calls("PATCH", "/apis/apps/v1/namespaces/team-a/deployments/web")[0];
     assert_eq!(restart.content_type, "application/strategic-merge-patch+json");
+    assert!(
+        restart.body["metadata"]["resourceVersion"].is_string(),
+        "conditional"
+    );
     assert!(
         restart.body["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
             .is_string()
     );
-    assert!(api.calls("PATCH", "/secrets/sesame-frozen").is_empty());
 
+    // The revoked reference's key is gone, the other refreshed; an Event
+    // on the Secret says which, without a value.
+    let stored = api.get("secrets", "team-a", &revoked).unwrap();
+    let data = stored["data"].as_object().unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["db.password"]);
+    assert!(!stored["metadata"]["annotations"]["sesame.dev/sources"]
+        .as_str()
+        .unwrap()
+        .contains("team-b"));
+    assert!(!stored["metadata"]["annotations"]["sesame.dev/references"]
+        .as_str()
+        .unwrap()
+        .contains("team-b"));
+    assert_eq!(report.revoked, [format!("team-a/{revoked}/team-b.password")]);
+    let events = api.calls("POST", "/apis/events.k8s.io/v1/namespaces/team-a/events");
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0].body;
+    assert_eq!(event["reason"], "ReferenceNotGranted");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["regarding"]["kind"], "Secret");
+    assert_eq!(event["regarding"]["name"], revoked.as_str());
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.contains("team-b.password") && note.contains("apps/team-b/db"),
+        "{note}"
+    );
+    assert!(!event.to_string().contains("what it was then"));
+    // The rewritten Secrets verify: the next pass finds them not due.
     let text = metrics.encode();
+    assert!(text.contains("sesame_secret_keys_revoked_total 1"), "{text}");
     assert!(
-        text.contains("sesame_secret_rotations_total{outcome=\"updated\"} 1"),
+        text.contains("sesame_managed_secret_unverified_total{action=\"rotation\",reason=\"missing\"} 5"),
         "{text}"
     );
     assert!(
-        text.contains("sesame_workload_restarts_total{kind=\"Deployment\"} 1"),
+        text.contains("sesame_managed_secret_unverified_total{action=\"rotation\",reason=\"mismatch\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sesame_workload_restarts_refused_total{reason=\"other_secret\"} 1"),
         "{text}"
     );
 
-    // Refreshed just now: not due again.
-    eventually("the cache to see the rotation", || {
+    // A second pass: nothing more is written, and nothing more is counted.
+    eventually("the cache to see the rotations", || {
         writer.cache().state().iter().any(|s| {
-            s.data
-                .as_ref()
-                .is_some_and(|d| d.get("db.password").is_some_and(|v| v.0 == b"new-value"))
+            s.metadata.name.as_deref() == Some(web.as_str())
+                && s.data
+                    .as_ref()
+                    .is_some_and(|d| d.get("db.password").is_some_and(|v| v.0 == b"new-value"))
         })
     })
     .await;
-    assert_eq!(rotator.run_once(&leading).await.checked, 0);
-
-    // A store failure is counted, and the Secret keeps its values.
-    std::fs::write(&file, "apps/web/other: x\n").unwrap();
-    api.put(
-        "secrets",
-        "web",
-        "sesame-rot",
-        managed_secret_object(
-            json!({"sesame.dev/sources": sources("dev"), "sesame.dev/refreshed-at": "2020-01-01T00:00:00Z"}),
-            "2020-01-01T00:00:00Z",
-        ),
-    );
-    eventually("the cache to see the stale Secret", || {
-        writer.cache().state().iter().any(|s| {
-            s.metadata.annotations.as_ref().is_some_and(|a| {
-                a.get("sesame.dev/refreshed-at").map(String::as_str) == Some("2020-01-01T00:00:00Z")
-            })
-        })
-    })
-    .await;
+    let patches = api.calls("PATCH", "/").len();
     let report = rotator.run_once(&leading).await;
-    assert_eq!(report.failed, 1);
+    assert_eq!(report.checked, 0);
+    assert_eq!(api.calls("PATCH", "/").len(), patches);
     assert!(metrics
         .encode()
-        .contains("sesame_secret_rotation_failures_total{class=\"not_found\"} 1"));
-    let age_line = metrics
+        .contains("sesame_managed_secret_unverified_total{action=\"rotation\",reason=\"missing\"} 5"));
+}
+
+/// Without the provenance key nothing is refreshed; with a newer key the
+/// leader signs Secrets of the older one again, so that the old key can
+/// go; a store failure keeps the values.
+#[tokio::test]
+async fn rotation_waits_for_the_keys_signs_again_after_a_new_key_and_keeps_values_on_failure() {
+    let api = FakeApi::start().await;
+    let (dir, engine, metrics) = attack_engine(&api).await;
+    api.put("namespaces", "", "team-a", json!({"metadata": {}}));
+    let old = "2020-01-01T00:00:00Z";
+    let (due, due_obj) = signed(
+        &provenance(),
+        "team-a",
+        "default",
+        &[("db.password", "dev:apps/team-a/db#password")],
+        &[("db.password", "old-value")],
+        false,
+        old,
+    );
+    api.put("secrets", "team-a", &due, due_obj);
+    let fresh = sesame::kube::secret::now_rfc3339();
+    let (current, current_obj) = signed(
+        &provenance(),
+        "team-a",
+        "default",
+        &[
+            ("k", "dev:apps/team-a/db#password"),
+            ("u", "dev:apps/team-a/db#user"),
+        ],
+        &[("k", "new-value")],
+        false,
+        &fresh,
+    );
+    api.put("secrets", "team-a", &current, current_obj);
+    let writer = ready_writer(&api).await;
+    eventually("the cache", || writer.cache().state().len() == 2).await;
+    let namespaces = namespace_cache(&api).await;
+    let kube_metrics = Arc::new(KubeMetrics::register(&metrics));
+    let (_lead, leading) = watch::channel(true);
+
+    let without_keys = Rotator::new(
+        api.client(),
+        writer.cache().clone(),
+        engine.clone(),
+        namespaces.clone(),
+        Provenance::empty(),
+        kube_metrics.clone(),
+    );
+    let report = without_keys.run_once(&leading).await;
+    assert!(report.waiting_for_keys);
+    assert!(api.calls("PATCH", "/").is_empty());
+
+    // Key 2 added: the Secret that is not due is signed again with it
+    // (its record unchanged); the due one is rotated and signed with it.
+    let both = Provenance::with_keys(vec![(1, vec![42; 32]), (2, vec![43; 32])]).unwrap();
+    let rotator = Rotator::new(
+        api.client(),
+        writer.cache().clone(),
+        engine.clone(),
+        namespaces,
+        both,
+        kube_metrics,
+    );
+    let report = rotator.run_once(&leading).await;
+    assert_eq!(report.updated, [format!("team-a/{due}")]);
+    assert_eq!(report.resigned, 1);
+    let resign = &api.calls("PATCH", &format!("/secrets/{current}"))[0];
+    assert!(resign.body["metadata"]["resourceVersion"].is_string());
+    assert!(resign.body.get("data").is_none(), "only the MAC changes");
+    for name in [&due, &current] {
+        let stored = api.get("secrets", "team-a", name).unwrap();
+        let mac = stored["metadata"]["annotations"]["sesame.dev/provenance"]
+            .as_str()
+            .unwrap();
+        assert!(mac.starts_with("v1:2:"), "{name}: {mac}");
+    }
+    // Only key 2 left: both still verify (nothing reported unverified).
+    eventually("the cache to see the new MACs", || {
+        writer.cache().state().iter().all(|s| {
+            s.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("sesame.dev/provenance"))
+                .is_some_and(|m| m.starts_with("v1:2:"))
+        })
+    })
+    .await;
+    assert!(metrics
         .encode()
-        .lines()
-        .find(|l| l.starts_with("sesame_secret_oldest_unrefreshed_seconds "))
+        .contains("sesame_managed_secrets_on_older_keys 0"));
+
+    // A store failure is counted, and the Secret keeps its values.
+    std::fs::remove_file(dir.path().join("secrets/apps/team-a/db.env")).unwrap();
+    let only_two = Provenance::with_keys(vec![(2, vec![43; 32])]).unwrap();
+    let (due2, due2_obj) = signed(
+        &only_two,
+        "team-a",
+        "default",
+        &[("x", "dev:apps/team-a/gone#password")],
+        &[("x", "kept")],
+        false,
+        old,
+    );
+    api.put("secrets", "team-a", &due2, due2_obj);
+    eventually("the cache to see the stale Secret", || {
+        writer.cache().state().len() == 3
+    })
+    .await;
+    let rotator = Rotator::new(
+        api.client(),
+        writer.cache().clone(),
+        engine,
+        namespace_cache(&api).await,
+        only_two,
+        Arc::new(KubeMetrics::register(&sesame::telemetry::Metrics::new())),
+    );
+    let report = rotator.run_once(&leading).await;
+    assert!(report.unverified.is_empty(), "{:?}", report.unverified);
+    assert_eq!(report.failed, 1);
+    assert_eq!(
+        api.get("secrets", "team-a", &due2).unwrap()["data"]["x"],
+        b64("kept")
+    );
+    assert!(metrics
+        .encode()
+        .contains("sesame_secret_rotations_total{outcome=\"updated\"} 1"));
+}
+
+/// The provenance key Secret, agreed between replicas the way the
+/// certificate Secret is: created once (a replica that loses the race reads
+/// the winner's), a key the operator adds is used, a deleted Secret comes
+/// back with the keys in use, a Secret without a usable key gets one by a
+/// conditional update; no key reaches an error or a `Debug`.
+#[tokio::test]
+async fn provenance_keys_are_created_once_agreed_and_kept() {
+    use sesame::kube::provenance::ProvenanceManager;
+    let api = FakeApi::start().await;
+    let metrics = sesame::telemetry::Metrics::new();
+    let kube_metrics = Arc::new(KubeMetrics::register(&metrics));
+    let manager = |p: &Provenance| {
+        ProvenanceManager::new(
+            api.client(),
+            "sesame-system",
+            "sesame-provenance",
+            p.clone(),
+            kube_metrics.clone(),
+        )
+    };
+    let path = "/api/v1/namespaces/sesame-system/secrets";
+    // What a Secret signed with `keys` looks like: equal MACs mean equal keys.
+    let signed_by = |keys: &Provenance| {
+        sesame::kube::secret::manifest(&managed("team-a", "v", vec![]), "sesame.dev", keys, "t")
+    };
+
+    // The first replica creates it: key-1, 32 random bytes, not labelled managed.
+    let first = Provenance::empty();
+    manager(&first).sync().await.unwrap();
+    let created = &api.calls("POST", path)[0];
+    assert_eq!(created.body["metadata"]["name"], "sesame-provenance");
+    assert_eq!(
+        created.body["metadata"]["labels"]["app.kubernetes.io/component"],
+        "provenance-key"
+    );
+    assert!(created.body["metadata"]["labels"]
+        .get("app.kubernetes.io/managed-by")
+        .is_none());
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(created.body["data"]["key-1"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(key.len(), 32);
+    assert_eq!(
+        signed_by(&first),
+        signed_by(&Provenance::with_keys(vec![(1, key.clone())]).unwrap())
+    );
+    assert!(!format!("{first:?}").contains(&format!("{:?}", &key[..8])));
+
+    // A replica that loses the race (another wrote just before its create)
+    // takes the winner's key.
+    let racing = FakeApi::start().await;
+    racing.put_before_next(
+        "POST",
+        "/secrets",
+        ("secrets", "sesame-system", "sesame-provenance"),
+        json!({"metadata": {}, "data": {"key-1": b64(&"5".repeat(32))}}),
+    );
+    let loser = Provenance::empty();
+    ProvenanceManager::new(
+        racing.client(),
+        "sesame-system",
+        "sesame-provenance",
+        loser.clone(),
+        kube_metrics.clone(),
+    )
+    .sync()
+    .await
+    .unwrap();
+    assert_eq!(
+        racing.calls("POST", path).len(),
+        1,
+        "one create, refused with 409"
+    );
+    assert_eq!(
+        racing.calls("GET", path).len(),
+        2,
+        "read again after the conflict"
+    );
+    let winner = Provenance::with_keys(vec![(1, "5".repeat(32).into_bytes())]).unwrap();
+    assert_eq!(signed_by(&loser), signed_by(&winner));
+
+    // The operator adds key-2: it signs from the next check on.
+    let mut stored = api.get("secrets", "sesame-system", "sesame-provenance").unwrap();
+    stored["data"]["key-2"] = json!(b64(&"6".repeat(32)));
+    api.put("secrets", "sesame-system", "sesame-provenance", stored);
+    manager(&first).sync().await.unwrap();
+    let both = Provenance::with_keys(vec![(1, key.clone()), (2, "6".repeat(32).into_bytes())]).unwrap();
+    let now = signed_by(&first);
+    assert_eq!(now, signed_by(&both));
+    assert!(now["metadata"]["annotations"]["sesame.dev/provenance"]
+        .as_str()
         .unwrap()
-        .to_owned();
-    let age: i64 = age_line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(age > 86400 * 365, "{age_line}");
+        .starts_with("v1:2:"));
+
+    // Deleted: written again with the keys in use, so that every managed
+    // Secret still verifies.
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(api.client(), "sesame-system")
+        .delete("sesame-provenance", &Default::default())
+        .await
+        .unwrap();
+    manager(&first).sync().await.unwrap();
+    assert_eq!(api.calls("POST", path).len(), 2, "created again");
+    let recreated = api.get("secrets", "sesame-system", "sesame-provenance").unwrap();
+    let decode = |k: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(recreated["data"][k].as_str().unwrap())
+            .unwrap()
+    };
+    assert_eq!(decode("key-1"), key);
+    assert_eq!(decode("key-2"), "6".repeat(32).into_bytes());
+
+    // No usable key (too short; not a key): a new key-2, by an update that
+    // carries the resourceVersion read; the other entries stay.
+    api.put(
+        "secrets",
+        "sesame-system",
+        "sesame-provenance",
+        json!({"metadata": {}, "data": {"key-1": b64("short"), "notes": b64("hello")}}),
+    );
+    let fresh = Provenance::empty();
+    manager(&fresh).sync().await.unwrap();
+    let patch = api.calls("PATCH", "/secrets/sesame-provenance").pop().unwrap();
+    assert_eq!(patch.content_type, "application/merge-patch+json");
+    assert!(patch.body["metadata"]["resourceVersion"].is_string());
+    let stored = api.get("secrets", "sesame-system", "sesame-provenance").unwrap();
+    let data = stored["data"].as_object().unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["key-1", "key-2", "notes"]);
+    assert!(
+        signed_by(&fresh)["metadata"]["annotations"]["sesame.dev/provenance"]
+            .as_str()
+            .unwrap()
+            .starts_with("v1:2:")
+    );
+
+    // Unreadable: an error naming the Secret and the status, no key; a
+    // replica that never had keys stays without, and says so in a metric.
+    api.fail_next("GET", "/secrets/sesame-provenance", 403, 1);
+    let error = manager(&first).sync().await.unwrap_err().to_string();
+    assert!(
+        error.contains("sesame-system/sesame-provenance") && error.contains("403"),
+        "{error}"
+    );
+    api.fail_next("GET", "/secrets/sesame-provenance", 403, 1);
+    let none = Provenance::empty();
+    manager(&none).bootstrap(Duration::from_secs(5)).await;
+    assert!(none.current().is_none());
+    assert!(metrics.encode().contains("sesame_provenance_keys 0"));
 }

@@ -62,6 +62,9 @@ pub(crate) struct PlannedVolume {
 pub struct ManagedSecret {
     pub name: String,
     pub namespace: String,
+    /// The Pod's service account: the subject the references were granted
+    /// to, which rotation authorises again.
+    pub service_account: String,
     pub data: BTreeMap<String, SecretValue>,
     /// The references behind the data (no values), recorded on the Secret.
     pub references: Vec<SecretRef>,
@@ -138,6 +141,8 @@ impl PlanError {
 /// What the plan is built from.
 pub(crate) struct PlanInput<'a> {
     pub namespace: &'a str,
+    /// The Pod's service account: part of the Secret's name and recorded on it.
+    pub service_account: &'a str,
     pub pod: &'a PodView,
     pub mode: Mode,
     pub(crate) inline_allowed: bool,
@@ -328,8 +333,9 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
         None
     } else {
         Some(ManagedSecret {
-            name: secret_name(input.namespace, &references),
+            name: secret_name(input.namespace, input.service_account, &references),
             namespace: input.namespace.to_owned(),
+            service_account: input.service_account.to_owned(),
             data: secret_data(&sources, &fetched).map_err(|e| data_error(&accepted, e))?,
             references,
             sources,
@@ -583,11 +589,18 @@ fn key_base(r: &SecretRef) -> String {
     }
 }
 
-/// `sesame-<hash>` of the namespace and the set of references: the same
-/// references in the same namespace always share one Secret.
-pub fn secret_name(namespace: &str, references: &[SecretRef]) -> String {
+/// `sesame-<hash>` of the namespace, the service account and the set of
+/// references: Pods with the same references under the same service account
+/// in one namespace share one Secret; two service accounts never do, so the
+/// rule that a Pod may only use the Secret its own annotations produce also
+/// keeps service accounts apart.
+pub fn secret_name(namespace: &str, service_account: &str, references: &[SecretRef]) -> String {
     let mut h = Sha256::new();
-    h.update(namespace.as_bytes());
+    // Length-prefixed, so that no namespace/account split collides with another.
+    for part in [namespace, service_account] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
     for r in references {
         for p in identity_parts(r) {
             h.update([0]);
@@ -596,19 +609,6 @@ pub fn secret_name(namespace: &str, references: &[SecretRef]) -> String {
         h.update([1]);
     }
     format!("{MANAGED_PREFIX}{}", &hex::encode(h.finalize())[..16])
-}
-
-/// Hash over keys and values; recorded on the Secret so that an unchanged
-/// Secret needs no write. A one-way hash, safe to show.
-pub fn content_hash(data: &BTreeMap<String, SecretValue>) -> String {
-    let mut h = Sha256::new();
-    for (k, v) in data {
-        h.update((k.len() as u64).to_be_bytes());
-        h.update(k.as_bytes());
-        h.update((v.len() as u64).to_be_bytes());
-        h.update(v.expose());
-    }
-    hex::encode(h.finalize())
 }
 
 #[cfg(test)]

@@ -70,6 +70,10 @@ pub struct KubeArgs {
     /// of `--config`).
     #[arg(long, env = "SESAME_CONFIG_MAP_KEY")]
     pub(crate) config_map_key: Option<String>,
+    /// The Secret (in Sesame's namespace) holding the provenance keys that
+    /// sign every managed Secret; created at first start.
+    #[arg(long, env = "SESAME_PROVENANCE_SECRET", default_value = "sesame-provenance")]
+    pub(crate) provenance_secret: String,
     #[command(flatten)]
     pub certs: CertArgs,
 }
@@ -127,6 +131,7 @@ impl Default for KubeArgs {
             config_map: None,
             config_map_namespace: None,
             config_map_key: None,
+            provenance_secret: "sesame-provenance".into(),
             certs: CertArgs::default(),
         }
     }

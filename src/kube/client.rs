@@ -59,3 +59,18 @@ pub async fn connect(mode: KubeMode, kubeconfig: Option<&Path>) -> Result<Option
     tracing::info!(api = %url, "Kubernetes API configured");
     Ok(Some(client))
 }
+
+/// A safe reason for a failed request: the API status (code, reason,
+/// message; the API server's messages name fields and keys, never values),
+/// or the transport failure.
+pub(crate) fn api_reason(e: &::kube::Error) -> String {
+    match e {
+        ::kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
+        other => other.to_string(),
+    }
+}
+
+/// A 409: another client wrote first (or the object already exists).
+pub(crate) fn is_conflict(e: &::kube::Error) -> bool {
+    matches!(e, ::kube::Error::Api(s) if s.code == 409)
+}

@@ -22,6 +22,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use tokio::sync::watch;
 
 use super::metrics::KubeMetrics;
+use super::provenance::{Provenance, UnverifiedReport};
+use super::secret::{verify, SecretAnnotations};
+use crate::inject::annotations::INJECTED_SUFFIX;
 
 /// Whether a Secret is old enough to be collected (pure).
 pub(crate) fn past_grace(secret: &Secret, now: Timestamp, grace: Duration) -> bool {
@@ -70,19 +73,46 @@ pub struct GcReport {
     pub namespaces: usize,
     pub pods_seen: usize,
     pub deleted: Vec<String>,
+    /// `namespace/name` of labelled Secrets whose MAC did not verify: never deleted.
+    pub unverified: Vec<String>,
+    /// The pass did nothing: the provenance keys are not known yet.
+    pub waiting_for_keys: bool,
 }
 
 /// Runs collection passes against the API.
 pub struct GarbageCollector {
-    pub client: Client,
-    pub cache: Store<Secret>,
-    pub grace: Duration,
+    client: Client,
+    cache: Store<Secret>,
+    provenance: Provenance,
+    grace: Duration,
     /// Pods per list page.
-    pub page_size: u32,
-    pub metrics: Arc<KubeMetrics>,
+    page_size: u32,
+    metrics: Arc<KubeMetrics>,
+    unverified: UnverifiedReport,
 }
 
 impl GarbageCollector {
+    /// A collector over the cache of managed Secrets: those older than
+    /// `grace` that no Pod names go; Pods are listed `page_size` at a time.
+    pub fn new(
+        client: Client,
+        cache: Store<Secret>,
+        provenance: Provenance,
+        grace: Duration,
+        page_size: u32,
+        metrics: Arc<KubeMetrics>,
+    ) -> Self {
+        Self {
+            unverified: UnverifiedReport::new("gc", metrics.clone()),
+            client,
+            cache,
+            provenance,
+            grace,
+            page_size,
+            metrics,
+        }
+    }
+
     /// Secret names the Pods of `namespace` use, from their marker annotation.
     async fn referenced(
         &self,
@@ -108,24 +138,46 @@ impl GarbageCollector {
         }
     }
 
-    /// One pass. `leading` is checked before every delete so that a replica
-    /// that lost the Lease stops at once.
+    /// One pass (`prefix`: the annotation prefix). `leading` is checked
+    /// before every delete so that a replica that lost the Lease stops at
+    /// once.
     pub async fn run_once(
         &self,
-        marker_key: &str,
+        prefix: &str,
         leading: &watch::Receiver<bool>,
     ) -> Result<GcReport, ::kube::Error> {
+        let mut report = GcReport::default();
+        let Some(ring) = self.provenance.current() else {
+            report.waiting_for_keys = true;
+            return Ok(report);
+        };
+        let keys = SecretAnnotations::new(prefix);
+        let marker_key = format!("{prefix}/{INJECTED_SUFFIX}");
         let now = Timestamp::now();
-        let secrets = self.cache.state();
+        let cached = self.cache.state();
+        self.unverified.retain(cached.iter().map(AsRef::as_ref));
+        let mut secrets: Vec<&Secret> = Vec::with_capacity(cached.len());
+        for s in &cached {
+            match verify(s, &keys, &ring) {
+                Ok(_) => secrets.push(s),
+                Err(e) => {
+                    self.unverified.note(s, e.label(), &e);
+                    report.unverified.push(format!(
+                        "{}/{}",
+                        s.metadata.namespace.as_deref().unwrap_or(""),
+                        s.metadata.name.as_deref().unwrap_or("")
+                    ));
+                }
+            }
+        }
         let mut by_namespace: BTreeMap<String, Vec<&Secret>> = BTreeMap::new();
         for s in &secrets {
             if let Some(ns) = &s.metadata.namespace {
                 by_namespace.entry(ns.clone()).or_default().push(s);
             }
         }
-        let mut report = GcReport::default();
-        for namespace in namespaces_to_scan(secrets.iter().map(AsRef::as_ref), now, self.grace) {
-            let (referenced, seen) = self.referenced(&namespace, marker_key).await?;
+        for namespace in namespaces_to_scan(secrets.iter().copied(), now, self.grace) {
+            let (referenced, seen) = self.referenced(&namespace, &marker_key).await?;
             report.namespaces += 1;
             report.pods_seen += seen;
             let candidates = by_namespace.get(&namespace).map(Vec::as_slice).unwrap_or(&[]);

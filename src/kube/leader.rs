@@ -36,16 +36,6 @@ impl Schedule {
     }
 }
 
-/// A unique identity for this replica: the Pod name (or host name) and a
-/// random suffix, so that a restarted Pod is a new holder.
-pub fn identity() -> String {
-    let host = std::env::var("SESAME_POD_NAME")
-        .or_else(|_| std::env::var("POD_NAME"))
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "sesame".to_owned());
-    format!("{host}-{:08x}", fastrand::u32(..))
-}
-
 /// Keeps (or tries to get) the Lease and says on `leading` whether this
 /// replica holds it. At shutdown (`stop`) it releases a held Lease, so that
 /// the next leader starts at once, and ends.
@@ -103,18 +93,27 @@ pub async fn work(
     schedule: Schedule,
 ) {
     let mut next_gc = Instant::now() + schedule.gc_interval;
+    let mut waiting = false;
     loop {
         if leading.wait_for(|l| *l).await.is_err() {
             // The election is gone: so is any chance of leading.
             std::future::pending::<()>().await;
         }
         let report = rotator.run_once(&leading).await;
+        if report.waiting_for_keys != waiting {
+            waiting = report.waiting_for_keys;
+            if waiting {
+                tracing::warn!("rotation and garbage collection wait for the provenance keys");
+            } else {
+                tracing::info!("provenance keys available: rotation and garbage collection run");
+            }
+        }
         if report.checked > 0 {
             tracing::debug!(?report, "rotation pass");
         }
         if Instant::now() >= next_gc {
-            let marker = engine.load().marker_key().to_owned();
-            match gc.run_once(&marker, &leading).await {
+            let prefix = engine.load().prefix().to_owned();
+            match gc.run_once(&prefix, &leading).await {
                 Ok(r) => tracing::debug!(
                     namespaces = r.namespaces,
                     pods = r.pods_seen,

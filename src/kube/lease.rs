@@ -195,6 +195,16 @@ impl LeaseElector {
     }
 }
 
+/// A unique identity for this replica: the Pod name (or host name) and a
+/// random suffix, so that a restarted Pod is a new holder.
+pub fn identity() -> String {
+    let host = std::env::var("SESAME_POD_NAME")
+        .or_else(|_| std::env::var("POD_NAME"))
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "sesame".to_owned());
+    format!("{host}-{:08x}", fastrand::u32(..))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! Metrics of the Kubernetes side, registered in the server's registry.
-//! Labels are outcomes, failure classes and workload kinds: never names.
+//! Labels are outcomes, failure classes, actions, reasons and workload
+//! kinds: never names.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +24,17 @@ pub(crate) struct KindLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct UnverifiedLabels {
+    pub action: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub reason: String,
+}
+
 /// Rotation, garbage collection and leadership.
 #[derive(Default)]
 pub struct KubeMetrics {
@@ -32,6 +44,12 @@ pub struct KubeMetrics {
     restarts: Family<KindLabel, Counter>,
     gc_deleted: Counter,
     leader: Gauge,
+    unverified: Family<UnverifiedLabels, Counter>,
+    provenance_keys: Gauge,
+    on_older_keys: Gauge,
+    resigned: Counter,
+    revoked: Counter,
+    restarts_refused: Family<ReasonLabel, Counter>,
 }
 
 impl KubeMetrics {
@@ -68,6 +86,36 @@ impl KubeMetrics {
                 "leader",
                 "1 while this replica holds the Lease for garbage collection and rotation",
                 m.leader.clone(),
+            );
+            r.register(
+                "managed_secret_unverified",
+                "Secrets labelled as managed whose MAC does not verify, ignored by rotation or garbage collection (action), counted once per Secret, by reason",
+                m.unverified.clone(),
+            );
+            r.register(
+                "provenance_keys",
+                "Provenance MAC keys this replica knows (0: unavailable; managed Secrets are then written unsigned and the leader's loops wait)",
+                m.provenance_keys.clone(),
+            );
+            r.register(
+                "managed_secrets_on_older_keys",
+                "Managed Secrets still signed with a provenance key older than the newest, after the last rotation pass (an old key can be removed at 0)",
+                m.on_older_keys.clone(),
+            );
+            r.register(
+                "managed_secret_resigned",
+                "Managed Secrets signed again with the newest provenance key",
+                m.resigned.clone(),
+            );
+            r.register(
+                "secret_keys_revoked",
+                "Keys removed from managed Secrets by rotation because the policy no longer grants their reference",
+                m.revoked.clone(),
+            );
+            r.register(
+                "workload_restarts_refused",
+                "Owners of a rotated Secret not restarted, by reason (the workload's template did not opt in, or does not produce this Secret)",
+                m.restarts_refused.clone(),
             );
         });
         m
@@ -107,5 +155,38 @@ impl KubeMetrics {
 
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    pub(crate) fn unverified(&self, action: &str, reason: &str) {
+        self.unverified
+            .get_or_create(&UnverifiedLabels {
+                action: action.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn set_provenance_keys(&self, count: usize) {
+        self.provenance_keys.set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn set_on_older_keys(&self, count: usize) {
+        self.on_older_keys.set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn resigned(&self) {
+        self.resigned.inc();
+    }
+
+    pub(crate) fn revoked(&self, keys: usize) {
+        self.revoked.inc_by(u64::try_from(keys).unwrap_or(u64::MAX));
+    }
+
+    pub(crate) fn restart_refused(&self, reason: &str) {
+        self.restarts_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 }

@@ -1,7 +1,9 @@
 //! The Kubernetes API side: the client, the managed-Secret writer and the
 //! Namespace cache (implementations of the admission path's ports),
-//! watch-backed caches, the watch of Sesame's own ConfigMap, and
-//! (leader-elected) garbage collection and rotation.
+//! watch-backed caches, the watch of Sesame's own ConfigMap, the provenance
+//! keys that tell Sesame's managed Secrets from look-alikes, and
+//! (leader-elected) garbage collection, rotation and the restarts workloads
+//! asked for.
 
 mod args;
 pub mod certs;
@@ -12,7 +14,9 @@ pub mod leader;
 pub mod lease;
 pub mod metrics;
 pub mod namespaces;
+pub mod provenance;
 pub(crate) mod reflect;
+pub(crate) mod restart;
 pub mod rotation;
 pub mod secret;
 pub mod writer;
@@ -34,6 +38,10 @@ const CACHE_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// How long a Lease stays valid without renewal (client-go's default).
 const LEASE_DURATION: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// How often every replica re-reads the provenance key Secret: a key the
+/// operator adds is used everywhere within this time.
+const PROVENANCE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What [`start`] built.
 pub struct Started {
     /// Writes managed Secrets through the API (the admission path's `SecretWriter`).
@@ -42,13 +50,16 @@ pub struct Started {
     pub namespaces: Arc<namespaces::NamespaceCache>,
     /// Whether this replica holds the leader Lease.
     pub leading: watch::Receiver<bool>,
+    /// The provenance keys (empty while the key Secret cannot be read).
+    pub provenance: provenance::Provenance,
 }
 
-/// Starts the Kubernetes side of `serve`: the managed-Secret writer with its
-/// cache, the Namespace cache, and the leader-elected background loops, as
-/// tasks of `tasks`. Waits (briefly) for the first list of both caches, so
-/// that the first reviews see current Secrets and namespace labels. At
-/// shutdown the Lease is released before its task ends.
+/// Starts the Kubernetes side of `serve`: the provenance keys, the
+/// managed-Secret writer with its cache, the Namespace cache, and the
+/// leader-elected background loops, as tasks of `tasks`. Waits (briefly)
+/// for the keys and the first list of both caches, so that the first
+/// reviews sign their Secrets and see current Secrets and namespace labels.
+/// At shutdown the Lease is released before its task ends.
 pub async fn start(
     client: &::kube::Client,
     prefix: &str,
@@ -57,15 +68,33 @@ pub async fn start(
     metrics: Arc<Metrics>,
     tasks: &Tasks,
 ) -> Started {
-    let (writer, secrets_watch) = writer::KubeSecretWriter::watching(client.clone(), prefix);
+    let kube_metrics = Arc::new(metrics::KubeMetrics::register(&metrics));
+    let provenance = provenance::Provenance::empty();
+    let own_namespace = args.own_namespace();
+    let keys = provenance::ProvenanceManager::new(
+        client.clone(),
+        &own_namespace,
+        &args.provenance_secret,
+        provenance.clone(),
+        kube_metrics.clone(),
+    );
+    let (writer, secrets_watch) =
+        writer::KubeSecretWriter::watching(client.clone(), prefix, provenance.clone());
     tasks.spawn("watch of managed Secrets", secrets_watch);
     let (namespaces, namespaces_watch) = namespaces::NamespaceCache::watching(client.clone());
     tasks.spawn("watch of Namespaces", namespaces_watch);
-    let synced = tokio::time::timeout(CACHE_SYNC_TIMEOUT, async {
-        let _ = writer.cache().wait_until_ready().await;
-        namespaces.wait_until_ready().await;
-    })
-    .await;
+    // The keys and the caches at once: neither waits for the other.
+    let ((), synced) = tokio::join!(
+        keys.bootstrap(CACHE_SYNC_TIMEOUT),
+        tokio::time::timeout(CACHE_SYNC_TIMEOUT, async {
+            let _ = writer.cache().wait_until_ready().await;
+            namespaces.wait_until_ready().await;
+        })
+    );
+    tasks.spawn(
+        "check of the provenance keys",
+        keys.run(PROVENANCE_CHECK_INTERVAL),
+    );
     match synced {
         Ok(()) => tracing::info!("managed Secret and Namespace caches synced"),
         Err(_) => tracing::warn!(
@@ -73,9 +102,8 @@ pub async fn start(
             CACHE_SYNC_TIMEOUT.as_secs()
         ),
     }
-    let kube_metrics = Arc::new(metrics::KubeMetrics::register(&metrics));
     let lease_namespace = args.lease_namespace();
-    let identity = leader::identity();
+    let identity = lease::identity();
     tracing::info!(lease = %format!("{lease_namespace}/{}", args.lease_name), %identity, "leader election for garbage collection and rotation");
     let elector = lease::LeaseElector::new(
         client.clone(),
@@ -84,19 +112,23 @@ pub async fn start(
         &identity,
         LEASE_DURATION,
     );
-    let gc = gc::GarbageCollector {
-        client: client.clone(),
-        cache: writer.cache().clone(),
-        grace: args.gc_grace,
-        page_size: 500,
-        metrics: kube_metrics.clone(),
-    };
-    let rotator = rotation::Rotator {
-        client: client.clone(),
-        cache: writer.cache().clone(),
-        engine: engine.clone(),
-        metrics: kube_metrics.clone(),
-    };
+    let namespaces = Arc::new(namespaces);
+    let gc = gc::GarbageCollector::new(
+        client.clone(),
+        writer.cache().clone(),
+        provenance.clone(),
+        args.gc_grace,
+        500,
+        kube_metrics.clone(),
+    );
+    let rotator = rotation::Rotator::new(
+        client.clone(),
+        writer.cache().clone(),
+        engine.clone(),
+        namespaces.clone(),
+        provenance.clone(),
+        kube_metrics.clone(),
+    );
     let schedule = leader::Schedule::new(LEASE_DURATION, args.gc_interval);
     let (leading_tx, leading) = watch::channel(false);
     tasks.spawn(
@@ -109,7 +141,8 @@ pub async fn start(
     );
     Started {
         writer: Arc::new(writer),
-        namespaces: Arc::new(namespaces),
+        namespaces,
         leading,
+        provenance,
     }
 }

@@ -1,47 +1,51 @@
-//! Rotation: the leader re-resolves the references recorded on each managed
-//! Secret when its stores' `refreshInterval` has passed, and updates the
-//! Secret when a value changed, so that mounted secret volumes pick up the
-//! new value. Env vars cannot change in a running Pod: Secrets of Pods that
-//! asked for it (`<prefix>/restart-on-rotation: "true"`) get their
-//! Deployment, StatefulSet or DaemonSet restarted the way
-//! `kubectl rollout restart` does it.
+//! Rotation: the leader refreshes the managed Secrets Sesame wrote (their
+//! MAC verifies; others are ignored and reported once) when their stores'
+//! `refreshInterval` has passed. Before anything is fetched, the current
+//! policy is run again for every recorded reference, with the Secret's
+//! namespace (its labels from the Namespace cache) and the recorded service
+//! account: a reference it no longer grants is not refreshed, and its key
+//! leaves the Secret (with a log line and an Event on the Secret). Values
+//! come through the same function and are written in the same body as at
+//! admission, so that mounted secret volumes pick up new values. Env vars
+//! cannot change in a running Pod: workloads whose own Pod template asks
+//! for it get a rolling restart (`restart`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::kube::api::{Patch, PatchParams};
-use ::kube::core::PartialObjectMeta;
+use ::kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use ::kube::runtime::reflector::Store;
 use ::kube::{Api, Client};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::metrics::KubeMetrics;
+use super::provenance::{KeyRing, Provenance, UnverifiedReport};
+use super::restart::Restarter;
 use super::secret::{
-    apply_body, merged_owners, now_rfc3339, parse_sources, stored_data_equals, with_new_data, ApplyBody,
-    SecretAnnotations, FIELD_MANAGER,
+    apply_body, merged_owners, now_rfc3339, verify, ApplyBody, Recorded, SecretAnnotations, FIELD_MANAGER,
 };
+use crate::admission::NamespaceLabels;
 use crate::inject::{secret_data, DataError, Fetched, SecretRef};
-use crate::pipeline::{Engine, SharedEngine};
-use crate::stores::StoreRequest;
+use crate::pipeline::{Engine, Refusal, SharedEngine};
+use crate::stores::{SecretValue, StoreRequest};
 
-/// The annotation `kubectl rollout restart` sets on the Pod template.
-pub(crate) const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+/// At most this many Secrets are signed again per pass after a new key,
+/// so that a key rotation does not send the API server one write per
+/// managed Secret at once.
+const RESIGN_PER_PASS: usize = 100;
 
-/// When the Secret's values were last written or confirmed: the
-/// `refreshed-at` annotation, else its creation time (pure).
-pub(crate) fn last_refreshed(secret: &Secret, keys: &SecretAnnotations) -> Option<Timestamp> {
-    secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(&keys.refreshed_at))
-        .and_then(|t| t.parse::<Timestamp>().ok())
+/// When the Secret's values were last written or confirmed: its (signed)
+/// `refreshed-at`, else its creation time (pure).
+pub(crate) fn last_refreshed(recorded: &Recorded, secret: &Secret) -> Option<Timestamp> {
+    recorded
+        .refreshed_at
+        .parse::<Timestamp>()
+        .ok()
         .or_else(|| secret.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
@@ -68,6 +72,8 @@ pub(crate) enum RotationError {
     Data(#[from] DataError),
     #[error("unknown store \"{0}\"")]
     UnknownStore(String),
+    #[error("namespace {0} is not (yet) in the Namespace cache, so its labels are unknown")]
+    NamespaceUnknown(String),
     #[error("the API server refused the update: {0}")]
     Write(String),
 }
@@ -79,6 +85,7 @@ impl RotationError {
             Self::Data(DataError::Store { error, .. }) => error.class(),
             Self::Data(DataError::Property { .. }) => "missing_property",
             Self::Data(DataError::NotFetched { .. }) | Self::UnknownStore(_) => "unknown_store",
+            Self::NamespaceUnknown(_) => "namespace_unknown",
             Self::Write(_) => "write",
         }
     }
@@ -89,26 +96,58 @@ pub(crate) fn fetches(sources: &BTreeMap<String, SecretRef>) -> BTreeSet<StoreRe
     sources.values().map(SecretRef::request).collect()
 }
 
-/// The workload to restart for one owner of the Secret (pure). A
-/// ReplicaSet is followed to its controlling Deployment (`rs_controller`).
-pub(crate) fn restart_target(
-    owner: &OwnerReference,
-    rs_controller: Option<&OwnerReference>,
-) -> Option<(&'static str, String)> {
-    match (owner.kind.as_str(), owner.api_version.as_str()) {
-        ("ReplicaSet", "apps/v1") => rs_controller
-            .filter(|c| c.kind == "Deployment" && c.api_version == "apps/v1")
-            .map(|c| ("Deployment", c.name.clone())),
-        ("Deployment", "apps/v1") => Some(("Deployment", owner.name.clone())),
-        ("StatefulSet", "apps/v1") => Some(("StatefulSet", owner.name.clone())),
-        ("DaemonSet", "apps/v1") => Some(("DaemonSet", owner.name.clone())),
-        _ => None,
-    }
+/// A key whose reference the current policy no longer grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Revoked {
+    pub key: String,
+    pub reference: SecretRef,
+    /// The policy's sentence (names rules and paths, never values).
+    pub reason: String,
 }
 
-/// The strategic merge patch of `kubectl rollout restart`.
-pub(crate) fn restart_patch(now: &str) -> Value {
-    json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}}})
+/// What the current policy says about a Secret's recorded references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reauthorised {
+    /// The keys still granted, with their references: what is refreshed.
+    pub granted: BTreeMap<String, SecretRef>,
+    /// The keys no longer granted: removed from the Secret.
+    pub revoked: Vec<Revoked>,
+}
+
+/// Runs the current policy for every reference `secret` records, as
+/// admission runs it (`Engine::authorize`), for the recorded service
+/// account in the Secret's namespace with `labels` (pure). A store that is
+/// no longer configured fails the whole Secret, which keeps its values: that
+/// is a configuration change, not a policy decision.
+pub(crate) fn reauthorise(
+    engine: &Engine,
+    secret: &Recorded,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Result<Reauthorised, RotationError> {
+    let mut granted = BTreeMap::new();
+    let mut revoked = Vec::new();
+    for (key, reference) in &secret.sources {
+        match engine.authorize(&secret.namespace, labels, &secret.service_account, reference) {
+            Ok(_) => {
+                granted.insert(key.clone(), reference.clone());
+            }
+            Err(Refusal::UnknownStore { store, .. }) => return Err(RotationError::UnknownStore(store)),
+            Err(Refusal::Policy(denial)) => revoked.push(Revoked {
+                key: key.clone(),
+                reference: reference.clone(),
+                reason: denial.to_string(),
+            }),
+        }
+    }
+    Ok(Reauthorised { granted, revoked })
+}
+
+/// Whether any value in `data` differs from what `secret` stores (pure).
+/// Keys that only leave the Secret are not a change of value.
+pub(crate) fn values_changed(secret: &Secret, data: &BTreeMap<String, SecretValue>) -> bool {
+    let stored = secret.data.as_ref();
+    data.iter()
+        .any(|(k, v)| stored.and_then(|s| s.get(k)).is_none_or(|b| b.0 != v.expose()))
 }
 
 /// What a rotation pass did.
@@ -119,93 +158,203 @@ pub struct RotationReport {
     pub unchanged: usize,
     pub failed: usize,
     pub restarted: Vec<String>,
+    /// `namespace/name` of Secrets whose MAC did not verify: not touched.
+    pub unverified: Vec<String>,
+    /// Keys removed because the policy no longer grants them, `namespace/name/key`.
+    pub revoked: Vec<String>,
+    /// Secrets signed again with the newest key.
+    pub resigned: usize,
+    /// The pass did nothing: the provenance keys are not known yet.
+    pub waiting_for_keys: bool,
 }
 
-/// Re-resolves due Secrets against the stores and writes changes.
+/// What one Secret's rotation did.
+struct Rotated {
+    /// A value is new.
+    changed: bool,
+    /// A key left the Secret (revoked, or not Sesame's).
+    removed: bool,
+    revoked: Vec<Revoked>,
+}
+
+/// Refreshes due managed Secrets against the stores and writes changes.
 pub struct Rotator {
-    pub client: Client,
-    pub cache: Store<Secret>,
-    pub engine: SharedEngine,
-    pub metrics: Arc<KubeMetrics>,
+    client: Client,
+    cache: Store<Secret>,
+    engine: SharedEngine,
+    namespaces: Arc<dyn NamespaceLabels>,
+    provenance: Provenance,
+    metrics: Arc<KubeMetrics>,
+    events: Recorder,
+    unverified: UnverifiedReport,
 }
 
 impl Rotator {
+    /// A rotator over the cache of managed Secrets. `namespaces` gives the
+    /// labels the policy is run with; `provenance` the keys that tell
+    /// Sesame's Secrets from others.
+    pub fn new(
+        client: Client,
+        cache: Store<Secret>,
+        engine: SharedEngine,
+        namespaces: Arc<dyn NamespaceLabels>,
+        provenance: Provenance,
+        metrics: Arc<KubeMetrics>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "sesame".into(),
+            instance: Some(super::lease::identity()),
+        };
+        Self {
+            events: Recorder::new(client.clone(), reporter),
+            unverified: UnverifiedReport::new("rotation", metrics.clone()),
+            client,
+            cache,
+            engine,
+            namespaces,
+            provenance,
+            metrics,
+        }
+    }
+
     /// One pass over the cached managed Secrets.
     pub async fn run_once(&self, leading: &watch::Receiver<bool>) -> RotationReport {
+        let mut report = RotationReport::default();
+        let Some(ring) = self.provenance.current() else {
+            report.waiting_for_keys = true;
+            return report;
+        };
         let engine = self.engine.load_full();
         let keys = SecretAnnotations::new(engine.prefix());
         let now = Timestamp::now();
-        let mut report = RotationReport::default();
         let mut oldest = SignedDuration::ZERO;
-        for secret in self.cache.state() {
-            let Some(sources) = parse_sources(&secret, &keys) else {
-                continue;
-            };
-            let Some(interval) = refresh_interval(&sources, |s| engine.refresh_interval(s)) else {
-                continue;
-            };
-            let last = last_refreshed(&secret, &keys);
-            let age = last.map_or(SignedDuration::ZERO, |t| now.duration_since(t));
-            if !is_due(last, interval, now) {
-                oldest = oldest.max(age);
-                continue;
-            }
-            if !*leading.borrow() {
-                break;
-            }
-            report.checked += 1;
+        let mut on_older_keys = 0;
+        let secrets = self.cache.state();
+        self.unverified.retain(secrets.iter().map(AsRef::as_ref));
+        for secret in &secrets {
             let name = format!(
                 "{}/{}",
                 secret.metadata.namespace.as_deref().unwrap_or(""),
                 secret.metadata.name.as_deref().unwrap_or("")
             );
-            match self.rotate(&engine, &secret, &sources, &keys).await {
-                Ok(false) => {
-                    self.metrics.rotation("unchanged");
-                    report.unchanged += 1;
+            let (recorded, verified) = match verify(secret, &keys, &ring) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.unverified.note(secret, e.label(), &e);
+                    report.unverified.push(name);
+                    continue;
                 }
-                Ok(true) => {
-                    self.metrics.rotation("updated");
-                    tracing::info!(secret = %name, "managed Secret rotated");
-                    report.updated.push(name);
-                    let restart = secret
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get(&keys.restart_on_rotation))
-                        .is_some_and(|v| v == "true");
-                    if restart {
-                        report.restarted.extend(self.restart(&secret).await);
+            };
+            let due =
+                refresh_interval(&recorded.sources, |s| engine.refresh_interval(s)).is_some_and(|interval| {
+                    let last = last_refreshed(&recorded, secret);
+                    let age = last.map_or(SignedDuration::ZERO, |t| now.duration_since(t));
+                    let due = is_due(last, interval, now);
+                    if !due {
+                        oldest = oldest.max(age);
+                    }
+                    due
+                });
+            if !*leading.borrow() {
+                break;
+            }
+            if !due {
+                // Not due: only signed again when an older key made its MAC.
+                if !verified.current && report.resigned >= RESIGN_PER_PASS {
+                    on_older_keys += 1;
+                } else if !verified.current {
+                    match self.resign(secret, &recorded, &keys, &ring).await {
+                        Ok(()) => {
+                            self.metrics.resigned();
+                            report.resigned += 1;
+                        }
+                        Err(e) => {
+                            tracing::debug!(secret = %name, error = %e, "not signed again; next pass");
+                            on_older_keys += 1;
+                        }
+                    }
+                }
+                continue;
+            }
+            report.checked += 1;
+            match self.rotate(&engine, secret, &recorded, &keys, &ring).await {
+                Ok(rotated) => {
+                    for r in &rotated.revoked {
+                        report.revoked.push(format!("{name}/{}", r.key));
+                    }
+                    if rotated.changed || rotated.removed {
+                        self.metrics.rotation("updated");
+                        tracing::info!(secret = %name, "managed Secret rotated");
+                        report.updated.push(name.clone());
+                    } else {
+                        self.metrics.rotation("unchanged");
+                        report.unchanged += 1;
+                    }
+                    // A key that just left is no reason to restart, and a
+                    // restarted Pod would be denied it anyway.
+                    if rotated.changed && rotated.revoked.is_empty() && recorded.restart_on_rotation {
+                        let restarter = Restarter {
+                            client: &self.client,
+                            engine: &engine,
+                            metrics: &self.metrics,
+                        };
+                        report
+                            .restarted
+                            .extend(restarter.restart(secret, &recorded).await);
                     }
                 }
                 Err(e) => {
                     self.metrics.rotation_failure(e.class());
                     tracing::warn!(secret = %name, error = %e, "managed Secret not rotated");
                     report.failed += 1;
+                    let age = last_refreshed(&recorded, secret)
+                        .map_or(SignedDuration::ZERO, |t| now.duration_since(t));
                     oldest = oldest.max(age);
+                    if !verified.current {
+                        on_older_keys += 1;
+                    }
                 }
             }
         }
         self.metrics.set_oldest_unrefreshed(oldest.as_secs());
+        self.metrics.set_on_older_keys(on_older_keys);
         report
     }
 
-    /// Re-resolves one Secret; `Ok(true)` when its data changed. The
-    /// Secret is written as the admission path writes it (the same data
-    /// function, the same body), with its new `refreshed-at` either way.
+    /// Re-authorises and re-resolves one Secret, and writes it as the
+    /// admission path writes it (the same data function, the same body,
+    /// signed with the newest key), with its new `refreshed-at` either way.
+    /// Keys no longer granted, or not Sesame's, leave the Secret.
     async fn rotate(
         &self,
         engine: &Engine,
         secret: &Secret,
-        sources: &BTreeMap<String, SecretRef>,
+        recorded: &Recorded,
         keys: &SecretAnnotations,
-    ) -> Result<bool, RotationError> {
-        let fetched = self.fetch(engine, sources).await?;
-        let data = secret_data(sources, &fetched)?;
-        let changed = !stored_data_equals(secret, &data);
-        let managed = with_new_data(secret, keys, sources.clone(), data);
+        ring: &KeyRing,
+    ) -> Result<Rotated, RotationError> {
+        let labels = self
+            .namespaces
+            .labels(&recorded.namespace)
+            .ok_or_else(|| RotationError::NamespaceUnknown(recorded.namespace.clone()))?;
+        let decision = reauthorise(engine, recorded, Some(&labels))?;
+        let fetched = self.fetch(engine, &decision.granted).await?;
+        let data = secret_data(&decision.granted, &fetched)?;
+        let changed = values_changed(secret, &data);
+        let leaving: Vec<String> = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .filter(|k| !data.contains_key(k))
+            .collect();
+        let managed = recorded.with_data(decision.granted.clone(), data);
         let owners = merged_owners(secret.metadata.owner_references.as_deref().unwrap_or(&[]), &[]);
-        let ApplyBody(mut body) = apply_body(&managed, &owners, keys, &now_rfc3339());
+        let ApplyBody(mut body) = apply_body(&managed, &owners, keys, &now_rfc3339(), Some(ring));
+        // A merge patch keeps keys it does not name: remove them by name.
+        for key in &leaving {
+            body["data"][key.as_str()] = Value::Null;
+        }
         // Optimistic concurrency: a Secret written since the cache saw it is left alone.
         body["metadata"]["resourceVersion"] = json!(secret.metadata.resource_version);
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &managed.namespace);
@@ -219,7 +368,84 @@ impl Rotator {
                 ::kube::Error::Api(s) => RotationError::Write(format!("{} {}", s.code, s.reason)),
                 other => RotationError::Write(other.to_string()),
             })?;
-        Ok(changed)
+        if !decision.revoked.is_empty() {
+            self.report_revoked(secret, recorded, &decision.revoked).await;
+        }
+        Ok(Rotated {
+            changed,
+            removed: !leaving.is_empty(),
+            revoked: decision.revoked,
+        })
+    }
+
+    /// A log line per key and an Event on the Secret: references and the
+    /// policy's reasons, no values.
+    async fn report_revoked(&self, secret: &Secret, recorded: &Recorded, revoked: &[Revoked]) {
+        self.metrics.revoked(revoked.len());
+        for r in revoked {
+            tracing::warn!(
+                namespace = %recorded.namespace,
+                secret = %recorded.name,
+                key = %r.key,
+                reference = %r.reference,
+                reason = %r.reason,
+                "the policy no longer grants this reference; its key was removed from the managed Secret"
+            );
+        }
+        let listed: Vec<String> = revoked
+            .iter()
+            .map(|r| format!("{} ({})", r.key, r.reference))
+            .collect();
+        let mut note = format!(
+            "Sesame removed {} key(s) whose reference the policy no longer grants to service account {}: {}",
+            revoked.len(),
+            recorded.service_account,
+            listed.join(", ")
+        );
+        truncate(&mut note, 1000);
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            name: Some(recorded.name.clone()),
+            namespace: Some(recorded.namespace.clone()),
+            uid: secret.metadata.uid.clone(),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "ReferenceNotGranted".into(),
+            note: Some(note),
+            action: "Rotate".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.events.publish(&event, &reference).await {
+            tracing::warn!(namespace = %recorded.namespace, secret = %recorded.name, error = %e, "could not record the Event");
+        }
+    }
+
+    /// Signs a Secret again with the newest key (its record unchanged),
+    /// conditional on the resourceVersion read.
+    async fn resign(
+        &self,
+        secret: &Secret,
+        recorded: &Recorded,
+        keys: &SecretAnnotations,
+        ring: &KeyRing,
+    ) -> Result<(), ::kube::Error> {
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": secret.metadata.resource_version,
+                "annotations": {keys.provenance.as_str(): recorded.mac(ring)},
+            }
+        });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        Api::<Secret>::namespaced(self.client.clone(), &recorded.namespace)
+            .patch(&recorded.name, &params, &Patch::Merge(&patch))
+            .await
+            .map(drop)
     }
 
     /// Values through the stores' caches, as admission sees them: a value
@@ -238,81 +464,27 @@ impl Rotator {
         let answers = engine.stores().resolve(&requests, engine.resolve_timeout()).await;
         Ok(requests.into_iter().zip(answers).collect())
     }
+}
 
-    /// Restarts the workloads that own the Secret; returns `Kind/name` of each.
-    async fn restart(&self, secret: &Secret) -> Vec<String> {
-        let namespace = secret.metadata.namespace.as_deref().unwrap_or("");
-        let mut targets = BTreeSet::new();
-        for owner in secret.metadata.owner_references.iter().flatten() {
-            let rs_controller = if owner.kind == "ReplicaSet" {
-                let api: Api<PartialObjectMeta<ReplicaSet>> = Api::namespaced(self.client.clone(), namespace);
-                match api.get_opt(&owner.name).await {
-                    Ok(Some(rs)) => rs
-                        .metadata
-                        .owner_references
-                        .into_iter()
-                        .flatten()
-                        .find(|o| o.controller == Some(true)),
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::warn!(replicaset = %owner.name, error = %e, "cannot read ReplicaSet for a restart");
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            match restart_target(owner, rs_controller.as_ref()) {
-                Some(t) => {
-                    targets.insert(t);
-                }
-                None => {
-                    tracing::info!(kind = %owner.kind, name = %owner.name, "owner cannot be restarted; skipped")
-                }
-            }
+/// Cuts `text` to at most `max` bytes, at a character boundary.
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
         }
-        let now = now_rfc3339();
-        let patch = Patch::Strategic(restart_patch(&now));
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..Default::default()
-        };
-        let mut done = Vec::new();
-        for (kind, name) in targets {
-            let result = match kind {
-                "Deployment" => Api::<Deployment>::namespaced(self.client.clone(), namespace)
-                    .patch(&name, &params, &patch)
-                    .await
-                    .map(drop),
-                "StatefulSet" => Api::<StatefulSet>::namespaced(self.client.clone(), namespace)
-                    .patch(&name, &params, &patch)
-                    .await
-                    .map(drop),
-                _ => Api::<DaemonSet>::namespaced(self.client.clone(), namespace)
-                    .patch(&name, &params, &patch)
-                    .await
-                    .map(drop),
-            };
-            match result {
-                Ok(()) => {
-                    self.metrics.restart(kind);
-                    tracing::info!(namespace, kind, name = %name, "rolling restart after rotation");
-                    done.push(format!("{kind}/{name}"));
-                }
-                Err(e) => {
-                    self.metrics.rotation_failure("restart");
-                    tracing::warn!(namespace, kind, name = %name, error = %e, "rolling restart failed");
-                }
-            }
-        }
-        done
+        text.truncate(end);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::stores::Stores;
+    use crate::telemetry::Metrics;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use k8s_openapi::ByteString;
 
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -324,16 +496,6 @@ mod tests {
             path: path.into(),
             property: property.map(str::to_owned),
             version: None,
-        }
-    }
-
-    fn owner(kind: &str, name: &str) -> OwnerReference {
-        OwnerReference {
-            api_version: "apps/v1".into(),
-            kind: kind.into(),
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            ..Default::default()
         }
     }
 
@@ -362,19 +524,40 @@ mod tests {
         assert!(is_due(None, Duration::from_secs(60), at(0)));
     }
 
+    fn recorded(namespace: &str, service_account: &str, sources: &[(&str, SecretRef)]) -> Recorded {
+        let sources: BTreeMap<String, SecretRef> = sources
+            .iter()
+            .map(|(k, r)| ((*k).to_owned(), r.clone()))
+            .collect();
+        Recorded {
+            namespace: namespace.into(),
+            name: "sesame-0123456789abcdef".into(),
+            service_account: service_account.into(),
+            references: sources
+                .values()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            sources,
+            restart_on_rotation: false,
+            refreshed_at: at(500).to_string(),
+        }
+    }
+
     #[test]
-    fn last_refreshed_prefers_the_annotation() {
-        let keys = SecretAnnotations::new("sesame.dev");
-        let mut s = Secret {
+    fn last_refreshed_is_the_signed_annotation() {
+        let s = Secret {
             metadata: ObjectMeta {
                 creation_timestamp: Some(Time(at(0))),
                 ..Default::default()
             },
             ..Default::default()
         };
-        assert_eq!(last_refreshed(&s, &keys), Some(at(0)));
-        s.metadata.annotations = Some([(keys.refreshed_at.clone(), at(500).to_string())].into());
-        assert_eq!(last_refreshed(&s, &keys), Some(at(500)));
+        let mut r = recorded("a", "default", &[]);
+        assert_eq!(last_refreshed(&r, &s), Some(at(500)));
+        r.refreshed_at = "not a time".into();
+        assert_eq!(last_refreshed(&r, &s), Some(at(0)));
     }
 
     #[test]
@@ -401,37 +584,111 @@ mod tests {
         );
         let e = RotationError::from(secret_data(&sources, &fetched).unwrap_err());
         assert_eq!(e.class(), "missing_property");
+        assert_eq!(
+            RotationError::NamespaceUnknown("x".into()).class(),
+            "namespace_unknown"
+        );
+    }
+
+    /// The policy of the tests: each namespace its own subtree of the file
+    /// store and its own Secrets of the `kubernetes` store; `ci` also
+    /// `shared/*`; namespaces labelled `tier: gold` also `gold/*`.
+    async fn engine() -> Engine {
+        let config = Config::from_yaml(
+            "stores:\n  - {name: dev, file: {path: secrets.yaml}}\n  - {name: k8s, kubernetes: {}}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/**']}\n    - {name: own-k8s, namespaces: ['*'], stores: [k8s], paths: ['{namespace}/*']}\n    - {name: ci, namespaces: ['*'], serviceAccounts: [ci], stores: [dev], paths: ['shared/*']}\n    - {name: gold, namespaceSelector: {matchLabels: {tier: gold}}, stores: [dev], paths: ['gold/*']}\n",
+            "t",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secrets.yaml"), "{}\n").unwrap();
+        let stores = Stores::from_config(&config.stores, dir.path(), &Arc::new(Metrics::new()), None)
+            .await
+            .unwrap();
+        Engine::new(&config, stores)
+    }
+
+    /// A signed record can only name what Sesame recorded, but the policy
+    /// may have changed since (or the Secret may have been replayed): each
+    /// reference is granted again, or its key goes.
+    #[tokio::test]
+    async fn rotation_grants_only_what_the_current_policy_grants() {
+        let e = engine().await;
+        let own = rec("dev", "apps/team-a/db", Some("password"));
+        let secret = recorded(
+            "team-a",
+            "web",
+            &[
+                ("own", own.clone()),
+                ("other-team", rec("dev", "apps/team-b/db", Some("password"))),
+                (
+                    "kube-system",
+                    rec("k8s", "kube-system/admin-token", Some("token")),
+                ),
+                ("k8s-own", rec("k8s", "team-a/db", Some("password"))),
+                ("ungranted", rec("dev", "nobody/db", None)),
+                ("outside", rec("dev", "../outside", None)),
+                ("ci-only", rec("dev", "shared/token", None)),
+                ("gold-only", rec("dev", "gold/token", None)),
+            ],
+        );
+        let plain: BTreeMap<String, String> = BTreeMap::new();
+        let decision = reauthorise(&e, &secret, Some(&plain)).unwrap();
+        assert_eq!(decision.granted.keys().collect::<Vec<_>>(), ["k8s-own", "own"]);
+        let revoked: Vec<&str> = decision.revoked.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(
+            revoked,
+            [
+                "ci-only",
+                "gold-only",
+                "kube-system",
+                "other-team",
+                "outside",
+                "ungranted"
+            ]
+        );
+        let outside = decision.revoked.iter().find(|r| r.key == "outside").unwrap();
+        assert!(outside.reason.contains("not allowed"), "{}", outside.reason);
+
+        // The recorded subject and the namespace's current labels count.
+        let as_ci = recorded("team-a", "ci", &[("ci-only", rec("dev", "shared/token", None))]);
+        assert_eq!(reauthorise(&e, &as_ci, Some(&plain)).unwrap().revoked, []);
+        let gold: BTreeMap<String, String> = [("tier".to_owned(), "gold".to_owned())].into();
+        let in_gold = recorded("team-a", "web", &[("gold-only", rec("dev", "gold/token", None))]);
+        assert_eq!(reauthorise(&e, &in_gold, Some(&gold)).unwrap().revoked, []);
+        assert_eq!(reauthorise(&e, &in_gold, Some(&plain)).unwrap().revoked.len(), 1);
+
+        // A store that is gone from the configuration fails the Secret
+        // without removing anything.
+        let gone = recorded("team-a", "web", &[("x", rec("vault", "apps/team-a/db", None))]);
+        assert_eq!(
+            reauthorise(&e, &gone, Some(&plain)),
+            Err(RotationError::UnknownStore("vault".into()))
+        );
     }
 
     #[test]
-    fn restarts_walk_replicaset_to_deployment() {
-        let deploy = OwnerReference {
-            controller: Some(true),
-            ..owner("Deployment", "web")
+    fn only_new_values_count_as_a_change() {
+        let stored = Secret {
+            data: Some(
+                [
+                    ("a".to_owned(), ByteString(b"1".to_vec())),
+                    ("b".to_owned(), ByteString(b"2".to_vec())),
+                ]
+                .into(),
+            ),
+            ..Default::default()
         };
-        assert_eq!(
-            restart_target(&owner("ReplicaSet", "web-5d4f"), Some(&deploy)),
-            Some(("Deployment", "web".to_owned()))
+        let same: BTreeMap<String, SecretValue> = [("a".to_owned(), SecretValue::from("1"))].into();
+        assert!(
+            !values_changed(&stored, &same),
+            "a key leaving is not a new value"
         );
-        // A bare ReplicaSet has nothing to roll.
-        assert_eq!(restart_target(&owner("ReplicaSet", "rs"), None), None);
-        assert_eq!(
-            restart_target(&owner("StatefulSet", "db"), None),
-            Some(("StatefulSet", "db".to_owned()))
-        );
-        assert_eq!(
-            restart_target(&owner("DaemonSet", "agent"), None),
-            Some(("DaemonSet", "agent".to_owned()))
-        );
-        let job = OwnerReference {
-            api_version: "batch/v1".into(),
-            ..owner("Job", "migrate")
-        };
-        assert_eq!(restart_target(&job, None), None);
-        assert_eq!(
-            restart_patch("2026-01-01T00:00:00Z")["spec"]["template"]["metadata"]["annotations"]
-                [RESTARTED_AT],
-            "2026-01-01T00:00:00Z"
-        );
+        let new: BTreeMap<String, SecretValue> = [("a".to_owned(), SecretValue::from("9"))].into();
+        assert!(values_changed(&stored, &new));
+        let added: BTreeMap<String, SecretValue> = [("c".to_owned(), SecretValue::from("3"))].into();
+        assert!(values_changed(&stored, &added));
+        let mut note = "é".repeat(600);
+        truncate(&mut note, 1000);
+        assert!(note.len() <= 1000 && note.is_char_boundary(note.len()));
     }
 }

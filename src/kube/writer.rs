@@ -1,6 +1,6 @@
 //! `KubeSecretWriter`: writes a plan's Secret with server-side apply before
-//! the Pod is admitted. A watch-backed cache of managed Secrets makes an
-//! up-to-date Secret cost no API call.
+//! the Pod is admitted, signed with the provenance key. A watch-backed cache
+//! of managed Secrets makes an up-to-date Secret cost no API call.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use ::kube::{Api, Client};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
 
+use super::provenance::Provenance;
 use super::secret::{
     apply_body, decide, now_rfc3339, ApplyDecision, SecretAnnotations, FIELD_MANAGER, MANAGED_SELECTOR,
 };
@@ -24,25 +25,32 @@ pub struct KubeSecretWriter {
     client: Client,
     keys: SecretAnnotations,
     cache: Store<Secret>,
+    provenance: Provenance,
 }
 
 impl KubeSecretWriter {
     /// The writer over a watch of managed Secrets (every namespace, by
     /// label), and the future that keeps that cache current, for the caller
-    /// to run. `prefix` is the annotation prefix.
-    pub fn watching(client: Client, prefix: &str) -> (Self, impl Future<Output = ()> + Send + 'static) {
+    /// to run. `prefix` is the annotation prefix; `provenance` the keys
+    /// Secrets are signed with.
+    pub fn watching(
+        client: Client,
+        prefix: &str,
+        provenance: Provenance,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let api: Api<Secret> = Api::all(client.clone());
         let config = watcher::Config::default().labels(MANAGED_SELECTOR);
         let (cache, watch) = super::reflect::reflector(api, config, "managed-secrets");
-        (Self::new(client, prefix, cache), watch)
+        (Self::new(client, prefix, cache, provenance), watch)
     }
 
     /// A writer over a cache of managed Secrets (shared with GC and rotation).
-    pub fn new(client: Client, prefix: &str, cache: Store<Secret>) -> Self {
+    pub fn new(client: Client, prefix: &str, cache: Store<Secret>, provenance: Provenance) -> Self {
         Self {
             client,
             keys: SecretAnnotations::new(prefix),
             cache,
+            provenance,
         }
     }
 
@@ -94,7 +102,8 @@ impl KubeSecretWriter {
     async fn write(&self, secret: &ManagedSecret) -> Result<WriteOutcome, WriteError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret.namespace);
         let existing = self.stored(&api, secret).await?;
-        let owners = match decide(existing.as_deref(), secret, &self.keys) {
+        let ring = self.provenance.current();
+        let owners = match decide(existing.as_deref(), secret, &self.keys, ring.as_deref()) {
             ApplyDecision::UpToDate => return Ok(WriteOutcome::Unchanged),
             ApplyDecision::Apply { owners } => owners,
             ApplyDecision::Terminating => {
@@ -104,7 +113,7 @@ impl KubeSecretWriter {
                 })
             }
         };
-        let body = apply_body(secret, &owners, &self.keys, &now_rfc3339());
+        let body = apply_body(secret, &owners, &self.keys, &now_rfc3339(), ring.as_deref());
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let patch = Patch::Apply(&body);
         let mut attempt = 0;

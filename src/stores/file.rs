@@ -190,8 +190,21 @@ async fn from_dir(dir: &Path, locator: &SecretLocator) -> Result<SecretData, Sto
     if locator.version.is_some() {
         return Err(StoreError::VersionNotFound);
     }
-    // The grammar has already refused `..`, empty segments and absolute paths,
-    // so joining stays below `dir`.
+    // The grammar and the policy refuse `..`, empty segments and absolute
+    // paths before a path gets here; refused here too, so that no caller
+    // that skipped them can leave `dir`.
+    let escapes = locator.path.is_empty()
+        || locator.path.starts_with('/')
+        || locator.path.contains('\\')
+        || locator
+            .path
+            .split('/')
+            .any(|segment| segment.is_empty() || segment == "." || segment == "..");
+    if escapes {
+        return Err(StoreError::InvalidRequest(
+            "the path has an empty, \".\" or \"..\" segment, a backslash, or is absolute".into(),
+        ));
+    }
     let file = dir.join(format!("{}.env", locator.path));
     let text = match tokio::fs::read_to_string(&file).await {
         Ok(t) => t,
@@ -331,6 +344,34 @@ mod tests {
         assert_eq!(db.get(Some("NOTE")).unwrap().expose(), b"a # b");
         assert_eq!(db.get(Some("X")).unwrap().expose(), b"y");
         assert_eq!(r[1].as_ref().unwrap_err(), &StoreError::NotFound);
+    }
+
+    /// Defence in depth: a path that would leave the directory is refused
+    /// by the store itself, whoever asks.
+    #[tokio::test]
+    async fn a_directory_store_never_reads_outside_its_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("secrets");
+        std::fs::create_dir_all(dir.join("team-a")).unwrap();
+        std::fs::write(root.path().join("outside.env"), "X=outside-secret\n").unwrap();
+        std::fs::write(dir.join("team-a/db.env"), "X=inside\n").unwrap();
+        let s = store_at(&dir);
+        let paths = [
+            "../outside",
+            "team-a/../../outside",
+            "/etc/passwd",
+            "team-a//db",
+            "./team-a/db",
+            "",
+        ];
+        let locators: Vec<SecretLocator> = paths.iter().map(|p| SecretLocator::new(*p, None)).collect();
+        let answers = s.fetch(&locators, &RequestLimit::default()).await;
+        for (path, answer) in paths.iter().zip(&answers) {
+            assert!(
+                matches!(answer, Err(StoreError::InvalidRequest(_))),
+                "{path}: {answer:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -352,6 +352,25 @@ pub(crate) async fn installed_checks(
         secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "sesame"
     );
+    // Signed with the provenance key Sesame created in its own namespace,
+    // as the install's ServiceAccount.
+    assert!(
+        secret["metadata"]["annotations"]["sesame.dev/provenance"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("v1:1:")),
+        "{secret}"
+    );
+    let keys: Value = serde_json::from_str(&run(&mut scratch.kubectl(&[
+        "-n",
+        install_ns,
+        "get",
+        "secret",
+        "sesame-provenance",
+        "-o",
+        "json",
+    ])))
+    .unwrap();
+    assert!(keys["data"]["key-1"].is_string(), "a key 1");
     let key = env["valueFrom"]["secretKeyRef"]["key"].as_str().unwrap();
     use base64::Engine as _;
     assert_eq!(

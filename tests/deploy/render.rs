@@ -136,7 +136,17 @@ pub(crate) fn values_file(values: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deploy-test");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("values-{:016x}.yaml", h.finish()));
-    std::fs::write(&path, values).unwrap();
+    // Written beside and renamed into place: tests asking for the same
+    // values at once must never read a file another is still writing.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = dir.join(format!(
+        "values-{:016x}.{}-{n}.partial",
+        h.finish(),
+        std::process::id()
+    ));
+    std::fs::write(&partial, values).unwrap();
+    std::fs::rename(&partial, &path).unwrap();
     path
 }
 

@@ -14,6 +14,8 @@
 //! - DeleteOptions `preconditions` (uid, resourceVersion → 409 on mismatch);
 //! - JSON merge patch carrying `metadata.resourceVersion`: a precondition
 //!   (409 Conflict when stale), as the API server treats it;
+//! - Event v1 (events.k8s.io), https://kubernetes.io/docs/reference/kubernetes-api/cluster-resources/event-v1/
+//!   (namespaced, created with POST in the namespace of the object it is about);
 //! - MutatingWebhookConfiguration v1, https://kubernetes.io/docs/reference/kubernetes-api/extend-resources/mutating-webhook-configuration-v1/
 //!   (cluster-scoped; `webhooks` is a list map keyed by `name`, so an apply
 //!   that names a webhook merges into that entry).
@@ -107,6 +109,7 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "deployments" => ("Deployment", "apps/v1"),
         "statefulsets" => ("StatefulSet", "apps/v1"),
         "daemonsets" => ("DaemonSet", "apps/v1"),
+        "events" => ("Event", "events.k8s.io/v1"),
         "mutatingwebhookconfigurations" => {
             ("MutatingWebhookConfiguration", "admissionregistration.k8s.io/v1")
         }

@@ -115,6 +115,7 @@ fn build(
     let resolved: Vec<Answer> = items.iter().map(|(_, a)| a.clone()).collect();
     build_plan(&PlanInput {
         namespace,
+        service_account: "default",
         pod,
         mode,
         inline_allowed,
@@ -194,7 +195,7 @@ fn secret_keys_do_not_depend_on_annotation_order_and_never_collide() {
 }
 
 #[test]
-fn the_secret_name_depends_on_the_namespace_and_the_set_of_references_only() {
+fn the_secret_name_depends_on_the_namespace_the_service_account_and_the_set_of_references_only() {
     let items = vec![
         (env("A", "dev:apps/team-a/db#password"), db()),
         (env("B", "dev:apps/team-a/db#user"), db()),
@@ -211,7 +212,32 @@ fn the_secret_name_depends_on_the_namespace_and_the_set_of_references_only() {
         reference("dev:apps/team-a/db#password", None),
         reference("dev:apps/team-a/db#user", None),
     ];
-    assert_eq!(secret_name("team-a", &refs), name);
+    assert_eq!(secret_name("team-a", "default", &refs), name);
+    // Another service account in the same namespace: another Secret, so the
+    // own-Secret rule keeps service accounts apart too.
+    let injections: Vec<Injection> = items.iter().map(|(i, _)| i.clone()).collect();
+    let resolved: Vec<Answer> = items.iter().map(|(_, a)| a.clone()).collect();
+    let ci = build_plan(&PlanInput {
+        namespace: "team-a",
+        service_account: "ci",
+        pod: &view(&pod_json()),
+        mode: Mode::SecretRef,
+        inline_allowed: false,
+        injections: &injections,
+        resolved: &resolved,
+    })
+    .unwrap()
+    .secret
+    .unwrap();
+    assert_ne!(ci.name, name);
+    assert_eq!(ci.name, secret_name("team-a", "ci", &refs));
+    assert_eq!(ci.service_account, "ci");
+    // The parts are length-prefixed: moving characters between namespace
+    // and service account gives another name.
+    assert_ne!(
+        secret_name("team-ab", "c", &refs),
+        secret_name("team-a", "bc", &refs)
+    );
 
     // Other env names, same references: the same Secret.
     let renamed = vec![

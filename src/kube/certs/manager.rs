@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use super::metrics::CertMetrics;
 use super::state::{carry_out, decide, rfc3339, Decision, Material, Policy, CHANGED_AT};
 use crate::certs::{CertError, CertResolver, TlsError};
+use crate::kube::client::{api_reason, is_conflict};
 use crate::telemetry::Metrics;
 
 /// Field manager of the caBundle writes: Sesame owns that field only, so
@@ -44,17 +45,6 @@ pub enum CertSyncError {
     Certificate(#[from] CertError),
     #[error("serving certificate: {0}")]
     Serving(#[from] TlsError),
-}
-
-fn api_reason(e: &::kube::Error) -> String {
-    match e {
-        ::kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
-        other => other.to_string(),
-    }
-}
-
-fn is_conflict(e: &::kube::Error) -> bool {
-    matches!(e, ::kube::Error::Api(s) if s.code == 409)
 }
 
 /// The outcome of one pass over the Secret.
