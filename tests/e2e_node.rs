@@ -754,7 +754,9 @@ fn run_method(node: &Node, method: Method) {
           "template": {"metadata": {"labels": {"app": "inventory"}, "annotations": {
               "sesame.dev/env-from.db": "dev:apps/team-a/db prefix=DB_",
               "sesame.dev/dir.tls": "dev:apps/team-a/tls path=/etc/tls mode=0440"}},
-            "spec": {"securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532},
+            // The volume's files are owned by root and the group fsGroup:
+            // without fsGroup, mode 0440 is unreadable by a non-root user.
+            "spec": {"securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532},
               "containers": [{"name": "app", "image": node.busybox, "command": ["sleep", "86400"]}]}}}
     });
     let file = node.file("inventory.json", &inventory.to_string());
