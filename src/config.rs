@@ -125,17 +125,23 @@ impl Config {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                let origin = path.display().to_string();
-                Ok(LoadedConfig {
-                    config: Self::from_yaml(&text, &origin)?,
-                    base_dir: path
-                        .parent()
-                        .map(Path::to_path_buf)
-                        .unwrap_or_else(|| PathBuf::from(".")),
-                    origin,
-                })
+                Self::load_text(&text, &path.display().to_string(), path)
             }
         }
+    }
+
+    /// Parses the text of the file at `path` as read elsewhere (the
+    /// ConfigMap it is mounted from, named by `origin`): relative paths in
+    /// it start where the file's do.
+    pub(crate) fn load_text(text: &str, origin: &str, path: &Path) -> Result<LoadedConfig, ConfigError> {
+        Ok(LoadedConfig {
+            config: Self::from_yaml(text, origin)?,
+            base_dir: path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            origin: origin.to_owned(),
+        })
     }
 
     /// Checks what serde cannot, section by section: names, references

@@ -10,6 +10,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "support/fake_api.rs"]
+mod fake_api;
 #[path = "support/http.rs"]
 mod http;
 #[path = "support/slow_vault.rs"]
@@ -19,6 +21,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
+use fake_api::FakeApi;
 use serde_json::{json, Value};
 use slow_vault::SlowVault;
 
@@ -238,4 +241,73 @@ async fn a_background_task_that_dies_stops_the_server_with_a_failure() {
     wait_until_refused(addr).await;
     wait_until_refused(admin).await;
     drop(dir);
+}
+
+/// The body of a GET on the admin port, with its status.
+async fn admin_get(url: String) -> (u16, String) {
+    let resp = reqwest::get(url).await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// Start-up shows its progress on the admin port, and a SIGTERM during it
+/// ends the process at once, cleanly: Sesame is PID 1 in its container,
+/// where a signal without a handler is ignored, so the handler must exist
+/// before the (up to a minute long) wait for the certificate. Here the API
+/// server answers every read of the certificate Secret with 503, so
+/// start-up stays at that step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_reports_its_step_and_sigterm_during_it_exits_0_at_once() {
+    let api = FakeApi::start().await;
+    api.fail_next("GET", "secrets/sesame-certs", 503, 1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), CONFIG, SECRETS);
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let options = ProcessOptions {
+        kubeconfig: Some(&kubeconfig),
+        until_admin_port: true,
+        ..Default::default()
+    };
+    let mut server = ServeProcess::spawn_with(
+        dir.path(),
+        &["--cert-mode", "self-managed", "--namespace", "sesame-system"],
+        options,
+    )
+    .await;
+
+    let waiting = "starting: waiting for the serving certificate (Secret sesame-system/sesame-certs)";
+    let started = Instant::now();
+    loop {
+        let (code, body) = admin_get(server.admin("/readyz")).await;
+        assert_eq!(code, 503, "{body}");
+        if body == format!("not ready: {waiting}\n") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "/readyz never named the certificate step: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        admin_get(server.admin("/startupz")).await,
+        (503, format!("{waiting}\n"))
+    );
+    assert_eq!(admin_get(server.admin("/livez")).await, (200, "ok\n".into()));
+    assert!(
+        !api.calls("GET", "secrets/sesame-certs").is_empty(),
+        "Sesame is asking for its certificate"
+    );
+
+    server.sigterm();
+    // Far sooner than the 60 s certificate deadline would end it.
+    let status = server.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{:#?}", server.lines());
+    assert!(
+        server
+            .json_logs()
+            .iter()
+            .any(|l| l["message"] == "shutdown signal received during start-up; stopping"),
+        "{:#?}",
+        server.lines()
+    );
 }

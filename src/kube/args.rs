@@ -1,6 +1,7 @@
 //! The Kubernetes side's command-line arguments, flattened into `serve`'s:
 //! whether and how to reach the API, leader election, garbage collection,
-//! and where the serving certificate comes from.
+//! the ConfigMap of the configuration, and where the serving certificate
+//! comes from.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,6 +57,19 @@ pub struct KubeArgs {
     /// How often the leader looks for unreferenced managed Secrets.
     #[arg(long, env = "SESAME_GC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub(crate) gc_interval: Duration,
+    /// The ConfigMap holding the configuration file: watched through the
+    /// API, so that a change applies within a second on every replica
+    /// instead of when the kubelet updates the mounted file (which stays the
+    /// fallback). Unset: the file only.
+    #[arg(long, env = "SESAME_CONFIG_MAP")]
+    pub(crate) config_map: Option<String>,
+    /// Namespace of `--config-map` (default: Sesame's own).
+    #[arg(long, env = "SESAME_CONFIG_MAP_NAMESPACE")]
+    pub(crate) config_map_namespace: Option<String>,
+    /// The key of `--config-map` that holds the file (default: the file name
+    /// of `--config`).
+    #[arg(long, env = "SESAME_CONFIG_MAP_KEY")]
+    pub(crate) config_map_key: Option<String>,
     /// The Secret (in Sesame's namespace) holding the provenance keys that
     /// sign every managed Secret; created at first start.
     #[arg(long, env = "SESAME_PROVENANCE_SECRET", default_value = "sesame-provenance")]
@@ -114,6 +128,9 @@ impl Default for KubeArgs {
             lease_name: "sesame-leader".into(),
             gc_grace: Duration::from_secs(600),
             gc_interval: Duration::from_secs(300),
+            config_map: None,
+            config_map_namespace: None,
+            config_map_key: None,
             provenance_secret: "sesame-provenance".into(),
             certs: CertArgs::default(),
         }

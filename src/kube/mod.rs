@@ -1,12 +1,14 @@
 //! The Kubernetes API side: the client, the managed-Secret writer and the
 //! Namespace cache (implementations of the admission path's ports),
-//! watch-backed caches, the provenance keys that tell Sesame's managed
-//! Secrets from look-alikes, and (leader-elected) garbage collection,
-//! rotation and the restarts workloads asked for.
+//! watch-backed caches, the watch of Sesame's own ConfigMap, the provenance
+//! keys that tell Sesame's managed Secrets from look-alikes, and
+//! (leader-elected) garbage collection, rotation and the restarts workloads
+//! asked for.
 
 mod args;
 pub mod certs;
 pub mod client;
+pub(crate) mod config_map;
 pub mod gc;
 pub mod leader;
 pub mod lease;

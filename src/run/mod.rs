@@ -20,8 +20,15 @@ use crate::tasks::Tasks;
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => {
-            let handle = start(&args).await?;
-            Ok(handle.run_until(crate::server::wait_for_signal()).await)
+            // Before anything else: as PID 1 in its container Sesame would
+            // ignore SIGTERM until a handler exists, and start-up can wait
+            // a minute for its certificate.
+            let mut signals =
+                crate::server::Signals::install().context("installing the SIGTERM/SIGINT handlers")?;
+            match serve::start_unless(&args, signals.recv()).await? {
+                Some(handle) => Ok(handle.run_until(async move { signals.recv().await }).await),
+                None => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Mutate(args) => crate::mutate::run(&args).await,
         Command::CheckConfig(arg) => check_config(&arg),

@@ -22,7 +22,7 @@ pub(super) async fn keep_ready(
         _ = check_forever(&engine, &readiness, &metrics) => {}
         _ = stop.cancelled() => {}
     }
-    readiness.set(false);
+    readiness.unready("shutting down");
     metrics.set_ready(false);
 }
 
@@ -40,7 +40,13 @@ async fn check_forever(engine: &SharedEngine, readiness: &Readiness, metrics: &M
         if readiness.get() != ready {
             tracing::info!(ready, "readiness changed");
         }
-        readiness.set(ready);
+        if ready {
+            readiness.set(true);
+        } else {
+            // Store names come from the configuration: no secret in them.
+            let names: Vec<&str> = failures.iter().map(|(store, _)| store.as_str()).collect();
+            readiness.unready(format!("stores failing their check: {}", names.join(", ")));
+        }
         metrics.set_ready(ready);
         let pause = if ready {
             Duration::from_secs(10)

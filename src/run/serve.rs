@@ -1,5 +1,6 @@
-//! `serve`: configuration, stores, certificates (checked before anything
-//! binds), the Kubernetes side, both listeners and the background loops.
+//! `serve`: the admin port (first, so that start-up shows its progress),
+//! configuration, stores, certificates (checked before the webhook port
+//! binds), the Kubernetes side, the webhook port and the background loops.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,13 +13,14 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 
 use super::readiness::keep_ready;
-use super::reload::reload_config;
+use super::reload::{reload_config, ConfigSource};
 use super::start_upkeeps;
 use crate::admission::{Admission, DryRunWriter, NamespaceLabels, SecretWriter};
 use crate::certs::{CertPaths, CertResolver};
 use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::kube::certs::{CertManager, Material, Policy};
+use crate::kube::config_map::{watch_config_map, ConfigMapRef};
 use crate::kube::CertMode;
 use crate::pipeline::{Engine, SharedEngine};
 use crate::server::admin::Readiness;
@@ -93,46 +95,103 @@ impl ServerHandle {
     }
 }
 
-/// Loads configuration and certificates, binds both ports and starts serving.
-/// Managed Secrets are written through the Kubernetes API when one is
-/// configured (`--kube`), else only reported (the dry-run writer).
-/// Whatever it started is stopped again when it fails.
+/// Binds the admin port, loads configuration and certificates, binds the
+/// webhook port and starts serving. Managed Secrets are written through the
+/// Kubernetes API when one is configured (`--kube`), else only reported (the
+/// dry-run writer). Whatever it started is stopped again when it fails.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<ServerHandle> {
     let tasks = Tasks::new();
-    match start_with(args, tasks.clone()).await {
-        Ok(handle) => Ok(handle),
-        Err(e) => {
+    let started = start_with(args, tasks.clone()).await;
+    if started.is_err() {
+        tasks.shutdown();
+        tasks.wait().await;
+    }
+    started
+}
+
+/// [`start`], unless `stop` resolves first (a signal during start-up):
+/// then whatever was started is stopped, and there is no server.
+pub(crate) async fn start_unless(
+    args: &ServeArgs,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<Option<ServerHandle>> {
+    let tasks = Tasks::new();
+    let started = tokio::select! {
+        started = start_with(args, tasks.clone()) => Some(started),
+        () = stop => None,
+    };
+    match started {
+        Some(Ok(handle)) => Ok(Some(handle)),
+        Some(Err(e)) => {
             tasks.shutdown();
             tasks.wait().await;
             Err(e)
+        }
+        None => {
+            tracing::info!("shutdown signal received during start-up; stopping");
+            tasks.shutdown();
+            tasks.wait().await;
+            Ok(None)
         }
     }
 }
 
 async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHandle> {
     let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::default());
+    let limits = Limits::new(
+        args.max_body_bytes,
+        args.client_timeout,
+        args.drain_timeout,
+        &args.connections,
+    );
+
+    // The admin port first: /livez answers from here on, and /startupz and
+    // /readyz say which step start-up waits for. On a thread of its own, so
+    // that the probes and metrics answer however busy the webhook port's
+    // workers are; and the last to stop, so that /readyz says 503 (and
+    // /livez 200) through the whole drain.
+    let admin_listener = server::bind(SocketAddr::new(args.bind_address, args.admin_port)).await?;
+    let admin_addr = admin_listener.local_addr()?;
+    tasks
+        .spawn_on_own_thread(
+            "admin server",
+            server::serve_std(
+                admin_listener.into_std()?,
+                server::Port::admin(limits),
+                server::admin::router(readiness.clone(), metrics.clone()),
+                metrics.clone(),
+                tasks.drained_signal(),
+            ),
+        )
+        .context("starting the admin port's thread")?;
+    tracing::info!(%admin_addr, "admin port listening");
+
+    readiness.starting("the configuration");
     let config_path = args.config.resolve();
     let loaded = Config::load(config_path.as_deref())?;
     let kube = crate::kube::client::connect(args.kube.mode, args.kube.kubeconfig.as_deref()).await?;
+    readiness.starting("the stores of the configuration");
     let engine: SharedEngine = Arc::new(ArcSwap::from_pointee(
         Engine::from_config(&loaded, &metrics, kube.as_ref()).await?,
     ));
     tracing::info!(config = %loaded.origin, stores = loaded.config.stores.len(), rules = loaded.config.policy.rules.len(), "configuration loaded");
     start_upkeeps(&tasks, &engine.load());
 
-    // Certificates are checked before anything binds.
+    // Certificates are checked before the webhook port binds.
     let paths = CertPaths::in_dir(&args.cert_dir);
     let mut cert_manager = None;
     let (resolver, generated_ca_pem) = if args.kube.certs.cert_mode == CertMode::SelfManaged {
         let client = kube.as_ref().context(
             "--cert-mode=self-managed needs the Kubernetes API (in a cluster it is found by itself; else --kube and --kubeconfig)",
         )?;
-        let (manager, material, resolver) = self_managed(client, args, &metrics).await?;
+        let (manager, material, resolver) = self_managed(client, args, &metrics, &readiness).await?;
         let resolver = Arc::new(resolver);
         let ca = material.trust_bundle();
         cert_manager = Some((manager, material));
         (resolver, Some(ca))
     } else if paths.exist() {
+        readiness.starting("the serving certificate (files)");
         let (key, digest) = crate::certs::load(&paths)?;
         let resolver = Arc::new(CertResolver::new(key));
         tasks.spawn(
@@ -160,6 +219,7 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
 
     let (writer, namespaces): (Arc<dyn SecretWriter>, Option<Arc<dyn NamespaceLabels>>) = match &kube {
         Some(client) => {
+            readiness.starting("the caches of managed Secrets and Namespaces");
             let started = crate::kube::start(
                 client,
                 &loaded.config.annotation_prefix,
@@ -194,19 +254,10 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
     let writer_kind = admission.writer_kind();
     tracing::info!(writer = writer_kind, "managed Secret writer");
     let admission = Arc::new(admission);
-    let limits = Limits::new(
-        args.max_body_bytes,
-        args.client_timeout,
-        args.drain_timeout,
-        &args.connections,
-    );
 
+    readiness.starting("the webhook port");
     let webhook_listener = server::bind(SocketAddr::new(args.bind_address, args.tls_port)).await?;
-    let admin_listener = server::bind(SocketAddr::new(args.bind_address, args.admin_port)).await?;
     let webhook_addr = webhook_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
-    let readiness = Arc::new(Readiness::default());
-
     tasks.spawn_draining(
         "webhook server",
         server::serve(
@@ -217,21 +268,7 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
             tasks.shutdown_signal(),
         ),
     );
-    // On a thread of its own, so that the probes and metrics answer however
-    // busy the webhook port's workers are; and the last to stop, so that
-    // /readyz says 503 (and /livez 200) through the whole drain.
-    tasks
-        .spawn_on_own_thread(
-            "admin server",
-            server::serve_std(
-                admin_listener.into_std()?,
-                server::Port::admin(limits),
-                server::admin::router(readiness.clone(), metrics.clone()),
-                metrics.clone(),
-                tasks.drained_signal(),
-            ),
-        )
-        .context("starting the admin port's thread")?;
+    readiness.started();
     tracing::info!(%webhook_addr, %admin_addr, "serving");
 
     tasks.spawn_draining(
@@ -239,10 +276,19 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
         keep_ready(engine.clone(), readiness.clone(), metrics.clone(), tasks.token()),
     );
     if let Some(path) = config_path {
+        let api = match (&kube, ConfigMapRef::from_args(&args.kube, &path)) {
+            (Some(client), Some(target)) => {
+                let (seen, watch) = watch_config_map(client.clone(), &target);
+                tasks.spawn("watch of the configuration ConfigMap", watch);
+                tracing::info!(source = %target.origin(), file = %path.display(), "configuration changes come from the API, the mounted file until the ConfigMap is seen");
+                Some((seen, target.origin()))
+            }
+            _ => None,
+        };
         tasks.spawn(
             "configuration reload",
             reload_config(
-                path,
+                ConfigSource { path, api },
                 loaded.config,
                 engine.clone(),
                 metrics.clone(),
@@ -264,14 +310,19 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
     })
 }
 
-/// Creates or reads the self-managed certificate before anything binds.
+/// Creates or reads the self-managed certificate before the webhook port binds.
 async fn self_managed(
     client: &::kube::Client,
     args: &ServeArgs,
     metrics: &Metrics,
+    readiness: &Readiness,
 ) -> anyhow::Result<(CertManager, Material, CertResolver)> {
     let c = &args.kube.certs;
     let namespace = args.kube.own_namespace();
+    readiness.starting(&format!(
+        "the serving certificate (Secret {namespace}/{})",
+        c.cert_secret
+    ));
     let policy = Policy {
         sans: crate::certs::service_sans(&c.service, &namespace),
         serving_validity: c.serving_cert_validity,

@@ -341,25 +341,52 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub(crate) async fn wait_for_signal() {
+/// SIGTERM and SIGINT, caught from the moment [`Signals::install`] returns.
+/// In a container Sesame is PID 1, for which the kernel ignores a signal
+/// that has no handler: `serve` installs this before anything else, so that
+/// a stop during start-up (a certificate that does not come) is prompt.
+pub(crate) struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub(crate) fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    pub(crate) async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Resolves on SIGTERM or SIGINT (never, when no handler can be installed).
+pub(crate) async fn wait_for_signal() {
+    match Signals::install() {
+        Ok(mut signals) => signals.recv().await,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install the SIGTERM/SIGINT handlers");
+            std::future::pending::<()>().await;
+        }
     }
 }

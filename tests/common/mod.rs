@@ -271,6 +271,11 @@ pub struct ProcessOptions<'a> {
     pub max_open_files: Option<u64>,
     /// Text logs instead of JSON.
     pub text_logs: bool,
+    /// `--kube required --kubeconfig` this file, instead of `--kube off`.
+    pub kubeconfig: Option<&'a Path>,
+    /// Return as soon as the admin port listens (its "admin port listening"
+    /// line), not once start-up has finished: `webhook_addr` stays unset.
+    pub until_admin_port: bool,
 }
 
 /// The value of `key=` in a text log line.
@@ -315,7 +320,15 @@ impl ServeProcess {
                 "--admin-port",
                 "0",
             ])
-            .args(["--kube", "off"])
+            .args(match options.kubeconfig {
+                Some(path) => vec![
+                    "--kube".into(),
+                    "required".into(),
+                    "--kubeconfig".into(),
+                    path.as_os_str().to_owned(),
+                ],
+                None => vec![std::ffi::OsString::from("--kube"), "off".into()],
+            })
             .args(extra)
             .env_remove("RUST_LOG")
             .envs(options.env.iter().copied())
@@ -347,6 +360,17 @@ impl ServeProcess {
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
+            if options.until_admin_port {
+                let admin = this
+                    .json_logs()
+                    .into_iter()
+                    .find(|l| l["message"] == "admin port listening")
+                    .map(|l| l["admin_addr"].as_str().unwrap().parse().unwrap());
+                if let Some(admin) = admin {
+                    this.admin_addr = admin;
+                    return this;
+                }
+            }
             let json = this.json_logs().into_iter().find(|l| l["message"] == "serving");
             let addrs = match json {
                 Some(line) => Some((

@@ -123,7 +123,19 @@ async fn installs_from_deploy_and_mutates_a_pod() {
                 }
                 container = Some(c.clone());
             }
-            "ConfigMap" => config_yaml = o["data"]["sesame.yaml"].as_str().unwrap().to_owned(),
+            "ConfigMap" => {
+                // The shipped configuration with a `kubernetes` store added:
+                // Sesame reads the application's Secret with its own
+                // ServiceAccount. In the ConfigMap too, which Sesame watches.
+                let mut config: Value =
+                    serde_norway::from_str(o["data"]["sesame.yaml"].as_str().unwrap()).unwrap();
+                config["stores"] = serde_json::json!([{"name": "k8s", "kubernetes": {}}]);
+                config["policy"]["rules"] = serde_json::json!([
+                    {"name": "own", "namespaces": ["*"], "stores": ["k8s"], "paths": ["{namespace}/*"]}
+                ]);
+                config_yaml = serde_norway::to_string(&config).unwrap();
+                o["data"]["sesame.yaml"] = Value::String(config_yaml.clone());
+            }
             _ => {}
         }
         assert!(
@@ -175,15 +187,8 @@ async fn installs_from_deploy_and_mutates_a_pod() {
     )
     .unwrap();
 
-    // The shipped configuration with a `kubernetes` store added: Sesame
-    // reads the application's Secret with its own ServiceAccount.
-    let mut config: Value = serde_norway::from_str(&config_yaml).unwrap();
-    config["stores"] = serde_json::json!([{"name": "k8s", "kubernetes": {}}]);
-    config["policy"]["rules"] = serde_json::json!([
-        {"name": "own", "namespaces": ["*"], "stores": ["k8s"], "paths": ["{namespace}/*"]}
-    ]);
     let config_file = dir.join("sesame.yaml");
-    std::fs::write(&config_file, serde_norway::to_string(&config).unwrap()).unwrap();
+    std::fs::write(&config_file, &config_yaml).unwrap();
 
     // The container's command, arguments and environment, with what must
     // differ on this machine: files, loopback ports, the kubeconfig.
@@ -390,4 +395,38 @@ pub(crate) async fn installed_checks(
     // The alerts and the dashboard use what this Sesame exports, certificate
     // metrics included.
     crate::monitoring::check_scrape(&server.metrics.encode());
+
+    // A change of the installed ConfigMap applies through the watch the
+    // installed Role allows (the file here never changes): without the
+    // rule, the same Pod is denied.
+    let cm: Value = serde_json::from_str(&run(&mut scratch.kubectl(&[
+        "-n",
+        install_ns,
+        "get",
+        "configmap",
+        "sesame-config",
+        "-o",
+        "json",
+    ])))
+    .unwrap();
+    let mut config: Value = serde_norway::from_str(cm["data"]["sesame.yaml"].as_str().unwrap()).unwrap();
+    config["policy"]["rules"] = serde_json::json!([]);
+    let patch = serde_json::json!({"data": {"sesame.yaml": serde_norway::to_string(&config).unwrap()}});
+    run(&mut scratch.kubectl(&[
+        "-n",
+        install_ns,
+        "patch",
+        "configmap",
+        "sesame-config",
+        "--type=merge",
+        "-p",
+        &patch.to_string(),
+    ]));
+    // (The dry run's Pod is named like the one created above: admitted, it
+    // would fail with AlreadyExists instead.)
+    let denied = scratch.eventually(&asks, |r| {
+        r.as_ref().is_err_and(|e| e.contains("denied the request"))
+    });
+    let e = denied.expect_err("the ConfigMap's change never applied");
+    assert!(e.contains("no policy rule lets namespace"), "{e}");
 }

@@ -12,7 +12,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::lookup::{
@@ -283,8 +283,8 @@ pub(crate) fn check_deployment(what: &str, objects: &[Value]) {
         "{what}: container port matches --admin-port"
     );
     for (probe, path) in [
-        (&c.startup_probe, "/healthz"),
-        (&c.liveness_probe, "/healthz"),
+        (&c.startup_probe, "/startupz"),
+        (&c.liveness_probe, "/livez"),
         (&c.readiness_probe, "/readyz"),
     ] {
         let get = probe.clone().and_then(|p| p.http_get).expect("HTTP probe");
@@ -656,10 +656,14 @@ fn helm_release_name_and_namespace_flow_through() {
     assert_eq!(serving["spec"]["dnsNames"][0], format!("{name}.platform.svc"));
     let cm: ConfigMap = one(&objects, "ConfigMap");
     let config_volume = volumes.iter().find(|v| v.name == "config").unwrap();
-    assert_eq!(
-        config_volume.config_map.clone().unwrap().name,
-        cm.metadata.name.unwrap()
-    );
+    let cm_name = cm.metadata.name.unwrap();
+    assert_eq!(config_volume.config_map.clone().unwrap().name, cm_name);
+    // Sesame watches the ConfigMap it mounts, and its Role lets it.
+    assert_eq!(env_of(&objects, "SESAME_CONFIG_MAP"), cm_name);
+    let role: Role = one(&objects, "Role");
+    assert!(role.rules.unwrap().iter().any(|r| {
+        r.resources == Some(vec!["configmaps".to_string()]) && r.resource_names == Some(vec![cm_name.clone()])
+    }));
     let binding: ValidatingAdmissionPolicyBinding = one(&objects, "ValidatingAdmissionPolicyBinding");
     let vap: ValidatingAdmissionPolicy = one(&objects, "ValidatingAdmissionPolicy");
     assert_eq!(Some(binding.spec.policy_name), vap.metadata.name);

@@ -42,15 +42,26 @@ fn rbac_is_least_privilege() {
             );
         }
     }
-    let lease_role: Role = one(&objects, "Role");
-    assert_eq!(lease_role.metadata.namespace.as_deref(), Some(NS));
-    for rule in lease_role.rules.unwrap_or_default() {
-        if rule.verbs.iter().any(|v| v != "create") {
-            assert_eq!(
+    let role: Role = one(&objects, "Role");
+    assert_eq!(role.metadata.namespace.as_deref(), Some(NS));
+    for rule in role.rules.unwrap_or_default() {
+        let resources = rule.resources.clone().unwrap_or_default();
+        match resources.as_slice() {
+            [r] if r == "leases" && rule.verbs.iter().any(|v| v != "create") => assert_eq!(
                 rule.resource_names,
                 Some(vec!["sesame-leader".to_string()]),
                 "only the leader Lease is read and renewed"
-            );
+            ),
+            [r] if r == "leases" => {}
+            [r] if r == "configmaps" => {
+                assert_eq!(
+                    rule.resource_names,
+                    Some(vec![env_of(&objects, "SESAME_CONFIG_MAP")]),
+                    "only the ConfigMap Sesame is told to watch"
+                );
+                assert_eq!(rule.verbs, ["list", "watch"], "watched, never changed");
+            }
+            other => panic!("unexpected rule for {other:?}"),
         }
     }
     let sa: ServiceAccount = one(&objects, "ServiceAccount");
@@ -66,6 +77,7 @@ fn rbac_is_least_privilege() {
     // Sesame is told the names its RBAC grants.
     assert_eq!(env_of(&objects, "SESAME_CERT_MODE"), "self-managed");
     assert_eq!(env_of(&objects, "SESAME_WEBHOOK_CONFIG"), "sesame");
+    assert_eq!(env_of(&objects, "SESAME_CONFIG_MAP"), "sesame-config");
 }
 
 /// `identity: pod` needs `serviceaccounts/token` create, which lets Sesame

@@ -101,6 +101,7 @@ pub struct FakeApi {
 fn kind_of(resource: &str) -> (&'static str, &'static str) {
     match resource {
         "secrets" => ("Secret", "v1"),
+        "configmaps" => ("ConfigMap", "v1"),
         "namespaces" => ("Namespace", "v1"),
         "pods" => ("Pod", "v1"),
         "leases" => ("Lease", "coordination.k8s.io/v1"),
@@ -214,6 +215,18 @@ fn matches_selector(obj: &Value, selector: Option<&String>) -> bool {
         }
         None => false,
     })
+}
+
+/// A field selector; only `metadata.name=<name>` (what a watch of one
+/// object sends) is supported.
+fn matches_fields(obj: &Value, selector: Option<&String>) -> bool {
+    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    match sel.strip_prefix("metadata.name=") {
+        Some(name) => obj.pointer("/metadata/name").and_then(Value::as_str) == Some(name),
+        None => panic!("unsupported field selector {sel}"),
+    }
 }
 
 fn as_metadata(obj: &Value) -> Value {
@@ -564,6 +577,7 @@ fn selected(st: &St, target: &Target, query: &BTreeMap<String, String>) -> Vec<V
             *r == target.resource && target.namespace.as_ref().is_none_or(|want| want == ns)
         })
         .filter(|(_, o)| matches_selector(o, query.get("labelSelector")))
+        .filter(|(_, o)| matches_fields(o, query.get("fieldSelector")))
         .map(|(_, o)| o.clone())
         .collect()
 }
@@ -631,6 +645,7 @@ fn watch(st: &Arc<St>, target: &Target, query: &BTreeMap<String, String>, metada
     let resource = target.resource.clone();
     let namespace = target.namespace.clone();
     let selector = query.get("labelSelector").cloned();
+    let fields = query.get("fieldSelector").cloned();
     let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
     let (kind, api_version) = kind_of(&resource);
     let bookmark = json!({
@@ -643,6 +658,7 @@ fn watch(st: &Arc<St>, target: &Target, query: &BTreeMap<String, String>, metada
                 .as_ref()
                 .is_none_or(|ns| e.object.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns))
             && matches_selector(&e.object, selector.as_ref())
+            && matches_fields(&e.object, fields.as_ref())
     };
     let line = move |e: &Event| {
         let object = if metadata_only {
@@ -721,6 +737,20 @@ impl FakeApi {
     pub fn client(&self) -> kube::Client {
         let config = kube::Config::new(self.url.parse().unwrap());
         sesame::kube::client::build(config).unwrap()
+    }
+
+    /// Writes a kubeconfig for this server into `dir` (for `sesame serve
+    /// --kubeconfig`, the binary or in-process) and returns its path.
+    pub fn write_kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("fake-api.kubeconfig");
+        let config = json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        });
+        std::fs::write(&path, config.to_string()).unwrap();
+        path
     }
 
     /// Creates or replaces an object as if another client had written it.
