@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use fake_api::FakeApi;
 use serde_json::{json, Value};
-use sesame::admission::{NamespaceLabels, SecretWriter, WriteError, WriteOutcome};
+use sesame::admission::{NamespaceLabels, SecretWriter, Unlimited, WriteError, WriteOutcome};
 use sesame::inject::annotations::SecretRef;
 use sesame::inject::plan::secret_name;
 use sesame::inject::pod::OwnerReference;
@@ -144,7 +144,10 @@ async fn writer_applies_with_server_side_apply_and_skips_current_secrets() {
     assert_eq!(watch_req.query["resourceVersion"], "100");
 
     let first = managed("team-a", "s3cr3t", vec![owner("web-1", "u1")]);
-    assert_eq!(writer.apply(&first).await.unwrap(), WriteOutcome::Applied);
+    assert_eq!(
+        writer.apply(&first, &Unlimited).await.unwrap(),
+        WriteOutcome::Applied
+    );
     // Not cached yet: read first (404), then apply.
     let path = "/api/v1/namespaces/team-a/secrets/sesame-0123456789abcdef";
     assert_eq!(api.calls("GET", path).len(), 1);
@@ -191,12 +194,18 @@ async fn writer_applies_with_server_side_apply_and_skips_current_secrets() {
     })
     .await;
     let before = api.requests().len();
-    assert_eq!(writer.apply(&first).await.unwrap(), WriteOutcome::Unchanged);
+    assert_eq!(
+        writer.apply(&first, &Unlimited).await.unwrap(),
+        WriteOutcome::Unchanged
+    );
     assert_eq!(api.requests().len(), before);
 
     // The next ReplicaSet of a rollout is added; the first stays an owner.
     let second = managed("team-a", "s3cr3t", vec![owner("web-2", "u2")]);
-    assert_eq!(writer.apply(&second).await.unwrap(), WriteOutcome::Applied);
+    assert_eq!(
+        writer.apply(&second, &Unlimited).await.unwrap(),
+        WriteOutcome::Applied
+    );
     let last = api.calls("PATCH", path).pop().unwrap();
     let uids: Vec<&str> = last.body["metadata"]["ownerReferences"]
         .as_array()
@@ -218,12 +227,15 @@ async fn write_failures_deny_with_the_api_status_and_throttling_is_retried_once(
     let secret = managed("team-a", "s3cr3t", vec![]);
 
     api.fail_next("PATCH", path, 429, 1);
-    assert_eq!(writer.apply(&secret).await.unwrap(), WriteOutcome::Applied);
+    assert_eq!(
+        writer.apply(&secret, &Unlimited).await.unwrap(),
+        WriteOutcome::Applied
+    );
     assert_eq!(api.calls("PATCH", path).len(), 2, "one retry after 429");
 
     let other = managed("team-a", "changed", vec![]);
     api.fail_next("PATCH", path, 422, 1);
-    let err = writer.apply(&other).await.unwrap_err();
+    let err = writer.apply(&other, &Unlimited).await.unwrap_err();
     assert!(matches!(err, WriteError::Refused { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("422 Invalid"), "{msg}");
@@ -232,7 +244,7 @@ async fn write_failures_deny_with_the_api_status_and_throttling_is_retried_once(
     assert_eq!(api.calls("PATCH", path).len(), 3, "no retry for 422");
 
     api.fail_next("PATCH", path, 429, 2);
-    let err = writer.apply(&other).await.unwrap_err().to_string();
+    let err = writer.apply(&other, &Unlimited).await.unwrap_err().to_string();
     assert!(err.contains("429 TooManyRequests"), "{err}");
     assert_eq!(api.calls("PATCH", path).len(), 5);
 }
