@@ -120,7 +120,7 @@ impl Admission {
     }
 
     /// Gives the policy namespace labels (for `namespaceSelector` rules).
-    pub(crate) fn with_namespaces(mut self, namespaces: Arc<dyn NamespaceLabels>) -> Self {
+    pub fn with_namespaces(mut self, namespaces: Arc<dyn NamespaceLabels>) -> Self {
         self.namespaces = Some(namespaces);
         self
     }
