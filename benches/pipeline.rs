@@ -22,7 +22,7 @@ use serde_json::Value;
 use sesame::admission::{Admission, DryRunWriter};
 use sesame::config::Config;
 use sesame::inject::PodView;
-use sesame::pipeline::{Engine, PodInput, SharedEngine, Verdict};
+use sesame::pipeline::{Caller, Engine, PodInput, SharedEngine, Verdict};
 use sesame::server::ReviewLane;
 use sesame::telemetry::Metrics;
 
@@ -145,6 +145,7 @@ fn pipeline(c: &mut Criterion) {
                 base: "",
                 budget: None,
                 namespace_labels: None,
+                caller: Caller::Trusted,
             };
             match engine.evaluate(&input).await {
                 Verdict::Mutated(m) => m,

@@ -96,6 +96,12 @@ pub struct ServeArgs {
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, env = "SESAME_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// PEM file of the CA(s) whose client certificates the webhook port
+    /// requires (the API server presents one when its AdmissionConfiguration
+    /// gives it a kubeconfig for the webhook). Without it any caller is
+    /// served, and is treated as unauthenticated (docs/security.md).
+    #[arg(long, env = "SESAME_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub connections: ConnectionArgs,
     #[command(flatten)]
@@ -116,6 +122,7 @@ impl ServeArgs {
             max_body_bytes: 3 * 1024 * 1024,
             client_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
+            client_ca_file: None,
             connections: ConnectionArgs::default(),
             kube: KubeArgs {
                 mode: KubeMode::Off,

@@ -46,6 +46,11 @@ pub enum DenialClass {
     InvalidRequest,
     /// The managed Secret could not be written.
     SecretWrite,
+    /// The review itself is not one the webhook is registered for (kind,
+    /// operation, subresource, namespace): forged or misrouted.
+    Request,
+    /// The namespace has had its share of new managed Secrets for now.
+    RateLimited,
     /// Sesame itself failed (a bug, not the Pod's fault).
     Internal,
 }
@@ -54,8 +59,9 @@ impl DenialClass {
     /// The HTTP code of the AdmissionResponse status.
     pub fn code(self) -> u16 {
         match self {
-            Self::Malformed | Self::UnknownStore => 400,
+            Self::Malformed | Self::UnknownStore | Self::Request => 400,
             Self::Limit => 413,
+            Self::RateLimited => 429,
             Self::Policy | Self::StoreDenied => 403,
             Self::NotFound | Self::MissingProperty => 404,
             Self::Invalid | Self::UnknownContainer | Self::Conflict => 422,
@@ -90,6 +96,8 @@ impl DenialClass {
             Self::InvalidResponse => "invalid_response",
             Self::InvalidRequest => "invalid_request",
             Self::SecretWrite => "secret_write",
+            Self::Request => "request",
+            Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
         }
     }
@@ -112,6 +120,8 @@ impl DenialClass {
                 "denied_store_error"
             }
             Self::SecretWrite => "denied_secret_write",
+            Self::Request => "denied_request",
+            Self::RateLimited => "denied_rate_limited",
             Self::Internal => "error",
         }
     }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::cli::MutateArgs;
 use crate::config::Config;
 use crate::inject::{ManagedSecret, PodView};
-use crate::pipeline::{Engine, PodInput, Verdict};
+use crate::pipeline::{Caller, Engine, PodInput, Verdict};
 use crate::telemetry::Metrics;
 
 /// Where the Pod (template) sits in each kind of object.
@@ -75,6 +75,7 @@ pub(crate) async fn mutate_object(
             base,
             budget: None,
             namespace_labels: None,
+            caller: Caller::Trusted,
         })
         .await;
     match verdict {

@@ -9,7 +9,7 @@ use json_patch::PatchOperation;
 
 use crate::config::{Config, LoadedConfig};
 use crate::denial::DenialClass;
-use crate::inject::annotations::{self, GrammarError, PodRequest, INJECTED_SUFFIX};
+use crate::inject::annotations::{self, GrammarError, Mode, PodRequest, INJECTED_SUFFIX};
 use crate::inject::limits::{self, LimitExceeded};
 use crate::inject::patch::encoded_len;
 use crate::inject::plan::MANAGED_PREFIX;
@@ -47,6 +47,20 @@ pub struct PodInput<'a> {
     /// The namespace's labels, from the Namespace cache; `None` without a
     /// cluster (rules with a `namespaceSelector` then match nothing).
     pub namespace_labels: Option<&'a std::collections::BTreeMap<String, String>>,
+    /// Who gets the answer: inline values go only to a caller Sesame
+    /// trusts, unless the policy accepts the risk.
+    pub caller: Caller,
+}
+
+/// Who gets the pipeline's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// The person running `sesame mutate`, or a webhook caller that
+    /// presented a client certificate chaining to `--client-ca-file`.
+    Trusted,
+    /// A webhook caller Sesame cannot authenticate: it may be any Pod that
+    /// can reach the webhook port, with a forged review.
+    Unauthenticated,
 }
 
 /// What happens to the Pod.
@@ -257,6 +271,19 @@ impl Engine {
             return Verdict::Denied(Denial::limit(e, references));
         }
         let service_account = service_account(input.pod);
+        if request.mode == Mode::Inline
+            && input.caller == Caller::Unauthenticated
+            && !self.policy.inline_without_client_auth()
+        {
+            return Verdict::Denied(Denial::new(
+                DenialClass::Policy,
+                "inline mode returns values in the admission response, and Sesame cannot authenticate its caller: \
+                 start the server with --client-ca-file (and give the API server a client certificate), \
+                 or accept the risk with policy.inline.allowWithoutClientAuth"
+                    .to_owned(),
+                references,
+            ));
+        }
 
         // Policy first: nothing is fetched for a Pod that may not have it.
         let mut grants = Vec::with_capacity(request.injections.len());
@@ -377,6 +404,29 @@ pub(crate) fn service_account(pod: &PodView) -> &str {
         .unwrap_or("default")
 }
 
+impl Engine {
+    /// The guard for ephemeral containers added to a running Pod: they get
+    /// no injection, and may refer to no managed Secret, not even their
+    /// Pod's own (which one that is was decided at creation from
+    /// annotations that can have been edited since).
+    pub(crate) fn guard_ephemeral_containers(&self, pod: &PodView) -> Option<Denial> {
+        let names = pod.ephemeral_secret_names_with_prefix(MANAGED_PREFIX);
+        let name = names.first()?;
+        Some(Denial::new(
+            DenialClass::Policy,
+            format!(
+                "an ephemeral container refers to Secret \"{name}\", which Sesame manages; ephemeral containers get no injection and may use no managed Secret"
+            ),
+            Vec::new(),
+        ))
+    }
+
+    /// How fast one namespace may get new managed Secrets.
+    pub(crate) fn new_secrets(&self) -> crate::policy::CreationRate {
+        self.policy.new_secrets()
+    }
+}
+
 /// A Pod may not mount or reference a managed Secret other than its own:
 /// that Secret holds values granted to other Pods' annotations.
 fn foreign_secret(name: &str, own: Option<&str>) -> Denial {
@@ -462,6 +512,7 @@ mod tests {
                 base: "",
                 budget: None,
                 namespace_labels: None,
+                caller: Caller::Trusted,
             })
             .await
     }

@@ -494,10 +494,7 @@ async fn serve_writes_one_json_audit_line_per_decision_and_no_value() {
         "0b7e0c1e-0000-4000-8000-000000000002",
         &[("sesame.dev/env.X", "dev:apps/team-a/db#password colour=red")],
     );
-    let untouched = [
-        fixture("pod-create-bare-no-env.json"),
-        fixture("configmap-create.json"),
-    ];
+    let untouched = [fixture("pod-create-bare-no-env.json")];
     let decided = [
         &mutated,
         &every_property,

@@ -1350,3 +1350,392 @@ async fn tenant_checks(
     let platform = deployments.get("platform").await.unwrap();
     assert_eq!(platform.metadata.generation, Some(1));
 }
+
+/// The shipped webhook configuration (deploy/base), as the platform
+/// applies it, with only the endpoint replaced (Sesame runs here on
+/// 127.0.0.1, not behind a Service) and both webhooks narrowed to `ns`, so
+/// that nothing else on a shared API server is affected.
+fn shipped_webhook(name: &str, ns: &str, url: &str, ca_bundle: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/mutatingwebhookconfiguration.yaml");
+    let mut webhook: Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    webhook["metadata"] = json!({"name": name});
+    for w in webhook["webhooks"].as_array_mut().unwrap() {
+        w["clientConfig"] = json!({"url": url, "caBundle": ca_bundle});
+        w["namespaceSelector"]["matchExpressions"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns]}));
+    }
+    webhook
+}
+
+/// A tenant ServiceAccount `tenant` in `ns` with Pod, ephemeral container
+/// and Secret rights there and nothing else, and a client acting as it.
+async fn tenant_in(admin: &Client, kubeconfig: &Path, ns: &str) -> Client {
+    create(
+        &Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(admin.clone(), ns),
+        json!({"metadata": {"name": "tenant"}, "rules": [
+            {"apiGroups": [""], "resources": ["secrets", "pods", "pods/ephemeralcontainers"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
+        ]}),
+    )
+    .await;
+    create(
+        &Api::<ServiceAccount>::namespaced(admin.clone(), ns),
+        json!({"metadata": {"name": "tenant"}}),
+    )
+    .await;
+    create(
+        &Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), ns),
+        json!({"metadata": {"name": "tenant"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant"},
+               "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": ns}]}),
+    )
+    .await;
+    impersonating(
+        kubeconfig,
+        &format!("system:serviceaccount:{ns}:tenant"),
+        vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".into(),
+        ],
+    )
+    .await
+}
+
+/// Sesame against the API server of `kubeconfig`, with a file store that
+/// holds `apps/<ns>/db`, its own namespace `sesame_ns`, and `extra` flags.
+async fn start_sesame(
+    kubeconfig: &Path,
+    dir: &Path,
+    ns: &str,
+    sesame_ns: &str,
+    extra: &[&str],
+) -> sesame::run::ServerHandle {
+    std::fs::write(dir.join("secrets.yaml"), secrets_file(ns, "victim-password")).unwrap();
+    std::fs::write(
+        dir.join("sesame.yaml"),
+        "stores:\n  - {name: dev, file: {path: secrets.yaml}}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/**']}\n  inline: {namespaces: ['*']}\n",
+    )
+    .unwrap();
+    let config = dir.join("sesame.yaml");
+    let certs = dir.join("certs");
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "--bind-address",
+        "127.0.0.1",
+        "--tls-port",
+        "0",
+        "--admin-port",
+        "0",
+        "--cert-dir",
+        certs.to_str().unwrap(),
+        "--kube",
+        "required",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--namespace",
+        sesame_ns,
+    ];
+    args.extend_from_slice(extra);
+    sesame::run::start(&serve_args(&args)).await.unwrap()
+}
+
+/// Attacks 2 and 3 of issue 10 as a tenant plays them against a real API
+/// server with the shipped webhook configuration: a Pod without
+/// annotations that mounts (or `envFrom`s, or hands a CSI driver) the
+/// managed Secret written for another workload of its namespace is denied;
+/// so is an ephemeral container that refers to it; a review forged for
+/// namespace `*` and sent straight to the webhook port is refused, and
+/// nothing is written for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_reach_another_workloads_managed_secret_through_admission() {
+    let Some((kubeconfig, admin)) = e2e_client().await else {
+        return;
+    };
+    let suffix = unique_suffix();
+    let ns = format!("sesame-guard-{suffix}");
+    let sesame_ns = format!("sesame-own-{suffix}");
+    let namespaces = Api::<Namespace>::all(admin.clone());
+    for name in [&ns, &sesame_ns] {
+        create(&namespaces, json!({"metadata": {"name": name}})).await;
+    }
+    default_service_account(&admin, &ns).await;
+    let tenant = tenant_in(&admin, &kubeconfig, &ns).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_bundle = certificates(&kubeconfig, dir.path());
+    let handle = start_sesame(&kubeconfig, dir.path(), &ns, &sesame_ns, &[]).await;
+    let url = format!("https://127.0.0.1:{}/mutate", handle.webhook_addr.port());
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(admin.clone());
+    let webhook_name = format!("sesame-guard-{suffix}");
+    create(&webhooks, shipped_webhook(&webhook_name, &ns, &url, &ca_bundle)).await;
+
+    let outcome = std::panic::AssertUnwindSafe(guard_checks(&admin, &tenant, &ns, &url, &ca_bundle))
+        .catch_unwind()
+        .await;
+    let _ = webhooks.delete(&webhook_name, &DeleteParams::default()).await;
+    handle.shutdown();
+    handle.wait().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    delete_namespace(&admin, &ns).await;
+    delete_namespace(&admin, &sesame_ns).await;
+}
+
+async fn guard_checks(admin: &Client, tenant: &Client, ns: &str, url: &str, ca_bundle: &str) {
+    let marker = format!("{PREFIX}/injected");
+    let pods = Api::<Pod>::namespaced(admin.clone(), ns);
+    // The victim workload: its Pod is mutated and its managed Secret written.
+    let asks = json!({format!("{PREFIX}/env.DB_PASSWORD"): format!("dev:apps/{ns}/db#password")});
+    eventually("the webhook to mutate Pods", Duration::from_secs(20), || {
+        let pods = pods.clone();
+        let marker = marker.clone();
+        let asks = asks.clone();
+        async move {
+            let params = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            pods.create(&params, &obj(pod("probe", asks)))
+                .await
+                .is_ok_and(|p: Pod| p.metadata.annotations.is_some_and(|a| a.contains_key(&marker)))
+        }
+    })
+    .await;
+    let victim = create(&pods, pod("victim", asks)).await;
+    let victim = serde_json::to_value(&victim).unwrap();
+    let managed = victim["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(managed.starts_with("sesame-"), "{victim}");
+    let secrets = Api::<Secret>::namespaced(admin.clone(), ns);
+    assert!(secrets.get_opt(&managed).await.unwrap().is_some());
+
+    // The tenant's Pods, without a Sesame annotation.
+    let tenant_pods = Api::<Pod>::namespaced(tenant.clone(), ns);
+    let thief = |name: &str, spec: Value| -> Pod { obj(json!({"metadata": {"name": name}, "spec": spec})) };
+    let app = json!({"name": "app", "image": "registry.invalid/app:1"});
+    let with = |extra: Value| {
+        let mut c = app.clone();
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        c
+    };
+    let attempts = [
+        (
+            "mount",
+            json!({"containers": [app], "volumes": [{"name": "v", "secret": {"secretName": managed}}]}),
+        ),
+        (
+            "envfrom",
+            json!({"containers": [with(json!({"envFrom": [{"secretRef": {"name": managed}}]}))]}),
+        ),
+        (
+            "csi",
+            json!({"containers": [app], "volumes": [{"name": "v", "csi": {"driver": "secrets.example.com", "nodePublishSecretRef": {"name": managed}}}]}),
+        ),
+    ];
+    for (name, spec) in attempts {
+        let err = tenant_pods
+            .create(&PostParams::default(), &thief(name, spec))
+            .await
+            .expect_err(name);
+        let text = err.to_string();
+        assert!(text.contains("which Sesame manages"), "{name}: {text}");
+        assert!(!text.contains("victim-password"), "{text}");
+    }
+    // An ephemeral container added to the tenant's own running Pod.
+    create(
+        &tenant_pods,
+        json!({"metadata": {"name": "debuggee"}, "spec": {"containers": [app]}}),
+    )
+    .await;
+    let debug = |secret: &str, name: &str| {
+        json!({"spec": {"ephemeralContainers": [{
+            "name": name, "image": "registry.invalid/busybox:1",
+            "envFrom": [{"secretRef": {"name": secret}}]
+        }]}})
+    };
+    let err = tenant_pods
+        .patch_ephemeral_containers(
+            "debuggee",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(debug(&managed, "steal")),
+        )
+        .await
+        .expect_err("an ephemeral container using another workload's managed Secret");
+    assert!(err.to_string().contains("ephemeral container"), "{err}");
+    tenant_pods
+        .patch_ephemeral_containers(
+            "debuggee",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(debug("debug-tools", "debug")),
+        )
+        .await
+        .expect("an ephemeral container using no managed Secret");
+
+    // Any Pod can reach the webhook port: a forged review for namespace `*`.
+    let managed_before = Api::<Secret>::all(admin.clone())
+        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=sesame"))
+        .await
+        .unwrap()
+        .items
+        .len();
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(ca_bundle)
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    for forged_ns in ["*", "sesame-guard-*", "team-?"] {
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "6f2a1f0e-0000-4000-8000-0000000000f0",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "namespace": forged_ns, "operation": "CREATE",
+                "object": pod("forged", json!({
+                    format!("{PREFIX}/mode"): "inline",
+                    format!("{PREFIX}/env.X"): format!("dev:apps/{ns}/db#password"),
+                })),
+            }
+        });
+        let answer: Value = client
+            .post(url)
+            .json(&review)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let r = &answer["response"];
+        assert_eq!(r["allowed"], false, "{forged_ns}: {r}");
+        assert_eq!(r["status"]["code"], 400, "{forged_ns}: {r}");
+        assert!(!answer.to_string().contains("victim-password"), "{answer}");
+    }
+    let managed_after = Api::<Secret>::all(admin.clone())
+        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=sesame"))
+        .await
+        .unwrap()
+        .items
+        .len();
+    assert_eq!(
+        managed_before, managed_after,
+        "a forged review wrote a managed Secret"
+    );
+}
+
+/// Attack 4 of issue 10, closed with `--client-ca-file`: a second API
+/// server (`SESAME_E2E_CLIENT_AUTH_KUBECONFIG`), started with an
+/// AdmissionConfiguration whose kubeconfig gives it a client certificate of
+/// the CA in `SESAME_E2E_CLIENT_CA_FILE` (docs/e2e.md), still gets every
+/// Pod mutated through the shipped webhook configuration, while a client
+/// without a certificate is refused in the TLS handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_client_auth_the_api_server_is_served_and_nobody_else() {
+    let (Some(kubeconfig), Some(client_ca)) = (
+        std::env::var_os("SESAME_E2E_CLIENT_AUTH_KUBECONFIG").map(PathBuf::from),
+        std::env::var_os("SESAME_E2E_CLIENT_CA_FILE").map(PathBuf::from),
+    ) else {
+        println!("skipped: set SESAME_E2E_CLIENT_AUTH_KUBECONFIG and SESAME_E2E_CLIENT_CA_FILE to an API server that presents a client certificate to webhooks (docs/e2e.md)");
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = connect(KubeMode::Required, Some(&kubeconfig))
+        .await
+        .unwrap()
+        .expect("a client");
+    let suffix = unique_suffix();
+    let ns = format!("sesame-mtls-{suffix}");
+    let sesame_ns = format!("sesame-own-{suffix}");
+    let namespaces = Api::<Namespace>::all(admin.clone());
+    for name in [&ns, &sesame_ns] {
+        create(&namespaces, json!({"metadata": {"name": name}})).await;
+    }
+    default_service_account(&admin, &ns).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_bundle = certificates(&kubeconfig, dir.path());
+    let handle = start_sesame(
+        &kubeconfig,
+        dir.path(),
+        &ns,
+        &sesame_ns,
+        &["--client-ca-file", client_ca.to_str().unwrap()],
+    )
+    .await;
+    let url = format!("https://127.0.0.1:{}/mutate", handle.webhook_addr.port());
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(admin.clone());
+    let webhook_name = format!("sesame-mtls-{suffix}");
+    create(&webhooks, shipped_webhook(&webhook_name, &ns, &url, &ca_bundle)).await;
+
+    let outcome = std::panic::AssertUnwindSafe(async {
+        let pods = Api::<Pod>::namespaced(admin.clone(), &ns);
+        let marker = format!("{PREFIX}/injected");
+        let asks = json!({format!("{PREFIX}/env.DB_PASSWORD"): format!("dev:apps/{ns}/db#password")});
+        eventually("the webhook to mutate Pods", Duration::from_secs(20), || {
+            let pods = pods.clone();
+            let marker = marker.clone();
+            let asks = asks.clone();
+            async move {
+                let params = PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                };
+                pods.create(&params, &obj(pod("probe", asks)))
+                    .await
+                    .is_ok_and(|p: Pod| p.metadata.annotations.is_some_and(|a| a.contains_key(&marker)))
+            }
+        })
+        .await;
+        // Every Pod, inline mode included (the caller is authenticated).
+        for i in 0..5 {
+            let created = create(&pods, pod(&format!("web-{i}"), asks.clone())).await;
+            let annotations = created.metadata.annotations.unwrap_or_default();
+            assert!(annotations.contains_key(&marker), "web-{i} was not mutated");
+        }
+        let inline = json!({
+            format!("{PREFIX}/mode"): "inline",
+            format!("{PREFIX}/env.DB_USER"): format!("dev:apps/{ns}/db#user"),
+        });
+        let created = serde_json::to_value(create(&pods, pod("inline", inline)).await).unwrap();
+        assert_eq!(created["spec"]["containers"][0]["env"][0]["value"], "app", "{created}");
+
+        // Anyone else: no certificate, no TLS session.
+        use base64::Engine as _;
+        let ca = base64::engine::general_purpose::STANDARD.decode(&ca_bundle).unwrap();
+        let stranger = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .build()
+            .unwrap();
+        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "namespace": ns, "operation": "CREATE",
+            "object": pod("forged", json!({format!("{PREFIX}/mode"): "inline", format!("{PREFIX}/env.X"): format!("dev:apps/{ns}/db#password")}))
+        }});
+        let err = stranger
+            .post(&url)
+            .json(&review)
+            .send()
+            .await
+            .expect_err("a client without a certificate is served");
+        assert!(err.is_connect() || err.is_request(), "{err:?}");
+    })
+    .catch_unwind()
+    .await;
+    let _ = webhooks.delete(&webhook_name, &DeleteParams::default()).await;
+    handle.shutdown();
+    handle.wait().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    delete_namespace(&admin, &ns).await;
+    delete_namespace(&admin, &sesame_ns).await;
+}

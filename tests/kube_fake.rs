@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use fake_api::FakeApi;
 use serde_json::{json, Value};
-use sesame::admission::{NamespaceLabels, SecretWriter, WriteError, WriteOutcome};
+use sesame::admission::{NamespaceLabels, SecretWriter, Unlimited, WriteError, WriteOutcome};
 use sesame::inject::annotations::SecretRef;
 use sesame::inject::plan::secret_name;
 use sesame::inject::pod::OwnerReference;
@@ -144,7 +144,10 @@ async fn writer_applies_with_server_side_apply_and_skips_current_secrets() {
     assert_eq!(watch_req.query["resourceVersion"], "100");
 
     let first = managed("team-a", "s3cr3t", vec![owner("web-1", "u1")]);
-    assert_eq!(writer.apply(&first).await.unwrap(), WriteOutcome::Applied);
+    assert_eq!(
+        writer.apply(&first, &Unlimited).await.unwrap(),
+        WriteOutcome::Applied
+    );
     // Not cached yet: read first (404), then apply.
     let path = "/api/v1/namespaces/team-a/secrets/sesame-0123456789abcdef";
     assert_eq!(api.calls("GET", path).len(), 1);
@@ -191,12 +194,18 @@ async fn writer_applies_with_server_side_apply_and_skips_current_secrets() {
     })
     .await;
     let before = api.requests().len();
-    assert_eq!(writer.apply(&first).await.unwrap(), WriteOutcome::Unchanged);
+    assert_eq!(
+        writer.apply(&first, &Unlimited).await.unwrap(),
+        WriteOutcome::Unchanged
+    );
     assert_eq!(api.requests().len(), before);
 
     // The next ReplicaSet of a rollout is added; the first stays an owner.
     let second = managed("team-a", "s3cr3t", vec![owner("web-2", "u2")]);
-    assert_eq!(writer.apply(&second).await.unwrap(), WriteOutcome::Applied);
+    assert_eq!(
+        writer.apply(&second, &Unlimited).await.unwrap(),
+        WriteOutcome::Applied
+    );
     let last = api.calls("PATCH", path).pop().unwrap();
     let uids: Vec<&str> = last.body["metadata"]["ownerReferences"]
         .as_array()
@@ -218,12 +227,15 @@ async fn write_failures_deny_with_the_api_status_and_throttling_is_retried_once(
     let secret = managed("team-a", "s3cr3t", vec![]);
 
     api.fail_next("PATCH", path, 429, 1);
-    assert_eq!(writer.apply(&secret).await.unwrap(), WriteOutcome::Applied);
+    assert_eq!(
+        writer.apply(&secret, &Unlimited).await.unwrap(),
+        WriteOutcome::Applied
+    );
     assert_eq!(api.calls("PATCH", path).len(), 2, "one retry after 429");
 
     let other = managed("team-a", "changed", vec![]);
     api.fail_next("PATCH", path, 422, 1);
-    let err = writer.apply(&other).await.unwrap_err();
+    let err = writer.apply(&other, &Unlimited).await.unwrap_err();
     assert!(matches!(err, WriteError::Refused { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("422 Invalid"), "{msg}");
@@ -232,7 +244,7 @@ async fn write_failures_deny_with_the_api_status_and_throttling_is_retried_once(
     assert_eq!(api.calls("PATCH", path).len(), 3, "no retry for 422");
 
     api.fail_next("PATCH", path, 429, 2);
-    let err = writer.apply(&other).await.unwrap_err().to_string();
+    let err = writer.apply(&other, &Unlimited).await.unwrap_err().to_string();
     assert!(err.contains("429 TooManyRequests"), "{err}");
     assert_eq!(api.calls("PATCH", path).len(), 5);
 }
@@ -288,6 +300,95 @@ async fn admission_denies_a_pod_whose_secret_cannot_be_written() {
     let out: Value = serde_json::from_slice(&admission.review(&review(false), None).await.unwrap()).unwrap();
     assert_eq!(out["response"]["allowed"], true);
     assert_eq!(api.calls("PATCH", "/secrets/").len(), 2);
+}
+
+/// Attack 4 (docs/security.md) as a forger without a client certificate
+/// makes it: a review for a namespace that does not exist writes nothing,
+/// and new managed Secrets in one namespace are rate-limited (a Secret that
+/// exists already is rewritten freely; another namespace has its own share).
+#[tokio::test]
+async fn forged_reviews_write_only_into_known_namespaces_and_new_secrets_are_rate_limited() {
+    use sesame::admission::Admission;
+
+    let api = FakeApi::start().await;
+    for ns in ["team-a", "team-b"] {
+        api.put("namespaces", "", ns, json!({"metadata": {}}));
+    }
+    let writer = Arc::new(ready_writer(&api).await);
+    let (_dir, engine, metrics) = file_engine(
+        "apps/team-a/db:\n  a: '1'\n  b: '2'\n  c: '3'\napps/team-b/db:\n  a: '1'\n",
+        "stores:\n  - {name: dev, file: {path: secrets.yaml}}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/**']}\n  newSecretsPerNamespace: {burst: 2, perMinute: 0}\n",
+    )
+    .await;
+    let admission =
+        Admission::new(engine, writer, metrics.clone()).with_namespaces(namespace_cache(&api).await);
+    let review = |namespace: &str, property: &str| {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "namespace": namespace,
+                "operation": "CREATE",
+                "object": {
+                    "metadata": {"name": "p", "annotations": {"sesame.dev/env.V": format!("dev:apps/{namespace}/db#{property}")}},
+                    "spec": {"containers": [{"name": "app", "image": "x"}]}
+                }
+            }
+        }))
+        .unwrap()
+    };
+    let answer = |body: Vec<u8>| {
+        let admission = &admission;
+        async move {
+            let out: Value = serde_json::from_slice(&admission.review(&body, None).await.unwrap()).unwrap();
+            out["response"].clone()
+        }
+    };
+
+    let r = answer(review("ghost", "a")).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(r["status"]["code"], 400, "{r}");
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{r}"
+    );
+    assert!(api.calls("PATCH", "/secrets/").is_empty());
+    assert!(api.calls("GET", "/namespaces/ghost/").is_empty());
+
+    for property in ["a", "b"] {
+        let r = answer(review("team-a", property)).await;
+        assert_eq!(r["allowed"], true, "{property}: {r}");
+    }
+    let r = answer(review("team-a", "c")).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(r["status"]["code"], 429, "{r}");
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(message.contains("policy.newSecretsPerNamespace"), "{message}");
+    assert_eq!(
+        api.calls("PATCH", "/secrets/").len(),
+        2,
+        "the third was never sent"
+    );
+
+    // An existing Secret needs no token: the same Pod again is admitted.
+    let r = answer(review("team-a", "a")).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let r = answer(review("team-b", "a")).await;
+    assert_eq!(r["allowed"], true, "another namespace has its own share: {r}");
+    let text = metrics.encode();
+    assert!(
+        text.contains("sesame_secret_writes_total{outcome=\"rate_limited\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sesame_admission_reviews_total{outcome=\"denied_rate_limited\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -28,9 +28,6 @@ async fn reviews_without_sesame_annotations_pass_untouched_over_h1_and_h2() {
         REPLICASET,
         "pod-create-replicaset-dryrun.json",
         "pod-create-bare-no-env.json",
-        "pod-update.json",
-        "configmap-create.json",
-        "real-pod-update.json",
     ] {
         for h2 in [false, true] {
             let review = fixture(name);
@@ -250,7 +247,8 @@ async fn optional_missing_reference_is_skipped_with_a_warning() {
 
 #[tokio::test]
 async fn version_pinning_and_inline_mode_where_policy_allows_it() {
-    let s = TestServer::start().await;
+    // Inline values go only to a caller with a client certificate.
+    let s = TestServer::start_with_client_auth(CONFIG, SECRETS).await;
     let mut review = with_annotations(
         BARE,
         &[
@@ -316,6 +314,232 @@ async fn reinvocation_adds_nothing_twice() {
             "{name}: reinvocation must not patch again: {second}"
         );
     }
+}
+
+fn inline_review() -> Value {
+    let mut review = with_annotations(
+        BARE,
+        &[
+            ("sesame.dev/mode", "inline"),
+            ("sesame.dev/env.USER", "dev:apps/dev-team/db#user"),
+        ],
+    );
+    review["request"]["namespace"] = json!("dev-team");
+    review
+}
+
+/// Attack 4 (docs/security.md): without client authentication any Pod can
+/// forge a review; inline mode would hand it the values in the patch.
+#[tokio::test]
+async fn inline_values_go_only_to_an_authenticated_caller_unless_the_policy_accepts_the_risk() {
+    let s = TestServer::start().await;
+    let r = s.review(&inline_review()).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(r.get("patch").is_none(), "{r}");
+    assert_eq!(r["status"]["code"], 403);
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("--client-ca-file") && message.contains("policy.inline.allowWithoutClientAuth"),
+        "{message}"
+    );
+    assert!(!r.to_string().contains("inline-user"), "{r}");
+
+    let accepting = CONFIG.replace(
+        "namespaces: [\"dev-*\"]",
+        "namespaces: [\"dev-*\"]\n    allowWithoutClientAuth: true",
+    );
+    assert_ne!(accepting, CONFIG);
+    let s = TestServer::start_with(&accepting, SECRETS).await;
+    let review = inline_review();
+    let r = s.review(&review).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let pod = patched_pod(&review, &r);
+    assert_eq!(env_var(&pod, "app", "USER").unwrap()["value"], "inline-user");
+}
+
+/// Attack 4: with `--client-ca-file`, a client without a certificate (or
+/// with one of another CA) is refused in the TLS handshake; the one with a
+/// certificate of the CA is served.
+#[tokio::test]
+async fn with_a_client_ca_a_client_without_a_certificate_is_refused_at_the_tls_layer() {
+    let s = TestServer::start_with_client_auth(CONFIG, SECRETS).await;
+    let review = fixture(BARE);
+    for h2 in [false, true] {
+        let err = client_for(&s.ca_pem, h2)
+            .post(&s.url)
+            .json(&review)
+            .send()
+            .await
+            .expect_err("no client certificate");
+        assert!(err.is_connect() || err.is_request(), "{err:?}");
+        let (_, stranger) = client_ca_and_identity("kube-apiserver");
+        let err = client_with_identity(&s.ca_pem, &stranger, h2)
+            .post(&s.url)
+            .json(&review)
+            .send()
+            .await
+            .expect_err("a certificate of another CA");
+        assert!(err.is_connect() || err.is_request(), "{err:?}");
+    }
+    // Refused in the handshake itself: rustls reports the missing certificate.
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(s.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(s.handle.webhook_addr)
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let outcome = async {
+        let mut tls = connector
+            .connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+            .await?;
+        // TLS 1.3 finishes the client's side first; the refusal arrives as an alert.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tls.write_all(b"POST /mutate HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        tls.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    }
+    .await;
+    let err = outcome.expect_err("the handshake must fail");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "refused for want of a certificate: {err}"
+    );
+    // With its certificate the caller is served.
+    let r = s.review(&review).await;
+    assert_eq!(r["allowed"], true, "{r}");
+}
+
+/// Attack 3 (docs/security.md): `request.namespace` is checked before it is
+/// used; reviews the webhook is not registered for are refused with a 400.
+#[tokio::test]
+async fn reviews_for_no_real_namespace_or_of_the_wrong_shape_are_refused() {
+    let s = TestServer::start().await;
+    // Would be granted apps/team-b/... through apps/{namespace}/** if the
+    // namespace were read as a glob; inline dev-* would return values.
+    for namespace in [
+        "*",
+        "team-?",
+        "dev-*",
+        "team-[ab]",
+        "Team-B",
+        "team-b/x",
+        "",
+        "team\nb",
+    ] {
+        let mut review = with_annotations(BARE, &[("sesame.dev/env.DB", "dev:apps/team-b/db#password")]);
+        review["request"]["namespace"] = json!(namespace);
+        review["request"]["uid"] = json!("6f2a1f0e-0000-4000-8000-00000000000a");
+        let r = s.review(&review).await;
+        assert_eq!(r["allowed"], false, "{namespace:?}: {r}");
+        assert_eq!(r["status"]["code"], 400, "{namespace:?}: {r}");
+        assert!(r.get("patch").is_none(), "{r}");
+        assert!(!r.to_string().contains("s3cr3t"), "{r}");
+    }
+    let mut review = inline_review();
+    review["request"]["namespace"] = json!("dev-*");
+    let r = s.review(&review).await;
+    assert_eq!(r["status"]["code"], 400, "{r}");
+    assert!(
+        r["status"]["message"].as_str().unwrap().contains("DNS-1123"),
+        "{r}"
+    );
+
+    // Not what the webhook is registered for: kind, operation, subresource.
+    for (name, edit) in [
+        ("configmap-create.json", json!({})),
+        ("pod-update.json", json!({})),
+        ("real-pod-update.json", json!({})),
+        (BARE, json!({"operation": "DELETE"})),
+        (BARE, json!({"subResource": "status"})),
+        (
+            BARE,
+            json!({"kind": {"group": "apps", "version": "v1", "kind": "Pod"}}),
+        ),
+        (
+            BARE,
+            json!({"kind": {"group": "", "version": "v2", "kind": "Pod"}}),
+        ),
+    ] {
+        let mut review = fixture(name);
+        for (k, v) in edit.as_object().unwrap() {
+            review["request"][k] = v.clone();
+        }
+        let r = s.review(&review).await;
+        assert_eq!(r["allowed"], false, "{name} {edit}: {r}");
+        assert_eq!(r["status"]["code"], 400, "{name} {edit}: {r}");
+    }
+    // A uid that cannot be echoed safely is not a review.
+    for uid in [json!(""), json!("a\nb"), json!("x".repeat(200)), json!(7)] {
+        let mut review = fixture(BARE);
+        review["request"]["uid"] = uid.clone();
+        let resp = s.client(false).post(&s.url).json(&review).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{uid}");
+    }
+    let mut review = fixture(BARE);
+    review["request"]["dryRun"] = json!("yes");
+    let resp = s.client(false).post(&s.url).json(&review).send().await.unwrap();
+    assert_eq!(resp.status(), 400, "dryRun must be a boolean");
+    still_serves(&s).await;
+}
+
+/// Attack 2 (docs/security.md): a Pod that asks for nothing but refers to a
+/// managed Secret in any field that names a Secret is denied; so is an
+/// ephemeral container that refers to one.
+#[tokio::test]
+async fn managed_secrets_are_guarded_in_every_field_and_in_ephemeral_containers() {
+    let s = TestServer::start().await;
+    let fields = [
+        json!({"volumes": [{"name": "v", "csi": {"driver": "d", "nodePublishSecretRef": {"name": "sesame-0123456789abcdef"}}}]}),
+        json!({"volumes": [{"name": "v", "flexVolume": {"driver": "d", "secretRef": {"name": "sesame-0123456789abcdef"}}}]}),
+        json!({"volumes": [{"name": "v", "azureFile": {"secretName": "sesame-0123456789abcdef", "shareName": "s"}}]}),
+        json!({"volumes": [{"name": "v", "projected": {"sources": [{"secret": {"name": "sesame-0123456789abcdef"}}]}}]}),
+        json!({"imagePullSecrets": [{"name": "sesame-0123456789abcdef"}]}),
+        json!({"ephemeralContainers": [{"name": "d", "image": "busybox", "envFrom": [{"secretRef": {"name": "sesame-0123456789abcdef"}}]}]}),
+    ];
+    for extra in fields {
+        let mut review = fixture(BARE);
+        let spec = review["request"]["object"]["spec"].as_object_mut().unwrap();
+        spec.extend(extra.as_object().unwrap().clone());
+        let r = s.review(&review).await;
+        assert_eq!(r["allowed"], false, "{extra}: {r}");
+        assert_eq!(r["status"]["code"], 403, "{extra}: {r}");
+    }
+    // Adding an ephemeral container (pods/ephemeralcontainers UPDATE).
+    let mut review = fixture(BARE);
+    review["request"]["operation"] = json!("UPDATE");
+    review["request"]["subResource"] = json!("ephemeralcontainers");
+    review["request"]["oldObject"] = review["request"]["object"].clone();
+    review["request"]["object"]["spec"]["ephemeralContainers"] = json!([{
+        "name": "debugger", "image": "busybox",
+        "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "sesame-0123456789abcdef", "key": "k"}}}]
+    }]);
+    let r = s.review(&review).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(r["status"]["code"], 403, "{r}");
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ephemeral container"),
+        "{r}"
+    );
+    // One that uses no managed Secret is admitted, unpatched.
+    review["request"]["object"]["spec"]["ephemeralContainers"] = json!([{"name": "debugger", "image": "busybox", "envFrom": [{"secretRef": {"name": "debug-tools"}}]}]);
+    let r = s.review(&review).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(r.get("patch").is_none(), "{r}");
 }
 
 #[tokio::test]
@@ -576,7 +800,7 @@ async fn admin_port_reports_readiness_and_metrics() {
     for line in [
         "sesame_admission_reviews_total{outcome=\"mutated\"} 2",
         "sesame_admission_reviews_total{outcome=\"denied_policy\"} 1",
-        "sesame_admission_reviews_total{outcome=\"skipped\"} 1",
+        "sesame_admission_reviews_total{outcome=\"denied_request\"} 1",
         "sesame_cache_misses_total{store=\"dev\"} 1",
         "sesame_cache_hits_total{store=\"dev\"} 1",
         "sesame_store_request_duration_seconds_count{store=\"dev\",provider=\"file\"} 1",

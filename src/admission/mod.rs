@@ -4,6 +4,7 @@
 //! answer (`allowed` or a safe `deny`), never a 5xx.
 
 pub mod ports;
+mod request;
 pub mod review;
 
 use std::collections::BTreeMap;
@@ -15,9 +16,13 @@ use tracing::Instrument;
 
 use crate::denial::DenialClass;
 use crate::inject::PodView;
-use crate::pipeline::{Engine, Mutation, PodInput, SharedEngine, Verdict};
+use crate::pipeline::{Caller, Engine, Mutation, PodInput, SharedEngine, Verdict};
+use crate::policy::{CreationLimiter, CreationRate};
 use crate::telemetry::Metrics;
-pub use ports::{DryRunWriter, NamespaceLabels, SecretWriter, WriteError, WriteOutcome};
+pub use ports::{
+    CreationBudget, DryRunWriter, NamespaceLabels, SecretWriter, Unlimited, WriteError, WriteOutcome,
+};
+use request::{Operation, RequestError};
 use review::{ResponseOut, ReviewIn, ReviewOut, StatusOut, API_VERSION, KIND};
 
 /// Why a review got no AdmissionResponse: the request was not a usable
@@ -30,6 +35,8 @@ pub enum ReviewError {
     WrongType { api_version: String, kind: String },
     #[error("the AdmissionReview has no request")]
     NoRequest,
+    #[error("the request's uid is not a UID (at most 128 letters, digits, '-', '_' and '.')")]
+    BadUid,
     /// Not the client's fault (HTTP 500).
     #[error("the answer could not be encoded: {0}")]
     Encode(String),
@@ -54,7 +61,7 @@ impl ReviewError {
 /// What a review came to: the `outcome` of `sesame_admission_reviews_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// Not a Pod CREATE (or no object): allowed without a look.
+    /// No object to look at: allowed without a look.
     Skipped,
     /// Allowed without a patch.
     Allowed,
@@ -87,20 +94,33 @@ pub struct Admission {
     writer: Arc<dyn SecretWriter>,
     metrics: Arc<Metrics>,
     namespaces: Option<Arc<dyn NamespaceLabels>>,
+    caller: Caller,
+    creations: CreationLimiter,
 }
 
 impl Admission {
+    /// Callers are taken to be unauthenticated until [`Self::with_callers`]
+    /// says otherwise.
     pub fn new(engine: SharedEngine, writer: Arc<dyn SecretWriter>, metrics: Arc<Metrics>) -> Self {
         Self {
             engine,
             writer,
             metrics,
             namespaces: None,
+            caller: Caller::Unauthenticated,
+            creations: CreationLimiter::default(),
         }
     }
 
+    /// Who calls: `Trusted` when the webhook port requires a client
+    /// certificate chaining to the configured CA.
+    pub fn with_callers(mut self, caller: Caller) -> Self {
+        self.caller = caller;
+        self
+    }
+
     /// Gives the policy namespace labels (for `namespaceSelector` rules).
-    pub(crate) fn with_namespaces(mut self, namespaces: Arc<dyn NamespaceLabels>) -> Self {
+    pub fn with_namespaces(mut self, namespaces: Arc<dyn NamespaceLabels>) -> Self {
         self.namespaces = Some(namespaces);
         self
     }
@@ -160,6 +180,10 @@ impl Admission {
             });
         }
         let request = review.request.ok_or(ReviewError::NoRequest)?;
+        // The uid is echoed in the answer: without a plain one there is none to give.
+        if !request::uid_is_valid(&request.uid) {
+            return Err(ReviewError::BadUid);
+        }
         let engine = self.engine.load();
         // Time spent waiting for a turn counts against the API server's deadline.
         let timeout = timeout.map(|t| t.saturating_sub(received.elapsed()));
@@ -185,13 +209,10 @@ impl Admission {
             allowed: true,
             ..Default::default()
         };
-        let is_pod_create = request.kind.group.is_empty()
-            && request.kind.kind == "Pod"
-            && request.operation == "CREATE"
-            && request.sub_resource.as_deref().unwrap_or("").is_empty();
-        if !is_pod_create {
-            return (allow(), Outcome::Skipped);
-        }
+        let (operation, namespace) = match request::check(request) {
+            Ok(checked) => checked,
+            Err(e) => return refuse(&request.uid, &e),
+        };
         let Some(object) = request.object else {
             return (allow(), Outcome::Skipped);
         };
@@ -210,10 +231,32 @@ impl Admission {
                 );
             }
         };
+        if operation == Operation::AddEphemeralContainers {
+            return match engine.guard_ephemeral_containers(&pod) {
+                None => (allow(), Outcome::Allowed),
+                Some(d) => {
+                    tracing::info!(uid = %request.uid, namespace, allowed = false, class = d.class.label(), reason = %d.message, "admission decision");
+                    (deny(&request.uid, d.class, d.message), Outcome::Denied(d.class))
+                }
+            };
+        }
         if !engine.concerns(&pod) {
             return (allow(), Outcome::Allowed);
         }
-        let namespace = request.namespace.as_deref().unwrap_or("");
+        // Known to the Namespace cache when there is one: a forged review
+        // for a namespace that does not exist gets nothing written.
+        let labels = match &self.namespaces {
+            Some(n) => match n.labels(namespace) {
+                Some(labels) => Some(labels),
+                None => {
+                    return refuse(
+                        &request.uid,
+                        &RequestError::UnknownNamespace(namespace.to_owned()),
+                    )
+                }
+            },
+            None => None,
+        };
         let dry_run = request.dry_run.unwrap_or(false);
         let pod_name = request
             .name
@@ -227,13 +270,13 @@ impl Admission {
             t.saturating_sub(Duration::from_millis(1500))
                 .max(Duration::from_millis(100))
         });
-        let labels = self.namespaces.as_ref().and_then(|n| n.labels(namespace));
         let input = PodInput {
             namespace,
             pod: &pod,
             base: "",
             budget,
             namespace_labels: labels.as_ref(),
+            caller: self.caller,
         };
         let verdict = engine.evaluate(&input).instrument(span.clone()).await;
         // The Secret is written before answering: a Pod never points at a Secret that does not exist.
@@ -241,9 +284,13 @@ impl Admission {
             Verdict::Mutated(Mutation {
                 secret: Some(secret), ..
             }) => Some(if dry_run {
-                DryRunWriter.apply(secret).await
+                DryRunWriter.apply(secret, &Unlimited).await
             } else {
-                self.writer.apply(secret).instrument(span.clone()).await
+                let budget = NamespaceBudget {
+                    limiter: &self.creations,
+                    rate: engine.new_secrets(),
+                };
+                self.writer.apply(secret, &budget).instrument(span.clone()).await
             }),
             _ => None,
         };
@@ -273,6 +320,13 @@ impl Admission {
                             if let WriteOutcome::NotWritten(w) = outcome {
                                 warnings.push(w);
                             }
+                        }
+                        Err(e @ WriteError::TooManyNew { .. }) => {
+                            self.metrics.secret_write("rate_limited");
+                            let class = DenialClass::RateLimited;
+                            tracing::warn!(allowed = false, class = class.label(), reason = %e, "admission decision");
+                            let message = format!("{e}; the Pod is not admitted");
+                            return (deny(&request.uid, class, message), Outcome::Denied(class));
                         }
                         Err(e) => {
                             self.metrics.secret_write("failed");
@@ -338,6 +392,25 @@ fn encode_patch(patch: &[json_patch::PatchOperation]) -> Option<Box<serde_json::
     base64::engine::general_purpose::STANDARD.encode_string(&json, &mut quoted);
     quoted.push('"');
     serde_json::value::RawValue::from_string(quoted).ok()
+}
+
+/// The creation budget of the review's namespace.
+struct NamespaceBudget<'a> {
+    limiter: &'a CreationLimiter,
+    rate: CreationRate,
+}
+
+impl CreationBudget for NamespaceBudget<'_> {
+    fn may_create(&self, namespace: &str) -> bool {
+        self.limiter.try_take(namespace, &self.rate, Instant::now())
+    }
+}
+
+/// A review that does not fit what the webhook is registered for.
+fn refuse(uid: &str, e: &RequestError) -> (ResponseOut, Outcome) {
+    let class = DenialClass::Request;
+    tracing::info!(uid, allowed = false, class = class.label(), reason = %e, "admission decision");
+    (deny(uid, class, e.to_string()), Outcome::Denied(class))
 }
 
 fn deny(uid: &str, class: DenialClass, message: String) -> ResponseOut {
@@ -414,7 +487,7 @@ mod tests {
     async fn the_review_duration_includes_writing_the_answer() {
         let metrics = Arc::new(Metrics::new());
         let admission = admission(&metrics).await;
-        let review = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"ConfigMap"},"operation":"CREATE"}}"#;
+        let review = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","namespace":"a","object":{"metadata":{}}}}"#;
         // Encoding this answer takes at least 300 ms; deciding it, microseconds.
         let mut sink = SlowSink {
             out: Vec::new(),

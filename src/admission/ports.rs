@@ -39,12 +39,36 @@ pub enum WriteError {
     Refused { name: String, reason: String },
     #[error("the API server could not be reached to write the managed Secret {name}: {reason}")]
     Unreachable { name: String, reason: String },
+    /// The namespace has had its share of new managed Secrets for now.
+    #[error("namespace {namespace} has had as many new managed Secrets as it may have for now (policy.newSecretsPerNamespace); {name} was not created, retry in a minute")]
+    TooManyNew { namespace: String, name: String },
+}
+
+/// Whether a managed Secret that does not exist yet may be created: the
+/// writer asks only before a creation, never for a Secret it rewrites.
+pub trait CreationBudget: Send + Sync {
+    fn may_create(&self, namespace: &str) -> bool;
+}
+
+/// Lets every creation through (`sesame mutate`, tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unlimited;
+
+impl CreationBudget for Unlimited {
+    fn may_create(&self, _namespace: &str) -> bool {
+        true
+    }
 }
 
 /// Writes the plan's Secret before the Pod is admitted.
 #[async_trait]
 pub trait SecretWriter: Send + Sync + 'static {
-    async fn apply(&self, secret: &ManagedSecret) -> Result<WriteOutcome, WriteError>;
+    /// Writes `secret`; a creation needs `budget`'s consent.
+    async fn apply(
+        &self,
+        secret: &ManagedSecret,
+        budget: &dyn CreationBudget,
+    ) -> Result<WriteOutcome, WriteError>;
 
     /// `dry-run` or `kubernetes`, for the start-up log.
     fn kind(&self) -> &'static str;
@@ -56,7 +80,11 @@ pub struct DryRunWriter;
 
 #[async_trait]
 impl SecretWriter for DryRunWriter {
-    async fn apply(&self, secret: &ManagedSecret) -> Result<WriteOutcome, WriteError> {
+    async fn apply(
+        &self,
+        secret: &ManagedSecret,
+        _budget: &dyn CreationBudget,
+    ) -> Result<WriteOutcome, WriteError> {
         Ok(WriteOutcome::NotWritten(dry_run_warning(secret)))
     }
 

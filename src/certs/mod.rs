@@ -16,7 +16,7 @@ pub(crate) use files::{load, reload, CertPaths};
 pub use generate::{generate, new_ca, new_serving, service_sans, KeyedCert};
 pub use inspect::CertInfo;
 pub use tls::CertResolver;
-pub(crate) use tls::{certified_key, server_config, TlsError};
+pub(crate) use tls::{certified_key, client_verifier, server_config, TlsError};
 
 /// Why a certificate could not be made or read.
 #[derive(Debug, thiserror::Error)]

@@ -47,9 +47,29 @@ pub struct SpecView {
     #[serde(default)]
     pub containers: Vec<ContainerView>,
     pub init_containers: Option<Vec<ContainerView>>,
+    /// Never injected into; read only for the Secrets they name.
+    pub(crate) ephemeral_containers: Option<Vec<ContainerView>>,
     pub volumes: Option<Vec<serde_json::Value>>,
+    pub(crate) image_pull_secrets: Option<Vec<serde_json::Value>>,
     pub service_account_name: Option<String>,
 }
+
+/// Every field of a Pod volume that names a Secret of the Pod's namespace
+/// (`projected` sources are read apart). The webhook's `matchConditions`
+/// (deploy/, the chart) list the same fields; tests/deploy checks both
+/// against a real API server.
+pub(crate) const VOLUME_SECRET_FIELDS: [&str; 10] = [
+    "/secret/secretName",
+    "/csi/nodePublishSecretRef/name",
+    "/cephfs/secretRef/name",
+    "/rbd/secretRef/name",
+    "/iscsi/secretRef/name",
+    "/flexVolume/secretRef/name",
+    "/scaleIO/secretRef/name",
+    "/storageos/secretRef/name",
+    "/cinder/secretRef/name",
+    "/azureFile/secretName",
+];
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -99,31 +119,57 @@ impl PodView {
     }
 
     /// Every Secret name starting with `prefix` that the Pod itself refers
-    /// to: env `valueFrom.secretKeyRef`, `envFrom.secretRef`, `secret`
-    /// volumes and `projected` volume sources.
+    /// to: env `valueFrom.secretKeyRef` and `envFrom.secretRef` of every
+    /// container (init and ephemeral too), every volume field that names a
+    /// Secret (`secret`, `projected` sources, the volume plugins' secret
+    /// references) and `imagePullSecrets`.
     pub fn secret_names_with_prefix(&self, prefix: &str) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
+        let mut out = self.ephemeral_secret_names_with_prefix(prefix);
         let mut add = |v: Option<&Value>| {
             if let Some(name) = v.and_then(Value::as_str).filter(|n| n.starts_with(prefix)) {
                 out.insert(name.to_owned());
             }
         };
         for c in self.spec.containers.iter().chain(self.init_containers()) {
-            for e in c.env.iter().flatten() {
-                add(e.pointer("/valueFrom/secretKeyRef/name"));
-            }
-            for e in c.env_from.iter().flatten() {
-                add(e.pointer("/secretRef/name"));
-            }
+            container_secret_names(c, &mut add);
         }
         for v in self.spec.volumes.iter().flatten() {
-            add(v.pointer("/secret/secretName"));
+            for field in VOLUME_SECRET_FIELDS {
+                add(v.pointer(field));
+            }
             let sources = v.pointer("/projected/sources").and_then(Value::as_array);
             for source in sources.into_iter().flatten() {
                 add(source.pointer("/secret/name"));
             }
         }
+        for s in self.spec.image_pull_secrets.iter().flatten() {
+            add(s.pointer("/name"));
+        }
         out
+    }
+
+    /// The Secret names starting with `prefix` that ephemeral containers
+    /// refer to (env and `envFrom`: they cannot add volumes).
+    pub(crate) fn ephemeral_secret_names_with_prefix(&self, prefix: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut add = |v: Option<&Value>| {
+            if let Some(name) = v.and_then(Value::as_str).filter(|n| n.starts_with(prefix)) {
+                out.insert(name.to_owned());
+            }
+        };
+        for c in self.spec.ephemeral_containers.iter().flatten() {
+            container_secret_names(c, &mut add);
+        }
+        out
+    }
+}
+
+fn container_secret_names<'v>(c: &'v ContainerView, add: &mut impl FnMut(Option<&'v Value>)) {
+    for e in c.env.iter().flatten() {
+        add(e.pointer("/valueFrom/secretKeyRef/name"));
+    }
+    for e in c.env_from.iter().flatten() {
+        add(e.pointer("/secretRef/name"));
     }
 }
 
@@ -148,13 +194,28 @@ mod tests {
                     "name": "init",
                     "env": [{"name": "D", "valueFrom": {"secretKeyRef": {"name": "sesame-init", "key": "k"}}}]
                 }],
+                "ephemeralContainers": [{
+                    "name": "debug",
+                    "env": [{"name": "E", "valueFrom": {"secretKeyRef": {"name": "sesame-debug", "key": "k"}}}],
+                    "envFrom": [{"secretRef": {"name": "sesame-debug-from"}}]
+                }],
+                "imagePullSecrets": [{"name": "sesame-pull"}, {"name": "registry"}],
                 "volumes": [
                     {"name": "sesame-vol", "emptyDir": {}},
                     {"name": "v1", "secret": {"secretName": "sesame-volume"}},
                     {"name": "v2", "projected": {"sources": [
                         {"configMap": {"name": "sesame-cm"}},
                         {"secret": {"name": "sesame-projected"}}
-                    ]}}
+                    ]}},
+                    {"name": "v3", "csi": {"driver": "d", "nodePublishSecretRef": {"name": "sesame-csi"}}},
+                    {"name": "v4", "cephfs": {"monitors": ["m"], "secretRef": {"name": "sesame-cephfs"}}},
+                    {"name": "v5", "rbd": {"monitors": ["m"], "image": "i", "secretRef": {"name": "sesame-rbd"}}},
+                    {"name": "v6", "iscsi": {"targetPortal": "t", "iqn": "q", "lun": 0, "secretRef": {"name": "sesame-iscsi"}}},
+                    {"name": "v7", "flexVolume": {"driver": "d", "secretRef": {"name": "sesame-flex"}}},
+                    {"name": "v8", "scaleIO": {"gateway": "g", "system": "s", "secretRef": {"name": "sesame-scaleio"}}},
+                    {"name": "v9", "storageos": {"secretRef": {"name": "sesame-storageos"}}},
+                    {"name": "v10", "cinder": {"volumeID": "v", "secretRef": {"name": "sesame-cinder"}}},
+                    {"name": "v11", "azureFile": {"secretName": "sesame-azurefile", "shareName": "s"}}
                 ]
             }
         }))
@@ -163,12 +224,29 @@ mod tests {
         assert_eq!(
             names,
             [
+                "sesame-azurefile",
+                "sesame-cephfs",
+                "sesame-cinder",
+                "sesame-csi",
+                "sesame-debug",
+                "sesame-debug-from",
                 "sesame-env",
                 "sesame-envfrom",
+                "sesame-flex",
                 "sesame-init",
+                "sesame-iscsi",
                 "sesame-projected",
+                "sesame-pull",
+                "sesame-rbd",
+                "sesame-scaleio",
+                "sesame-storageos",
                 "sesame-volume"
             ]
         );
+        let ephemeral: Vec<String> = pod
+            .ephemeral_secret_names_with_prefix("sesame-")
+            .into_iter()
+            .collect();
+        assert_eq!(ephemeral, ["sesame-debug", "sesame-debug-from"]);
     }
 }

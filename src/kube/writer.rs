@@ -17,7 +17,7 @@ use super::provenance::Provenance;
 use super::secret::{
     apply_body, decide, now_rfc3339, ApplyDecision, SecretAnnotations, FIELD_MANAGER, MANAGED_SELECTOR,
 };
-use crate::admission::{SecretWriter, WriteError, WriteOutcome};
+use crate::admission::{CreationBudget, SecretWriter, WriteError, WriteOutcome};
 use crate::inject::ManagedSecret;
 
 /// Writes managed Secrets through the API.
@@ -83,8 +83,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[async_trait]
 impl SecretWriter for KubeSecretWriter {
-    async fn apply(&self, secret: &ManagedSecret) -> Result<WriteOutcome, WriteError> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.write(secret)).await {
+    async fn apply(
+        &self,
+        secret: &ManagedSecret,
+        budget: &dyn CreationBudget,
+    ) -> Result<WriteOutcome, WriteError> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.write(secret, budget)).await {
             Ok(r) => r,
             Err(_) => Err(WriteError::Unreachable {
                 name: secret.name.clone(),
@@ -99,7 +103,11 @@ impl SecretWriter for KubeSecretWriter {
 }
 
 impl KubeSecretWriter {
-    async fn write(&self, secret: &ManagedSecret) -> Result<WriteOutcome, WriteError> {
+    async fn write(
+        &self,
+        secret: &ManagedSecret,
+        budget: &dyn CreationBudget,
+    ) -> Result<WriteOutcome, WriteError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret.namespace);
         let existing = self.stored(&api, secret).await?;
         let ring = self.provenance.current();
@@ -113,6 +121,12 @@ impl KubeSecretWriter {
                 })
             }
         };
+        if existing.is_none() && !budget.may_create(&secret.namespace) {
+            return Err(WriteError::TooManyNew {
+                namespace: secret.namespace.clone(),
+                name: secret.name.clone(),
+            });
+        }
         let body = apply_body(secret, &owners, &self.keys, &now_rfc3339(), ring.as_deref());
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let patch = Patch::Apply(&body);

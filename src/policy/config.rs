@@ -18,6 +18,9 @@ pub struct PolicyConfig {
     /// Where inline mode (values in the Pod spec) is allowed. Off everywhere by default.
     #[serde(default)]
     pub inline: InlinePolicy,
+    /// How many new managed Secrets one namespace may get.
+    #[serde(default)]
+    pub new_secrets_per_namespace: super::CreationRate,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -78,6 +81,13 @@ pub struct InlinePolicy {
     /// Namespace names or globs where Pods may ask for `mode: inline`.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// Inline mode returns secret values in the AdmissionResponse. Without
+    /// client authentication (`serve --client-ca-file`) any Pod that can
+    /// reach the webhook port could forge a review and read them, so the
+    /// server returns inline values only to a caller that presented a
+    /// client certificate, unless this accepts that risk. Off by default.
+    #[serde(default)]
+    pub allow_without_client_auth: bool,
 }
 
 /// A pattern is read as text and parsed at once: a bad one is an error that

@@ -3,12 +3,14 @@
 //! configuration and what the caller knows of the Pod; default deny.
 
 pub mod config;
+mod creation;
 mod glob;
 mod selector;
 
 use std::collections::BTreeMap;
 
 pub(crate) use config::{LabelSelector, PolicyConfig};
+pub use creation::{CreationLimiter, CreationRate};
 pub use glob::{glob_match, PathPattern};
 pub(crate) use selector::selector_matches;
 
@@ -29,6 +31,8 @@ pub(crate) struct Subject<'a> {
 pub(crate) struct NamespacePolicy {
     rules: Vec<Rule>,
     inline_namespaces: Vec<String>,
+    inline_without_client_auth: bool,
+    new_secrets: CreationRate,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +103,8 @@ impl NamespacePolicy {
         Self {
             rules,
             inline_namespaces: config.inline.namespaces.clone(),
+            inline_without_client_auth: config.inline.allow_without_client_auth,
+            new_secrets: config.new_secrets_per_namespace,
         }
     }
 
@@ -172,6 +178,17 @@ impl NamespacePolicy {
     /// Whether Pods in `namespace` may have values written into their spec.
     pub(crate) fn inline_allowed(&self, namespace: &str) -> bool {
         self.inline_namespaces.iter().any(|g| glob_match(g, namespace))
+    }
+
+    /// Whether inline values may go to a caller that presented no client
+    /// certificate (`policy.inline.allowWithoutClientAuth`).
+    pub(crate) fn inline_without_client_auth(&self) -> bool {
+        self.inline_without_client_auth
+    }
+
+    /// How fast one namespace may get new managed Secrets.
+    pub(crate) fn new_secrets(&self) -> CreationRate {
+        self.new_secrets
     }
 }
 
@@ -251,7 +268,9 @@ mod tests {
             ],
             inline: InlinePolicy {
                 namespaces: vec!["dev".into(), "sandbox-*".into()],
+                allow_without_client_auth: false,
             },
+            new_secrets_per_namespace: CreationRate::default(),
         })
     }
 
@@ -384,7 +403,7 @@ mod tests {
     fn with_rules(rules: Vec<PolicyRule>) -> NamespacePolicy {
         NamespacePolicy::new(&PolicyConfig {
             rules,
-            inline: InlinePolicy::default(),
+            ..PolicyConfig::default()
         })
     }
 

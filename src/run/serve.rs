@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::kube::certs::{CertManager, Material, Policy};
 use crate::kube::config_map::{watch_config_map, ConfigMapRef};
 use crate::kube::CertMode;
-use crate::pipeline::{Engine, SharedEngine};
+use crate::pipeline::{Caller, Engine, SharedEngine};
 use crate::server::admin::Readiness;
 use crate::server::{self, Limits};
 use crate::tasks::Tasks;
@@ -215,7 +215,21 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
         );
         (Arc::new(CertResolver::new(key)), Some(certs.ca_cert_pem))
     };
-    let tls_config = Arc::new(crate::certs::server_config(resolver.clone())?);
+    let clients = match &args.client_ca_file {
+        Some(path) => {
+            let verifier = crate::certs::client_verifier(path)?;
+            tracing::info!(client_ca = %path.display(), "the webhook port requires client certificates");
+            Some(verifier)
+        }
+        None => None,
+    };
+    let caller = if clients.is_some() {
+        Caller::Trusted
+    } else {
+        tracing::warn!("no --client-ca-file: any caller is served and treated as unauthenticated (inline values are refused unless policy.inline.allowWithoutClientAuth)");
+        Caller::Unauthenticated
+    };
+    let tls_config = Arc::new(crate::certs::server_config(resolver.clone(), clients)?);
 
     let (writer, namespaces): (Arc<dyn SecretWriter>, Option<Arc<dyn NamespaceLabels>>) = match &kube {
         Some(client) => {
@@ -247,7 +261,7 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
             (Arc::new(DryRunWriter), None)
         }
     };
-    let mut admission = Admission::new(engine.clone(), writer, metrics.clone());
+    let mut admission = Admission::new(engine.clone(), writer, metrics.clone()).with_callers(caller);
     if let Some(namespaces) = namespaces {
         admission = admission.with_namespaces(namespaces);
     }

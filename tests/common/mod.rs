@@ -70,6 +70,9 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub ca_pem: String,
     pub url: String,
+    /// The client certificate and key (PEM) the client presents, when the
+    /// server requires one.
+    pub identity_pem: Option<String>,
 }
 
 impl TestServer {
@@ -105,7 +108,22 @@ impl TestServer {
             dir,
             ca_pem,
             url,
+            identity_pem: None,
         }
+    }
+
+    /// Like `start_with`, with `--client-ca-file`: every client must present
+    /// a certificate of a CA made here; `client()` presents one.
+    pub async fn start_with_client_auth(config: &str, secrets: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        write_config(dir.path(), config, secrets);
+        let ca_pem = write_certs(&dir.path().join("certs"));
+        let (client_ca, identity) = client_ca_and_identity("kube-apiserver");
+        let ca_file = dir.path().join("client-ca.crt");
+        std::fs::write(&ca_file, client_ca).unwrap();
+        let mut s = Self::start_in(dir, Some(ca_pem), |a| a.client_ca_file = Some(ca_file)).await;
+        s.identity_pem = Some(identity);
+        s
     }
 
     pub fn path(&self) -> &Path {
@@ -114,7 +132,10 @@ impl TestServer {
 
     /// A client that trusts the server's CA; `h2` picks the protocol through ALPN.
     pub fn client(&self, h2: bool) -> reqwest::Client {
-        client_for(&self.ca_pem, h2)
+        match &self.identity_pem {
+            Some(identity) => client_with_identity(&self.ca_pem, identity, h2),
+            None => client_for(&self.ca_pem, h2),
+        }
     }
 
     pub fn admin(&self, path: &str) -> String {
@@ -170,6 +191,47 @@ pub fn client_for(ca_pem: &str, h2: bool) -> reqwest::Client {
         b = b.http1_only();
     }
     b.build().unwrap()
+}
+
+/// A client that presents `identity_pem` (certificate and key).
+pub fn client_with_identity(ca_pem: &str, identity_pem: &str, h2: bool) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .identity(reqwest::Identity::from_pem(identity_pem.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(15));
+    if !h2 {
+        b = b.http1_only();
+    }
+    b.build().unwrap()
+}
+
+/// A fresh client CA (PEM) and a client certificate it signed for
+/// `common_name`, with its key (one PEM, certificate first).
+pub fn client_ca_and_identity(common_name: &str) -> (String, String) {
+    let (ca, cert, key) = client_ca_and_cert(common_name);
+    (ca, format!("{cert}{key}"))
+}
+
+/// A fresh client CA, and a client certificate and key it signed, as PEM.
+pub fn client_ca_and_cert(common_name: &str) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "test client CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
 }
 
 pub fn fixtures_dir() -> PathBuf {

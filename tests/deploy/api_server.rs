@@ -239,3 +239,186 @@ async fn api_server_calls_the_installed_webhook() {
     let pod = open.expect("a fail-open namespace admits the Pod while Sesame is down");
     assert!(!marked(&pod), "unmutated: {pod}");
 }
+
+/// Attack 2 (docs/security.md): the shipped webhook configuration sends
+/// every Pod that refers to a managed Secret, in every field that can name
+/// one, and the addition of ephemeral containers; Sesame, started here,
+/// denies them. Without the `matchConditions` terms (or the rule for
+/// `pods/ephemeralcontainers`) the API server would admit them uncalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_sends_every_pod_that_uses_a_managed_secret() {
+    let Some(mut scratch) = Scratch::new("guarded") else {
+        return;
+    };
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&scratch.name);
+    let certs = sesame::certs::generate(&sesame::certs::service_sans("sesame", NS), 1).unwrap();
+    sesame::certs::write(&dir.join("certs"), &certs).unwrap();
+    let config = dir.join("sesame.yaml");
+    std::fs::write(&config, "stores: []\npolicy: {rules: []}\n").unwrap();
+    let mut args = sesame::cli::ServeArgs::loopback(config, dir.join("certs"));
+    args.drain_timeout = std::time::Duration::from_secs(1);
+    let server = sesame::run::start(&args).await.unwrap();
+    let url = format!("https://127.0.0.1:{}/mutate", server.webhook_addr.port());
+    let objects = overlay(&scratch.kubectl, "self-managed");
+    let mut webhook = scratch.scoped(&objects, "MutatingWebhookConfiguration");
+    for w in webhook["webhooks"].as_array_mut().unwrap() {
+        w["clientConfig"] = serde_json::json!({"url": url, "caBundle": certs.ca_bundle()});
+    }
+    scratch.install(vec![webhook]);
+
+    let name = "sesame-0123456789abcdef";
+    let app = |extra: serde_json::Value| {
+        serde_json::json!({"name": "app", "image": "app:1"})
+            .as_object()
+            .unwrap()
+            .clone()
+            .into_iter()
+            .chain(extra.as_object().unwrap().clone())
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let secret_ref = serde_json::json!({"name": name});
+    let volume = |plugin: serde_json::Value| {
+        serde_json::json!({"containers": [app(serde_json::json!({}))], "volumes": [
+            serde_json::Value::Object(serde_json::json!({"name": "v"}).as_object().unwrap().clone().into_iter().chain(plugin.as_object().unwrap().clone()).collect())
+        ]})
+    };
+    let cases = [
+        (
+            "secret",
+            volume(serde_json::json!({"secret": {"secretName": name}})),
+        ),
+        (
+            "projected",
+            volume(serde_json::json!({"projected": {"sources": [{"secret": {"name": name}}]}})),
+        ),
+        (
+            "csi",
+            volume(
+                serde_json::json!({"csi": {"driver": "d.example.com", "nodePublishSecretRef": secret_ref}}),
+            ),
+        ),
+        (
+            "cephfs",
+            volume(serde_json::json!({"cephfs": {"monitors": ["m"], "secretRef": secret_ref}})),
+        ),
+        (
+            "rbd",
+            volume(serde_json::json!({"rbd": {"monitors": ["m"], "image": "i", "secretRef": secret_ref}})),
+        ),
+        (
+            "iscsi",
+            volume(
+                serde_json::json!({"iscsi": {"targetPortal": "t:3260", "iqn": "iqn.2001-04.com.example:s", "lun": 0, "secretRef": secret_ref}}),
+            ),
+        ),
+        (
+            "flexvolume",
+            volume(serde_json::json!({"flexVolume": {"driver": "d", "secretRef": secret_ref}})),
+        ),
+        (
+            "scaleio",
+            volume(serde_json::json!({"scaleIO": {"gateway": "g", "system": "s", "secretRef": secret_ref}})),
+        ),
+        (
+            "storageos",
+            volume(serde_json::json!({"storageos": {"volumeName": "v", "secretRef": secret_ref}})),
+        ),
+        (
+            "cinder",
+            volume(serde_json::json!({"cinder": {"volumeID": "v", "secretRef": secret_ref}})),
+        ),
+        (
+            "azurefile",
+            volume(serde_json::json!({"azureFile": {"secretName": name, "shareName": "s"}})),
+        ),
+        (
+            "pull",
+            serde_json::json!({"containers": [app(serde_json::json!({}))], "imagePullSecrets": [{"name": name}]}),
+        ),
+        (
+            "env",
+            serde_json::json!({"containers": [app(serde_json::json!({"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": name, "key": "k"}}}]}))]}),
+        ),
+        (
+            "envfrom",
+            serde_json::json!({"containers": [app(serde_json::json!({"envFrom": [{"secretRef": {"name": name}}]}))]}),
+        ),
+        (
+            "init",
+            serde_json::json!({"containers": [app(serde_json::json!({}))], "initContainers": [{"name": "init", "image": "i:1", "envFrom": [{"secretRef": {"name": name}}]}]}),
+        ),
+    ];
+    // The webhook configuration needs a moment to reach the admission chain.
+    let mut first = scratch.create_pod_with_spec("secret", cases[0].1.clone(), true);
+    for _ in 0..40 {
+        if first.as_ref().is_err_and(|e| e.contains("which Sesame manages")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        first = scratch.create_pod_with_spec("secret", cases[0].1.clone(), true);
+    }
+    let mut failures = Vec::new();
+    for (what, spec) in &cases {
+        match scratch.create_pod_with_spec(what, spec.clone(), true) {
+            Err(e) if e.contains("which Sesame manages") => {}
+            other => failures.push(format!("{what}: {other:?}")),
+        }
+    }
+    let plain = scratch.create_pod_with_spec(
+        "plain",
+        volume(serde_json::json!({"secret": {"secretName": "app-secret"}})),
+        true,
+    );
+    // Ephemeral containers are added to a Pod that exists.
+    let pod = scratch.create_pod_with_spec(
+        "debuggee",
+        serde_json::json!({"containers": [app(serde_json::json!({}))]}),
+        false,
+    );
+    let debug = |secret: &str| {
+        let patch = serde_json::json!({"spec": {"ephemeralContainers": [{
+            "name": format!("debug-{}", fastrand::u16(..)), "image": "busybox:1",
+            "envFrom": [{"secretRef": {"name": secret}}]
+        }]}});
+        scratch
+            .kubectl(&[
+                "-n",
+                &scratch.name,
+                "patch",
+                "pod",
+                "debuggee",
+                "--subresource=ephemeralcontainers",
+                "--type=strategic",
+                "-p",
+            ])
+            .arg(patch.to_string())
+            .output()
+            .unwrap()
+    };
+    let refused = debug(name);
+    let allowed = debug("debug-tools");
+    server.shutdown();
+    server.wait().await;
+
+    assert!(
+        failures.is_empty(),
+        "not sent to Sesame or not denied:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        plain.is_ok(),
+        "a Pod using an ordinary Secret is admitted: {plain:?}"
+    );
+    pod.expect("the Pod to debug is created");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "an ephemeral container using a managed Secret was added"
+    );
+    assert!(stderr.contains("ephemeral container"), "{stderr}");
+    assert!(
+        allowed.status.success(),
+        "an ephemeral container using no managed Secret is added: {}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+}

@@ -154,6 +154,32 @@ impl Scratch {
         }
     }
 
+    /// Creates (for real with `dry_run` false) a Pod named `name` without
+    /// annotations whose spec is `spec`: the admitted Pod, or the refusal.
+    pub(crate) fn create_pod_with_spec(
+        &self,
+        name: &str,
+        spec: Value,
+        dry_run: bool,
+    ) -> Result<Value, String> {
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": self.name},
+            "spec": spec,
+        });
+        let file = self.file(&format!("pod-{name}"), &pod);
+        let mut args = vec!["create", "-o", "json", "-f"];
+        if dry_run {
+            args.insert(1, "--dry-run=server");
+        }
+        let out = self.kubectl(&args).arg(&file).output().unwrap();
+        if out.status.success() {
+            Ok(serde_json::from_slice(&out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// Repeats `create_pod` until `want` holds (for up to 10 s): new webhook
     /// configurations, policies and namespace labels reach the API server's
     /// admission chain within a second or two.

@@ -42,6 +42,42 @@ sesame.dev/certificates: {{ .Values.certificates.mode }}
 {{- end -}}
 
 {{/* True for a Pod with a request annotation (any but the marker). */}}
+{{/* Refers to a managed Secret in any field that can name a Secret; the
+same fields as src/inject/pod.rs, one line per term (joined with spaces). */}}
+{{- define "sesame.usesManagedSecret" -}}
+has(object.spec) && (
+(has(object.spec.volumes) && object.spec.volumes.exists(v,
+(has(v.secret) && has(v.secret.secretName) && v.secret.secretName.startsWith('sesame-')) ||
+(has(v.projected) && has(v.projected.sources) && v.projected.sources.exists(s, has(s.secret) && has(s.secret.name) && s.secret.name.startsWith('sesame-'))) ||
+(has(v.csi) && has(v.csi.nodePublishSecretRef) && has(v.csi.nodePublishSecretRef.name) && v.csi.nodePublishSecretRef.name.startsWith('sesame-')) ||
+(has(v.cephfs) && has(v.cephfs.secretRef) && has(v.cephfs.secretRef.name) && v.cephfs.secretRef.name.startsWith('sesame-')) ||
+(has(v.rbd) && has(v.rbd.secretRef) && has(v.rbd.secretRef.name) && v.rbd.secretRef.name.startsWith('sesame-')) ||
+(has(v.iscsi) && has(v.iscsi.secretRef) && has(v.iscsi.secretRef.name) && v.iscsi.secretRef.name.startsWith('sesame-')) ||
+(has(v.flexVolume) && has(v.flexVolume.secretRef) && has(v.flexVolume.secretRef.name) && v.flexVolume.secretRef.name.startsWith('sesame-')) ||
+(has(v.scaleIO) && has(v.scaleIO.secretRef) && has(v.scaleIO.secretRef.name) && v.scaleIO.secretRef.name.startsWith('sesame-')) ||
+(has(v.storageos) && has(v.storageos.secretRef) && has(v.storageos.secretRef.name) && v.storageos.secretRef.name.startsWith('sesame-')) ||
+(has(v.cinder) && has(v.cinder.secretRef) && has(v.cinder.secretRef.name) && v.cinder.secretRef.name.startsWith('sesame-')) ||
+(has(v.azureFile) && has(v.azureFile.secretName) && v.azureFile.secretName.startsWith('sesame-')))) ||
+(has(object.spec.imagePullSecrets) && object.spec.imagePullSecrets.exists(s, has(s.name) && s.name.startsWith('sesame-'))) ||
+(has(object.spec.containers) && object.spec.containers.exists(c,
+(has(c.env) && c.env.exists(e, has(e.valueFrom) && has(e.valueFrom.secretKeyRef) && has(e.valueFrom.secretKeyRef.name) && e.valueFrom.secretKeyRef.name.startsWith('sesame-'))) ||
+(has(c.envFrom) && c.envFrom.exists(e, has(e.secretRef) && has(e.secretRef.name) && e.secretRef.name.startsWith('sesame-')))
+)) ||
+(has(object.spec.initContainers) && object.spec.initContainers.exists(c,
+(has(c.env) && c.env.exists(e, has(e.valueFrom) && has(e.valueFrom.secretKeyRef) && has(e.valueFrom.secretKeyRef.name) && e.valueFrom.secretKeyRef.name.startsWith('sesame-'))) ||
+(has(c.envFrom) && c.envFrom.exists(e, has(e.secretRef) && has(e.secretRef.name) && e.secretRef.name.startsWith('sesame-')))
+)) ||
+(has(object.spec.ephemeralContainers) && object.spec.ephemeralContainers.exists(c,
+(has(c.env) && c.env.exists(e, has(e.valueFrom) && has(e.valueFrom.secretKeyRef) && has(e.valueFrom.secretKeyRef.name) && e.valueFrom.secretKeyRef.name.startsWith('sesame-'))) ||
+(has(c.envFrom) && c.envFrom.exists(e, has(e.secretRef) && has(e.secretRef.name) && e.secretRef.name.startsWith('sesame-')))
+)))
+{{- end -}}
+
+{{/* What the webhooks are sent: a Pod that asks, or that uses a managed Secret. */}}
+{{- define "sesame.sentToSesame" -}}
+({{ include "sesame.asksForSesame" . }}) || {{ include "sesame.usesManagedSecret" . | replace "\n" " " }}
+{{- end -}}
+
 {{- define "sesame.asksForSesame" -}}
 {{- $p := include "sesame.prefix" . -}}
 has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('{{ $p }}/') && k != '{{ $p }}/injected')
