@@ -38,6 +38,8 @@ struct Running {
 }
 
 async fn start(api: FakeApi) -> Running {
+    // Reviews for a namespace the cache does not know are refused.
+    api.put("namespaces", "", "team-a", json!({"metadata": {}}));
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), CONFIG, SECRETS);
     let ca = write_certs(&dir.path().join("certs"));

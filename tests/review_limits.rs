@@ -60,7 +60,12 @@ async fn server(vault: &str, extra: &str) -> TestServer {
     );
     let config = CONFIG
         .replacen("stores:\n", &store, 1)
-        .replace("stores: [dev]", "stores: [dev, vault]");
+        .replace("stores: [dev]", "stores: [dev, vault]")
+        // Inline reviews here test the limits, not the caller check.
+        .replace(
+            "namespaces: [\"dev-*\"]",
+            "namespaces: [\"dev-*\"]\n    allowWithoutClientAuth: true",
+        );
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &config, &format!("{SECRETS}{extra}"));
     std::fs::write(dir.path().join("vault-token"), "stand-in").unwrap();

@@ -43,21 +43,28 @@ pub(crate) fn check_webhooks(what: &str, objects: &[Value], closed_policy: &str,
             timeout <= 30 && u64::from(timeout.unsigned_abs()) > resolve.as_secs(),
             "{ctx}: timeoutSeconds {timeout} must be at most 30 (the API's limit) and above resolveTimeout {resolve:?}"
         );
-        let rules = w.rules.clone().unwrap_or_default();
-        assert_eq!(rules.len(), 1, "{ctx}");
+        // Pod creation, and ephemeral containers added to a running Pod
+        // (the managed-Secret guard must see those too).
+        let rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> = w
+            .rules
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.operations.unwrap_or_default(),
+                    r.api_groups.unwrap_or_default(),
+                    r.resources.unwrap_or_default(),
+                )
+            })
+            .collect();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            rules[0].operations.as_deref(),
-            Some(&["CREATE".to_string()][..]),
-            "{ctx}"
-        );
-        assert_eq!(
-            rules[0].resources.as_deref(),
-            Some(&["pods".to_string()][..]),
-            "{ctx}"
-        );
-        assert_eq!(
-            rules[0].api_groups.as_deref(),
-            Some(&[String::new()][..]),
+            rules,
+            [
+                (s(&["CREATE"]), s(&[""]), s(&["pods"])),
+                (s(&["UPDATE"]), s(&[""]), s(&["pods/ephemeralcontainers"])),
+            ],
             "{ctx}"
         );
         assert!(
