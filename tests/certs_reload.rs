@@ -323,3 +323,148 @@ async fn serve_with_an_empty_cert_dir_generates_a_pair_that_its_ca_verifies() {
     // The pair lives in memory only: the directory stays as it was.
     assert_eq!(std::fs::read_dir(server.path().join("certs")).unwrap().count(), 0);
 }
+
+/// A TLS client presenting `identity` (certificate, then key, PEM) and
+/// trusting `ca_pem`. It keeps the default session cache: connections made
+/// with the same config try to resume the sessions of earlier ones.
+fn client_auth_config(ca_pem: &str, identity: &str) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::PrivateKeyDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(identity.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(identity.as_bytes()).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+    Arc::new(config)
+}
+
+/// Opens a new connection with `config` and sends one review over HTTP/1.1;
+/// the status line of the answer, or why there was none.
+async fn answer_over_new_connection(
+    server: &TestServer,
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(server.handle.webhook_addr)
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&fixture(REVIEW)).unwrap();
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    // In TLS 1.3 the server judges the client's certificate after the
+    // client considers the handshake done: a refusal shows here.
+    tls.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+    tls.write_all(&body).await.map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer).await.map_err(|e| e.to_string())?;
+    let answer = String::from_utf8_lossy(&answer);
+    match answer.lines().next() {
+        Some(status) if !status.is_empty() => Ok(status.to_owned()),
+        _ => Err("the connection closed without an answer".into()),
+    }
+}
+
+/// The status of `review` sent with `client` (over its open connection, if any).
+async fn status_over(client: &reqwest::Client, url: &str, review: &Value) -> u16 {
+    client
+        .post(url)
+        .json(review)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A new connection with `config` gets its review answered.
+async fn assert_served(server: &TestServer, config: &Arc<rustls::ClientConfig>) {
+    let status = answer_over_new_connection(server, config).await;
+    assert_eq!(status.as_deref(), Ok("HTTP/1.1 200 OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_client_ca_file_decides_new_connections_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), CONFIG, SECRETS);
+    let ca_pem = write_certs(&dir.path().join("certs"));
+    let (ca_a, identity_a) = client_ca_and_identity("kube-apiserver A");
+    let (ca_b, identity_b) = client_ca_and_identity("kube-apiserver B");
+    // The CA file as a ConfigMap volume holds it: a symlink into `..data`.
+    let volume = dir.path().join("client-ca");
+    let mut versions = SecretVolume::create(
+        &volume,
+        &Pair {
+            cert: ca_a.clone(),
+            key: String::new(),
+        },
+    );
+    let ca_file = volume.join("tls.crt");
+    let server = TestServer::start_in(dir, Some(ca_pem.clone()), |args| {
+        args.reload_interval = Duration::from_millis(100);
+        args.client_ca_file = Some(ca_file);
+    })
+    .await;
+    let (client_a, client_b) = (
+        client_auth_config(&ca_pem, &identity_a),
+        client_auth_config(&ca_pem, &identity_b),
+    );
+    assert_served(&server, &client_a).await;
+    assert!(
+        answer_over_new_connection(&server, &client_b).await.is_err(),
+        "B is not trusted yet"
+    );
+    // A connection of A opened before the swap.
+    let kept = client_with_identity(&ca_pem, &identity_a, true);
+    let review = fixture(REVIEW);
+    assert_eq!(status_over(&kept, &server.url, &review).await, 200);
+
+    versions.publish(&Pair {
+        cert: ca_b.clone(),
+        key: String::new(),
+    });
+    let started = Instant::now();
+    while answer_over_new_connection(&server, &client_b).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B's client is still refused 5 s after the swap"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "the replaced client CA applied after {:?} (reload interval 100ms)",
+        started.elapsed()
+    );
+    // A's client is refused now, even with the session cache of its earlier
+    // connections (a resumed session would skip the certificate check).
+    let refused = answer_over_new_connection(&server, &client_a).await.unwrap_err();
+    println!("A's client after the swap: {refused}");
+    let fresh_a = client_with_identity(&ca_pem, &identity_a, false);
+    assert!(fresh_a.post(&server.url).json(&review).send().await.is_err());
+    // The connection A opened before keeps the identity it proved.
+    assert_eq!(status_over(&kept, &server.url, &review).await, 200);
+    assert_served(&server, &client_b).await;
+
+    // A broken file is not applied: B stays the one trusted.
+    versions.publish(&Pair {
+        cert: "-----BEGIN CERTIFICATE-----\nnot base64\n".into(),
+        key: String::new(),
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_served(&server, &client_b).await;
+    assert!(answer_over_new_connection(&server, &client_a).await.is_err());
+}

@@ -12,7 +12,7 @@ use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 
 use super::generate::GeneratedCerts;
-use super::tls::{certified_key, CertResolver, TlsError};
+use super::tls::{certified_key, client_verifier, CertResolver, ClientCaResolver, TlsError};
 
 /// Writes `ca.crt` and `tls.crt` (mode 0644) and `tls.key` (mode 0600) into
 /// `dir`, each through [`replace_file`]: the key is never readable by
@@ -142,6 +142,56 @@ pub async fn reload(resolver: Arc<CertResolver>, paths: CertPaths, mut digest: [
             }
             Err(e) => {
                 tracing::warn!(error = %e, "new certificate files are not usable yet; keeping the current ones")
+            }
+        }
+    }
+}
+
+/// Reads the client CA file and builds the resolver that hands handshakes
+/// its verifier; returns the digest of what was read.
+pub(crate) fn load_client_ca(path: &Path) -> Result<(Arc<ClientCaResolver>, [u8; 32]), TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let verifier = client_verifier(&pem, path)?;
+    Ok((Arc::new(ClientCaResolver::new(verifier)), fingerprint(&pem, &[])))
+}
+
+/// Re-reads the client CA file every `interval`, as [`reload`] does the
+/// serving pair (a Secret or ConfigMap volume swaps a symlink), and swaps a
+/// changed, usable bundle into `resolver`; a half-written or broken file is
+/// logged and the CAs being used are kept. Runs until dropped.
+pub(crate) async fn reload_client_ca(
+    resolver: Arc<ClientCaResolver>,
+    path: PathBuf,
+    mut digest: [u8; 32],
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let file = path.clone();
+        let read = tokio::task::spawn_blocking(move || std::fs::read(file).ok())
+            .await
+            .ok()
+            .flatten();
+        let Some(pem) = read else {
+            continue;
+        };
+        let new_digest = fingerprint(&pem, &[]);
+        if new_digest == digest {
+            continue;
+        }
+        match client_verifier(&pem, &path) {
+            Ok(verifier) => {
+                resolver.set(verifier);
+                digest = new_digest;
+                tracing::info!(client_ca = %path.display(), "client CA file reloaded");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "new client CA file is not usable yet; keeping the current CAs")
             }
         }
     }

@@ -217,7 +217,11 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
     };
     let clients = match &args.client_ca_file {
         Some(path) => {
-            let verifier = crate::certs::client_verifier(path)?;
+            let (verifier, digest) = crate::certs::load_client_ca(path)?;
+            tasks.spawn(
+                "reload of the client CA file",
+                crate::certs::reload_client_ca(verifier.clone(), path.clone(), digest, args.reload_interval),
+            );
             tracing::info!(client_ca = %path.display(), "the webhook port requires client certificates");
             Some(verifier)
         }

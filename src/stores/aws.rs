@@ -232,7 +232,7 @@ mod imp {
     use super::parameters;
     use super::roles::{self, WebIdentity};
     use super::{AwsService, AwsStoreConfig, VersionSelector};
-    use crate::stores::identity::{PodIdentity, Sessions, WorkloadIdentity};
+    use crate::stores::identity::{pod_workloads, PodIdentity, Sessions, WorkloadIdentity};
     use crate::stores::{RequestLimit, SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
 
     /// Ids per `BatchGetSecretValue` call (the API's limit).
@@ -711,15 +711,11 @@ mod imp {
             locators: &[SecretLocator],
             limit: &RequestLimit,
         ) -> Vec<Result<SecretData, StoreError>> {
-            let Some(workloads) = &self.workloads else {
-                return vec![
-                    Err(StoreError::InvalidRequest(
-                        "the store reads with Sesame's identity; set identity: pod to read as the Pod".into(),
-                    ));
-                    locators.len()
-                ];
-            };
-            self.session(workloads, identity).fetch(locators, limit).await
+            // One batched fetch in the session, not one request a locator.
+            match pod_workloads(self.workloads.as_ref(), locators.len()) {
+                Ok(workloads) => self.session(workloads, identity).fetch(locators, limit).await,
+                Err(answers) => answers,
+            }
         }
 
         /// Credentials from the chain are at hand (the chain did its own

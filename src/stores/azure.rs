@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use super::bearer::{oauth_token, send_once, unauthorized};
 use super::common::{error_code, http_client, status_error, CredentialSource, Retry};
-use super::identity::{PodIdentity, Sessions, WorkloadIdentity};
+use super::identity::{fetch_in_session, PodIdentity, Sessions, WorkloadIdentity};
 use super::token::{AccessToken, TokenCache, TokenProvider};
 use super::{RequestLimit, SecretData, SecretLocator, SecretValue, Store, StoreError, Upkeep};
 use crate::validate::{check_url, FieldError};
@@ -658,18 +658,14 @@ impl Store for AzureStore {
         locators: &[SecretLocator],
         limit: &RequestLimit,
     ) -> Vec<Result<SecretData, StoreError>> {
-        let Some(workloads) = &self.workloads else {
-            return vec![
-                Err(StoreError::InvalidRequest(
-                    "the store reads with Sesame's identity; set identity: pod to read as the Pod".into(),
-                ));
-                locators.len()
-            ];
-        };
-        match self.pod_tokens(workloads, identity) {
-            Ok(tokens) => limit.each(locators, |l| self.get_secret_as(&tokens, l)).await,
-            Err(e) => vec![Err(e); locators.len()],
-        }
+        fetch_in_session(
+            self.workloads.as_ref(),
+            locators,
+            limit,
+            |workloads| self.pod_tokens(workloads, identity),
+            |tokens, l| async move { self.get_secret_as(&tokens, l).await },
+        )
+        .await
     }
 
     /// Obtains a token (none of Sesame's own with `identity: pod`).

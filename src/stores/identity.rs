@@ -11,13 +11,14 @@
 //! per-identity sessions ([`Sessions`]) each provider keeps its logins in.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{SecretValue, StoreError};
+use super::{RequestLimit, SecretData, SecretLocator, SecretValue, StoreError};
 use crate::validate::{is_dns_label, is_dns_subdomain, FieldError};
 
 /// Whose identity a store reads with.
@@ -351,12 +352,137 @@ impl<S> Sessions<S> {
     }
 }
 
+/// The per-workload state of a store with `identity: pod`, or, for a store
+/// that reads with Sesame's identity (`workloads` is `None`), the answer for
+/// each of `count` references: that store cannot read as the Pod.
+pub(crate) fn pod_workloads<W>(
+    workloads: Option<&W>,
+    count: usize,
+) -> Result<&W, Vec<Result<SecretData, StoreError>>> {
+    workloads.ok_or_else(|| {
+        vec![
+            Err(StoreError::InvalidRequest(
+                "the store reads with Sesame's identity; set identity: pod to read as the Pod".into(),
+            ));
+            count
+        ]
+    })
+}
+
+/// `Store::fetch_as` of a provider with per-identity sessions: the session
+/// of the identity is opened once for the batch (`open`, usually a lookup in
+/// [`Sessions`]), then every locator is read in it (`read`) under `limit`,
+/// in order. A session that cannot be opened fails every locator with its
+/// error; a store without `identity: pod` refuses them ([`pod_workloads`]).
+pub(crate) async fn fetch_in_session<'a, W, S, Open, Read, Fut>(
+    workloads: Option<&W>,
+    locators: &'a [SecretLocator],
+    limit: &RequestLimit,
+    open: Open,
+    read: Read,
+) -> Vec<Result<SecretData, StoreError>>
+where
+    Open: FnOnce(&W) -> Result<Arc<S>, StoreError>,
+    Read: Fn(Arc<S>, &'a SecretLocator) -> Fut,
+    Fut: Future<Output = Result<SecretData, StoreError>>,
+{
+    let workloads = match pod_workloads(workloads, locators.len()) {
+        Ok(w) => w,
+        Err(answers) => return answers,
+    };
+    match open(workloads) {
+        Ok(session) => limit.each(locators, |l| read(session.clone(), l)).await,
+        Err(e) => vec![Err(e); locators.len()],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn id(ns: &str, sa: &str) -> WorkloadIdentity {
         WorkloadIdentity::new(ns, sa).unwrap()
+    }
+
+    fn locators() -> Vec<SecretLocator> {
+        ["a", "b", "c"]
+            .iter()
+            .map(|p| SecretLocator::new(*p, None))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_session_is_opened_once_per_batch_and_its_failure_fails_every_locator() {
+        let limit = RequestLimit::new(2);
+        let opened = AtomicUsize::new(0);
+        let read = |session: Arc<String>, l: &SecretLocator| {
+            let text = format!("{session}:{}", l.path);
+            async move { Ok(SecretData::from_text(&text)) }
+        };
+        let locators = locators();
+        let got = fetch_in_session(
+            Some(&"workloads"),
+            &locators,
+            &limit,
+            |w| {
+                opened.fetch_add(1, Ordering::SeqCst);
+                Ok(Arc::new(format!("session of {w}")))
+            },
+            read,
+        )
+        .await;
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+        let texts: Vec<String> = got
+            .iter()
+            .map(|r| {
+                r.as_ref()
+                    .unwrap()
+                    .get(None)
+                    .unwrap()
+                    .expose_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "session of workloads:a",
+                "session of workloads:b",
+                "session of workloads:c"
+            ]
+        );
+
+        let failed = fetch_in_session(
+            Some(&"workloads"),
+            &locators,
+            &limit,
+            |_| Err::<Arc<String>, _>(StoreError::Unauthorized("denied".into())),
+            read,
+        )
+        .await;
+        assert_eq!(failed, vec![Err(StoreError::Unauthorized("denied".into())); 3]);
+    }
+
+    #[tokio::test]
+    async fn a_store_without_pod_identity_refuses_to_read_as_the_pod() {
+        let locators = locators();
+        let got = fetch_in_session(
+            None::<&()>,
+            &locators,
+            &RequestLimit::new(2),
+            |_| -> Result<Arc<()>, StoreError> { panic!("no session without identity: pod") },
+            |_, _| async { panic!("nothing is read") },
+        )
+        .await;
+        assert_eq!(got.len(), 3);
+        for answer in got {
+            let Err(StoreError::InvalidRequest(message)) = answer else {
+                panic!("{answer:?}");
+            };
+            assert!(message.contains("set identity: pod"), "{message}");
+        }
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use crate::render::{
-    all_components, helm, helm_non_default, host_network, overlay, root, run, tools, HELM_HOST_NETWORK,
-    HELM_NO_FIXED_IDS,
+    all_components, client_auth, helm, helm_non_default, host_network, overlay, root, run, tools,
+    HELM_CLIENT_AUTH_BUNDLE, HELM_HOST_NETWORK, HELM_NO_FIXED_IDS,
 };
 use crate::scratch::{marked, Scratch};
 use crate::{MARKER, NS};
@@ -65,6 +65,8 @@ fn api_server_accepts_the_rendered_objects() {
         ("kustomize self-managed", overlay(&kubectl, "self-managed")),
         ("kustomize cert-manager", overlay(&kubectl, "cert-manager")),
         ("kustomize components", all_components(&kubectl)),
+        ("kustomize client-auth", client_auth(&kubectl)),
+        ("helm client auth", helm(&helm_bin, HELM_CLIENT_AUTH_BUNDLE)),
         ("helm defaults", helm(&helm_bin, &[])),
         ("helm non-default", helm_non_default(&helm_bin)),
         ("helm no fixed IDs", helm(&helm_bin, HELM_NO_FIXED_IDS)),

@@ -19,11 +19,13 @@
 //! dashboard), `readme` (the chart's values table), `parity` (the chart renders what
 //! the kustomize base does), `rbac`, `scratch` and `api_server` (a real API
 //! server judges and runs the objects), `install` (the whole install, run as
-//! its ServiceAccount).
+//! its ServiceAccount), `client_auth` (the documented client-certificate
+//! set-up matches what is installed).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api_server;
+mod client_auth;
 mod install;
 mod lookup;
 mod manifests;

@@ -19,8 +19,8 @@ use crate::lookup::{
     config_configmap, configmap_config, env_of, has_kind, named, namespace, one, selects, webhook, webhooks,
 };
 use crate::render::{
-    all_components, helm, helm_non_default, host_network, kustomize, overlay, parse_stream, root, run, tools,
-    HELM_HOST_NETWORK, HELM_NO_FIXED_IDS,
+    all_components, client_auth, helm, helm_non_default, host_network, kustomize, overlay, parse_stream,
+    root, run, tools, HELM_CLIENT_AUTH, HELM_CLIENT_AUTH_BUNDLE, HELM_HOST_NETWORK, HELM_NO_FIXED_IDS,
 };
 use crate::schema::validate_all;
 use crate::{MARKER, NS};
@@ -470,6 +470,110 @@ fn deployment_is_hardened_and_drains() {
     check_deployment("helm host network", &helm(&helm_bin, HELM_HOST_NETWORK));
     check_deployment("helm no fixed IDs", &helm(&helm_bin, HELM_NO_FIXED_IDS));
     check_deployment("kustomize host-network", &host_network(&kubectl));
+    check_deployment("kustomize client-auth", &client_auth(&kubectl));
+    check_deployment("helm client auth", &helm(&helm_bin, HELM_CLIENT_AUTH_BUNDLE));
+}
+
+/// `--client-ca-file` names a file that the ConfigMap volume holds, mounted
+/// as a directory (a subPath mount would never see a replaced bundle); the
+/// default renders leave client authentication off.
+#[test]
+fn client_auth_mounts_the_ca_bundle_it_names() {
+    let Some((kubectl, helm_bin)) = tools() else {
+        return;
+    };
+    let renders = [
+        (
+            "kustomize client-auth",
+            client_auth(&kubectl),
+            "sesame-client-ca",
+            "ca.crt",
+        ),
+        (
+            "helm client auth",
+            helm(&helm_bin, HELM_CLIENT_AUTH),
+            "sesame-client-ca",
+            "ca.crt",
+        ),
+        (
+            "helm client auth, bundle rendered",
+            helm(&helm_bin, HELM_CLIENT_AUTH_BUNDLE),
+            "sesame-client-ca",
+            "bundle.pem",
+        ),
+    ];
+    for (what, objects, config_map, key) in renders {
+        let d: Deployment = one(&objects, "Deployment");
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        let file = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "SESAME_CLIENT_CA_FILE")
+            .and_then(|e| e.value.clone())
+            .unwrap_or_else(|| panic!("{what}: SESAME_CLIENT_CA_FILE"));
+        assert!(
+            !c.args.iter().flatten().any(|a| a.starts_with("--client-ca-file")),
+            "{what}: one way to pass it"
+        );
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| file.starts_with(&format!("{}/", m.mount_path)))
+            .unwrap_or_else(|| panic!("{what}: no mount holds {file}"));
+        assert_eq!(mount.sub_path, None, "{what}");
+        assert_eq!(mount.read_only, Some(true), "{what}");
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        let cm = volume
+            .config_map
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: a ConfigMap volume"));
+        assert_eq!(cm.name, config_map, "{what}");
+        assert_ne!(cm.optional, Some(true), "{what}: no bundle, no start");
+        let relative = &file[mount.mount_path.len() + 1..];
+        let items = cm.items.clone().unwrap_or_default();
+        assert!(
+            items.iter().any(|i| i.key == key && i.path == relative),
+            "{what}: {items:?} must put key {key} at {relative}"
+        );
+    }
+    let rendered = helm(&helm_bin, HELM_CLIENT_AUTH_BUNDLE);
+    let bundle = rendered
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "sesame-client-ca")
+        .expect("the chart renders the bundle it was given");
+    assert_eq!(
+        bundle["data"]["bundle.pem"].as_str().unwrap().trim_end(),
+        "-----BEGIN CERTIFICATE-----"
+    );
+    assert!(
+        !helm(&helm_bin, HELM_CLIENT_AUTH)
+            .iter()
+            .any(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "sesame-client-ca"),
+        "an existing ConfigMap is not rendered over"
+    );
+    for (what, objects) in [
+        ("kustomize", overlay(&kubectl, "self-managed")),
+        ("helm defaults", helm(&helm_bin, &[])),
+    ] {
+        let d: Deployment = one(&objects, "Deployment");
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        assert!(
+            !pod.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "SESAME_CLIENT_CA_FILE"),
+            "{what}: client authentication is opt-in"
+        );
+    }
 }
 
 #[test]

@@ -7,7 +7,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::Value;
 
 use crate::lookup::{kinds_and_names, one, webhooks};
-use crate::render::{all_components, helm, host_network, overlay, pod_identity, tools};
+use crate::render::{
+    all_components, client_auth, helm, host_network, overlay, pod_identity, tools, HELM_CLIENT_AUTH,
+};
 use crate::NS;
 
 #[test]
@@ -26,6 +28,7 @@ fn chart_matches_the_kustomize_base() {
             pod_identity(&kubectl),
             helm(&helm_bin, &["podIdentity.enabled=true"]),
         ),
+        (client_auth(&kubectl), helm(&helm_bin, HELM_CLIENT_AUTH)),
     ];
     for (k, h) in &pairs {
         // The chart leaves the namespace to `helm install --create-namespace`.

@@ -110,6 +110,30 @@ pub(crate) fn pod_identity(kubectl: &Path) -> Vec<Value> {
     )
 }
 
+/// The self-managed overlay with the client-auth component.
+pub(crate) fn client_auth(kubectl: &Path) -> Vec<Value> {
+    kustomize_with(
+        kubectl,
+        "client-auth",
+        "resources:\n  - {root}/deploy/overlays/self-managed\ncomponents:\n  - {root}/deploy/components/client-auth\n",
+    )
+}
+
+/// Client certificates required, the CA bundle from a ConfigMap of the
+/// platform's: what the client-auth component does.
+pub(crate) const HELM_CLIENT_AUTH: &[&str] = &[
+    "clientAuth.enabled=true",
+    "clientAuth.existingConfigMap=sesame-client-ca",
+];
+
+/// Client certificates required, the CA bundle rendered by the chart under
+/// another key.
+pub(crate) const HELM_CLIENT_AUTH_BUNDLE: &[&str] = &[
+    "clientAuth.enabled=true",
+    "clientAuth.key=bundle.pem",
+    "clientAuth.caBundle=-----BEGIN CERTIFICATE-----",
+];
+
 pub(crate) fn helm(helm: &Path, set: &[&str]) -> Vec<Value> {
     helm_values(helm, "", set)
 }

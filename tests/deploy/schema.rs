@@ -19,8 +19,9 @@ use serde_json::Value;
 
 use crate::lookup::{has_kind, kinds_and_names, one};
 use crate::render::{
-    all_components, helm, helm_command, helm_non_default, host_network, kustomize, overlay, root, run, tools,
-    HELM_HOST_NETWORK, HELM_NON_DEFAULT, HELM_NO_FIXED_IDS, HELM_PLATFORM_VALUES,
+    all_components, client_auth, helm, helm_command, helm_non_default, host_network, kustomize, overlay,
+    root, run, tools, HELM_CLIENT_AUTH_BUNDLE, HELM_HOST_NETWORK, HELM_NON_DEFAULT, HELM_NO_FIXED_IDS,
+    HELM_PLATFORM_VALUES,
 };
 use crate::NS;
 
@@ -325,6 +326,12 @@ fn kustomize_renders_schema_valid_objects() {
     assert_eq!(kinds_and_names(&host), expected);
     all_in_namespace("host-network", &host);
     validate_all("host-network", &host);
+
+    // The ConfigMap with the CA bundle is the platform's: not rendered.
+    let client = client_auth(&kubectl);
+    assert_eq!(kinds_and_names(&client), expected);
+    all_in_namespace("client-auth", &client);
+    validate_all("client-auth", &client);
 }
 
 #[test]
@@ -334,6 +341,7 @@ fn helm_chart_renders_schema_valid_objects_and_lints_clean() {
         ("", &[][..]),
         (HELM_PLATFORM_VALUES, HELM_NON_DEFAULT),
         ("", HELM_HOST_NETWORK),
+        ("", HELM_CLIENT_AUTH_BUNDLE),
     ] {
         let lint = run(helm_command(&helm_bin, "lint", values, set).arg("--strict"));
         assert!(lint.contains("0 chart(s) failed"), "{set:?}: {lint}");
@@ -376,6 +384,7 @@ fn helm_chart_renders_schema_valid_objects_and_lints_clean() {
     for (what, set) in [
         ("host network", HELM_HOST_NETWORK),
         ("no fixed IDs", HELM_NO_FIXED_IDS),
+        ("client auth", HELM_CLIENT_AUTH_BUNDLE),
         (
             "existing ServiceAccount",
             &[
@@ -488,6 +497,14 @@ fn helm_rejects_values_that_would_break_the_webhook() {
             "'/grafanaDashboard/labels/grafana_dashboard': got number, want string",
         ),
         (
+            "clientAuth.existingConfigMap=Not_A_Name",
+            "'/clientAuth/existingConfigMap': 'Not_A_Name' does not match pattern",
+        ),
+        (
+            "clientAuth.caFile=ca.crt",
+            "additional properties 'caFile' not allowed",
+        ),
+        (
             "updateStrategy.type=BlueGreen",
             "'/updateStrategy/type': value must be one of",
         ),
@@ -518,6 +535,18 @@ fn helm_rejects_values_that_would_break_the_webhook() {
         (
             &["ports.webhook=9000", "ports.admin=9000"],
             "ports.webhook and ports.admin must differ",
+        ),
+        (
+            &["clientAuth.enabled=true"],
+            "clientAuth.enabled needs clientAuth.caBundle or clientAuth.existingConfigMap",
+        ),
+        (
+            &[
+                "clientAuth.enabled=true",
+                "clientAuth.caBundle=x",
+                "clientAuth.existingConfigMap=mine",
+            ],
+            "clientAuth.caBundle and clientAuth.existingConfigMap exclude each other",
         ),
     ] {
         let stderr = refused(&helm_bin, "", set, true);

@@ -32,7 +32,7 @@ pub use config::{
 };
 
 use super::common::{http_client, Retry};
-use super::identity::{PodIdentity, Sessions, WorkloadIdentity};
+use super::identity::{fetch_in_session, PodIdentity, Sessions, WorkloadIdentity};
 use super::token::TokenCache;
 use super::{canonical_number, RequestLimit, SecretData, SecretLocator, Store, StoreError, Upkeep};
 use auth::{authed, Login, VaultAuth};
@@ -226,23 +226,14 @@ impl Store for VaultStore {
         locators: &[SecretLocator],
         limit: &RequestLimit,
     ) -> Vec<Result<SecretData, StoreError>> {
-        let Some(workloads) = &self.workloads else {
-            return vec![
-                Err(StoreError::InvalidRequest(
-                    "the store reads with Sesame's identity; set identity: pod to read as the Pod".into(),
-                ));
-                locators.len()
-            ];
-        };
-        let session = match self.session(workloads, identity) {
-            Ok(session) => session,
-            Err(e) => return vec![Err(e); locators.len()],
-        };
-        limit
-            .each(locators, |l| {
-                kv::read(&self.http, &session, &self.mount, self.kv, l)
-            })
-            .await
+        fetch_in_session(
+            self.workloads.as_ref(),
+            locators,
+            limit,
+            |workloads| self.session(workloads, identity),
+            |session, l| async move { kv::read(&self.http, &session, &self.mount, self.kv, l).await },
+        )
+        .await
     }
 
     /// Looks the current token up (`lookup-self`): reachability and a valid

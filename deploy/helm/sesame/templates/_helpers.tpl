@@ -125,6 +125,12 @@ has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.star
 {{- if eq (int .Values.ports.webhook) (int .Values.ports.admin) -}}
 {{- fail "ports.webhook and ports.admin must differ" -}}
 {{- end -}}
+{{- if and .Values.clientAuth.enabled (empty .Values.clientAuth.caBundle) (empty .Values.clientAuth.existingConfigMap) -}}
+{{- fail "clientAuth.enabled needs clientAuth.caBundle or clientAuth.existingConfigMap: the CA bundle the API server's client certificate chains to" -}}
+{{- end -}}
+{{- if and .Values.clientAuth.caBundle .Values.clientAuth.existingConfigMap -}}
+{{- fail "clientAuth.caBundle and clientAuth.existingConfigMap exclude each other: the chart renders the bundle, or you provide the ConfigMap" -}}
+{{- end -}}
 {{- if and .Values.networkPolicy.enabled (empty .Values.networkPolicy.apiServerCIDRs) -}}
 {{- fail "networkPolicy.enabled needs networkPolicy.apiServerCIDRs: without them the API server cannot call the webhook" -}}
 {{- end -}}
