@@ -14,7 +14,7 @@ use crate::inject::limits::{self, LimitExceeded};
 use crate::inject::patch::encoded_len;
 use crate::inject::plan::MANAGED_PREFIX;
 use crate::inject::{
-    build_patch, build_plan, Grant, LimitsConfig, ManagedSecret, PlanInput, PodView, SecretRef,
+    build_patch, build_plan, Fetched, Grant, LimitsConfig, ManagedSecret, PlanInput, PodView, SecretRef,
 };
 use crate::policy::{NamespacePolicy, PolicyDenial, Subject};
 use crate::stores::{SecretLocator, StoreRequest, Stores, WorkloadIdentity};
@@ -203,8 +203,11 @@ impl Engine {
         let empty = Default::default();
         let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
         let mut request = annotations::parse_with(&self.prefix, annotations, self.limits.quote())?;
-        for injection in &mut request.injections {
-            let r = &mut injection.reference;
+        let placeholders = request
+            .templates
+            .iter_mut()
+            .flat_map(|t| t.template.placeholders_mut().map(|p| &mut p.reference));
+        for r in request.injections.iter_mut().map(|i| &mut i.reference).chain(placeholders) {
             let Some(store) = self.stores.get(&r.store) else {
                 continue;
             };
@@ -265,9 +268,21 @@ impl Engine {
             Ok(r) => r,
             Err(e) => return Verdict::Denied(Denial::new(DenialClass::Malformed, e.to_string(), Vec::new())),
         };
-        let references: Vec<SecretRef> = request.injections.iter().map(|i| i.reference.clone()).collect();
+        // Every reference, a template's placeholders included: each is
+        // counted, authorised, fetched and audited like any other.
+        let asked: Vec<(&str, &SecretRef, Option<String>)> = request
+            .injections
+            .iter()
+            .map(|i| (i.source.as_str(), &i.reference, None))
+            .chain(request.templates.iter().flat_map(|t| {
+                t.template
+                    .placeholders()
+                    .map(|p| (t.source.as_str(), &p.reference, Some(quote.of(&p.to_string()).to_string())))
+            }))
+            .collect();
+        let references: Vec<SecretRef> = asked.iter().map(|(_, r, _)| (*r).clone()).collect();
         // Before policy and fetch: the counts of what the Pod asks for.
-        if let Err(e) = limits::check_request(&self.limits, &request.injections, input.pod) {
+        if let Err(e) = limits::check_request(&self.limits, &request.injections, &request.templates, input.pod) {
             return Verdict::Denied(Denial::limit(e, references));
         }
         let service_account = service_account(input.pod);
@@ -286,13 +301,12 @@ impl Engine {
         }
 
         // Policy first: nothing is fetched for a Pod that may not have it.
-        let mut grants = Vec::with_capacity(request.injections.len());
-        for injection in &request.injections {
-            let r = &injection.reference;
+        let mut grants = Vec::with_capacity(asked.len());
+        for (source, r, placeholder) in &asked {
             match self.authorize(input.namespace, input.namespace_labels, service_account, r) {
                 Ok(rule) => grants.push(Grant {
-                    annotation: injection.source.clone(),
-                    reference: r.clone(),
+                    annotation: (*source).to_owned(),
+                    reference: (*r).clone(),
                     rule: rule.to_owned(),
                 }),
                 Err(mut refusal) => {
@@ -305,21 +319,22 @@ impl Engine {
                             DenialClass::Policy
                         }
                     };
-                    return Verdict::Denied(Denial::new(
-                        class,
-                        format!("annotation \"{}\": {refusal}", injection.source),
-                        references,
-                    ));
+                    let at = match placeholder {
+                        Some(p) => format!("annotation \"{source}\": placeholder {p}"),
+                        None => format!("annotation \"{source}\""),
+                    };
+                    return Verdict::Denied(Denial::new(class, format!("{at}: {refusal}"), references));
                 }
             }
         }
 
-        let requests: Vec<StoreRequest> = request
-            .injections
+        // One request per reference, parallel to `asked`: the injections'
+        // first, then the placeholders'.
+        let requests: Vec<StoreRequest> = asked
             .iter()
-            .map(|i| StoreRequest {
-                store: i.reference.store.clone(),
-                locator: SecretLocator::new(i.reference.path.clone(), i.reference.version.clone()),
+            .map(|(_, r, _)| StoreRequest {
+                store: r.store.clone(),
+                locator: SecretLocator::new(r.path.clone(), r.version.clone()),
             })
             .collect();
         let budget = input
@@ -328,12 +343,22 @@ impl Engine {
         // Stores with `identity: pod` read as this ServiceAccount, after
         // Sesame's policy allowed every reference above.
         let identity = WorkloadIdentity::new(input.namespace, service_account).ok();
-        let resolved = self.stores.resolve(&requests, identity.as_ref(), budget).await;
+        let mut resolved = self.stores.resolve(&requests, identity.as_ref(), budget).await;
+        let placeholder_answers = resolved.split_off(request.injections.len().min(resolved.len()));
+        let template_answers: Fetched = requests[request.injections.len().min(requests.len())..]
+            .iter()
+            .cloned()
+            .zip(placeholder_answers)
+            .collect();
         // Before the plan: what the answers would add to the Pod.
         if let Err(e) = limits::check_answers(
             &self.limits,
             &request.injections,
             &resolved,
+            limits::Templates {
+                templates: &request.templates,
+                answers: &template_answers,
+            },
             input.pod,
             request.mode,
         ) {
@@ -348,6 +373,8 @@ impl Engine {
             inline_allowed: self.policy.inline_allowed(input.namespace),
             injections: &request.injections,
             resolved: &resolved,
+            templates: &request.templates,
+            template_answers: &template_answers,
             quote,
         }) {
             Ok(p) => p,

@@ -121,6 +121,8 @@ fn build(
         inline_allowed,
         injections: &injections,
         resolved: &resolved,
+        templates: &[],
+        template_answers: &Fetched::new(),
         quote: Quote::DEFAULT,
     })
 }
@@ -191,8 +193,8 @@ fn secret_keys_do_not_depend_on_annotation_order_and_never_collide() {
     }
     assert!(clashing[0] != clashing[1] && clashing[1] != clashing[2] && clashing[0] != clashing[2]);
     // Each key holds the reference it names.
-    assert_eq!(f.sources[&keys["D"]].version.as_deref(), Some("2"));
-    assert_eq!(f.sources[&keys["B"]].path, "apps/b/db");
+    assert_eq!(f.sources[&keys["D"]].as_reference().unwrap().version.as_deref(), Some("2"));
+    assert_eq!(f.sources[&keys["B"]].as_reference().unwrap().path, "apps/b/db");
 }
 
 #[test]
@@ -226,6 +228,8 @@ fn the_secret_name_depends_on_the_namespace_the_service_account_and_the_set_of_r
         inline_allowed: false,
         injections: &injections,
         resolved: &resolved,
+        templates: &[],
+        template_answers: &Fetched::new(),
         quote: Quote::DEFAULT,
     })
     .unwrap()
@@ -455,7 +459,8 @@ fn the_patch_creates_missing_arrays_and_escapes_the_marker_key() {
         json!({"name": name, "key": "db.password"})
     );
 
-    // Where the arrays exist, the patch appends and keeps what is there.
+    // Where the arrays exist, the patch adds and keeps what is there; env
+    // vars go first, so that the container's own can refer to them.
     let full = json!({
         "metadata": {"name": "web", "annotations": {"team": "a"}},
         "spec": {
@@ -474,15 +479,15 @@ fn the_patch_creates_missing_arrays_and_escapes_the_marker_key() {
         paths(&ops),
         [
             "/spec/volumes/-",
-            "/spec/containers/0/env/-",
+            "/spec/containers/0/env/0",
             "/spec/containers/0/volumeMounts/-",
             "/metadata/annotations/sesame.dev~1injected",
         ]
     );
     let mut patched = full.clone();
     apply(&mut patched, ops);
-    assert_eq!(patched["spec"]["containers"][0]["env"][0]["name"], "LOG");
-    assert_eq!(patched["spec"]["containers"][0]["env"][1]["name"], "PW");
+    assert_eq!(patched["spec"]["containers"][0]["env"][0]["name"], "PW");
+    assert_eq!(patched["spec"]["containers"][0]["env"][1]["name"], "LOG");
     assert_eq!(patched["spec"]["volumes"].as_array().unwrap().len(), 2);
     assert_eq!(patched["metadata"]["annotations"]["team"], "a");
 }
