@@ -578,6 +578,87 @@ mod tests {
         assert!(matches!(run(&e, &ci).await, Verdict::Mutated(_)));
     }
 
+    /// A template whose second placeholder the policy refuses: denied
+    /// before anything is fetched, the denial naming that placeholder and
+    /// listing every reference; the paths of namespaced stores are
+    /// qualified inside templates too.
+    #[tokio::test]
+    async fn one_refused_placeholder_denies_the_template_before_any_fetch() {
+        let store = Arc::new(Namespaced(Default::default()));
+        let e = engine(store.clone());
+        let p = pod(
+            &[(
+                "sesame.dev/template.URL",
+                "{{ k8s:db#password }}/{{ k8s:shared/db#password | urlquery }}",
+            )],
+            serde_json::json!({}),
+        );
+        let Verdict::Denied(d) = run(&e, &p).await else {
+            panic!("allowed")
+        };
+        assert_eq!(d.class, DenialClass::Policy);
+        assert!(
+            d.message.starts_with(
+                "annotation \"sesame.dev/template.URL\": placeholder {{ k8s:shared/db#password | urlquery }}:"
+            ),
+            "{}",
+            d.message
+        );
+        assert_eq!(d.references.len(), 2);
+        assert_eq!(d.references[0].path, "team-a/db", "qualified");
+        assert!(store.0.lock().unwrap().is_empty(), "nothing was fetched");
+
+        // Allowed: each placeholder is granted and audited under the template's annotation.
+        let ok = pod(
+            &[("sesame.dev/template.URL", "{{ k8s:db#password }}@{{ k8s:db#password | base64 }}")],
+            serde_json::json!({}),
+        );
+        let Verdict::Mutated(m) = run(&e, &ok).await else {
+            panic!("denied")
+        };
+        assert_eq!(m.grants.len(), 2);
+        assert!(m.grants.iter().all(|g| g.annotation == "sesame.dev/template.URL" && g.rule == "own"));
+        let secret = m.secret.unwrap();
+        assert_eq!(secret.data["template.URL"].expose(), b"pw@cHc=");
+        assert_eq!(*store.0.lock().unwrap(), ["team-a/db"], "one fetch for both placeholders");
+    }
+
+    /// Placeholders count against `maxReferences` like any reference.
+    #[tokio::test]
+    async fn placeholders_count_against_the_limits() {
+        let config = Config::from_yaml(
+            "stores:\n  - {name: k8s, kubernetes: {}}\nlimits: {maxReferences: 3}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [k8s], paths: ['{namespace}/*']}\n",
+            "t",
+        )
+        .unwrap();
+        let store = Arc::new(Namespaced(Default::default()));
+        let mut stores = Stores::default();
+        stores.insert(
+            "k8s",
+            Arc::new(CachedStore::new(
+                "k8s".into(),
+                store.clone(),
+                Duration::ZERO,
+                Duration::ZERO,
+                Arc::new(Metrics::new()),
+            )),
+        );
+        let e = Engine::new(&config, stores);
+        let p = pod(
+            &[
+                ("sesame.dev/env.A", "k8s:a#password"),
+                ("sesame.dev/template.B", "{{ k8s:b#password }}{{ k8s:c#password }}{{ k8s:d#password }}"),
+            ],
+            serde_json::json!({}),
+        );
+        let Verdict::Denied(d) = run(&e, &p).await else {
+            panic!("allowed")
+        };
+        assert_eq!(d.class, DenialClass::Limit);
+        assert!(d.message.contains("is 4, more than the 3 allowed (limits.maxReferences"), "{}", d.message);
+        assert!(store.0.lock().unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn a_pod_may_only_use_its_own_managed_secret() {
         let e = engine(Arc::new(Namespaced(Default::default())));

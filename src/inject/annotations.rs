@@ -1053,6 +1053,96 @@ mod tests {
         assert_eq!(e.annotation, "sesame.dev/restart-on-rotation");
     }
 
+    #[test]
+    fn compact_template_for_an_env_var() {
+        let a = annotations(&[(
+            "sesame.dev/template.DATABASE_URL",
+            "postgres://{{ vault:apps/team-a/db#username }}:{{ vault:apps/team-a/db#password | urlquery }}@{{ vault:apps/team-a/db#host version=3 }}:5432/orders",
+        )]);
+        let r = parse("sesame.dev", &a).unwrap();
+        assert!(r.injections.is_empty());
+        let t = &r.templates[0];
+        assert_eq!(t.source, "sesame.dev/template.DATABASE_URL");
+        assert_eq!(t.target, Target::Env { name: "DATABASE_URL".into() });
+        assert_eq!(t.containers, ContainerSelector::default());
+        assert!(!t.optional);
+        let refs: Vec<String> = t.references().map(ToString::to_string).collect();
+        assert_eq!(
+            refs,
+            [
+                "vault:apps/team-a/db#username",
+                "vault:apps/team-a/db#password",
+                "vault:apps/team-a/db#host version=3"
+            ]
+        );
+        let p: Vec<_> = t.template.placeholders().collect();
+        assert_eq!(p[1].functions, vec![super::super::template::Function::Urlquery]);
+    }
+
+    #[test]
+    fn structured_templates_for_env_and_file() {
+        let yaml = r#"
+- template: "{{ vault:a/db#user }}:{{ vault:a/db#password }}"
+  env: CREDS
+  containers: [app]
+  optional: true
+- template: |
+    api_key: {{ vault:a/keys#one | yaml }}
+    other: {{ vault:a/keys#two | yaml }}
+  file: {path: /etc/app/config.yaml, mode: "0440"}
+  initContainers: true
+- env: PLAIN
+  ref: vault:a/db#user
+"#;
+        let r = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", yaml)])).unwrap();
+        assert_eq!(r.injections.len(), 1);
+        assert_eq!(r.templates.len(), 2);
+        assert_eq!(r.templates[0].source, "sesame.dev/secrets[0]");
+        assert!(r.templates[0].optional);
+        assert_eq!(r.templates[0].containers.names, ["app"]);
+        assert_eq!(r.templates[1].source, "sesame.dev/secrets[1]");
+        assert_eq!(
+            r.templates[1].target,
+            Target::File {
+                path: "/etc/app/config.yaml".into(),
+                mode: Some(0o440)
+            }
+        );
+        assert!(r.templates[1].containers.init);
+        assert_eq!(r.templates[1].references().count(), 2);
+    }
+
+    #[test]
+    fn malformed_templates_name_the_annotation_and_the_placeholder() {
+        for (k, v, says) in [
+            ("sesame.dev/template.1BAD", "{{ dev:a }}", "not a valid env var name"),
+            ("sesame.dev/template.X", "no placeholder", "at least one placeholder"),
+            ("sesame.dev/template.X", "{{ dev:a }}{{ dev:../b }}", "placeholder 2"),
+            ("sesame.dev/template.X", "{{ Dev:a }}", "placeholder 1"),
+            ("sesame.dev/template.X", "{{ dev:a | exec }}", "unknown function"),
+            ("sesame.dev/template.X", "{{ dev:a", "no closing"),
+            ("sesame.dev/template.X", "{{ dev:a bogus=1 }}", "placeholder 1"),
+        ] {
+            let e = parse("sesame.dev", &annotations(&[(k, v)])).unwrap_err();
+            assert!(e.annotation.starts_with(k), "{k}: {e}");
+            assert!(e.to_string().contains(says), "{v}: {e}");
+        }
+        for (yaml, says) in [
+            ("[{template: '{{ dev:a }}'}]", "exactly one of env or file"),
+            ("[{template: '{{ dev:a }}', env: A, file: {path: /a/b}}]", "exactly one of env or file"),
+            ("[{template: '{{ dev:a }}', envFrom: {}}]", "exactly one of env or file"),
+            ("[{template: '{{ dev:a }}', dir: {path: /a}}]", "exactly one of env or file"),
+            ("[{template: '{{ dev:a }}', env: A, ref: 'dev:a'}]", "drop ref"),
+            ("[{template: '{{ dev:a }}', env: A, store: dev, path: a}]", "drop ref"),
+            ("[{template: 'x', env: A}]", "at least one placeholder"),
+            ("[{template: '{{ dev:a }}', file: {path: /a/../b}}]", "absolute, normalised"),
+        ] {
+            let e = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", yaml)])).unwrap_err();
+            assert_eq!(e.annotation, "sesame.dev/secrets[0]", "{yaml}");
+            assert!(e.to_string().contains(says), "{yaml}: {e}");
+        }
+    }
+
     /// Every field of a reference set: it survives the compact text form
     /// (the `references` annotation) and the JSON record (the `sources`
     /// annotation). A new field breaks this test until both carry it.
