@@ -207,7 +207,12 @@ impl Engine {
             .templates
             .iter_mut()
             .flat_map(|t| t.template.placeholders_mut().map(|p| &mut p.reference));
-        for r in request.injections.iter_mut().map(|i| &mut i.reference).chain(placeholders) {
+        for r in request
+            .injections
+            .iter_mut()
+            .map(|i| &mut i.reference)
+            .chain(placeholders)
+        {
             let Some(store) = self.stores.get(&r.store) else {
                 continue;
             };
@@ -275,14 +280,20 @@ impl Engine {
             .iter()
             .map(|i| (i.source.as_str(), &i.reference, None))
             .chain(request.templates.iter().flat_map(|t| {
-                t.template
-                    .placeholders()
-                    .map(|p| (t.source.as_str(), &p.reference, Some(quote.of(&p.to_string()).to_string())))
+                t.template.placeholders().map(|p| {
+                    (
+                        t.source.as_str(),
+                        &p.reference,
+                        Some(quote.of(&p.to_string()).to_string()),
+                    )
+                })
             }))
             .collect();
         let references: Vec<SecretRef> = asked.iter().map(|(_, r, _)| (*r).clone()).collect();
         // Before policy and fetch: the counts of what the Pod asks for.
-        if let Err(e) = limits::check_request(&self.limits, &request.injections, &request.templates, input.pod) {
+        if let Err(e) =
+            limits::check_request(&self.limits, &request.injections, &request.templates, input.pod)
+        {
             return Verdict::Denied(Denial::limit(e, references));
         }
         let service_account = service_account(input.pod);
@@ -610,17 +621,27 @@ mod tests {
 
         // Allowed: each placeholder is granted and audited under the template's annotation.
         let ok = pod(
-            &[("sesame.dev/template.URL", "{{ k8s:db#password }}@{{ k8s:db#password | base64 }}")],
+            &[(
+                "sesame.dev/template.URL",
+                "{{ k8s:db#password }}@{{ k8s:db#password | base64 }}",
+            )],
             serde_json::json!({}),
         );
         let Verdict::Mutated(m) = run(&e, &ok).await else {
             panic!("denied")
         };
         assert_eq!(m.grants.len(), 2);
-        assert!(m.grants.iter().all(|g| g.annotation == "sesame.dev/template.URL" && g.rule == "own"));
+        assert!(m
+            .grants
+            .iter()
+            .all(|g| g.annotation == "sesame.dev/template.URL" && g.rule == "own"));
         let secret = m.secret.unwrap();
         assert_eq!(secret.data["template.URL"].expose(), b"pw@cHc=");
-        assert_eq!(*store.0.lock().unwrap(), ["team-a/db"], "one fetch for both placeholders");
+        assert_eq!(
+            *store.0.lock().unwrap(),
+            ["team-a/db"],
+            "one fetch for both placeholders"
+        );
     }
 
     /// Placeholders count against `maxReferences` like any reference.
@@ -647,7 +668,10 @@ mod tests {
         let p = pod(
             &[
                 ("sesame.dev/env.A", "k8s:a#password"),
-                ("sesame.dev/template.B", "{{ k8s:b#password }}{{ k8s:c#password }}{{ k8s:d#password }}"),
+                (
+                    "sesame.dev/template.B",
+                    "{{ k8s:b#password }}{{ k8s:c#password }}{{ k8s:d#password }}",
+                ),
             ],
             serde_json::json!({}),
         );
@@ -655,7 +679,12 @@ mod tests {
             panic!("allowed")
         };
         assert_eq!(d.class, DenialClass::Limit);
-        assert!(d.message.contains("is 4, more than the 3 allowed (limits.maxReferences"), "{}", d.message);
+        assert!(
+            d.message
+                .contains("is 4, more than the 3 allowed (limits.maxReferences"),
+            "{}",
+            d.message
+        );
         assert!(store.0.lock().unwrap().is_empty());
     }
 

@@ -788,8 +788,14 @@ spec:
     let (name, keys) = hidden_secret(&docs[1], "team-a");
     assert_eq!(keys, ["template.DATABASE_URL"]);
     let env = docs[0]["spec"]["containers"][0]["env"].as_array().unwrap();
-    assert_eq!(env[0]["name"], "DATABASE_URL", "before the Pod's own, which refers to it");
-    assert_eq!(secret_key_ref(&env[0]), (name, "template.DATABASE_URL".to_owned()));
+    assert_eq!(
+        env[0]["name"], "DATABASE_URL",
+        "before the Pod's own, which refers to it"
+    );
+    assert_eq!(
+        secret_key_ref(&env[0]),
+        (name, "template.DATABASE_URL".to_owned())
+    );
     assert_eq!(env[1]["name"], "DSN");
 
     let out = sesame(
@@ -822,7 +828,11 @@ spec:
   containers: [{name: app, image: busybox}]
 "#;
     std::fs::write(dir.path().join("inline.yaml"), inline).unwrap();
-    let out = sesame(dir.path(), &["mutate", "-c", "sesame.yaml", "-f", "inline.yaml"], None);
+    let out = sesame(
+        dir.path(),
+        &["mutate", "-c", "sesame.yaml", "-f", "inline.yaml"],
+        None,
+    );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(!stdout.contains("inline-user"), "{stdout}");
@@ -833,8 +843,19 @@ spec:
     );
     let out = sesame(
         dir.path(),
-        &["mutate", "-c", "sesame.yaml", "-f", "inline.yaml", "--show-values"],
+        &[
+            "mutate",
+            "-c",
+            "sesame.yaml",
+            "-f",
+            "inline.yaml",
+            "--show-values",
+        ],
         None,
     );
-    assert!(text(&out).0.contains("user=\\\"inline-user\\\"") || text(&out).0.contains("user=\"inline-user\""), "{}", text(&out).0);
+    assert!(
+        text(&out).0.contains("user=\\\"inline-user\\\"") || text(&out).0.contains("user=\"inline-user\""),
+        "{}",
+        text(&out).0
+    );
 }

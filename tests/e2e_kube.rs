@@ -1861,10 +1861,23 @@ async fn template_checks(admin: &Client, ns: &str, write_secrets: &dyn Fn(&str))
     let name = created.metadata.annotations.as_ref().unwrap()[&marker].clone();
     let env = created.spec.as_ref().unwrap().containers[0].env.clone().unwrap();
     let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["DATABASE_URL", "DSN"], "Sesame's var first, so $(DATABASE_URL) expands");
+    assert_eq!(
+        names,
+        ["DATABASE_URL", "DSN"],
+        "Sesame's var first, so $(DATABASE_URL) expands"
+    );
     assert!(env[0].value.is_none(), "no value in the spec");
-    let key_ref = env[0].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
-    assert_eq!((key_ref.name.as_str(), key_ref.key.as_str()), (name.as_str(), "template.DATABASE_URL"));
+    let key_ref = env[0]
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (key_ref.name.as_str(), key_ref.key.as_str()),
+        (name.as_str(), "template.DATABASE_URL")
+    );
     let value = |secret: &Secret| secret.data.as_ref().unwrap()["template.DATABASE_URL"].0.clone();
     let secret = secrets.get(&name).await.unwrap();
     assert_eq!(value(&secret), b"postgres://app:first%40pw@db.svc:5432/orders");

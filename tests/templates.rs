@@ -30,7 +30,11 @@ const URL: &str = "postgres://{{ dev:apps/team-a/db#username }}:{{ dev:apps/team
 
 fn decoded(secret: &Value, key: &str) -> String {
     let b = base64::engine::general_purpose::STANDARD
-        .decode(secret["data"][key].as_str().unwrap_or_else(|| panic!("no key {key}: {secret}")))
+        .decode(
+            secret["data"][key]
+                .as_str()
+                .unwrap_or_else(|| panic!("no key {key}: {secret}")),
+        )
         .unwrap();
     String::from_utf8(b).unwrap()
 }
@@ -80,7 +84,15 @@ async fn a_template_is_rendered_into_the_managed_secret_over_real_tls() {
         "real-pod-create-bare.json",
         &[("sesame.dev/template.DATABASE_URL", URL)],
     );
-    let body: Value = client.post(&url).json(&review).send().await.unwrap().json().await.unwrap();
+    let body: Value = client
+        .post(&url)
+        .json(&review)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let response = &body["response"];
     assert_eq!(response["allowed"], true, "{response}");
     let pod = patched_pod(&review, response);
@@ -98,7 +110,10 @@ async fn a_template_is_rendered_into_the_managed_secret_over_real_tls() {
     assert_eq!(env[1]["name"], "LOG_LEVEL");
     let patch = response["patch"].as_str().unwrap();
     let patch = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(patch).unwrap()).unwrap();
-    assert!(!patch.contains("p@ss") && !patch.contains("p%40ss"), "a value in the patch: {patch}");
+    assert!(
+        !patch.contains("p@ss") && !patch.contains("p%40ss"),
+        "a value in the patch: {patch}"
+    );
 
     // The managed Secret holds the rendered URL and records the placeholders.
     let secret = api.get("secrets", "team-a", &name).expect("the managed Secret");
@@ -106,12 +121,19 @@ async fn a_template_is_rendered_into_the_managed_secret_over_real_tls() {
         decoded(&secret, "template.DATABASE_URL"),
         "postgres://team_a:p%40ss%3Aw%2Frd%25@db.team-a.svc:5432/orders"
     );
-    let sources: Value =
-        serde_json::from_str(secret["metadata"]["annotations"]["sesame.dev/sources"].as_str().unwrap()).unwrap();
+    let sources: Value = serde_json::from_str(
+        secret["metadata"]["annotations"]["sesame.dev/sources"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     let parts = sources["template.DATABASE_URL"]["template"].as_array().unwrap();
     let refs: Vec<&Value> = parts.iter().filter_map(|p| p.get("value")).collect();
     assert_eq!(refs.len(), 4);
-    assert_eq!(refs[1]["ref"], json!({"store": "dev", "path": "apps/team-a/db", "property": "password"}));
+    assert_eq!(
+        refs[1]["ref"],
+        json!({"store": "dev", "path": "apps/team-a/db", "property": "password"})
+    );
     assert_eq!(refs[1]["functions"], json!(["urlquery"]));
     assert!(
         !secret["metadata"]["annotations"].to_string().contains("p@ss"),
@@ -169,7 +191,10 @@ async fn rotation_re_renders_a_template_when_a_placeholder_changes() {
     object["metadata"]["creationTimestamp"] = json!("2020-01-01T00:00:00Z");
     api.put("secrets", "team-a", &planned.name, object);
     assert_eq!(
-        decoded(&api.get("secrets", "team-a", &planned.name).unwrap(), "template.DATABASE_URL"),
+        decoded(
+            &api.get("secrets", "team-a", &planned.name).unwrap(),
+            "template.DATABASE_URL"
+        ),
         "postgres://app:old%3Apw@db.svc:5432/orders"
     );
 
@@ -202,7 +227,12 @@ async fn rotation_re_renders_a_template_when_a_placeholder_changes() {
     // Still Sesame's: the record (placeholders included) verifies.
     assert_eq!(
         rotated["metadata"]["annotations"]["sesame.dev/sources"],
-        serde_json::to_value(sesame::kube::secret::manifest(&planned, "sesame.dev", &provenance(), "x"))
-            .unwrap()["metadata"]["annotations"]["sesame.dev/sources"]
+        serde_json::to_value(sesame::kube::secret::manifest(
+            &planned,
+            "sesame.dev",
+            &provenance(),
+            "x"
+        ))
+        .unwrap()["metadata"]["annotations"]["sesame.dev/sources"]
     );
 }

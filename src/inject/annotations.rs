@@ -716,7 +716,12 @@ fn parse_structured(at: At<'_>, value: &str) -> Result<Structured, GrammarError>
 /// An entry with `template:`: exactly one of env or file, no reference.
 fn structured_template(at: At<'_>, mut e: Entry) -> Result<TemplateInjection, GrammarError> {
     let text = e.template.take().unwrap_or_default();
-    if e.reference.is_some() || e.store.is_some() || e.path.is_some() || e.property.is_some() || e.version.is_some() {
+    if e.reference.is_some()
+        || e.store.is_some()
+        || e.path.is_some()
+        || e.property.is_some()
+        || e.version.is_some()
+    {
         return Err(at.err(
             "a template takes its references from its placeholders; drop ref, store, path, property and version",
         ));
@@ -1063,7 +1068,12 @@ mod tests {
         assert!(r.injections.is_empty());
         let t = &r.templates[0];
         assert_eq!(t.source, "sesame.dev/template.DATABASE_URL");
-        assert_eq!(t.target, Target::Env { name: "DATABASE_URL".into() });
+        assert_eq!(
+            t.target,
+            Target::Env {
+                name: "DATABASE_URL".into()
+            }
+        );
         assert_eq!(t.containers, ContainerSelector::default());
         assert!(!t.optional);
         let refs: Vec<String> = t.references().map(ToString::to_string).collect();
@@ -1115,9 +1125,21 @@ mod tests {
     #[test]
     fn malformed_templates_name_the_annotation_and_the_placeholder() {
         for (k, v, says) in [
-            ("sesame.dev/template.1BAD", "{{ dev:a }}", "not a valid env var name"),
-            ("sesame.dev/template.X", "no placeholder", "at least one placeholder"),
-            ("sesame.dev/template.X", "{{ dev:a }}{{ dev:../b }}", "placeholder 2"),
+            (
+                "sesame.dev/template.1BAD",
+                "{{ dev:a }}",
+                "not a valid env var name",
+            ),
+            (
+                "sesame.dev/template.X",
+                "no placeholder",
+                "at least one placeholder",
+            ),
+            (
+                "sesame.dev/template.X",
+                "{{ dev:a }}{{ dev:../b }}",
+                "placeholder 2",
+            ),
             ("sesame.dev/template.X", "{{ Dev:a }}", "placeholder 1"),
             ("sesame.dev/template.X", "{{ dev:a | exec }}", "unknown function"),
             ("sesame.dev/template.X", "{{ dev:a", "no closing"),
@@ -1129,13 +1151,28 @@ mod tests {
         }
         for (yaml, says) in [
             ("[{template: '{{ dev:a }}'}]", "exactly one of env or file"),
-            ("[{template: '{{ dev:a }}', env: A, file: {path: /a/b}}]", "exactly one of env or file"),
-            ("[{template: '{{ dev:a }}', envFrom: {}}]", "exactly one of env or file"),
-            ("[{template: '{{ dev:a }}', dir: {path: /a}}]", "exactly one of env or file"),
+            (
+                "[{template: '{{ dev:a }}', env: A, file: {path: /a/b}}]",
+                "exactly one of env or file",
+            ),
+            (
+                "[{template: '{{ dev:a }}', envFrom: {}}]",
+                "exactly one of env or file",
+            ),
+            (
+                "[{template: '{{ dev:a }}', dir: {path: /a}}]",
+                "exactly one of env or file",
+            ),
             ("[{template: '{{ dev:a }}', env: A, ref: 'dev:a'}]", "drop ref"),
-            ("[{template: '{{ dev:a }}', env: A, store: dev, path: a}]", "drop ref"),
+            (
+                "[{template: '{{ dev:a }}', env: A, store: dev, path: a}]",
+                "drop ref",
+            ),
             ("[{template: 'x', env: A}]", "at least one placeholder"),
-            ("[{template: '{{ dev:a }}', file: {path: /a/../b}}]", "absolute, normalised"),
+            (
+                "[{template: '{{ dev:a }}', file: {path: /a/../b}}]",
+                "absolute, normalised",
+            ),
         ] {
             let e = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", yaml)])).unwrap_err();
             assert_eq!(e.annotation, "sesame.dev/secrets[0]", "{yaml}");

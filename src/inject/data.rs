@@ -164,7 +164,11 @@ pub(crate) fn render(key: &str, template: &RefTemplate, fetched: &Fetched) -> Re
     Ok(SecretValue::new(rendered))
 }
 
-fn value_of<'f>(key: &str, reference: &SecretRef, fetched: &'f Fetched) -> Result<&'f SecretValue, DataError> {
+fn value_of<'f>(
+    key: &str,
+    reference: &SecretRef,
+    fetched: &'f Fetched,
+) -> Result<&'f SecretValue, DataError> {
     let secret = match fetched.get(&reference.request()) {
         Some(Ok(d)) => d,
         Some(Err(error)) => {
@@ -206,7 +210,10 @@ mod tests {
     #[test]
     fn picks_properties_and_fails_without_values_in_the_message() {
         let sources: BTreeMap<String, KeySource> = [
-            ("db.password".to_owned(), rec("vault", "app/db", Some("password")).into()),
+            (
+                "db.password".to_owned(),
+                rec("vault", "app/db", Some("password")).into(),
+            ),
             ("db.user".to_owned(), rec("vault", "app/db", Some("user")).into()),
             ("token".to_owned(), rec("file", "token", None).into()),
         ]
@@ -251,6 +258,53 @@ mod tests {
             secret_data(&sources, &fetched),
             Err(DataError::NotFetched { .. })
         ));
+    }
+
+    /// References are recorded as before templates existed (Secrets
+    /// written then read the same); a template records its parts, and a
+    /// template key renders through the same function.
+    #[test]
+    fn key_sources_read_old_records_and_render_templates() {
+        let old = r#"{"k":{"store":"vault","path":"app/db","property":"password"}}"#;
+        let sources: BTreeMap<String, KeySource> = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            sources["k"],
+            KeySource::Reference(rec("vault", "app/db", Some("password")))
+        );
+        assert_eq!(serde_json::to_string(&sources).unwrap(), old);
+
+        let template: RefTemplate = crate::inject::template::Template::parse(
+            "{{ vault:app/db#user }}:{{ vault:app/db#password | urlquery }}",
+            |r| r.parse::<SecretRef>().map_err(|e| e.message),
+        )
+        .unwrap();
+        let source = KeySource::Template { template };
+        let json = serde_json::to_string(&source).unwrap();
+        assert!(
+            json.starts_with(r#"{"template":[{"value":{"ref":{"store":"vault""#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<KeySource>(&json).unwrap(), source);
+        assert_eq!(source.references().count(), 2);
+
+        let db = SecretData::Properties(
+            [
+                ("password".to_owned(), SecretValue::from("a@b")),
+                ("user".to_owned(), SecretValue::from("app")),
+            ]
+            .into(),
+        );
+        let mut fetched = Fetched::new();
+        fetched.insert(rec("vault", "app/db", None).request(), Ok(Arc::new(db)));
+        let sources: BTreeMap<String, KeySource> = [("t".to_owned(), source)].into();
+        assert_eq!(
+            secret_data(&sources, &fetched).unwrap()["t"].expose(),
+            b"app:a%40b"
+        );
+        fetched.insert(rec("vault", "app/db", None).request(), Err(StoreError::Throttled));
+        let e = secret_data(&sources, &fetched).unwrap_err();
+        assert_eq!(e.key(), "t");
+        assert!(matches!(e, DataError::Store { .. }), "{e:?}");
     }
 
     #[test]

@@ -364,12 +364,19 @@ mod tests {
         let ok = env(100, |i| format!("dev:apps/a/s{}#p{i}", i % 50));
         check_request(&limits, &ok, &[], &pod(10, 0)).unwrap();
 
-        let e = check_request(&limits, &env(101, |i| format!("dev:apps/a/s{i}")), &[], &pod(1, 0)).unwrap_err();
+        let e = check_request(
+            &limits,
+            &env(101, |i| format!("dev:apps/a/s{i}")),
+            &[],
+            &pod(1, 0),
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "the number of references (annotations, structured entries and template placeholders) is 101, more than the 100 allowed (limits.maxReferences in Sesame's configuration); split the Pod's secrets over fewer references (env-from and dir take a whole secret)"
         );
-        let e = check_request(&limits, &env(51, |i| format!("dev:apps/a/s{i}")), &[], &pod(1, 0)).unwrap_err();
+        let e =
+            check_request(&limits, &env(51, |i| format!("dev:apps/a/s{i}")), &[], &pod(1, 0)).unwrap_err();
         assert!(
             e.to_string()
                 .contains("is 51, more than the 50 allowed (limits.maxStoreRequests"),
@@ -411,17 +418,49 @@ mod tests {
                 .collect();
             Ok(Arc::new(SecretData::Properties(map)))
         };
-        check_answers(&limits, &from, &[props(50, 1)], Templates::none(), &pod(2, 0), Mode::SecretRef).unwrap();
-        let e = check_answers(&limits, &from, &[props(51, 1)], Templates::none(), &pod(2, 0), Mode::SecretRef).unwrap_err();
+        check_answers(
+            &limits,
+            &from,
+            &[props(50, 1)],
+            Templates::none(),
+            &pod(2, 0),
+            Mode::SecretRef,
+        )
+        .unwrap();
+        let e = check_answers(
+            &limits,
+            &from,
+            &[props(51, 1)],
+            Templates::none(),
+            &pod(2, 0),
+            Mode::SecretRef,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("is 102, more than the 100 allowed"), "{e}");
         // Inline: 10 properties of 300 bytes into 2 containers is 6000 bytes in the Pod.
-        let e = check_answers(&limits, &from, &[props(10, 300)], Templates::none(), &pod(2, 0), Mode::Inline).unwrap_err();
+        let e = check_answers(
+            &limits,
+            &from,
+            &[props(10, 300)],
+            Templates::none(),
+            &pod(2, 0),
+            Mode::Inline,
+        )
+        .unwrap_err();
         assert!(
             e.to_string()
                 .contains("is 6000, more than the 4096 allowed (limits.maxPatchBytes"),
             "{e}"
         );
-        check_answers(&limits, &from, &[props(10, 300)], Templates::none(), &pod(2, 0), Mode::SecretRef).unwrap();
+        check_answers(
+            &limits,
+            &from,
+            &[props(10, 300)],
+            Templates::none(),
+            &pod(2, 0),
+            Mode::SecretRef,
+        )
+        .unwrap();
         // A failed read adds nothing.
         check_answers(
             &limits,

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::annotations::{is_env_name, ContainerSelector, Injection, Mode, RefTemplate, SecretRef, Target, TemplateInjection};
+use super::annotations::{
+    is_env_name, ContainerSelector, Injection, Mode, RefTemplate, SecretRef, Target, TemplateInjection,
+};
 use super::data::{render, secret_data, DataError, Fetched, KeySource};
 use super::pod::{OwnerReference, PodView};
 use crate::denial::DenialClass;
@@ -241,7 +243,9 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
             Err(e) if t.optional && missing(&e) => warnings.push(format!(
                 "optional template {} not rendered: {} is missing; skipped",
                 t.source,
-                e.reference().map(|r| q.of(&r.to_string()).to_string()).unwrap_or_default()
+                e.reference()
+                    .map(|r| q.of(&r.to_string()).to_string())
+                    .unwrap_or_default()
             )),
             Err(e) => return Err(placeholder_error(t, e, q)),
         }
@@ -358,7 +362,9 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
                     if value.expose_str().is_none() {
                         return Err(PlanError::Invalid {
                             annotation: t.source.clone(),
-                            message: format!("the rendered value for {name} is not UTF-8 text; render it into a file"),
+                            message: format!(
+                                "the rendered value for {name} is not UTF-8 text; render it into a file"
+                            ),
                         });
                     }
                     EnvSource::Inline(value.clone())
@@ -388,7 +394,8 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
                 if dir == "/" {
                     return Err(PlanError::Invalid {
                         annotation: t.source.clone(),
-                        message: "a file needs its own directory; /<file> would mount over the root".to_owned(),
+                        message: "a file needs its own directory; /<file> would mount over the root"
+                            .to_owned(),
                     });
                 }
                 let key = in_secret();
@@ -467,7 +474,8 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
             ),
             namespace: input.namespace.to_owned(),
             service_account: input.service_account.to_owned(),
-            data: secret_data(&sources, &fetched).map_err(|e| data_error(&accepted, &key_annotations, e, q))?,
+            data: secret_data(&sources, &fetched)
+                .map_err(|e| data_error(&accepted, &key_annotations, e, q))?,
             references,
             sources,
             restart_on_rotation: false,
@@ -558,17 +566,23 @@ fn placeholder_error(t: &TemplateInjection, e: DataError, q: Quote) -> PlanError
             format!("store \"{}\" failed: {error}", reference.store),
             DenialClass::from(error),
         ),
-        DataError::Property { reference, error, .. } => {
-            (placeholder_of(reference), error.to_string(), DenialClass::MissingProperty)
-        }
+        DataError::Property { reference, error, .. } => (
+            placeholder_of(reference),
+            error.to_string(),
+            DenialClass::MissingProperty,
+        ),
         DataError::NotFetched { reference, .. } => (
             placeholder_of(reference),
             format!("nothing was fetched from store \"{}\"", reference.store),
             DenialClass::Invalid,
         ),
-        DataError::Render { placeholder, problem, .. } => {
-            (q.of(placeholder).to_string(), (*problem).to_owned(), DenialClass::Invalid)
-        }
+        DataError::Render {
+            placeholder, problem, ..
+        } => (
+            q.of(placeholder).to_string(),
+            (*problem).to_owned(),
+            DenialClass::Invalid,
+        ),
     };
     PlanError::Placeholder {
         annotation: t.source.clone(),
@@ -835,7 +849,13 @@ fn assign_template_keys<'a>(
         let clean: String = name
             .chars()
             .take(200)
-            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         by_base
             .entry(format!("template.{clean}"))

@@ -49,10 +49,7 @@ impl Function {
     ];
 
     fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, f)| *f == self)
-            .map_or("?", |(n, _)| n)
+        Self::ALL.iter().find(|(_, f)| *f == self).map_or("?", |(n, _)| n)
     }
 
     /// Applies the function. Errors say what is wrong with the value's
@@ -139,7 +136,10 @@ pub struct SyntaxError {
 /// for a value it could not give.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RenderError<E> {
-    Value { index: usize, error: E },
+    Value {
+        index: usize,
+        error: E,
+    },
     Function {
         index: usize,
         function: Function,
@@ -204,7 +204,10 @@ impl<R> Template<R> {
             if !literal.is_empty() {
                 parts.push(Part::Text(std::mem::take(&mut literal)));
             }
-            parts.push(Part::Value(Placeholder { reference: r, functions }));
+            parts.push(Part::Value(Placeholder {
+                reference: r,
+                functions,
+            }));
         }
         literal.push_str(rest);
         if !literal.is_empty() {
@@ -247,7 +250,10 @@ impl<R> Template<R> {
     }
 
     /// Renders the template with `value` giving each placeholder's bytes.
-    pub fn render<E>(&self, mut value: impl FnMut(&R) -> Result<Vec<u8>, E>) -> Result<Vec<u8>, RenderError<E>> {
+    pub fn render<E>(
+        &self,
+        mut value: impl FnMut(&R) -> Result<Vec<u8>, E>,
+    ) -> Result<Vec<u8>, RenderError<E>> {
         let mut out = Vec::new();
         let mut index = 0;
         for part in &self.parts {
@@ -342,14 +348,18 @@ mod tests {
 
     #[test]
     fn literals_and_placeholders() {
-        let t = parse("postgres://{{ db:a#user }}:{{db:a#password|urlquery}}@{{ db:a#host }}:5432/x").unwrap();
+        let t =
+            parse("postgres://{{ db:a#user }}:{{db:a#password|urlquery}}@{{ db:a#host }}:5432/x").unwrap();
         let refs: Vec<&str> = t.placeholders().map(|p| p.reference.as_str()).collect();
         assert_eq!(refs, ["db:a#user", "db:a#password", "db:a#host"]);
         assert_eq!(
             t.placeholders().nth(1).unwrap().functions,
             vec![Function::Urlquery]
         );
-        assert_eq!(t.placeholders().nth(1).unwrap().to_string(), "{{ db:a#password | urlquery }}");
+        assert_eq!(
+            t.placeholders().nth(1).unwrap().to_string(),
+            "{{ db:a#password | urlquery }}"
+        );
         assert_eq!(t.literal_len(), "postgres://:@:5432/x".len());
         // A password that would break the URL is percent-encoded.
         let url = text(
@@ -360,7 +370,10 @@ mod tests {
                 ("db:a#host", b"db.svc"),
             ],
         );
-        assert_eq!(url, "postgres://app:p%40ss%3Aw%2Frd%25%3F%23%26%20x@db.svc:5432/x");
+        assert_eq!(
+            url,
+            "postgres://app:p%40ss%3Aw%2Frd%25%3F%23%26%20x@db.svc:5432/x"
+        );
     }
 
     #[test]
@@ -373,17 +386,33 @@ mod tests {
         assert_eq!(s("urlquery", "a-b_c.d~e é".as_bytes()), "a-b_c.d~e%20%C3%A9");
         assert_eq!(s("base64", b"\x00\xffhi"), "AP9oaQ==");
         assert_eq!(one("base64decode", b"AP9oaQ==").unwrap(), b"\x00\xffhi");
-        assert_eq!(one("base64decode", b"AP9oaQ\n").unwrap(), b"\x00\xffhi", "padding optional");
+        assert_eq!(
+            one("base64decode", b"AP9oaQ\n").unwrap(),
+            b"\x00\xffhi",
+            "padding optional"
+        );
         assert_eq!(s("json", b"a\"b\\c\nd"), r#""a\"b\\c\nd""#);
         assert_eq!(s("yaml", b"a\"b\\c\nd: #x"), r#""a\"b\\c\nd: #x""#);
-        assert_eq!(s("yaml", "\u{7f}\u{85}\u{2028}".as_bytes()), r#""\x7f\x85\u2028""#);
+        assert_eq!(
+            s("yaml", "\u{7f}\u{85}\u{2028}".as_bytes()),
+            r#""\x7f\x85\u2028""#
+        );
         assert_eq!(s("trim", b" \t pw\n"), "pw");
         // Chained left to right.
         let t = parse("{{ s:a | trim | base64 }}").unwrap();
         assert_eq!(text(&t, &[("s:a", b" x \n")]), "eA==");
         // Errors say what is wrong, never the value.
-        for (f, v) in [("base64decode", &b"!!secret!!"[..]), ("json", b"\xffsecret"), ("yaml", b"\xffsecret")] {
-            let Err(RenderError::Function { index, function, problem }) = one(f, v) else {
+        for (f, v) in [
+            ("base64decode", &b"!!secret!!"[..]),
+            ("json", b"\xffsecret"),
+            ("yaml", b"\xffsecret"),
+        ] {
+            let Err(RenderError::Function {
+                index,
+                function,
+                problem,
+            }) = one(f, v)
+            else {
                 panic!("{f} accepted it")
             };
             assert_eq!((index, function.name()), (0, f));
@@ -429,20 +458,32 @@ mod tests {
             ("{{ s:a | upper }}", "unknown function"),
             ("{{ s:a | }}", "unknown function"),
             ("{{ s:a | env }}", "unknown function"),
-            ("{{ s:a | trim | trim | trim | trim | trim | trim | trim | trim | trim }}", "at most 8"),
+            (
+                "{{ s:a | trim | trim | trim | trim | trim | trim | trim | trim | trim }}",
+                "at most 8",
+            ),
         ] {
             let e = parse(bad).unwrap_err();
             assert!(e.message.contains(says), "{bad}: {e}");
         }
         let many = "{{ s:a }}".repeat(MAX_PLACEHOLDERS + 1);
         assert!(parse(&many).unwrap_err().message.contains("more than"));
-        assert_eq!(parse(&"{{ s:a }}".repeat(MAX_PLACEHOLDERS)).unwrap().placeholders().count(), MAX_PLACEHOLDERS);
+        assert_eq!(
+            parse(&"{{ s:a }}".repeat(MAX_PLACEHOLDERS))
+                .unwrap()
+                .placeholders()
+                .count(),
+            MAX_PLACEHOLDERS
+        );
     }
 
     #[test]
     fn a_missing_value_names_its_placeholder() {
         let t = parse("{{ s:a }}-{{ s:b }}").unwrap();
-        assert_eq!(render(&t, &[("s:a", b"1")]), Err(RenderError::Value { index: 1, error: () }));
+        assert_eq!(
+            render(&t, &[("s:a", b"1")]),
+            Err(RenderError::Value { index: 1, error: () })
+        );
     }
 
     #[test]

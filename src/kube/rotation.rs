@@ -590,7 +590,10 @@ mod tests {
     #[test]
     fn one_fetch_per_secret_and_failures_keep_their_class() {
         let sources: BTreeMap<String, KeySource> = [
-            ("db.password".to_owned(), rec("vault", "app/db", Some("password")).into()),
+            (
+                "db.password".to_owned(),
+                rec("vault", "app/db", Some("password")).into(),
+            ),
             ("db.user".to_owned(), rec("vault", "app/db", Some("user")).into()),
             ("token".to_owned(), rec("file", "token", None).into()),
         ]
@@ -691,6 +694,47 @@ mod tests {
             reauthorise(&e, &gone, Some(&plain)),
             Err(RotationError::UnknownStore("vault".into()))
         );
+    }
+
+    /// A template key is granted while every placeholder is; one refused
+    /// placeholder takes the key out, named in the revocation.
+    #[tokio::test]
+    async fn a_template_key_needs_every_placeholder_granted() {
+        let e = engine().await;
+        let parse = |text: &str| {
+            let a: BTreeMap<String, String> =
+                [("sesame.dev/template.URL".to_owned(), text.to_owned())].into();
+            crate::inject::annotations::parse("sesame.dev", &a)
+                .unwrap()
+                .templates
+                .remove(0)
+                .template
+        };
+        let mut secret = recorded("team-a", "web", &[]);
+        secret.sources = [
+            (
+                "template.OK".to_owned(),
+                KeySource::Template {
+                    template: parse("{{ dev:apps/team-a/db#user }}:{{ dev:apps/team-a/db#password }}"),
+                },
+            ),
+            (
+                "template.STOLEN".to_owned(),
+                KeySource::Template {
+                    template: parse(
+                        "{{ dev:apps/team-a/db#user }}:{{ dev:apps/team-b/db#password | base64 }}",
+                    ),
+                },
+            ),
+        ]
+        .into();
+        let decision = reauthorise(&e, &secret, Some(&BTreeMap::new())).unwrap();
+        assert_eq!(decision.granted.keys().collect::<Vec<_>>(), ["template.OK"]);
+        assert_eq!(decision.revoked.len(), 1);
+        assert_eq!(decision.revoked[0].key, "template.STOLEN");
+        assert_eq!(decision.revoked[0].reference.path, "apps/team-b/db");
+        // Every placeholder is fetched, each secret once.
+        assert_eq!(fetches(&secret.sources).len(), 2);
     }
 
     #[test]

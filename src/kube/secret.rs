@@ -637,9 +637,16 @@ mod tests {
         let s: Secret = serde_json::from_value(body.0.clone()).unwrap();
         let (recorded, verified) = verify(&s, &keys, &ring()).unwrap();
         assert!(verified.current);
-        assert_eq!(recorded.sources["db.password"].as_reference().unwrap().path, "secret/app/db");
         assert_eq!(
-            recorded.sources["db.password"].as_reference().unwrap().property.as_deref(),
+            recorded.sources["db.password"].as_reference().unwrap().path,
+            "secret/app/db"
+        );
+        assert_eq!(
+            recorded.sources["db.password"]
+                .as_reference()
+                .unwrap()
+                .property
+                .as_deref(),
             Some("password")
         );
         assert_eq!(recorded.service_account, "web");
@@ -832,7 +839,10 @@ mod tests {
         );
         annotate(&mut s, &keys.service_account, "default");
         let recorded = Recorded::read(&s, &keys).unwrap();
-        assert_eq!(recorded.sources["k"].as_reference().unwrap().version.as_deref(), Some("AWSPREVIOUS"));
+        assert_eq!(
+            recorded.sources["k"].as_reference().unwrap().version.as_deref(),
+            Some("AWSPREVIOUS")
+        );
         assert_eq!(recorded.references.len(), 2);
         assert_eq!(
             verify(&s, &keys, &ring()).unwrap_err(),

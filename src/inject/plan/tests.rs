@@ -193,7 +193,10 @@ fn secret_keys_do_not_depend_on_annotation_order_and_never_collide() {
     }
     assert!(clashing[0] != clashing[1] && clashing[1] != clashing[2] && clashing[0] != clashing[2]);
     // Each key holds the reference it names.
-    assert_eq!(f.sources[&keys["D"]].as_reference().unwrap().version.as_deref(), Some("2"));
+    assert_eq!(
+        f.sources[&keys["D"]].as_reference().unwrap().version.as_deref(),
+        Some("2")
+    );
     assert_eq!(f.sources[&keys["B"]].as_reference().unwrap().path, "apps/b/db");
 }
 
@@ -635,7 +638,9 @@ fn a_base_that_is_no_json_pointer_is_an_error_not_the_root() {
 /// The templates a Pod's annotations ask for, as the grammar reads them.
 fn templates(pairs: &[(&str, &str)]) -> Vec<TemplateInjection> {
     let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-    crate::inject::annotations::parse("sesame.dev", &map).unwrap().templates
+    crate::inject::annotations::parse("sesame.dev", &map)
+        .unwrap()
+        .templates
 }
 
 fn build_templates(
@@ -677,9 +682,16 @@ fn a_template_is_one_key_of_the_secret_and_records_its_placeholders() {
         panic!("not recorded as a template")
     };
     assert_eq!(template, &t[0].template);
-    assert_eq!(secret.references.len(), 3, "every placeholder is a reference of the Secret");
+    assert_eq!(
+        secret.references.len(),
+        3,
+        "every placeholder is a reference of the Secret"
+    );
     // The value is never in the Pod spec: a secretKeyRef to the key.
-    assert!(p.env.iter().all(|e| e.source == EnvSource::SecretKey("template.DATABASE_URL".into())));
+    assert!(p
+        .env
+        .iter()
+        .all(|e| e.source == EnvSource::SecretKey("template.DATABASE_URL".into())));
     assert_eq!(p.env.len(), 2, "every app container");
     // A template changes the Secret's name; without one it is unchanged.
     assert_ne!(secret.name, secret_name("team-a", "default", &secret.references));
@@ -700,7 +712,10 @@ fn inline_env_templates_go_into_the_spec_and_file_templates_into_the_secret() {
         .all(|e| e.source == EnvSource::Inline(SecretValue::from("app"))));
     let secret = p.secret.unwrap();
     assert_eq!(secret.data.len(), 1);
-    assert_eq!(secret.data["template.config.yaml"].expose_str(), Some("user: \"app\"\n"));
+    assert_eq!(
+        secret.data["template.config.yaml"].expose_str(),
+        Some("user: \"app\"\n")
+    );
     assert_eq!(p.volumes[0].mount_path, "/etc/app");
     assert_eq!(p.volumes[0].items[0].key, "template.config.yaml");
 }
@@ -709,41 +724,87 @@ fn inline_env_templates_go_into_the_spec_and_file_templates_into_the_secret() {
 fn missing_placeholders_deny_or_skip_an_optional_template() {
     let t = templates(&[("sesame.dev/template.URL", URL)]);
     let no_password = props(&[("host", "db.svc"), ("user", "app")]);
-    let e = build_templates(Mode::SecretRef, &t, &[("dev:apps/team-a/db", no_password.clone())]).unwrap_err();
+    let e = build_templates(
+        Mode::SecretRef,
+        &t,
+        &[("dev:apps/team-a/db", no_password.clone())],
+    )
+    .unwrap_err();
     assert_eq!(e.class(), DenialClass::MissingProperty);
     let text = e.to_string();
     assert!(text.contains("annotation \"sesame.dev/template.URL\""), "{text}");
-    assert!(text.contains("placeholder {{ dev:apps/team-a/db#password | urlquery }}"), "{text}");
-    assert!(!text.contains("db.svc") && !text.contains("app:"), "no value: {text}");
-    let e = build_templates(Mode::SecretRef, &t, &[("dev:apps/team-a/db", Err(StoreError::NotFound))]).unwrap_err();
-    assert!(e.to_string().contains("placeholder {{ dev:apps/team-a/db#user }}"), "{e}");
+    assert!(
+        text.contains("placeholder {{ dev:apps/team-a/db#password | urlquery }}"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("db.svc") && !text.contains("app:"),
+        "no value: {text}"
+    );
+    let e = build_templates(
+        Mode::SecretRef,
+        &t,
+        &[("dev:apps/team-a/db", Err(StoreError::NotFound))],
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("placeholder {{ dev:apps/team-a/db#user }}"),
+        "{e}"
+    );
 
     // Optional: skipped as a whole when any placeholder is missing.
     let yaml = format!("- template: \"{URL}\"\n  env: URL\n  optional: true\n");
     let t = templates(&[("sesame.dev/secrets", &yaml)]);
     let p = build_templates(Mode::SecretRef, &t, &[("dev:apps/team-a/db", no_password)]).unwrap();
     assert!(p.secret.is_none() && p.env.is_empty());
-    assert!(p.warnings[0].contains("sesame.dev/secrets[0]"), "{:?}", p.warnings);
-    assert!(p.warnings[0].contains("dev:apps/team-a/db#password"), "{:?}", p.warnings);
+    assert!(
+        p.warnings[0].contains("sesame.dev/secrets[0]"),
+        "{:?}",
+        p.warnings
+    );
+    assert!(
+        p.warnings[0].contains("dev:apps/team-a/db#password"),
+        "{:?}",
+        p.warnings
+    );
     // A store that fails (not a missing secret) denies even an optional one.
-    let e = build_templates(Mode::SecretRef, &t, &[("dev:apps/team-a/db", Err(StoreError::Throttled))]).unwrap_err();
+    let e = build_templates(
+        Mode::SecretRef,
+        &t,
+        &[("dev:apps/team-a/db", Err(StoreError::Throttled))],
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("placeholder"), "{e}");
 }
 
 #[test]
 fn a_value_unfit_for_its_function_is_named_by_placeholder_never_quoted() {
-    let t = templates(&[("sesame.dev/template.KEY", "{{ dev:apps/team-a/k | base64decode }}")]);
-    let e = build_templates(Mode::SecretRef, &t, &[("dev:apps/team-a/k", value("hunter2-is-not-base64!"))]).unwrap_err();
+    let t = templates(&[(
+        "sesame.dev/template.KEY",
+        "{{ dev:apps/team-a/k | base64decode }}",
+    )]);
+    let e = build_templates(
+        Mode::SecretRef,
+        &t,
+        &[("dev:apps/team-a/k", value("hunter2-is-not-base64!"))],
+    )
+    .unwrap_err();
     let text = e.to_string();
     assert_eq!(e.class(), DenialClass::Invalid);
-    assert!(text.contains("placeholder {{ dev:apps/team-a/k | base64decode }}: the value is not valid base64"), "{text}");
+    assert!(
+        text.contains("placeholder {{ dev:apps/team-a/k | base64decode }}: the value is not valid base64"),
+        "{text}"
+    );
     assert!(!text.contains("hunter2"), "{text}");
 }
 
 #[test]
 fn templates_share_env_conflicts_and_keys_with_references() {
     let t = templates(&[("sesame.dev/template.PW", "{{ dev:apps/team-a/db#password }}")]);
-    let fetched: Fetched = [(reference("dev:apps/team-a/db", None).request(), db())].into_iter().collect();
+    let fetched: Fetched = [(reference("dev:apps/team-a/db", None).request(), db())]
+        .into_iter()
+        .collect();
     let injections = vec![env("PW", "dev:apps/team-a/db#password")];
     let e = build_plan(&PlanInput {
         namespace: "team-a",

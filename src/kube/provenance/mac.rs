@@ -203,7 +203,10 @@ fn canonical(r: &Record<'_>) -> Vec<u8> {
             // its text and every placeholder.
             KeySource::Template { template } => {
                 out.extend(u64::MAX.to_be_bytes());
-                field(&mut out, serde_json::to_string(template).unwrap_or_default().as_bytes());
+                field(
+                    &mut out,
+                    serde_json::to_string(template).unwrap_or_default().as_bytes(),
+                );
             }
         }
     }
@@ -326,19 +329,54 @@ mod tests {
             }),
             (
                 "source store",
-                Box::new(|o| o.sources.get_mut("db.password").unwrap().as_reference_mut().unwrap().store = "k8s".into()),
+                Box::new(|o| {
+                    o.sources
+                        .get_mut("db.password")
+                        .unwrap()
+                        .as_reference_mut()
+                        .unwrap()
+                        .store = "k8s".into()
+                }),
             ),
             ("source path", {
-                Box::new(|o| o.sources.get_mut("db.password").unwrap().as_reference_mut().unwrap().path = "../outside".into())
+                Box::new(|o| {
+                    o.sources
+                        .get_mut("db.password")
+                        .unwrap()
+                        .as_reference_mut()
+                        .unwrap()
+                        .path = "../outside".into()
+                })
             }),
             ("source property", {
-                Box::new(|o| o.sources.get_mut("db.password").unwrap().as_reference_mut().unwrap().property = Some("user".into()))
+                Box::new(|o| {
+                    o.sources
+                        .get_mut("db.password")
+                        .unwrap()
+                        .as_reference_mut()
+                        .unwrap()
+                        .property = Some("user".into())
+                })
             }),
             ("source property removed", {
-                Box::new(|o| o.sources.get_mut("db.password").unwrap().as_reference_mut().unwrap().property = None)
+                Box::new(|o| {
+                    o.sources
+                        .get_mut("db.password")
+                        .unwrap()
+                        .as_reference_mut()
+                        .unwrap()
+                        .property = None
+                })
             }),
             ("source version", {
-                Box::new(|o| o.sources.get_mut("db.password").unwrap().as_reference_mut().unwrap().version = Some("1".into()))
+                Box::new(|o| {
+                    o.sources
+                        .get_mut("db.password")
+                        .unwrap()
+                        .as_reference_mut()
+                        .unwrap()
+                        .version = Some("1".into())
+                })
             }),
             ("source key", {
                 Box::new(|o| {
@@ -375,6 +413,54 @@ mod tests {
             keys.verify(&shifted.record(), Some(&mac)),
             Err(MacError::Mismatch)
         );
+    }
+
+    /// A template key is covered whole: its text, each placeholder and
+    /// each function. Swapping a placeholder for another team's path, or
+    /// dropping `urlquery`, breaks the MAC; a reference key whose record
+    /// looks like nothing a template encodes to stays apart.
+    #[test]
+    fn a_recorded_template_is_covered_whole() {
+        let keys = ring(&[(1, 7)]);
+        let template = |text: &str| {
+            let a: BTreeMap<String, String> =
+                [("sesame.dev/template.URL".to_owned(), text.to_owned())].into();
+            KeySource::Template {
+                template: crate::inject::annotations::parse("sesame.dev", &a)
+                    .unwrap()
+                    .templates
+                    .remove(0)
+                    .template,
+            }
+        };
+        let mut g = genuine();
+        g.sources.insert(
+            "template.URL".into(),
+            template("db://{{ vault:apps/team-a/db#password | urlquery }}"),
+        );
+        let mac = keys.sign(&g.record());
+        assert!(keys.verify(&g.record(), Some(&mac)).is_ok());
+        for edited in [
+            "db://{{ vault:apps/team-b/db#password | urlquery }}",
+            "db://{{ vault:apps/team-a/db#password }}",
+            "db:/{{ vault:apps/team-a/db#password | urlquery }}",
+            "db://{{ vault:apps/team-a/db#password | urlquery }}{{ vault:apps/team-a/db#user }}",
+        ] {
+            let mut forged = genuine();
+            forged.sources.insert("template.URL".into(), template(edited));
+            assert_eq!(
+                keys.verify(&forged.record(), Some(&mac)),
+                Err(MacError::Mismatch),
+                "{edited}"
+            );
+        }
+        // A reference under the template's key is another record.
+        let mut forged = genuine();
+        forged.sources.insert(
+            "template.URL".into(),
+            reference("vault", "apps/team-a/db", Some("password"), None).into(),
+        );
+        assert_eq!(keys.verify(&forged.record(), Some(&mac)), Err(MacError::Mismatch));
     }
 
     #[test]
