@@ -12,6 +12,7 @@ use std::fmt;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 /// The most placeholders one template may hold (the per-Pod limits count
 /// them again, with every other reference).
@@ -54,11 +55,16 @@ impl Function {
 
     /// Applies the function. Errors say what is wrong with the value's
     /// form, never the value.
-    fn apply(self, input: Vec<u8>) -> Result<Vec<u8>, &'static str> {
+    /// Every buffer that held a value is zeroed when dropped.
+    fn apply(self, input: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, &'static str> {
+        self.apply_bytes(&input).map(Zeroizing::new)
+    }
+
+    fn apply_bytes(self, input: &[u8]) -> Result<Vec<u8>, &'static str> {
         match self {
-            Self::Urlquery => Ok(urlquery(&input).into_bytes()),
+            Self::Urlquery => Ok(urlquery(input).into_bytes()),
             Self::Base64 => Ok(base64::engine::general_purpose::STANDARD
-                .encode(&input)
+                .encode(input)
                 .into_bytes()),
             Self::Base64decode => {
                 let text = input.trim_ascii();
@@ -68,13 +74,13 @@ impl Function {
                     .map_err(|_| "the value is not valid base64")
             }
             Self::Json => {
-                let text = std::str::from_utf8(&input).map_err(|_| "json needs UTF-8 text")?;
+                let text = std::str::from_utf8(input).map_err(|_| "json needs UTF-8 text")?;
                 serde_json::to_string(text)
                     .map(String::into_bytes)
                     .map_err(|_| "the value cannot be a JSON string")
             }
             Self::Yaml => {
-                let text = std::str::from_utf8(&input).map_err(|_| "yaml needs UTF-8 text")?;
+                let text = std::str::from_utf8(input).map_err(|_| "yaml needs UTF-8 text")?;
                 Ok(yaml_quoted(text).into_bytes())
             }
             Self::Trim => Ok(input.trim_ascii().to_vec()),
@@ -250,17 +256,21 @@ impl<R> Template<R> {
     }
 
     /// Renders the template with `value` giving each placeholder's bytes.
+    /// The value buffers and what the functions make of them are zeroed
+    /// when dropped; the result is the caller's to wrap.
     pub fn render<E>(
         &self,
         mut value: impl FnMut(&R) -> Result<Vec<u8>, E>,
     ) -> Result<Vec<u8>, RenderError<E>> {
-        let mut out = Vec::new();
+        let mut out = Zeroizing::new(Vec::new());
         let mut index = 0;
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.extend_from_slice(t.as_bytes()),
                 Part::Value(p) => {
-                    let mut v = value(&p.reference).map_err(|error| RenderError::Value { index, error })?;
+                    let mut v = Zeroizing::new(
+                        value(&p.reference).map_err(|error| RenderError::Value { index, error })?,
+                    );
                     for f in &p.functions {
                         v = f.apply(v).map_err(|problem| RenderError::Function {
                             index,
@@ -273,7 +283,7 @@ impl<R> Template<R> {
                 }
             }
         }
-        Ok(out)
+        Ok(std::mem::take(&mut *out))
     }
 }
 
