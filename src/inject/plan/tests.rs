@@ -822,3 +822,49 @@ fn templates_share_env_conflicts_and_keys_with_references() {
     assert_eq!(e.class(), DenialClass::Conflict);
     assert!(e.to_string().contains("sesame.dev/template.PW"), "{e}");
 }
+
+/// A reinvoked webhook (`reinvocationPolicy: IfNeeded`) sees its env vars
+/// already at the front of the container's list and adds nothing.
+#[test]
+fn env_vars_go_first_and_a_reinvocation_adds_nothing() {
+    let t = templates(&[("sesame.dev/template.URL", URL)]);
+    let items = [(env("PW", "dev:apps/team-a/db#password"), db())];
+    let injections: Vec<Injection> = items.iter().map(|(i, _)| i.clone()).collect();
+    let resolved: Vec<Answer> = items.iter().map(|(_, a)| a.clone()).collect();
+    let fetched: Fetched = [(reference("dev:apps/team-a/db", None).request(), db())]
+        .into_iter()
+        .collect();
+    let mut pod = json!({
+        "metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "app", "env": [{"name": "DSN", "value": "$(URL)?x=1"}]}]}
+    });
+    for round in 0..2 {
+        let v = view(&pod);
+        let p = build_plan(&PlanInput {
+            namespace: "team-a",
+            service_account: "default",
+            pod: &v,
+            mode: Mode::SecretRef,
+            inline_allowed: false,
+            injections: &injections,
+            resolved: &resolved,
+            templates: &t,
+            template_answers: &fetched,
+            quote: Quote::DEFAULT,
+        })
+        .unwrap();
+        let name = p.secret.as_ref().unwrap().name.clone();
+        let ops = build_patch(&v, &p, "", MARKER, Some(&name), Quote::DEFAULT).unwrap();
+        if round == 1 {
+            assert!(ops.is_empty(), "reinvocation added {:?}", paths(&ops));
+        }
+        apply(&mut pod, ops);
+    }
+    let names: Vec<&str> = pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["PW", "URL", "DSN"]);
+}
