@@ -473,6 +473,87 @@ mod tests {
         .unwrap();
     }
 
+    /// Each placeholder is a reference; a template is one entry per
+    /// container; in inline mode its text and values count as bytes.
+    #[test]
+    fn templates_count_their_placeholders_entries_and_inline_bytes() {
+        let limits = LimitsConfig {
+            max_references: 4,
+            max_store_requests: 2,
+            max_patch_bytes: 4096,
+            ..LimitsConfig::default()
+        };
+        let parsed = |pairs: &[(&str, &str)]| {
+            let map: BTreeMap<String, String> =
+                pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+            parse("sesame.dev", &map).unwrap()
+        };
+        let r = parsed(&[
+            ("sesame.dev/env.A", "dev:apps/a/x#p"),
+            (
+                "sesame.dev/template.B",
+                "{{ dev:apps/a/x#p }}{{ dev:apps/a/y#q }}{{ dev:apps/a/y#r }}",
+            ),
+        ]);
+        check_request(&limits, &r.injections, &r.templates, &pod(1, 0)).unwrap();
+        let r = parsed(&[
+            ("sesame.dev/env.A", "dev:apps/a/x#p"),
+            (
+                "sesame.dev/template.B",
+                "{{ dev:apps/a/x#p }}{{ dev:apps/a/y#q }}{{ dev:apps/a/y#r }}{{ dev:apps/a/y#s }}",
+            ),
+        ]);
+        let e = check_request(&limits, &r.injections, &r.templates, &pod(1, 0)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is 5, more than the 4 allowed (limits.maxReferences"),
+            "{e}"
+        );
+        let r = parsed(&[(
+            "sesame.dev/template.B",
+            "{{ dev:apps/a/x }}{{ dev:apps/a/y }}{{ dev:apps/a/z }}",
+        )]);
+        let e = check_request(&limits, &r.injections, &r.templates, &pod(1, 0)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is 3, more than the 2 allowed (limits.maxStoreRequests"),
+            "{e}"
+        );
+
+        // Inline: 2 placeholders of 1000 bytes and 100 bytes of text, into 2 containers.
+        let text = format!(
+            "{}{{{{ dev:apps/a/x#p }}}}{{{{ dev:apps/a/x#p | base64 }}}}",
+            "t".repeat(100)
+        );
+        let r = parsed(&[("sesame.dev/template.B", &text)]);
+        let big: Result<Arc<SecretData>, StoreError> = Ok(Arc::new(SecretData::Properties(
+            [("p".to_owned(), SecretValue::from("v".repeat(1000)))].into(),
+        )));
+        let answers: Fetched = [(
+            r.templates[0]
+                .template
+                .placeholders()
+                .next()
+                .unwrap()
+                .reference
+                .request(),
+            big,
+        )]
+        .into_iter()
+        .collect();
+        let templates = Templates {
+            templates: &r.templates,
+            answers: &answers,
+        };
+        let e = check_answers(&limits, &[], &[], templates, &pod(2, 0), Mode::Inline).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is 4200, more than the 4096 allowed (limits.maxPatchBytes"),
+            "{e}"
+        );
+        check_answers(&limits, &[], &[], templates, &pod(2, 0), Mode::SecretRef).unwrap();
+    }
+
     #[test]
     fn the_section_is_optional_and_checked() {
         let parsed: LimitsConfig = serde_norway::from_str("maxReferences: 10\n").unwrap();
