@@ -115,7 +115,11 @@ fn hide_inline_values(patch: &mut [json_patch::PatchOperation]) {
             continue;
         };
         let path = add.path.as_str();
-        if path.ends_with("/env/-") {
+        // One entry, appended (`/env/-`) or inserted at the front (`/env/0`).
+        let entry = path.rsplit_once('/').is_some_and(|(list, at)| {
+            list.ends_with("/env") && (at == "-" || at.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if entry {
             hide(&mut add.value);
         } else if path.ends_with("/env") {
             add.value.as_array_mut().into_iter().flatten().for_each(hide);

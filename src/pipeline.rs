@@ -14,7 +14,7 @@ use crate::inject::limits::{self, LimitExceeded};
 use crate::inject::patch::encoded_len;
 use crate::inject::plan::MANAGED_PREFIX;
 use crate::inject::{
-    build_patch, build_plan, Grant, LimitsConfig, ManagedSecret, PlanInput, PodView, SecretRef,
+    build_patch, build_plan, Fetched, Grant, LimitsConfig, ManagedSecret, PlanInput, PodView, SecretRef,
 };
 use crate::policy::{NamespacePolicy, PolicyDenial, Subject};
 use crate::stores::{SecretLocator, StoreRequest, Stores, WorkloadIdentity};
@@ -203,8 +203,16 @@ impl Engine {
         let empty = Default::default();
         let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
         let mut request = annotations::parse_with(&self.prefix, annotations, self.limits.quote())?;
-        for injection in &mut request.injections {
-            let r = &mut injection.reference;
+        let placeholders = request
+            .templates
+            .iter_mut()
+            .flat_map(|t| t.template.placeholders_mut().map(|p| &mut p.reference));
+        for r in request
+            .injections
+            .iter_mut()
+            .map(|i| &mut i.reference)
+            .chain(placeholders)
+        {
             let Some(store) = self.stores.get(&r.store) else {
                 continue;
             };
@@ -265,9 +273,27 @@ impl Engine {
             Ok(r) => r,
             Err(e) => return Verdict::Denied(Denial::new(DenialClass::Malformed, e.to_string(), Vec::new())),
         };
-        let references: Vec<SecretRef> = request.injections.iter().map(|i| i.reference.clone()).collect();
+        // Every reference, a template's placeholders included: each is
+        // counted, authorised, fetched and audited like any other.
+        let asked: Vec<(&str, &SecretRef, Option<String>)> = request
+            .injections
+            .iter()
+            .map(|i| (i.source.as_str(), &i.reference, None))
+            .chain(request.templates.iter().flat_map(|t| {
+                t.template.placeholders().map(|p| {
+                    (
+                        t.source.as_str(),
+                        &p.reference,
+                        Some(quote.of(&p.to_string()).to_string()),
+                    )
+                })
+            }))
+            .collect();
+        let references: Vec<SecretRef> = asked.iter().map(|(_, r, _)| (*r).clone()).collect();
         // Before policy and fetch: the counts of what the Pod asks for.
-        if let Err(e) = limits::check_request(&self.limits, &request.injections, input.pod) {
+        if let Err(e) =
+            limits::check_request(&self.limits, &request.injections, &request.templates, input.pod)
+        {
             return Verdict::Denied(Denial::limit(e, references));
         }
         let service_account = service_account(input.pod);
@@ -286,13 +312,12 @@ impl Engine {
         }
 
         // Policy first: nothing is fetched for a Pod that may not have it.
-        let mut grants = Vec::with_capacity(request.injections.len());
-        for injection in &request.injections {
-            let r = &injection.reference;
+        let mut grants = Vec::with_capacity(asked.len());
+        for (source, r, placeholder) in &asked {
             match self.authorize(input.namespace, input.namespace_labels, service_account, r) {
                 Ok(rule) => grants.push(Grant {
-                    annotation: injection.source.clone(),
-                    reference: r.clone(),
+                    annotation: (*source).to_owned(),
+                    reference: (*r).clone(),
                     rule: rule.to_owned(),
                 }),
                 Err(mut refusal) => {
@@ -305,21 +330,22 @@ impl Engine {
                             DenialClass::Policy
                         }
                     };
-                    return Verdict::Denied(Denial::new(
-                        class,
-                        format!("annotation \"{}\": {refusal}", injection.source),
-                        references,
-                    ));
+                    let at = match placeholder {
+                        Some(p) => format!("annotation \"{source}\": placeholder {p}"),
+                        None => format!("annotation \"{source}\""),
+                    };
+                    return Verdict::Denied(Denial::new(class, format!("{at}: {refusal}"), references));
                 }
             }
         }
 
-        let requests: Vec<StoreRequest> = request
-            .injections
+        // One request per reference, parallel to `asked`: the injections'
+        // first, then the placeholders'.
+        let requests: Vec<StoreRequest> = asked
             .iter()
-            .map(|i| StoreRequest {
-                store: i.reference.store.clone(),
-                locator: SecretLocator::new(i.reference.path.clone(), i.reference.version.clone()),
+            .map(|(_, r, _)| StoreRequest {
+                store: r.store.clone(),
+                locator: SecretLocator::new(r.path.clone(), r.version.clone()),
             })
             .collect();
         let budget = input
@@ -328,12 +354,22 @@ impl Engine {
         // Stores with `identity: pod` read as this ServiceAccount, after
         // Sesame's policy allowed every reference above.
         let identity = WorkloadIdentity::new(input.namespace, service_account).ok();
-        let resolved = self.stores.resolve(&requests, identity.as_ref(), budget).await;
+        let mut resolved = self.stores.resolve(&requests, identity.as_ref(), budget).await;
+        let placeholder_answers = resolved.split_off(request.injections.len().min(resolved.len()));
+        let template_answers: Fetched = requests[request.injections.len().min(requests.len())..]
+            .iter()
+            .cloned()
+            .zip(placeholder_answers)
+            .collect();
         // Before the plan: what the answers would add to the Pod.
         if let Err(e) = limits::check_answers(
             &self.limits,
             &request.injections,
             &resolved,
+            limits::Templates {
+                templates: &request.templates,
+                answers: &template_answers,
+            },
             input.pod,
             request.mode,
         ) {
@@ -348,6 +384,8 @@ impl Engine {
             inline_allowed: self.policy.inline_allowed(input.namespace),
             injections: &request.injections,
             resolved: &resolved,
+            templates: &request.templates,
+            template_answers: &template_answers,
             quote,
         }) {
             Ok(p) => p,
@@ -549,6 +587,105 @@ mod tests {
         let mut ci = other.clone();
         ci.spec.service_account_name = Some("ci".into());
         assert!(matches!(run(&e, &ci).await, Verdict::Mutated(_)));
+    }
+
+    /// A template whose second placeholder the policy refuses: denied
+    /// before anything is fetched, the denial naming that placeholder and
+    /// listing every reference; the paths of namespaced stores are
+    /// qualified inside templates too.
+    #[tokio::test]
+    async fn one_refused_placeholder_denies_the_template_before_any_fetch() {
+        let store = Arc::new(Namespaced(Default::default()));
+        let e = engine(store.clone());
+        let p = pod(
+            &[(
+                "sesame.dev/template.URL",
+                "{{ k8s:db#password }}/{{ k8s:shared/db#password | urlquery }}",
+            )],
+            serde_json::json!({}),
+        );
+        let Verdict::Denied(d) = run(&e, &p).await else {
+            panic!("allowed")
+        };
+        assert_eq!(d.class, DenialClass::Policy);
+        assert!(
+            d.message.starts_with(
+                "annotation \"sesame.dev/template.URL\": placeholder {{ k8s:shared/db#password | urlquery }}:"
+            ),
+            "{}",
+            d.message
+        );
+        assert_eq!(d.references.len(), 2);
+        assert_eq!(d.references[0].path, "team-a/db", "qualified");
+        assert!(store.0.lock().unwrap().is_empty(), "nothing was fetched");
+
+        // Allowed: each placeholder is granted and audited under the template's annotation.
+        let ok = pod(
+            &[(
+                "sesame.dev/template.URL",
+                "{{ k8s:db#password }}@{{ k8s:db#password | base64 }}",
+            )],
+            serde_json::json!({}),
+        );
+        let Verdict::Mutated(m) = run(&e, &ok).await else {
+            panic!("denied")
+        };
+        assert_eq!(m.grants.len(), 2);
+        assert!(m
+            .grants
+            .iter()
+            .all(|g| g.annotation == "sesame.dev/template.URL" && g.rule == "own"));
+        let secret = m.secret.unwrap();
+        assert_eq!(secret.data["template.URL"].expose(), b"pw@cHc=");
+        assert_eq!(
+            *store.0.lock().unwrap(),
+            ["team-a/db"],
+            "one fetch for both placeholders"
+        );
+    }
+
+    /// Placeholders count against `maxReferences` like any reference.
+    #[tokio::test]
+    async fn placeholders_count_against_the_limits() {
+        let config = Config::from_yaml(
+            "stores:\n  - {name: k8s, kubernetes: {}}\nlimits: {maxReferences: 3}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [k8s], paths: ['{namespace}/*']}\n",
+            "t",
+        )
+        .unwrap();
+        let store = Arc::new(Namespaced(Default::default()));
+        let mut stores = Stores::default();
+        stores.insert(
+            "k8s",
+            Arc::new(CachedStore::new(
+                "k8s".into(),
+                store.clone(),
+                Duration::ZERO,
+                Duration::ZERO,
+                Arc::new(Metrics::new()),
+            )),
+        );
+        let e = Engine::new(&config, stores);
+        let p = pod(
+            &[
+                ("sesame.dev/env.A", "k8s:a#password"),
+                (
+                    "sesame.dev/template.B",
+                    "{{ k8s:b#password }}{{ k8s:c#password }}{{ k8s:d#password }}",
+                ),
+            ],
+            serde_json::json!({}),
+        );
+        let Verdict::Denied(d) = run(&e, &p).await else {
+            panic!("allowed")
+        };
+        assert_eq!(d.class, DenialClass::Limit);
+        assert!(
+            d.message
+                .contains("is 4, more than the 3 allowed (limits.maxReferences"),
+            "{}",
+            d.message
+        );
+        assert!(store.0.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

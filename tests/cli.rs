@@ -762,3 +762,100 @@ fn gen_certs_replaces_planted_symlinks_and_files_instead_of_writing_through_them
         .collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
+
+/// A template's rendered value is one key of the printed Secret: without
+/// `--show-values` only the key, with it the rendered text; in inline mode
+/// the printed Pod carries the rendered value's size only.
+#[test]
+fn mutate_prints_a_rendered_template_only_when_asked() {
+    let dir = workdir();
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: team-a
+  annotations:
+    sesame.dev/template.DATABASE_URL: "postgres://{{ dev:apps/team-a/db#username }}:{{ dev:apps/team-a/db#password | urlquery }}@{{ dev:apps/team-a/db#host }}:{{ dev:apps/team-a/db#port }}/{{ dev:apps/team-a/db#database }}"
+spec:
+  containers:
+    - name: app
+      image: busybox
+      env: [{name: DSN, value: "$(DATABASE_URL)?sslmode=require"}]
+"#;
+    std::fs::write(dir.path().join("pod.yaml"), pod).unwrap();
+    let docs = mutate_ok(dir.path(), &["-f", "pod.yaml"], None);
+    let (name, keys) = hidden_secret(&docs[1], "team-a");
+    assert_eq!(keys, ["template.DATABASE_URL"]);
+    let env = docs[0]["spec"]["containers"][0]["env"].as_array().unwrap();
+    assert_eq!(
+        env[0]["name"], "DATABASE_URL",
+        "before the Pod's own, which refers to it"
+    );
+    assert_eq!(
+        secret_key_ref(&env[0]),
+        (name, "template.DATABASE_URL".to_owned())
+    );
+    assert_eq!(env[1]["name"], "DSN");
+
+    let out = sesame(
+        dir.path(),
+        &["mutate", "-c", "sesame.yaml", "-f", "pod.yaml", "--show-values"],
+        None,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let docs = documents(&stdout);
+    let b = base64::engine::general_purpose::STANDARD
+        .decode(docs[1]["data"]["template.DATABASE_URL"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(b).unwrap(),
+        "postgres://team_a:s3cr3t-team-a-password@db.team-a.svc:5432/orders"
+    );
+
+    // Inline: the rendered value is in the Pod, hidden unless asked.
+    let inline = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: tool
+  namespace: dev-team
+  annotations:
+    sesame.dev/mode: inline
+    sesame.dev/template.GREETING: "user={{ dev:apps/dev-team/db#user | json }}"
+spec:
+  containers: [{name: app, image: busybox}]
+"#;
+    std::fs::write(dir.path().join("inline.yaml"), inline).unwrap();
+    let out = sesame(
+        dir.path(),
+        &["mutate", "-c", "sesame.yaml", "-f", "inline.yaml"],
+        None,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.contains("inline-user"), "{stdout}");
+    let docs = documents(&stdout);
+    assert_eq!(
+        docs[0]["spec"]["containers"][0]["env"][0]["value"],
+        "<18 bytes, hidden; --show-values to print>"
+    );
+    let out = sesame(
+        dir.path(),
+        &[
+            "mutate",
+            "-c",
+            "sesame.yaml",
+            "-f",
+            "inline.yaml",
+            "--show-values",
+        ],
+        None,
+    );
+    assert!(
+        text(&out).0.contains("user=\\\"inline-user\\\"") || text(&out).0.contains("user=\"inline-user\""),
+        "{}",
+        text(&out).0
+    );
+}

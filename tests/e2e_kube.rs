@@ -1739,3 +1739,160 @@ async fn with_client_auth_the_api_server_is_served_and_nobody_else() {
     delete_namespace(&admin, &ns).await;
     delete_namespace(&admin, &sesame_ns).await;
 }
+
+/// Issue 14 against a real API server: a Pod asks for `DATABASE_URL` built
+/// from three properties by a template, and its own env var refers to it
+/// with `$(DATABASE_URL)`. The API server admits the Pod with Sesame's var
+/// first (as a `secretKeyRef`; the value is not in the spec), the managed
+/// Secret holds the rendered URL, and when the password changes in the
+/// store, rotation re-renders the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_re_renders_a_template_against_a_real_api_server() {
+    let Some((kubeconfig, admin)) = e2e_client().await else {
+        return;
+    };
+    let suffix = unique_suffix();
+    let ns = format!("sesame-tpl-{suffix}");
+    let namespaces = Api::<Namespace>::all(admin.clone());
+    create(&namespaces, json!({"metadata": {"name": ns}})).await;
+    default_service_account(&admin, &ns).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_bundle = certificates(&kubeconfig, dir.path());
+    let write_secrets = |password: &str| {
+        std::fs::write(
+            dir.path().join("secrets.yaml"),
+            format!("apps/{ns}/db:\n  user: app\n  password: \"{password}\"\n  host: db.svc\n"),
+        )
+        .unwrap();
+    };
+    write_secrets("first@pw");
+    std::fs::write(
+        dir.path().join("sesame.yaml"),
+        "stores:\n  - {name: dev, file: {path: secrets.yaml}, cacheTtl: 0s, refreshInterval: 10s}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/**']}\n",
+    )
+    .unwrap();
+    let config = dir.path().join("sesame.yaml");
+    let certs = dir.path().join("certs");
+    let handle = sesame::run::start(&serve_args(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--bind-address",
+        "127.0.0.1",
+        "--tls-port",
+        "0",
+        "--admin-port",
+        "0",
+        "--cert-dir",
+        certs.to_str().unwrap(),
+        "--kube",
+        "required",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--namespace",
+        &ns,
+    ]))
+    .await
+    .unwrap();
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(admin.clone());
+    let webhook_name = format!("sesame-tpl-{suffix}");
+    create(
+        &webhooks,
+        json!({
+            "metadata": {"name": webhook_name},
+            "webhooks": [{
+                "name": "pods.sesame.dev",
+                "clientConfig": {"url": format!("https://127.0.0.1:{}/mutate", handle.webhook_addr.port()), "caBundle": ca_bundle},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "sideEffects": "NoneOnDryRun",
+                "admissionReviewVersions": ["v1"],
+                "failurePolicy": "Fail",
+                "reinvocationPolicy": "IfNeeded",
+                "timeoutSeconds": 10
+            }]
+        }),
+    )
+    .await;
+
+    let outcome = std::panic::AssertUnwindSafe(template_checks(&admin, &ns, &write_secrets))
+        .catch_unwind()
+        .await;
+    let _ = webhooks.delete(&webhook_name, &DeleteParams::default()).await;
+    handle.shutdown();
+    handle.wait().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    delete_namespace(&admin, &ns).await;
+}
+
+async fn template_checks(admin: &Client, ns: &str, write_secrets: &dyn Fn(&str)) {
+    let pods = Api::<Pod>::namespaced(admin.clone(), ns);
+    let secrets = Api::<Secret>::namespaced(admin.clone(), ns);
+    let marker = format!("{PREFIX}/injected");
+    let template = format!(
+        "postgres://{{{{ dev:apps/{ns}/db#user }}}}:{{{{ dev:apps/{ns}/db#password | urlquery }}}}@{{{{ dev:apps/{ns}/db#host }}}}:5432/orders"
+    );
+    let manifest = json!({
+        "metadata": {"name": "web", "annotations": {format!("{PREFIX}/template.DATABASE_URL"): template}},
+        "spec": {"containers": [{
+            "name": "app",
+            "image": "registry.invalid/app:1",
+            "env": [{"name": "DSN", "value": "$(DATABASE_URL)?sslmode=require"}]
+        }]}
+    });
+    // The webhook configuration takes a moment to reach the API server's informer.
+    eventually("the webhook to mutate Pods", Duration::from_secs(20), || {
+        let pods = pods.clone();
+        let manifest = manifest.clone();
+        let marker = marker.clone();
+        async move {
+            let dry = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            pods.create(&dry, &obj(manifest))
+                .await
+                .is_ok_and(|p| p.metadata.annotations.is_some_and(|a| a.contains_key(&marker)))
+        }
+    })
+    .await;
+    let created = create(&pods, manifest).await;
+    let name = created.metadata.annotations.as_ref().unwrap()[&marker].clone();
+    let env = created.spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+    let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["DATABASE_URL", "DSN"],
+        "Sesame's var first, so $(DATABASE_URL) expands"
+    );
+    assert!(env[0].value.is_none(), "no value in the spec");
+    let key_ref = env[0]
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (key_ref.name.as_str(), key_ref.key.as_str()),
+        (name.as_str(), "template.DATABASE_URL")
+    );
+    let value = |secret: &Secret| secret.data.as_ref().unwrap()["template.DATABASE_URL"].0.clone();
+    let secret = secrets.get(&name).await.unwrap();
+    assert_eq!(value(&secret), b"postgres://app:first%40pw@db.svc:5432/orders");
+
+    // A new password: the leader re-renders the key at its next refresh.
+    write_secrets("second:pw/2");
+    eventually("the template to be re-rendered", Duration::from_secs(60), || {
+        let secrets = secrets.clone();
+        let name = name.clone();
+        async move {
+            secrets
+                .get(&name)
+                .await
+                .is_ok_and(|s| value(&s) == b"postgres://app:second%3Apw%2F2@db.svc:5432/orders")
+        }
+    })
+    .await;
+}

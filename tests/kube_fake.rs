@@ -17,6 +17,7 @@ use fake_api::FakeApi;
 use serde_json::{json, Value};
 use sesame::admission::{NamespaceLabels, SecretWriter, Unlimited, WriteError, WriteOutcome};
 use sesame::inject::annotations::SecretRef;
+use sesame::inject::data::KeySource;
 use sesame::inject::plan::secret_name;
 use sesame::inject::pod::OwnerReference;
 use sesame::inject::ManagedSecret;
@@ -58,7 +59,7 @@ fn managed(namespace: &str, value: &str, owners: Vec<OwnerReference>) -> Managed
         service_account: "web".into(),
         data,
         references: vec![r.clone()],
-        sources: [("db.password".to_owned(), r)].into(),
+        sources: [("db.password".to_owned(), r.into())].into(),
         restart_on_rotation: false,
         owners,
     }
@@ -560,12 +561,13 @@ fn signed(
     restart_on_rotation: bool,
     refreshed_at: &str,
 ) -> (String, Value) {
-    let sources: BTreeMap<String, SecretRef> = sources
+    let sources: BTreeMap<String, KeySource> = sources
         .iter()
-        .map(|(k, r)| ((*k).to_owned(), r.parse().unwrap()))
+        .map(|(k, r)| ((*k).to_owned(), r.parse::<SecretRef>().unwrap().into()))
         .collect();
     let references: Vec<SecretRef> = sources
         .values()
+        .flat_map(KeySource::references)
         .cloned()
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()

@@ -12,6 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::template::Template;
 use crate::policy::validate_secret_path;
 use crate::validate::{is_dns_label, Quote, Quoted};
 
@@ -55,23 +56,29 @@ impl std::str::FromStr for SecretRef {
             key: "reference",
             quote: Quote::DEFAULT,
         };
-        let mut tokens = text.split_whitespace();
-        let reference = tokens
-            .next()
-            .ok_or_else(|| at.err("expected <store>:<path>[#property]"))?;
-        let version = match tokens.next() {
-            None => None,
-            Some(t) => Some(
-                t.strip_prefix("version=")
-                    .ok_or_else(|| at.err(format!("\"{}\" is not version=<version>", at.q(t))))?
-                    .to_owned(),
-            ),
-        };
-        if tokens.next().is_some() {
-            return Err(at.err("only version= may follow the reference"));
-        }
-        parse_reference(at, reference, version)
+        parse_versioned_reference(at, text)
     }
+}
+
+/// `<store>:<path>[#<property>][ version=<version>]`: a recorded reference,
+/// and a template's placeholder.
+fn parse_versioned_reference(at: At<'_>, text: &str) -> Result<SecretRef, GrammarError> {
+    let mut tokens = text.split_whitespace();
+    let reference = tokens
+        .next()
+        .ok_or_else(|| at.err("expected <store>:<path>[#property]"))?;
+    let version = match tokens.next() {
+        None => None,
+        Some(t) => Some(
+            t.strip_prefix("version=")
+                .ok_or_else(|| at.err(format!("\"{}\" is not version=<version>", at.q(t))))?
+                .to_owned(),
+        ),
+    };
+    if tokens.next().is_some() {
+        return Err(at.err("only version= may follow the reference"));
+    }
+    parse_reference(at, reference, version)
 }
 
 impl fmt::Display for SecretRef {
@@ -124,6 +131,29 @@ pub struct Injection {
     pub optional: bool,
 }
 
+/// A template whose placeholders are references.
+pub type RefTemplate = Template<SecretRef>;
+
+/// One requested template: text with placeholders, rendered into one env
+/// var or one file (`target` is `Env` or `File`, nothing else).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateInjection {
+    /// The annotation it came from, e.g. `sesame.dev/template.DATABASE_URL`.
+    pub source: String,
+    pub target: Target,
+    pub template: RefTemplate,
+    pub containers: ContainerSelector,
+    /// Skipped with a warning when any placeholder's secret or property is missing.
+    pub optional: bool,
+}
+
+impl TemplateInjection {
+    /// Every placeholder's reference, in the order they appear.
+    pub fn references(&self) -> impl Iterator<Item = &SecretRef> {
+        self.template.placeholders().map(|p| &p.reference)
+    }
+}
+
 /// Where resolved values go.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Mode {
@@ -138,6 +168,8 @@ pub enum Mode {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodRequest {
     pub injections: Vec<Injection>,
+    /// `template.<NAME>` annotations and structured entries with `template:`.
+    pub templates: Vec<TemplateInjection>,
     pub mode: Mode,
     /// `<prefix>/restart-on-rotation: "true"`.
     pub restart_on_rotation: bool,
@@ -227,7 +259,18 @@ pub fn parse_with(
         } else if name == RESTART_ON_ROTATION_SUFFIX {
             request.restart_on_rotation = parse_bool(at, "the value", Some(value.trim()))?;
         } else if name == SECRETS_SUFFIX {
-            request.injections.extend(parse_structured(at, value)?);
+            let (injections, templates) = parse_structured(at, value)?;
+            request.injections.extend(injections);
+            request.templates.extend(templates);
+        } else if let Some(id) = name.strip_prefix("template.") {
+            validate_env_name(at, id)?;
+            request.templates.push(TemplateInjection {
+                source: at.q(at.key).to_string(),
+                target: Target::Env { name: id.to_owned() },
+                template: parse_template(at, value)?,
+                containers: ContainerSelector::default(),
+                optional: false,
+            });
         } else if let Some((kind, id)) = name.split_once('.') {
             request.injections.push(parse_compact(at, kind, id, value)?);
         } else {
@@ -239,7 +282,7 @@ pub fn parse_with(
 
 fn unknown(at: At<'_>) -> GrammarError {
     at.err(
-        "unknown Sesame annotation; use env.<NAME>, env-from.<id>, file.<id>, dir.<id>, secrets, mode or restart-on-rotation",
+        "unknown Sesame annotation; use env.<NAME>, env-from.<id>, file.<id>, dir.<id>, template.<NAME>, secrets, mode or restart-on-rotation",
     )
 }
 
@@ -313,6 +356,13 @@ fn parse_compact(at: At<'_>, kind: &str, id: &str, value: &str) -> Result<Inject
         containers,
         optional,
     })
+}
+
+/// A template's text: its placeholders are references as in
+/// [`parse_versioned_reference`], checked like any other.
+fn parse_template(at: At<'_>, text: &str) -> Result<RefTemplate, GrammarError> {
+    Template::parse(text, |r| parse_versioned_reference(at, r).map_err(|e| e.message))
+        .map_err(|e| at.err(format!("template: {e}")))
 }
 
 /// `<store>:<path>[#<property>]`. The store is a DNS label, so the first `:`
@@ -471,6 +521,8 @@ struct Entry {
     env_from: Option<EnvFromEntry>,
     file: Option<MountEntry>,
     dir: Option<MountEntry>,
+    /// Text with placeholders, instead of a reference (with env or file).
+    template: Option<Text>,
     /// Compact reference `<store>:<path>[#property]`, instead of the fields below.
     #[serde(rename = "ref")]
     reference: Option<Text>,
@@ -572,7 +624,10 @@ mod reading {
     }
 }
 
-fn parse_structured(at: At<'_>, value: &str) -> Result<Vec<Injection>, GrammarError> {
+/// The entries of the structured form: references, and templates.
+type Structured = (Vec<Injection>, Vec<TemplateInjection>);
+
+fn parse_structured(at: At<'_>, value: &str) -> Result<Structured, GrammarError> {
     // serde_norway reads JSON too; its messages give positions, not the value.
     let budget = 2 * value.len() + 16;
     let entries: Vec<Charged> = reading::within(budget, || serde_norway::from_str(value)).map_err(|e| {
@@ -581,9 +636,14 @@ fn parse_structured(at: At<'_>, value: &str) -> Result<Vec<Injection>, GrammarEr
     })?;
     let entries: Vec<Entry> = entries.into_iter().map(|c| c.0).collect();
     let mut out = Vec::with_capacity(entries.len());
+    let mut templates = Vec::new();
     for (i, e) in entries.into_iter().enumerate() {
         let key = format!("{}[{i}]", at.key);
         let at = at.with(&key);
+        if e.template.is_some() {
+            templates.push(structured_template(at, e)?);
+            continue;
+        }
         let version = e.version.map(|v| match v {
             VersionText::Text(t) => t.0,
             VersionText::Number(n) => n.to_string(),
@@ -650,7 +710,54 @@ fn parse_structured(at: At<'_>, value: &str) -> Result<Vec<Injection>, GrammarEr
             optional: e.optional,
         });
     }
-    Ok(out)
+    Ok((out, templates))
+}
+
+/// An entry with `template:`: exactly one of env or file, no reference.
+fn structured_template(at: At<'_>, mut e: Entry) -> Result<TemplateInjection, GrammarError> {
+    let text = e.template.take().unwrap_or_default();
+    if e.reference.is_some()
+        || e.store.is_some()
+        || e.path.is_some()
+        || e.property.is_some()
+        || e.version.is_some()
+    {
+        return Err(at.err(
+            "a template takes its references from its placeholders; drop ref, store, path, property and version",
+        ));
+    }
+    let target = match (e.env, e.file, e.env_from.is_some() || e.dir.is_some()) {
+        (Some(Text(name)), None, false) => {
+            validate_env_name(at, &name)?;
+            Target::Env { name }
+        }
+        (None, Some(f), false) => {
+            validate_mount_path(at, &f.path.0)?;
+            let mode = match f.mode {
+                None => None,
+                Some(ModeText::Octal(t)) => Some(parse_mode(at, &t.0)?),
+                Some(ModeText::Decimal(d)) if d <= 0o777 => Some(d),
+                Some(ModeText::Decimal(_)) => return Err(at.err("mode must be at most 0777 (511)")),
+            };
+            Target::File { path: f.path.0, mode }
+        }
+        _ => return Err(at.err("a template needs exactly one of env or file")),
+    };
+    let names = if e.containers.is_empty() {
+        Vec::new()
+    } else {
+        parse_container_list(at, e.containers.iter().map(|c| c.0.as_str()))?
+    };
+    Ok(TemplateInjection {
+        source: at.q(at.key).to_string(),
+        target,
+        template: parse_template(at, &text.0)?,
+        containers: ContainerSelector {
+            names,
+            init: e.init_containers,
+        },
+        optional: e.optional,
+    })
 }
 
 #[cfg(test)]
@@ -949,6 +1056,128 @@ mod tests {
         let bad = annotations(&[("sesame.dev/restart-on-rotation", "yes")]);
         let e = parse("sesame.dev", &bad).unwrap_err();
         assert_eq!(e.annotation, "sesame.dev/restart-on-rotation");
+    }
+
+    #[test]
+    fn compact_template_for_an_env_var() {
+        let a = annotations(&[(
+            "sesame.dev/template.DATABASE_URL",
+            "postgres://{{ vault:apps/team-a/db#username }}:{{ vault:apps/team-a/db#password | urlquery }}@{{ vault:apps/team-a/db#host version=3 }}:5432/orders",
+        )]);
+        let r = parse("sesame.dev", &a).unwrap();
+        assert!(r.injections.is_empty());
+        let t = &r.templates[0];
+        assert_eq!(t.source, "sesame.dev/template.DATABASE_URL");
+        assert_eq!(
+            t.target,
+            Target::Env {
+                name: "DATABASE_URL".into()
+            }
+        );
+        assert_eq!(t.containers, ContainerSelector::default());
+        assert!(!t.optional);
+        let refs: Vec<String> = t.references().map(ToString::to_string).collect();
+        assert_eq!(
+            refs,
+            [
+                "vault:apps/team-a/db#username",
+                "vault:apps/team-a/db#password",
+                "vault:apps/team-a/db#host version=3"
+            ]
+        );
+        let p: Vec<_> = t.template.placeholders().collect();
+        assert_eq!(p[1].functions, vec![super::super::template::Function::Urlquery]);
+    }
+
+    #[test]
+    fn structured_templates_for_env_and_file() {
+        let yaml = r#"
+- template: "{{ vault:a/db#user }}:{{ vault:a/db#password }}"
+  env: CREDS
+  containers: [app]
+  optional: true
+- template: |
+    api_key: {{ vault:a/keys#one | yaml }}
+    other: {{ vault:a/keys#two | yaml }}
+  file: {path: /etc/app/config.yaml, mode: "0440"}
+  initContainers: true
+- env: PLAIN
+  ref: vault:a/db#user
+"#;
+        let r = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", yaml)])).unwrap();
+        assert_eq!(r.injections.len(), 1);
+        assert_eq!(r.templates.len(), 2);
+        assert_eq!(r.templates[0].source, "sesame.dev/secrets[0]");
+        assert!(r.templates[0].optional);
+        assert_eq!(r.templates[0].containers.names, ["app"]);
+        assert_eq!(r.templates[1].source, "sesame.dev/secrets[1]");
+        assert_eq!(
+            r.templates[1].target,
+            Target::File {
+                path: "/etc/app/config.yaml".into(),
+                mode: Some(0o440)
+            }
+        );
+        assert!(r.templates[1].containers.init);
+        assert_eq!(r.templates[1].references().count(), 2);
+    }
+
+    #[test]
+    fn malformed_templates_name_the_annotation_and_the_placeholder() {
+        for (k, v, says) in [
+            (
+                "sesame.dev/template.1BAD",
+                "{{ dev:a }}",
+                "not a valid env var name",
+            ),
+            (
+                "sesame.dev/template.X",
+                "no placeholder",
+                "at least one placeholder",
+            ),
+            (
+                "sesame.dev/template.X",
+                "{{ dev:a }}{{ dev:../b }}",
+                "placeholder 2",
+            ),
+            ("sesame.dev/template.X", "{{ Dev:a }}", "placeholder 1"),
+            ("sesame.dev/template.X", "{{ dev:a | exec }}", "unknown function"),
+            ("sesame.dev/template.X", "{{ dev:a", "no closing"),
+            ("sesame.dev/template.X", "{{ dev:a bogus=1 }}", "placeholder 1"),
+        ] {
+            let e = parse("sesame.dev", &annotations(&[(k, v)])).unwrap_err();
+            assert!(e.annotation.starts_with(k), "{k}: {e}");
+            assert!(e.to_string().contains(says), "{v}: {e}");
+        }
+        for (yaml, says) in [
+            ("[{template: '{{ dev:a }}'}]", "exactly one of env or file"),
+            (
+                "[{template: '{{ dev:a }}', env: A, file: {path: /a/b}}]",
+                "exactly one of env or file",
+            ),
+            (
+                "[{template: '{{ dev:a }}', envFrom: {}}]",
+                "exactly one of env or file",
+            ),
+            (
+                "[{template: '{{ dev:a }}', dir: {path: /a}}]",
+                "exactly one of env or file",
+            ),
+            ("[{template: '{{ dev:a }}', env: A, ref: 'dev:a'}]", "drop ref"),
+            (
+                "[{template: '{{ dev:a }}', env: A, store: dev, path: a}]",
+                "drop ref",
+            ),
+            ("[{template: 'x', env: A}]", "at least one placeholder"),
+            (
+                "[{template: '{{ dev:a }}', file: {path: /a/../b}}]",
+                "absolute, normalised",
+            ),
+        ] {
+            let e = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", yaml)])).unwrap_err();
+            assert_eq!(e.annotation, "sesame.dev/secrets[0]", "{yaml}");
+            assert!(e.to_string().contains(says), "{yaml}: {e}");
+        }
     }
 
     /// Every field of a reference set: it survives the compact text form

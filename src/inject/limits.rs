@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::annotations::{ContainerSelector, Injection, Mode, Target};
+use super::annotations::{ContainerSelector, Injection, Mode, Target, TemplateInjection};
+use super::data::Fetched;
 use super::pod::PodView;
 use crate::stores::{SecretData, StoreError};
 use crate::validate::{FieldError, Quote};
@@ -22,8 +23,8 @@ use crate::validate::{FieldError, Quote};
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LimitsConfig {
-    /// References one Pod may make: compact annotations and entries of the
-    /// structured form together.
+    /// References one Pod may make: compact annotations, entries of the
+    /// structured form and the placeholders of templates together.
     #[serde(default = "default_max_references")]
     pub max_references: usize,
     /// Distinct secrets (store, path, version) one review may read: so at
@@ -162,8 +163,8 @@ fn receivers(selector: &ContainerSelector, app: usize, init: usize) -> usize {
 /// What one injection adds to the Pod for `values` values: entries (env
 /// vars or mounts per container, files once) and value bytes written into
 /// the Pod (inline env values, once per container).
-fn added(injection: &Injection, receivers: usize, values: usize) -> usize {
-    match injection.target {
+fn added(target: &Target, receivers: usize, values: usize) -> usize {
+    match target {
         Target::Env { .. } | Target::EnvFrom { .. } => receivers.saturating_mul(values),
         Target::File { .. } | Target::Dir { .. } => receivers.saturating_add(values),
     }
@@ -178,21 +179,24 @@ fn added(injection: &Injection, receivers: usize, values: usize) -> usize {
 pub(crate) fn check_request(
     limits: &LimitsConfig,
     injections: &[Injection],
+    templates: &[TemplateInjection],
     pod: &PodView,
 ) -> Result<(), LimitExceeded> {
+    let placeholders = templates
+        .iter()
+        .fold(0usize, |sum, t| sum.saturating_add(t.references().count()));
     LimitExceeded::check(
-        "the number of references (annotations and structured entries)",
-        injections.len(),
+        "the number of references (annotations, structured entries and template placeholders)",
+        injections.len().saturating_add(placeholders),
         limits.max_references,
         "maxReferences",
         FEWER_REFERENCES,
     )?;
     let secrets: BTreeSet<(&str, &str, Option<&str>)> = injections
         .iter()
-        .map(|i| {
-            let r = &i.reference;
-            (r.store.as_str(), r.path.as_str(), r.version.as_deref())
-        })
+        .map(|i| &i.reference)
+        .chain(templates.iter().flat_map(TemplateInjection::references))
+        .map(|r| (r.store.as_str(), r.path.as_str(), r.version.as_deref()))
         .collect();
     LimitExceeded::check(
         "the number of distinct secrets to read",
@@ -202,9 +206,13 @@ pub(crate) fn check_request(
         FEWER_REFERENCES,
     )?;
     let (app, init) = (pod.spec.containers.len(), pod.init_containers().len());
-    let entries = injections.iter().fold(0usize, |sum, i| {
-        sum.saturating_add(added(i, receivers(&i.containers, app, init), 1))
-    });
+    let entries = injections
+        .iter()
+        .map(|i| (&i.target, &i.containers))
+        .chain(templates.iter().map(|t| (&t.target, &t.containers)))
+        .fold(0usize, |sum, (target, containers)| {
+            sum.saturating_add(added(target, receivers(containers, app, init), 1))
+        });
     LimitExceeded::check(
         "the number of env vars, mounts and files to add",
         entries,
@@ -223,6 +231,7 @@ pub(crate) fn check_answers(
     limits: &LimitsConfig,
     injections: &[Injection],
     resolved: &[Result<Arc<SecretData>, StoreError>],
+    templates: Templates<'_>,
     pod: &PodView,
     mode: Mode,
 ) -> Result<(), LimitExceeded> {
@@ -245,10 +254,27 @@ pub(crate) fn check_answers(
                 (props.len(), bytes)
             }),
         };
-        entries = entries.saturating_add(added(injection, to, values));
+        entries = entries.saturating_add(added(&injection.target, to, values));
         let inline =
             mode == Mode::Inline && matches!(injection.target, Target::Env { .. } | Target::EnvFrom { .. });
         if inline {
+            inline_bytes = inline_bytes.saturating_add(bytes.saturating_mul(to));
+        }
+    }
+    for t in templates.templates {
+        let to = receivers(&t.containers, app, init);
+        entries = entries.saturating_add(added(&t.target, to, 1));
+        if mode == Mode::Inline && matches!(t.target, Target::Env { .. }) {
+            // The text and the values before their functions: the patch's
+            // own limit then holds the rendered size.
+            let values = t.references().fold(0usize, |sum, r| {
+                let len = match templates.answers.get(&r.request()) {
+                    Some(Ok(d)) => d.get(r.property.as_deref()).map_or(0, |v| v.len()),
+                    _ => 0,
+                };
+                sum.saturating_add(len)
+            });
+            let bytes = values.saturating_add(t.template.literal_len());
             inline_bytes = inline_bytes.saturating_add(bytes.saturating_mul(to));
         }
     }
@@ -266,6 +292,25 @@ pub(crate) fn check_answers(
         "maxPatchBytes",
         "inject large values as files, or target fewer containers",
     )
+}
+
+/// A Pod's templates with the answers to their placeholders, for
+/// [`check_answers`].
+#[derive(Clone, Copy)]
+pub(crate) struct Templates<'a> {
+    pub templates: &'a [TemplateInjection],
+    pub answers: &'a Fetched,
+}
+
+impl Templates<'_> {
+    #[cfg(test)]
+    fn none() -> Templates<'static> {
+        static EMPTY: std::sync::LazyLock<Fetched> = std::sync::LazyLock::new(Fetched::new);
+        Templates {
+            templates: &[],
+            answers: &EMPTY,
+        }
+    }
 }
 
 /// Checks the size of the patch as it will be sent (its JSON, before
@@ -317,21 +362,28 @@ mod tests {
     fn references_secrets_and_entries_are_counted_before_any_fetch() {
         let limits = LimitsConfig::default();
         let ok = env(100, |i| format!("dev:apps/a/s{}#p{i}", i % 50));
-        check_request(&limits, &ok, &pod(10, 0)).unwrap();
+        check_request(&limits, &ok, &[], &pod(10, 0)).unwrap();
 
-        let e = check_request(&limits, &env(101, |i| format!("dev:apps/a/s{i}")), &pod(1, 0)).unwrap_err();
+        let e = check_request(
+            &limits,
+            &env(101, |i| format!("dev:apps/a/s{i}")),
+            &[],
+            &pod(1, 0),
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "the number of references (annotations and structured entries) is 101, more than the 100 allowed (limits.maxReferences in Sesame's configuration); split the Pod's secrets over fewer references (env-from and dir take a whole secret)"
+            "the number of references (annotations, structured entries and template placeholders) is 101, more than the 100 allowed (limits.maxReferences in Sesame's configuration); split the Pod's secrets over fewer references (env-from and dir take a whole secret)"
         );
-        let e = check_request(&limits, &env(51, |i| format!("dev:apps/a/s{i}")), &pod(1, 0)).unwrap_err();
+        let e =
+            check_request(&limits, &env(51, |i| format!("dev:apps/a/s{i}")), &[], &pod(1, 0)).unwrap_err();
         assert!(
             e.to_string()
                 .contains("is 51, more than the 50 allowed (limits.maxStoreRequests"),
             "{e}"
         );
         // 21 references into 100 containers: 2100 env vars.
-        let e = check_request(&limits, &env(21, |_| "dev:apps/a/s#p".into()), &pod(100, 0)).unwrap_err();
+        let e = check_request(&limits, &env(21, |_| "dev:apps/a/s#p".into()), &[], &pod(100, 0)).unwrap_err();
         assert!(
             e.to_string()
                 .contains("is 2100, more than the 2000 allowed (limits.maxAddedEntries"),
@@ -366,26 +418,140 @@ mod tests {
                 .collect();
             Ok(Arc::new(SecretData::Properties(map)))
         };
-        check_answers(&limits, &from, &[props(50, 1)], &pod(2, 0), Mode::SecretRef).unwrap();
-        let e = check_answers(&limits, &from, &[props(51, 1)], &pod(2, 0), Mode::SecretRef).unwrap_err();
+        check_answers(
+            &limits,
+            &from,
+            &[props(50, 1)],
+            Templates::none(),
+            &pod(2, 0),
+            Mode::SecretRef,
+        )
+        .unwrap();
+        let e = check_answers(
+            &limits,
+            &from,
+            &[props(51, 1)],
+            Templates::none(),
+            &pod(2, 0),
+            Mode::SecretRef,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("is 102, more than the 100 allowed"), "{e}");
         // Inline: 10 properties of 300 bytes into 2 containers is 6000 bytes in the Pod.
-        let e = check_answers(&limits, &from, &[props(10, 300)], &pod(2, 0), Mode::Inline).unwrap_err();
+        let e = check_answers(
+            &limits,
+            &from,
+            &[props(10, 300)],
+            Templates::none(),
+            &pod(2, 0),
+            Mode::Inline,
+        )
+        .unwrap_err();
         assert!(
             e.to_string()
                 .contains("is 6000, more than the 4096 allowed (limits.maxPatchBytes"),
             "{e}"
         );
-        check_answers(&limits, &from, &[props(10, 300)], &pod(2, 0), Mode::SecretRef).unwrap();
+        check_answers(
+            &limits,
+            &from,
+            &[props(10, 300)],
+            Templates::none(),
+            &pod(2, 0),
+            Mode::SecretRef,
+        )
+        .unwrap();
         // A failed read adds nothing.
         check_answers(
             &limits,
             &from,
             &[Err(StoreError::NotFound)],
+            Templates::none(),
             &pod(2, 0),
             Mode::SecretRef,
         )
         .unwrap();
+    }
+
+    /// Each placeholder is a reference; a template is one entry per
+    /// container; in inline mode its text and values count as bytes.
+    #[test]
+    fn templates_count_their_placeholders_entries_and_inline_bytes() {
+        let limits = LimitsConfig {
+            max_references: 4,
+            max_store_requests: 2,
+            max_patch_bytes: 4096,
+            ..LimitsConfig::default()
+        };
+        let parsed = |pairs: &[(&str, &str)]| {
+            let map: BTreeMap<String, String> =
+                pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+            parse("sesame.dev", &map).unwrap()
+        };
+        let r = parsed(&[
+            ("sesame.dev/env.A", "dev:apps/a/x#p"),
+            (
+                "sesame.dev/template.B",
+                "{{ dev:apps/a/x#p }}{{ dev:apps/a/y#q }}{{ dev:apps/a/y#r }}",
+            ),
+        ]);
+        check_request(&limits, &r.injections, &r.templates, &pod(1, 0)).unwrap();
+        let r = parsed(&[
+            ("sesame.dev/env.A", "dev:apps/a/x#p"),
+            (
+                "sesame.dev/template.B",
+                "{{ dev:apps/a/x#p }}{{ dev:apps/a/y#q }}{{ dev:apps/a/y#r }}{{ dev:apps/a/y#s }}",
+            ),
+        ]);
+        let e = check_request(&limits, &r.injections, &r.templates, &pod(1, 0)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is 5, more than the 4 allowed (limits.maxReferences"),
+            "{e}"
+        );
+        let r = parsed(&[(
+            "sesame.dev/template.B",
+            "{{ dev:apps/a/x }}{{ dev:apps/a/y }}{{ dev:apps/a/z }}",
+        )]);
+        let e = check_request(&limits, &r.injections, &r.templates, &pod(1, 0)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is 3, more than the 2 allowed (limits.maxStoreRequests"),
+            "{e}"
+        );
+
+        // Inline: 2 placeholders of 1000 bytes and 100 bytes of text, into 2 containers.
+        let text = format!(
+            "{}{{{{ dev:apps/a/x#p }}}}{{{{ dev:apps/a/x#p | base64 }}}}",
+            "t".repeat(100)
+        );
+        let r = parsed(&[("sesame.dev/template.B", &text)]);
+        let big: Result<Arc<SecretData>, StoreError> = Ok(Arc::new(SecretData::Properties(
+            [("p".to_owned(), SecretValue::from("v".repeat(1000)))].into(),
+        )));
+        let answers: Fetched = [(
+            r.templates[0]
+                .template
+                .placeholders()
+                .next()
+                .unwrap()
+                .reference
+                .request(),
+            big,
+        )]
+        .into_iter()
+        .collect();
+        let templates = Templates {
+            templates: &r.templates,
+            answers: &answers,
+        };
+        let e = check_answers(&limits, &[], &[], templates, &pod(2, 0), Mode::Inline).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is 4200, more than the 4096 allowed (limits.maxPatchBytes"),
+            "{e}"
+        );
+        check_answers(&limits, &[], &[], templates, &pod(2, 0), Mode::SecretRef).unwrap();
     }
 
     #[test]

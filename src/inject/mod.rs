@@ -7,8 +7,9 @@ pub mod limits;
 pub mod patch;
 pub mod plan;
 pub mod pod;
+pub mod template;
 
-pub use annotations::{Injection, SecretRef, Target};
+pub use annotations::{Injection, RefTemplate, SecretRef, Target, TemplateInjection};
 pub(crate) use data::{secret_data, DataError, Fetched};
 pub use limits::LimitsConfig;
 pub(crate) use patch::build_patch;

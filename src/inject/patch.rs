@@ -129,7 +129,10 @@ pub(crate) fn build_patch(
                 None => new_env.push(desired),
             }
         }
-        append_all(&mut ops, container.env.is_some(), at("env"), new_env);
+        // Before the container's own env: Kubernetes expands `$(VAR)` only
+        // from variables defined earlier, so a user's own value can refer
+        // to Sesame's. What is already there (a reinvocation) is kept.
+        prepend_all(&mut ops, container.env.is_some(), at("env"), new_env);
 
         let existing_mounts = by_key(container.volume_mounts.iter().flatten(), |m| {
             Some(m.mount_path.as_str())
@@ -231,6 +234,20 @@ fn append_all(ops: &mut Vec<PatchOperation>, exists: bool, path: PointerBuf, val
     for value in values {
         let mut p = path.clone();
         p.push_back("-");
+        ops.push(PatchOperation::Add(AddOperation { path: p, value }));
+    }
+}
+
+/// Inserts values at the front of an array, in order, creating it first
+/// when the Pod has none.
+fn prepend_all(ops: &mut Vec<PatchOperation>, exists: bool, path: PointerBuf, values: Vec<Value>) {
+    if !exists {
+        append_all(ops, exists, path, values);
+        return;
+    }
+    for (index, value) in values.into_iter().enumerate() {
+        let mut p = path.clone();
+        p.push_back(index.to_string());
         ops.push(PatchOperation::Add(AddOperation { path: p, value }));
     }
 }

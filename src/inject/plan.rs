@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::annotations::{is_env_name, Injection, Mode, SecretRef, Target};
-use super::data::{secret_data, DataError, Fetched};
+use super::annotations::{
+    is_env_name, ContainerSelector, Injection, Mode, RefTemplate, SecretRef, Target, TemplateInjection,
+};
+use super::data::{render, secret_data, DataError, Fetched, KeySource};
 use super::pod::{OwnerReference, PodView};
 use crate::denial::DenialClass;
 use crate::stores::{PropertyError, SecretData, SecretValue, StoreError};
@@ -69,9 +71,10 @@ pub struct ManagedSecret {
     pub data: BTreeMap<String, SecretValue>,
     /// The references behind the data (no values), recorded on the Secret.
     pub references: Vec<SecretRef>,
-    /// Which reference (with its concrete property) each key holds, so that
-    /// rotation can re-resolve a Secret from its annotations alone.
-    pub sources: BTreeMap<String, SecretRef>,
+    /// Which reference (with its concrete property) or template each key
+    /// holds, so that rotation can re-resolve a Secret from its annotations
+    /// alone.
+    pub sources: BTreeMap<String, KeySource>,
     /// The Pod asked for a rolling restart of its workload when a value rotates.
     pub restart_on_rotation: bool,
     /// The Pod's controller, so that the garbage collector deletes the Secret with it.
@@ -123,6 +126,15 @@ pub(crate) enum PlanError {
     InlineForbidden { namespace: String },
     #[error("{message}")]
     Conflict { message: String },
+    /// A template's placeholder has no value, or its value did not suit
+    /// its function: names the annotation and the placeholder, no value.
+    #[error("annotation \"{annotation}\": placeholder {placeholder}: {message}")]
+    Placeholder {
+        annotation: String,
+        placeholder: String,
+        message: String,
+        class: DenialClass,
+    },
 }
 
 impl PlanError {
@@ -135,6 +147,7 @@ impl PlanError {
             Self::UnknownContainer { .. } => DenialClass::UnknownContainer,
             Self::InlineForbidden { .. } => DenialClass::Policy,
             Self::Conflict { .. } => DenialClass::Conflict,
+            Self::Placeholder { class, .. } => *class,
         }
     }
 }
@@ -152,6 +165,10 @@ pub(crate) struct PlanInput<'a> {
     /// secret (store, path, version) have the same answer, as
     /// `Stores::resolve` gives it: the Secret's data is taken per secret.
     pub resolved: &'a [Result<Arc<SecretData>, StoreError>],
+    /// The templates, rendered from `template_answers`: the answers to
+    /// their placeholders, by what was fetched.
+    pub templates: &'a [TemplateInjection],
+    pub template_answers: &'a Fetched,
     /// How much of a path, a name or a property key a message quotes.
     pub quote: Quote,
 }
@@ -181,7 +198,7 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
     let mut fetched = Fetched::new();
     let index = ContainerIndex::new(input.pod);
     for (injection, answer) in input.injections.iter().zip(input.resolved) {
-        let containers = index.select(injection)?;
+        let containers = index.select(&injection.containers, &injection.source)?;
         let data = match answer {
             Ok(d) => d,
             Err(e) if e.is_not_found() && injection.optional => {
@@ -209,6 +226,31 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
         }
     }
 
+    // Templates: each rendered once here, through the function that makes
+    // the Secret's data, to skip an optional one or deny with its placeholder.
+    let mut templates: Vec<(&TemplateInjection, Vec<ContainerRef>, SecretValue)> = Vec::new();
+    for t in input.templates {
+        let containers = index.select(&t.containers, &t.source)?;
+        match render(&t.source, &t.template, input.template_answers) {
+            Ok(value) => {
+                for r in t.references() {
+                    if let Some(answer) = input.template_answers.get(&r.request()) {
+                        fetched.insert(r.request(), answer.clone());
+                    }
+                }
+                templates.push((t, containers, value));
+            }
+            Err(e) if t.optional && missing(&e) => warnings.push(format!(
+                "optional template {} not rendered: {} is missing; skipped",
+                t.source,
+                e.reference()
+                    .map(|r| q.of(&r.to_string()).to_string())
+                    .unwrap_or_default()
+            )),
+            Err(e) => return Err(placeholder_error(t, e, q)),
+        }
+    }
+
     // Secret keys, assigned over the sorted set of identities so that the
     // same references always give the same keys, whatever their order.
     let identities: BTreeSet<&SecretRef> = accepted
@@ -220,7 +262,7 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
 
     // Which reference each key of the Secret holds; the values follow from
     // them through `secret_data`, as they do at rotation.
-    let mut sources: BTreeMap<String, SecretRef> = BTreeMap::new();
+    let mut sources: BTreeMap<String, KeySource> = BTreeMap::new();
     let mut env: Vec<PlannedEnv> = Vec::new();
     let mut seen_env: BTreeMap<(ContainerRef, String), String> = BTreeMap::new();
     // (mount dir, containers) -> items
@@ -240,7 +282,7 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
                         EnvSource::Inline(placed.value.clone())
                     } else {
                         let key = key_of(&placed.identity);
-                        sources.insert(key.clone(), placed.identity.clone());
+                        sources.insert(key.clone(), placed.identity.clone().into());
                         EnvSource::SecretKey(key)
                     };
                     for c in containers {
@@ -278,7 +320,7 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
                 let items = volumes.entry((dir, containers.clone())).or_default();
                 for (file_name, placed) in values {
                     let key = key_of(&placed.identity);
-                    sources.insert(key.clone(), placed.identity.clone());
+                    sources.insert(key.clone(), placed.identity.clone().into());
                     if items.iter().any(|i| &i.path == file_name) {
                         return Err(PlanError::Conflict {
                             message: format!(
@@ -294,6 +336,92 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
                         mode: *mode,
                     });
                 }
+            }
+        }
+    }
+
+    // Template keys: `template.<name>`, with a hash suffix where another
+    // template or a reference would otherwise share it.
+    let template_keys = assign_template_keys(&templates, &keys);
+    let mut key_annotations: BTreeMap<String, String> = BTreeMap::new();
+    for (t, containers, value) in &templates {
+        let key = template_keys.get(&t.template).cloned().unwrap_or_default();
+        let mut in_secret = || {
+            key_annotations.insert(key.clone(), t.source.clone());
+            sources.insert(
+                key.clone(),
+                KeySource::Template {
+                    template: t.template.clone(),
+                },
+            );
+            key.clone()
+        };
+        match &t.target {
+            Target::Env { name } => {
+                let source = if input.mode == Mode::Inline {
+                    if value.expose_str().is_none() {
+                        return Err(PlanError::Invalid {
+                            annotation: t.source.clone(),
+                            message: format!(
+                                "the rendered value for {name} is not UTF-8 text; render it into a file"
+                            ),
+                        });
+                    }
+                    EnvSource::Inline(value.clone())
+                } else {
+                    EnvSource::SecretKey(in_secret())
+                };
+                for c in containers {
+                    if let Some(other) = seen_env.insert((c.clone(), name.clone()), t.source.clone()) {
+                        return Err(PlanError::Conflict {
+                            message: format!(
+                                "annotations \"{other}\" and \"{}\" both set env var {} in container \"{}\"",
+                                t.source,
+                                q.of(name),
+                                q.of(&c.name)
+                            ),
+                        });
+                    }
+                    env.push(PlannedEnv {
+                        container: c.clone(),
+                        name: name.clone(),
+                        source: source.clone(),
+                    });
+                }
+            }
+            Target::File { path, mode } => {
+                let dir = parent_dir(path);
+                if dir == "/" {
+                    return Err(PlanError::Invalid {
+                        annotation: t.source.clone(),
+                        message: "a file needs its own directory; /<file> would mount over the root"
+                            .to_owned(),
+                    });
+                }
+                let key = in_secret();
+                let items = volumes.entry((dir, containers.clone())).or_default();
+                let name = file_name(path);
+                if items.iter().any(|i| i.path == name) {
+                    return Err(PlanError::Conflict {
+                        message: format!(
+                            "annotation \"{}\": file {} is already injected by another annotation",
+                            t.source,
+                            q.of(path)
+                        ),
+                    });
+                }
+                items.push(VolumeItem {
+                    key,
+                    path: name,
+                    mode: *mode,
+                });
+            }
+            // The grammar gives templates no other target.
+            Target::EnvFrom { .. } | Target::Dir { .. } => {
+                return Err(PlanError::Invalid {
+                    annotation: t.source.clone(),
+                    message: "a template needs exactly one of env or file".to_owned(),
+                })
             }
         }
     }
@@ -329,17 +457,25 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
     }
 
     let references: Vec<SecretRef> = {
-        let set: BTreeSet<SecretRef> = accepted.iter().map(|(i, _, _)| i.reference.clone()).collect();
+        let mut set: BTreeSet<SecretRef> = accepted.iter().map(|(i, _, _)| i.reference.clone()).collect();
+        set.extend(templates.iter().flat_map(|(t, _, _)| t.references().cloned()));
         set.into_iter().collect()
     };
+    let named_templates: Vec<&RefTemplate> = templates.iter().map(|(t, _, _)| &t.template).collect();
     let secret = if sources.is_empty() {
         None
     } else {
         Some(ManagedSecret {
-            name: secret_name(input.namespace, input.service_account, &references),
+            name: secret_name_with_templates(
+                input.namespace,
+                input.service_account,
+                &references,
+                &named_templates,
+            ),
             namespace: input.namespace.to_owned(),
             service_account: input.service_account.to_owned(),
-            data: secret_data(&sources, &fetched).map_err(|e| data_error(&accepted, e, q))?,
+            data: secret_data(&sources, &fetched)
+                .map_err(|e| data_error(&accepted, &key_annotations, e, q))?,
             references,
             sources,
             restart_on_rotation: false,
@@ -361,7 +497,12 @@ pub(crate) fn build_plan(input: &PlanInput<'_>) -> Result<InjectionPlan, PlanErr
 
 /// A value placed above that the Secret's data then lacks: cannot happen,
 /// since both read the same answers; named after the injection anyway.
-fn data_error(accepted: &[Accepted<'_, '_>], e: DataError, q: Quote) -> PlanError {
+fn data_error(
+    accepted: &[Accepted<'_, '_>],
+    key_annotations: &BTreeMap<String, String>,
+    e: DataError,
+    q: Quote,
+) -> PlanError {
     let annotation = |r: &SecretRef| {
         accepted
             .iter()
@@ -369,6 +510,12 @@ fn data_error(accepted: &[Accepted<'_, '_>], e: DataError, q: Quote) -> PlanErro
             .map(|(i, _, _)| i.source.clone())
             .unwrap_or_default()
     };
+    if let Some(annotation) = key_annotations.get(e.key()) {
+        return PlanError::Invalid {
+            annotation: annotation.clone(),
+            message: e.to_string(),
+        };
+    }
     match e {
         DataError::Store { reference, error, .. } => PlanError::Store {
             annotation: annotation(&reference),
@@ -386,6 +533,62 @@ fn data_error(accepted: &[Accepted<'_, '_>], e: DataError, q: Quote) -> PlanErro
             annotation: annotation(&reference),
             message: format!("nothing was fetched from store \"{}\"", reference.store),
         },
+        DataError::Render { .. } => PlanError::Invalid {
+            annotation: String::new(),
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Whether a template failed only because a placeholder's secret or
+/// property is missing (what `optional` forgives).
+fn missing(e: &DataError) -> bool {
+    match e {
+        DataError::Store { error, .. } => error.is_not_found(),
+        DataError::Property { .. } => true,
+        DataError::NotFetched { .. } | DataError::Render { .. } => false,
+    }
+}
+
+/// A template that cannot be rendered, named by its annotation and the
+/// placeholder at fault.
+fn placeholder_error(t: &TemplateInjection, e: DataError, q: Quote) -> PlanError {
+    let placeholder_of = |r: &SecretRef| {
+        t.template
+            .placeholders()
+            .find(|p| &p.reference == r)
+            .map(|p| q.of(&p.to_string()).to_string())
+            .unwrap_or_default()
+    };
+    let (placeholder, message, class) = match &e {
+        DataError::Store { reference, error, .. } => (
+            placeholder_of(reference),
+            format!("store \"{}\" failed: {error}", reference.store),
+            DenialClass::from(error),
+        ),
+        DataError::Property { reference, error, .. } => (
+            placeholder_of(reference),
+            error.to_string(),
+            DenialClass::MissingProperty,
+        ),
+        DataError::NotFetched { reference, .. } => (
+            placeholder_of(reference),
+            format!("nothing was fetched from store \"{}\"", reference.store),
+            DenialClass::Invalid,
+        ),
+        DataError::Render {
+            placeholder, problem, ..
+        } => (
+            q.of(placeholder).to_string(),
+            (*problem).to_owned(),
+            DenialClass::Invalid,
+        ),
+    };
+    PlanError::Placeholder {
+        annotation: t.source.clone(),
+        placeholder,
+        message,
+        class,
     }
 }
 
@@ -515,8 +718,8 @@ impl<'p> ContainerIndex<'p> {
         Self { pod, first }
     }
 
-    /// The containers an injection goes to.
-    fn select(&self, injection: &Injection) -> Result<Vec<ContainerRef>, PlanError> {
+    /// The containers an injection (named `source`) goes to.
+    fn select(&self, sel: &ContainerSelector, source: &str) -> Result<Vec<ContainerRef>, PlanError> {
         let list = |init: bool, list: &[super::pod::ContainerView]| {
             list.iter()
                 .enumerate()
@@ -527,7 +730,6 @@ impl<'p> ContainerIndex<'p> {
                 })
                 .collect::<Vec<_>>()
         };
-        let sel = &injection.containers;
         let mut chosen: BTreeSet<ContainerRef> = BTreeSet::new();
         if sel.names.is_empty() {
             chosen.extend(list(false, &self.pod.spec.containers));
@@ -537,7 +739,7 @@ impl<'p> ContainerIndex<'p> {
                 .first
                 .get(name.as_str())
                 .ok_or_else(|| PlanError::UnknownContainer {
-                    annotation: injection.source.clone(),
+                    annotation: source.to_owned(),
                     container: name.clone(),
                 })?;
             chosen.insert(found.clone());
@@ -629,12 +831,71 @@ fn key_base(r: &SecretRef) -> String {
     }
 }
 
+/// The keys of the templates: `template.<env name or file name>`, reduced
+/// to the characters a Secret key allows, with a hash of the template where
+/// two templates or a reference's key would share one.
+fn assign_template_keys<'a>(
+    templates: &[(&'a TemplateInjection, Vec<ContainerRef>, SecretValue)],
+    reference_keys: &BTreeMap<&SecretRef, String>,
+) -> BTreeMap<&'a RefTemplate, String> {
+    let taken: BTreeSet<&str> = reference_keys.values().map(String::as_str).collect();
+    let mut by_base: BTreeMap<String, BTreeSet<&'a RefTemplate>> = BTreeMap::new();
+    for (t, _, _) in templates {
+        let name = match &t.target {
+            Target::File { path, .. } => file_name(path),
+            Target::Env { name } => name.clone(),
+            Target::EnvFrom { .. } | Target::Dir { .. } => String::new(),
+        };
+        let clean: String = name
+            .chars()
+            .take(200)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        by_base
+            .entry(format!("template.{clean}"))
+            .or_default()
+            .insert(&t.template);
+    }
+    let mut out = BTreeMap::new();
+    for (base, set) in by_base {
+        let shared = set.len() > 1 || taken.contains(base.as_str());
+        for t in set {
+            let key = if shared {
+                let json = serde_json::to_string(t).unwrap_or_default();
+                format!("{base}-{}", &short_hash(&[&json])[..6])
+            } else {
+                base.clone()
+            };
+            out.insert(t, key);
+        }
+    }
+    out
+}
+
 /// `sesame-<hash>` of the namespace, the service account and the set of
 /// references: Pods with the same references under the same service account
 /// in one namespace share one Secret; two service accounts never do, so the
 /// rule that a Pod may only use the Secret its own annotations produce also
 /// keeps service accounts apart.
 pub fn secret_name(namespace: &str, service_account: &str, references: &[SecretRef]) -> String {
+    secret_name_with_templates(namespace, service_account, references, &[])
+}
+
+/// [`secret_name`] of a Pod that also has templates: two Pods whose
+/// templates differ write different keys, so they never share a Secret.
+/// Without templates, the name is what it always was.
+pub fn secret_name_with_templates(
+    namespace: &str,
+    service_account: &str,
+    references: &[SecretRef],
+    templates: &[&RefTemplate],
+) -> String {
     let mut h = Sha256::new();
     // Length-prefixed, so that no namespace/account split collides with another.
     for part in [namespace, service_account] {
@@ -647,6 +908,15 @@ pub fn secret_name(namespace: &str, service_account: &str, references: &[SecretR
             h.update(p.as_bytes());
         }
         h.update([1]);
+    }
+    let set: BTreeSet<String> = templates
+        .iter()
+        .map(|t| serde_json::to_string(t).unwrap_or_default())
+        .collect();
+    for t in set {
+        h.update([2]);
+        h.update((t.len() as u64).to_be_bytes());
+        h.update(t.as_bytes());
     }
     format!("{MANAGED_PREFIX}{}", &hex::encode(h.finalize())[..16])
 }

@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use super::client::is_conflict;
 use super::metrics::KubeMetrics;
 use super::secret::{now_rfc3339, Recorded, FIELD_MANAGER};
-use crate::inject::plan::secret_name;
-use crate::inject::{PodView, SecretRef};
+use crate::inject::plan::secret_name_with_templates;
+use crate::inject::{PodView, RefTemplate, SecretRef};
 use crate::pipeline::{service_account, Engine};
 
 /// The annotation `kubectl rollout restart` sets on the Pod template.
@@ -78,14 +78,23 @@ pub(crate) fn template_asks_for_restart(
         return Err(Refused::NotOptedIn);
     }
     let held: BTreeSet<&SecretRef> = secret.references.iter().collect();
-    let references: BTreeSet<SecretRef> = request
+    let mut references: BTreeSet<SecretRef> = request
         .injections
         .iter()
         .filter(|i| !i.optional || held.contains(&i.reference))
         .map(|i| i.reference.clone())
         .collect();
+    // A template counts as the plan counts it: an optional one only when
+    // the Secret holds every placeholder it was rendered from.
+    let templates: Vec<&RefTemplate> = request
+        .templates
+        .iter()
+        .filter(|t| !t.optional || t.references().all(|r| held.contains(r)))
+        .inspect(|t| references.extend(t.references().cloned()))
+        .map(|t| &t.template)
+        .collect();
     let references: Vec<SecretRef> = references.into_iter().collect();
-    let produced = secret_name(namespace, service_account(template), &references);
+    let produced = secret_name_with_templates(namespace, service_account(template), &references, &templates);
     if namespace == secret.namespace && !references.is_empty() && produced == secret.name {
         Ok(())
     } else {
@@ -286,7 +295,7 @@ mod tests {
         references.sort();
         Recorded {
             namespace: "team-a".into(),
-            name: secret_name("team-a", service_account, &references),
+            name: crate::inject::plan::secret_name("team-a", service_account, &references),
             service_account: service_account.into(),
             references,
             sources: BTreeMap::new(),

@@ -30,6 +30,7 @@ use super::secret::{
     apply_body, merged_owners, now_rfc3339, verify, ApplyBody, Recorded, SecretAnnotations, FIELD_MANAGER,
 };
 use crate::admission::NamespaceLabels;
+use crate::inject::data::KeySource;
 use crate::inject::{secret_data, DataError, Fetched, SecretRef};
 use crate::pipeline::{Engine, Refusal, SharedEngine};
 use crate::stores::{SecretValue, StoreRequest, WorkloadIdentity};
@@ -52,10 +53,14 @@ pub(crate) fn last_refreshed(recorded: &Recorded, secret: &Secret) -> Option<Tim
 /// The shortest refresh interval among the stores the Secret uses; `None`
 /// when none of them refreshes (pure).
 pub(crate) fn refresh_interval(
-    sources: &BTreeMap<String, SecretRef>,
+    sources: &BTreeMap<String, KeySource>,
     interval_of: impl Fn(&str) -> Option<Duration>,
 ) -> Option<Duration> {
-    sources.values().filter_map(|r| interval_of(&r.store)).min()
+    sources
+        .values()
+        .flat_map(KeySource::references)
+        .filter_map(|r| interval_of(&r.store))
+        .min()
 }
 
 /// Whether a Secret refreshed at `last` is due (pure). A Secret with no
@@ -84,6 +89,7 @@ impl RotationError {
         match self {
             Self::Data(DataError::Store { error, .. }) => error.class(),
             Self::Data(DataError::Property { .. }) => "missing_property",
+            Self::Data(DataError::Render { .. }) => "render",
             Self::Data(DataError::NotFetched { .. }) | Self::UnknownStore(_) => "unknown_store",
             Self::NamespaceUnknown(_) => "namespace_unknown",
             Self::Write(_) => "write",
@@ -92,14 +98,20 @@ impl RotationError {
 }
 
 /// The fetches a Secret's sources need, each once.
-pub(crate) fn fetches(sources: &BTreeMap<String, SecretRef>) -> BTreeSet<StoreRequest> {
-    sources.values().map(SecretRef::request).collect()
+pub(crate) fn fetches(sources: &BTreeMap<String, KeySource>) -> BTreeSet<StoreRequest> {
+    sources
+        .values()
+        .flat_map(KeySource::references)
+        .map(SecretRef::request)
+        .collect()
 }
 
-/// A key whose reference the current policy no longer grants.
+/// A key whose reference (or one of whose template's placeholders) the
+/// current policy no longer grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Revoked {
     pub key: String,
+    /// The reference refused: for a template, the first placeholder refused.
     pub reference: SecretRef,
     /// The policy's sentence (names rules and paths, never values).
     pub reason: String,
@@ -109,7 +121,7 @@ pub(crate) struct Revoked {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reauthorised {
     /// The keys still granted, with their references: what is refreshed.
-    pub granted: BTreeMap<String, SecretRef>,
+    pub granted: BTreeMap<String, KeySource>,
     /// The keys no longer granted: removed from the Secret.
     pub revoked: Vec<Revoked>,
 }
@@ -126,18 +138,23 @@ pub(crate) fn reauthorise(
 ) -> Result<Reauthorised, RotationError> {
     let mut granted = BTreeMap::new();
     let mut revoked = Vec::new();
-    for (key, reference) in &secret.sources {
-        match engine.authorize(&secret.namespace, labels, &secret.service_account, reference) {
-            Ok(_) => {
-                granted.insert(key.clone(), reference.clone());
+    // A template key is granted only while every placeholder is.
+    'keys: for (key, source) in &secret.sources {
+        for reference in source.references() {
+            match engine.authorize(&secret.namespace, labels, &secret.service_account, reference) {
+                Ok(_) => {}
+                Err(Refusal::UnknownStore { store, .. }) => return Err(RotationError::UnknownStore(store)),
+                Err(Refusal::Policy(denial)) => {
+                    revoked.push(Revoked {
+                        key: key.clone(),
+                        reference: reference.clone(),
+                        reason: denial.to_string(),
+                    });
+                    continue 'keys;
+                }
             }
-            Err(Refusal::UnknownStore { store, .. }) => return Err(RotationError::UnknownStore(store)),
-            Err(Refusal::Policy(denial)) => revoked.push(Revoked {
-                key: key.clone(),
-                reference: reference.clone(),
-                reason: denial.to_string(),
-            }),
         }
+        granted.insert(key.clone(), source.clone());
     }
     Ok(Reauthorised { granted, revoked })
 }
@@ -460,7 +477,7 @@ impl Rotator {
     async fn fetch(
         &self,
         engine: &Engine,
-        sources: &BTreeMap<String, SecretRef>,
+        sources: &BTreeMap<String, KeySource>,
         identity: Option<&WorkloadIdentity>,
     ) -> Result<Fetched, RotationError> {
         let requests: Vec<StoreRequest> = fetches(sources).into_iter().collect();
@@ -510,10 +527,10 @@ mod tests {
 
     #[test]
     fn due_after_the_shortest_interval_of_its_stores() {
-        let sources: BTreeMap<String, SecretRef> = [
-            ("a".to_owned(), rec("vault", "x", None)),
-            ("b".to_owned(), rec("aws", "y", None)),
-            ("c".to_owned(), rec("file", "z", None)),
+        let sources: BTreeMap<String, KeySource> = [
+            ("a".to_owned(), rec("vault", "x", None).into()),
+            ("b".to_owned(), rec("aws", "y", None).into()),
+            ("c".to_owned(), rec("file", "z", None).into()),
         ]
         .into();
         let intervals = |s: &str| match s {
@@ -525,7 +542,7 @@ mod tests {
             refresh_interval(&sources, intervals),
             Some(Duration::from_secs(60))
         );
-        let only_file: BTreeMap<String, SecretRef> = [("c".to_owned(), rec("file", "z", None))].into();
+        let only_file: BTreeMap<String, KeySource> = [("c".to_owned(), rec("file", "z", None).into())].into();
         assert_eq!(refresh_interval(&only_file, intervals), None);
 
         assert!(!is_due(Some(at(0)), Duration::from_secs(60), at(59)));
@@ -534,9 +551,9 @@ mod tests {
     }
 
     fn recorded(namespace: &str, service_account: &str, sources: &[(&str, SecretRef)]) -> Recorded {
-        let sources: BTreeMap<String, SecretRef> = sources
+        let sources: BTreeMap<String, KeySource> = sources
             .iter()
-            .map(|(k, r)| ((*k).to_owned(), r.clone()))
+            .map(|(k, r)| ((*k).to_owned(), r.clone().into()))
             .collect();
         Recorded {
             namespace: namespace.into(),
@@ -544,6 +561,7 @@ mod tests {
             service_account: service_account.into(),
             references: sources
                 .values()
+                .flat_map(KeySource::references)
                 .cloned()
                 .collect::<BTreeSet<_>>()
                 .into_iter()
@@ -571,10 +589,13 @@ mod tests {
 
     #[test]
     fn one_fetch_per_secret_and_failures_keep_their_class() {
-        let sources: BTreeMap<String, SecretRef> = [
-            ("db.password".to_owned(), rec("vault", "app/db", Some("password"))),
-            ("db.user".to_owned(), rec("vault", "app/db", Some("user"))),
-            ("token".to_owned(), rec("file", "token", None)),
+        let sources: BTreeMap<String, KeySource> = [
+            (
+                "db.password".to_owned(),
+                rec("vault", "app/db", Some("password")).into(),
+            ),
+            ("db.user".to_owned(), rec("vault", "app/db", Some("user")).into()),
+            ("token".to_owned(), rec("file", "token", None).into()),
         ]
         .into();
         assert_eq!(fetches(&sources).len(), 2, "one fetch per secret, not per key");
@@ -673,6 +694,47 @@ mod tests {
             reauthorise(&e, &gone, Some(&plain)),
             Err(RotationError::UnknownStore("vault".into()))
         );
+    }
+
+    /// A template key is granted while every placeholder is; one refused
+    /// placeholder takes the key out, named in the revocation.
+    #[tokio::test]
+    async fn a_template_key_needs_every_placeholder_granted() {
+        let e = engine().await;
+        let parse = |text: &str| {
+            let a: BTreeMap<String, String> =
+                [("sesame.dev/template.URL".to_owned(), text.to_owned())].into();
+            crate::inject::annotations::parse("sesame.dev", &a)
+                .unwrap()
+                .templates
+                .remove(0)
+                .template
+        };
+        let mut secret = recorded("team-a", "web", &[]);
+        secret.sources = [
+            (
+                "template.OK".to_owned(),
+                KeySource::Template {
+                    template: parse("{{ dev:apps/team-a/db#user }}:{{ dev:apps/team-a/db#password }}"),
+                },
+            ),
+            (
+                "template.STOLEN".to_owned(),
+                KeySource::Template {
+                    template: parse(
+                        "{{ dev:apps/team-a/db#user }}:{{ dev:apps/team-b/db#password | base64 }}",
+                    ),
+                },
+            ),
+        ]
+        .into();
+        let decision = reauthorise(&e, &secret, Some(&BTreeMap::new())).unwrap();
+        assert_eq!(decision.granted.keys().collect::<Vec<_>>(), ["template.OK"]);
+        assert_eq!(decision.revoked.len(), 1);
+        assert_eq!(decision.revoked[0].key, "template.STOLEN");
+        assert_eq!(decision.revoked[0].reference.path, "apps/team-b/db");
+        // Every placeholder is fetched, each secret once.
+        assert_eq!(fetches(&secret.sources).len(), 2);
     }
 
     #[test]

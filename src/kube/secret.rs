@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use super::provenance::{KeyRing, MacError, Provenance, Record, Verified};
 use crate::inject::annotations::SecretRef;
+use crate::inject::data::KeySource;
 use crate::inject::pod::OwnerReference;
 use crate::inject::ManagedSecret;
 use crate::stores::SecretValue;
@@ -185,7 +186,8 @@ pub(crate) fn stored_data_equals(secret: &Secret, data: &BTreeMap<String, Secret
             .all(|(k, v)| stored.and_then(|s| s.get(k)).is_some_and(|b| b.0 == v.expose()))
 }
 
-/// The `sources` annotation: key → the reference it holds, every field.
+/// The `sources` annotation: key → the reference (every field) or the
+/// template (its text and placeholders) it holds.
 pub(crate) fn sources_json(secret: &ManagedSecret) -> String {
     serde_json::to_string(&secret.sources).unwrap_or_default()
 }
@@ -199,7 +201,7 @@ pub(crate) struct Recorded {
     pub name: String,
     pub service_account: String,
     pub references: Vec<SecretRef>,
-    pub sources: BTreeMap<String, SecretRef>,
+    pub sources: BTreeMap<String, KeySource>,
     pub restart_on_rotation: bool,
     pub refreshed_at: String,
 }
@@ -233,7 +235,7 @@ impl Recorded {
                 .get(key)
                 .ok_or_else(|| Unverified::Unreadable(key.clone()))
         };
-        let sources: BTreeMap<String, SecretRef> = serde_json::from_str(text(&keys.sources)?)
+        let sources: BTreeMap<String, KeySource> = serde_json::from_str(text(&keys.sources)?)
             .map_err(|_| Unverified::Unreadable(keys.sources.clone()))?;
         let references_text = text(&keys.references)?;
         let references = if references_text.is_empty() {
@@ -281,11 +283,12 @@ impl Recorded {
     /// uses any more are dropped with them.
     pub(crate) fn with_data(
         &self,
-        sources: BTreeMap<String, SecretRef>,
+        sources: BTreeMap<String, KeySource>,
         data: BTreeMap<String, SecretValue>,
     ) -> ManagedSecret {
         let used: std::collections::BTreeSet<(&str, &str, Option<&str>)> = sources
             .values()
+            .flat_map(KeySource::references)
             .map(|r| (r.store.as_str(), r.path.as_str(), r.version.as_deref()))
             .collect();
         let references = self
@@ -443,7 +446,7 @@ mod tests {
             service_account: "web".into(),
             data,
             references: vec![r.clone()],
-            sources: [("db.password".to_owned(), r)].into(),
+            sources: [("db.password".to_owned(), r.into())].into(),
             restart_on_rotation: false,
             owners,
         }
@@ -634,9 +637,16 @@ mod tests {
         let s: Secret = serde_json::from_value(body.0.clone()).unwrap();
         let (recorded, verified) = verify(&s, &keys, &ring()).unwrap();
         assert!(verified.current);
-        assert_eq!(recorded.sources["db.password"].path, "secret/app/db");
         assert_eq!(
-            recorded.sources["db.password"].property.as_deref(),
+            recorded.sources["db.password"].as_reference().unwrap().path,
+            "secret/app/db"
+        );
+        assert_eq!(
+            recorded.sources["db.password"]
+                .as_reference()
+                .unwrap()
+                .property
+                .as_deref(),
             Some("password")
         );
         assert_eq!(recorded.service_account, "web");
@@ -776,7 +786,7 @@ mod tests {
             property: None,
             ..pinned.clone()
         }];
-        wanted.sources = [("db.password".to_owned(), pinned)].into();
+        wanted.sources = [("db.password".to_owned(), pinned.into())].into();
         wanted.restart_on_rotation = true;
         let s = stored(&wanted, &keys);
         let (recorded, _) = verify(&s, &keys, &ring()).unwrap();
@@ -829,7 +839,10 @@ mod tests {
         );
         annotate(&mut s, &keys.service_account, "default");
         let recorded = Recorded::read(&s, &keys).unwrap();
-        assert_eq!(recorded.sources["k"].version.as_deref(), Some("AWSPREVIOUS"));
+        assert_eq!(
+            recorded.sources["k"].as_reference().unwrap().version.as_deref(),
+            Some("AWSPREVIOUS")
+        );
         assert_eq!(recorded.references.len(), 2);
         assert_eq!(
             verify(&s, &keys, &ring()).unwrap_err(),

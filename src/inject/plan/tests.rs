@@ -121,6 +121,8 @@ fn build(
         inline_allowed,
         injections: &injections,
         resolved: &resolved,
+        templates: &[],
+        template_answers: &Fetched::new(),
         quote: Quote::DEFAULT,
     })
 }
@@ -191,8 +193,11 @@ fn secret_keys_do_not_depend_on_annotation_order_and_never_collide() {
     }
     assert!(clashing[0] != clashing[1] && clashing[1] != clashing[2] && clashing[0] != clashing[2]);
     // Each key holds the reference it names.
-    assert_eq!(f.sources[&keys["D"]].version.as_deref(), Some("2"));
-    assert_eq!(f.sources[&keys["B"]].path, "apps/b/db");
+    assert_eq!(
+        f.sources[&keys["D"]].as_reference().unwrap().version.as_deref(),
+        Some("2")
+    );
+    assert_eq!(f.sources[&keys["B"]].as_reference().unwrap().path, "apps/b/db");
 }
 
 #[test]
@@ -226,6 +231,8 @@ fn the_secret_name_depends_on_the_namespace_the_service_account_and_the_set_of_r
         inline_allowed: false,
         injections: &injections,
         resolved: &resolved,
+        templates: &[],
+        template_answers: &Fetched::new(),
         quote: Quote::DEFAULT,
     })
     .unwrap()
@@ -455,7 +462,8 @@ fn the_patch_creates_missing_arrays_and_escapes_the_marker_key() {
         json!({"name": name, "key": "db.password"})
     );
 
-    // Where the arrays exist, the patch appends and keeps what is there.
+    // Where the arrays exist, the patch adds and keeps what is there; env
+    // vars go first, so that the container's own can refer to them.
     let full = json!({
         "metadata": {"name": "web", "annotations": {"team": "a"}},
         "spec": {
@@ -474,15 +482,15 @@ fn the_patch_creates_missing_arrays_and_escapes_the_marker_key() {
         paths(&ops),
         [
             "/spec/volumes/-",
-            "/spec/containers/0/env/-",
+            "/spec/containers/0/env/0",
             "/spec/containers/0/volumeMounts/-",
             "/metadata/annotations/sesame.dev~1injected",
         ]
     );
     let mut patched = full.clone();
     apply(&mut patched, ops);
-    assert_eq!(patched["spec"]["containers"][0]["env"][0]["name"], "LOG");
-    assert_eq!(patched["spec"]["containers"][0]["env"][1]["name"], "PW");
+    assert_eq!(patched["spec"]["containers"][0]["env"][0]["name"], "PW");
+    assert_eq!(patched["spec"]["containers"][0]["env"][1]["name"], "LOG");
     assert_eq!(patched["spec"]["volumes"].as_array().unwrap().len(), 2);
     assert_eq!(patched["metadata"]["annotations"]["team"], "a");
 }
@@ -625,4 +633,238 @@ fn a_base_that_is_no_json_pointer_is_an_error_not_the_root() {
         "{:?}",
         paths(&ops)
     );
+}
+
+/// The templates a Pod's annotations ask for, as the grammar reads them.
+fn templates(pairs: &[(&str, &str)]) -> Vec<TemplateInjection> {
+    let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+    crate::inject::annotations::parse("sesame.dev", &map)
+        .unwrap()
+        .templates
+}
+
+fn build_templates(
+    mode: Mode,
+    templates: &[TemplateInjection],
+    answers: &[(&str, Answer)],
+) -> Result<InjectionPlan, PlanError> {
+    let fetched: Fetched = answers
+        .iter()
+        .map(|(r, a)| (reference(r, None).request(), a.clone()))
+        .collect();
+    build_plan(&PlanInput {
+        namespace: "team-a",
+        service_account: "default",
+        pod: &view(&pod_json()),
+        mode,
+        inline_allowed: true,
+        injections: &[],
+        resolved: &[],
+        templates,
+        template_answers: &fetched,
+        quote: Quote::DEFAULT,
+    })
+}
+
+const URL: &str = "postgres://{{ dev:apps/team-a/db#user }}:{{ dev:apps/team-a/db#password | urlquery }}@{{ dev:apps/team-a/db#host }}:5432/orders";
+
+#[test]
+fn a_template_is_one_key_of_the_secret_and_records_its_placeholders() {
+    let t = templates(&[("sesame.dev/template.DATABASE_URL", URL)]);
+    let db = props(&[("host", "db.svc"), ("password", "p@ss:w/rd%"), ("user", "app")]);
+    let p = build_templates(Mode::SecretRef, &t, &[("dev:apps/team-a/db", db)]).unwrap();
+    let secret = p.secret.unwrap();
+    assert_eq!(
+        secret.data["template.DATABASE_URL"].expose_str(),
+        Some("postgres://app:p%40ss%3Aw%2Frd%25@db.svc:5432/orders")
+    );
+    let KeySource::Template { template } = &secret.sources["template.DATABASE_URL"] else {
+        panic!("not recorded as a template")
+    };
+    assert_eq!(template, &t[0].template);
+    assert_eq!(
+        secret.references.len(),
+        3,
+        "every placeholder is a reference of the Secret"
+    );
+    // The value is never in the Pod spec: a secretKeyRef to the key.
+    assert!(p
+        .env
+        .iter()
+        .all(|e| e.source == EnvSource::SecretKey("template.DATABASE_URL".into())));
+    assert_eq!(p.env.len(), 2, "every app container");
+    // A template changes the Secret's name; without one it is unchanged.
+    assert_ne!(secret.name, secret_name("team-a", "default", &secret.references));
+    assert_eq!(
+        secret_name_with_templates("team-a", "default", &secret.references, &[]),
+        secret_name("team-a", "default", &secret.references)
+    );
+}
+
+#[test]
+fn inline_env_templates_go_into_the_spec_and_file_templates_into_the_secret() {
+    let yaml = "- template: \"{{ dev:apps/team-a/db#user }}\"\n  env: USER\n- template: \"user: {{ dev:apps/team-a/db#user | yaml }}\\n\"\n  file: {path: /etc/app/config.yaml}\n";
+    let t = templates(&[("sesame.dev/secrets", yaml)]);
+    let p = build_templates(Mode::Inline, &t, &[("dev:apps/team-a/db", db())]).unwrap();
+    assert!(p
+        .env
+        .iter()
+        .all(|e| e.source == EnvSource::Inline(SecretValue::from("app"))));
+    let secret = p.secret.unwrap();
+    assert_eq!(secret.data.len(), 1);
+    assert_eq!(
+        secret.data["template.config.yaml"].expose_str(),
+        Some("user: \"app\"\n")
+    );
+    assert_eq!(p.volumes[0].mount_path, "/etc/app");
+    assert_eq!(p.volumes[0].items[0].key, "template.config.yaml");
+}
+
+#[test]
+fn missing_placeholders_deny_or_skip_an_optional_template() {
+    let t = templates(&[("sesame.dev/template.URL", URL)]);
+    let no_password = props(&[("host", "db.svc"), ("user", "app")]);
+    let e = build_templates(
+        Mode::SecretRef,
+        &t,
+        &[("dev:apps/team-a/db", no_password.clone())],
+    )
+    .unwrap_err();
+    assert_eq!(e.class(), DenialClass::MissingProperty);
+    let text = e.to_string();
+    assert!(text.contains("annotation \"sesame.dev/template.URL\""), "{text}");
+    assert!(
+        text.contains("placeholder {{ dev:apps/team-a/db#password | urlquery }}"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("db.svc") && !text.contains("app:"),
+        "no value: {text}"
+    );
+    let e = build_templates(
+        Mode::SecretRef,
+        &t,
+        &[("dev:apps/team-a/db", Err(StoreError::NotFound))],
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("placeholder {{ dev:apps/team-a/db#user }}"),
+        "{e}"
+    );
+
+    // Optional: skipped as a whole when any placeholder is missing.
+    let yaml = format!("- template: \"{URL}\"\n  env: URL\n  optional: true\n");
+    let t = templates(&[("sesame.dev/secrets", &yaml)]);
+    let p = build_templates(Mode::SecretRef, &t, &[("dev:apps/team-a/db", no_password)]).unwrap();
+    assert!(p.secret.is_none() && p.env.is_empty());
+    assert!(
+        p.warnings[0].contains("sesame.dev/secrets[0]"),
+        "{:?}",
+        p.warnings
+    );
+    assert!(
+        p.warnings[0].contains("dev:apps/team-a/db#password"),
+        "{:?}",
+        p.warnings
+    );
+    // A store that fails (not a missing secret) denies even an optional one.
+    let e = build_templates(
+        Mode::SecretRef,
+        &t,
+        &[("dev:apps/team-a/db", Err(StoreError::Throttled))],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("placeholder"), "{e}");
+}
+
+#[test]
+fn a_value_unfit_for_its_function_is_named_by_placeholder_never_quoted() {
+    let t = templates(&[(
+        "sesame.dev/template.KEY",
+        "{{ dev:apps/team-a/k | base64decode }}",
+    )]);
+    let e = build_templates(
+        Mode::SecretRef,
+        &t,
+        &[("dev:apps/team-a/k", value("hunter2-is-not-base64!"))],
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    assert_eq!(e.class(), DenialClass::Invalid);
+    assert!(
+        text.contains("placeholder {{ dev:apps/team-a/k | base64decode }}: the value is not valid base64"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[test]
+fn templates_share_env_conflicts_and_keys_with_references() {
+    let t = templates(&[("sesame.dev/template.PW", "{{ dev:apps/team-a/db#password }}")]);
+    let fetched: Fetched = [(reference("dev:apps/team-a/db", None).request(), db())]
+        .into_iter()
+        .collect();
+    let injections = vec![env("PW", "dev:apps/team-a/db#password")];
+    let e = build_plan(&PlanInput {
+        namespace: "team-a",
+        service_account: "default",
+        pod: &view(&pod_json()),
+        mode: Mode::SecretRef,
+        inline_allowed: false,
+        injections: &injections,
+        resolved: &[db()],
+        templates: &t,
+        template_answers: &fetched,
+        quote: Quote::DEFAULT,
+    })
+    .unwrap_err();
+    assert_eq!(e.class(), DenialClass::Conflict);
+    assert!(e.to_string().contains("sesame.dev/template.PW"), "{e}");
+}
+
+/// A reinvoked webhook (`reinvocationPolicy: IfNeeded`) sees its env vars
+/// already at the front of the container's list and adds nothing.
+#[test]
+fn env_vars_go_first_and_a_reinvocation_adds_nothing() {
+    let t = templates(&[("sesame.dev/template.URL", URL)]);
+    let items = [(env("PW", "dev:apps/team-a/db#password"), db())];
+    let injections: Vec<Injection> = items.iter().map(|(i, _)| i.clone()).collect();
+    let resolved: Vec<Answer> = items.iter().map(|(_, a)| a.clone()).collect();
+    let fetched: Fetched = [(reference("dev:apps/team-a/db", None).request(), db())]
+        .into_iter()
+        .collect();
+    let mut pod = json!({
+        "metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "app", "env": [{"name": "DSN", "value": "$(URL)?x=1"}]}]}
+    });
+    for round in 0..2 {
+        let v = view(&pod);
+        let p = build_plan(&PlanInput {
+            namespace: "team-a",
+            service_account: "default",
+            pod: &v,
+            mode: Mode::SecretRef,
+            inline_allowed: false,
+            injections: &injections,
+            resolved: &resolved,
+            templates: &t,
+            template_answers: &fetched,
+            quote: Quote::DEFAULT,
+        })
+        .unwrap();
+        let name = p.secret.as_ref().unwrap().name.clone();
+        let ops = build_patch(&v, &p, "", MARKER, Some(&name), Quote::DEFAULT).unwrap();
+        if round == 1 {
+            assert!(ops.is_empty(), "reinvocation added {:?}", paths(&ops));
+        }
+        apply(&mut pod, ops);
+    }
+    let names: Vec<&str> = pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["PW", "URL", "DSN"]);
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use ring::hmac;
 use zeroize::Zeroizing;
 
+use crate::inject::data::KeySource;
 use crate::inject::SecretRef;
 
 /// HMAC-SHA256 keys shorter than the hash are refused.
@@ -66,7 +67,7 @@ pub(crate) struct Record<'a> {
     /// The subject the references were granted to.
     pub service_account: &'a str,
     pub references: &'a [SecretRef],
-    pub sources: &'a BTreeMap<String, SecretRef>,
+    pub sources: &'a BTreeMap<String, KeySource>,
     pub restart_on_rotation: bool,
     /// When the values were last written or confirmed: when rotation is due.
     pub refreshed_at: &'a str,
@@ -193,9 +194,21 @@ fn canonical(r: &Record<'_>) -> Vec<u8> {
         encode_ref(&mut out, reference);
     }
     out.extend((r.sources.len() as u64).to_be_bytes());
-    for (key, reference) in r.sources {
+    for (key, source) in r.sources {
         field(&mut out, key.as_bytes());
-        encode_ref(&mut out, reference);
+        match source {
+            KeySource::Reference(reference) => encode_ref(&mut out, reference),
+            // No field is u64::MAX bytes long, so this marker tells a
+            // template from a reference; the template's JSON record holds
+            // its text and every placeholder.
+            KeySource::Template { template } => {
+                out.extend(u64::MAX.to_be_bytes());
+                field(
+                    &mut out,
+                    serde_json::to_string(template).unwrap_or_default().as_bytes(),
+                );
+            }
+        }
     }
     out.push(u8::from(r.restart_on_rotation));
     field(&mut out, r.refreshed_at.as_bytes());
@@ -242,7 +255,7 @@ mod tests {
         name: String,
         service_account: String,
         references: Vec<SecretRef>,
-        sources: BTreeMap<String, SecretRef>,
+        sources: BTreeMap<String, KeySource>,
         restart_on_rotation: bool,
         refreshed_at: String,
     }
@@ -268,7 +281,7 @@ mod tests {
             name: "sesame-0123456789abcdef".into(),
             service_account: "web".into(),
             references: vec![db.clone()],
-            sources: [("db.password".to_owned(), db)].into(),
+            sources: [("db.password".to_owned(), db.into())].into(),
             restart_on_rotation: true,
             refreshed_at: "2026-01-01T00:00:00Z".into(),
         }
@@ -316,19 +329,54 @@ mod tests {
             }),
             (
                 "source store",
-                Box::new(|o| o.sources.get_mut("db.password").unwrap().store = "k8s".into()),
+                Box::new(|o| {
+                    o.sources
+                        .get_mut("db.password")
+                        .unwrap()
+                        .as_reference_mut()
+                        .unwrap()
+                        .store = "k8s".into()
+                }),
             ),
             ("source path", {
-                Box::new(|o| o.sources.get_mut("db.password").unwrap().path = "../outside".into())
+                Box::new(|o| {
+                    o.sources
+                        .get_mut("db.password")
+                        .unwrap()
+                        .as_reference_mut()
+                        .unwrap()
+                        .path = "../outside".into()
+                })
             }),
             ("source property", {
-                Box::new(|o| o.sources.get_mut("db.password").unwrap().property = Some("user".into()))
+                Box::new(|o| {
+                    o.sources
+                        .get_mut("db.password")
+                        .unwrap()
+                        .as_reference_mut()
+                        .unwrap()
+                        .property = Some("user".into())
+                })
             }),
             ("source property removed", {
-                Box::new(|o| o.sources.get_mut("db.password").unwrap().property = None)
+                Box::new(|o| {
+                    o.sources
+                        .get_mut("db.password")
+                        .unwrap()
+                        .as_reference_mut()
+                        .unwrap()
+                        .property = None
+                })
             }),
             ("source version", {
-                Box::new(|o| o.sources.get_mut("db.password").unwrap().version = Some("1".into()))
+                Box::new(|o| {
+                    o.sources
+                        .get_mut("db.password")
+                        .unwrap()
+                        .as_reference_mut()
+                        .unwrap()
+                        .version = Some("1".into())
+                })
             }),
             ("source key", {
                 Box::new(|o| {
@@ -339,7 +387,7 @@ mod tests {
             ("a source more", {
                 let r = other_team.clone();
                 Box::new(move |o| {
-                    o.sources.insert("extra".into(), r.clone());
+                    o.sources.insert("extra".into(), r.clone().into());
                 })
             }),
             ("restart flag", Box::new(|o| o.restart_on_rotation = false)),
@@ -365,6 +413,54 @@ mod tests {
             keys.verify(&shifted.record(), Some(&mac)),
             Err(MacError::Mismatch)
         );
+    }
+
+    /// A template key is covered whole: its text, each placeholder and
+    /// each function. Swapping a placeholder for another team's path, or
+    /// dropping `urlquery`, breaks the MAC; a reference key whose record
+    /// looks like nothing a template encodes to stays apart.
+    #[test]
+    fn a_recorded_template_is_covered_whole() {
+        let keys = ring(&[(1, 7)]);
+        let template = |text: &str| {
+            let a: BTreeMap<String, String> =
+                [("sesame.dev/template.URL".to_owned(), text.to_owned())].into();
+            KeySource::Template {
+                template: crate::inject::annotations::parse("sesame.dev", &a)
+                    .unwrap()
+                    .templates
+                    .remove(0)
+                    .template,
+            }
+        };
+        let mut g = genuine();
+        g.sources.insert(
+            "template.URL".into(),
+            template("db://{{ vault:apps/team-a/db#password | urlquery }}"),
+        );
+        let mac = keys.sign(&g.record());
+        assert!(keys.verify(&g.record(), Some(&mac)).is_ok());
+        for edited in [
+            "db://{{ vault:apps/team-b/db#password | urlquery }}",
+            "db://{{ vault:apps/team-a/db#password }}",
+            "db:/{{ vault:apps/team-a/db#password | urlquery }}",
+            "db://{{ vault:apps/team-a/db#password | urlquery }}{{ vault:apps/team-a/db#user }}",
+        ] {
+            let mut forged = genuine();
+            forged.sources.insert("template.URL".into(), template(edited));
+            assert_eq!(
+                keys.verify(&forged.record(), Some(&mac)),
+                Err(MacError::Mismatch),
+                "{edited}"
+            );
+        }
+        // A reference under the template's key is another record.
+        let mut forged = genuine();
+        forged.sources.insert(
+            "template.URL".into(),
+            reference("vault", "apps/team-a/db", Some("password"), None).into(),
+        );
+        assert_eq!(keys.verify(&forged.record(), Some(&mac)), Err(MacError::Mismatch));
     }
 
     #[test]
