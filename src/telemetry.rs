@@ -75,6 +75,7 @@ pub struct Metrics {
     secret_writes: Family<OutcomeLabels, Counter>,
     config_reloads: Family<OutcomeLabels, Counter>,
     ready: Gauge,
+    store_up: Family<StoreLabels, Gauge>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -124,6 +125,7 @@ impl Metrics {
         let secret_writes = Family::<OutcomeLabels, Counter>::default();
         let config_reloads = Family::<OutcomeLabels, Counter>::default();
         let ready = Gauge::default();
+        let store_up = Family::<StoreLabels, Gauge>::default();
         registry.register(
             "admission_reviews",
             "Admission reviews by outcome (allowed, mutated, denied_<class>, error)",
@@ -192,8 +194,13 @@ impl Metrics {
         );
         registry.register(
             "ready",
-            "1 when the webhook serves and every store is usable",
+            "1 when the webhook serves reviews (store health is sesame_store_up)",
             ready.clone(),
+        );
+        registry.register(
+            "store_up",
+            "1 when the store passed its last periodic check, 0 when it failed",
+            store_up.clone(),
         );
         Self {
             registry: Mutex::new(registry),
@@ -213,6 +220,7 @@ impl Metrics {
             secret_writes,
             config_reloads,
             ready,
+            store_up,
         }
     }
 
@@ -330,6 +338,21 @@ impl Metrics {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
+    }
+
+    pub fn set_store_up(&self, store: &str, up: bool) {
+        self.store_up
+            .get_or_create(&StoreLabels {
+                store: store.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// A store removed by a reload no longer has a health series.
+    pub(crate) fn forget_store(&self, store: &str) {
+        self.store_up.remove(&StoreLabels {
+            store: store.to_owned(),
+        });
     }
 
     /// Prometheus text exposition.
