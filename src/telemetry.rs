@@ -76,6 +76,7 @@ pub struct Metrics {
     config_reloads: Family<OutcomeLabels, Counter>,
     ready: Gauge,
     store_up: Family<StoreLabels, Gauge>,
+    last_known_good: Family<StoreLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -126,6 +127,12 @@ impl Metrics {
         let config_reloads = Family::<OutcomeLabels, Counter>::default();
         let ready = Gauge::default();
         let store_up = Family::<StoreLabels, Gauge>::default();
+        let last_known_good = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "admission_last_known_good",
+            "Pods admitted against their existing managed Secret because a store failed, by store",
+            last_known_good.clone(),
+        );
         registry.register(
             "admission_reviews",
             "Admission reviews by outcome (allowed, mutated, denied_<class>, error)",
@@ -221,6 +228,7 @@ impl Metrics {
             config_reloads,
             ready,
             store_up,
+            last_known_good,
         }
     }
 
@@ -346,6 +354,14 @@ impl Metrics {
                 store: store.to_owned(),
             })
             .set(i64::from(up));
+    }
+
+    pub fn last_known_good(&self, store: &str) {
+        self.last_known_good
+            .get_or_create(&StoreLabels {
+                store: store.to_owned(),
+            })
+            .inc();
     }
 
     /// A store removed by a reload no longer has a health series.

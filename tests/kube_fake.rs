@@ -1489,3 +1489,226 @@ async fn provenance_keys_are_created_once_agreed_and_kept() {
     assert!(none.current().is_none());
     assert!(metrics.encode().contains("sesame_provenance_keys 0"));
 }
+
+/// An engine whose `vault` store is down (nothing listens at its address)
+/// and whose `dev` file store answers "not found" for `apps/team-a/gone`.
+async fn outage_engine() -> (
+    tempfile::TempDir,
+    sesame::pipeline::SharedEngine,
+    Arc<sesame::telemetry::Metrics>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secrets.yaml"), "apps/team-a/other: x\n").unwrap();
+    std::fs::write(dir.path().join("vault-token"), "t").unwrap();
+    let yaml = "resolveTimeout: 1s\nstores:\n  - {name: vault, vault: {address: 'http://127.0.0.1:1', auth: {token: {file: vault-token}}}}\n  - {name: dev, file: {path: secrets.yaml}}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [vault, dev], paths: ['apps/{namespace}/**']}\n  inline:\n    namespaces: [team-a]\n";
+    let config = sesame::config::Config::from_yaml(yaml, "t").unwrap();
+    let metrics = Arc::new(sesame::telemetry::Metrics::new());
+    let stores = sesame::stores::Stores::from_config(&config.stores, dir.path(), &metrics, None)
+        .await
+        .unwrap();
+    let engine = sesame::pipeline::Engine::new(&config, stores);
+    (dir, Arc::new(arc_swap::ArcSwap::from_pointee(engine)), metrics)
+}
+
+fn pod_review(annotations: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-lkg",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "team-a",
+            "operation": "CREATE",
+            "userInfo": {"username": "x"},
+            "object": {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "annotations": annotations},
+                "spec": {"containers": [{"name": "app", "image": "x"}]}
+            }
+        }
+    }))
+    .unwrap()
+}
+
+/// A store outage admits a Pod against its managed Secret only when that
+/// Secret is Sesame's (its MAC verifies), is for exactly the Pod's
+/// references and holds every key; a "not found" and inline mode still
+/// deny. The store cache is empty, as after a restart during the outage:
+/// only the Secret from the API's watch is known.
+#[tokio::test]
+async fn a_store_outage_admits_against_the_verified_managed_secret_only() {
+    use sesame::admission::Admission;
+    use sesame::kube::known_good::KnownGoodSecrets;
+    use sesame::pipeline::Caller;
+
+    let api = FakeApi::start().await;
+    let writer = Arc::new(ready_writer(&api).await);
+    let (_dir, engine, metrics) = outage_engine().await;
+    let known = Arc::new(KnownGoodSecrets::new(
+        writer.cache().clone(),
+        "sesame.dev",
+        provenance(),
+    ));
+    let admission = Admission::new(engine, writer.clone(), metrics.clone())
+        .with_callers(Caller::Trusted)
+        .with_last_known_good(known);
+    let review = |annotations: Value| {
+        let admission = &admission;
+        async move {
+            let out = admission.review(&pod_review(annotations), None).await.unwrap();
+            let out: Value = serde_json::from_slice(&out).unwrap();
+            out["response"].clone()
+        }
+    };
+    let put = |name: &str, object: Value| {
+        api.put("secrets", "team-a", name, object);
+        let cache = writer.cache().clone();
+        let name = name.to_owned();
+        async move {
+            eventually("the Secret in the cache", || {
+                cache
+                    .get(&kube::runtime::reflector::ObjectRef::new(&name).within("team-a"))
+                    .is_some()
+            })
+            .await;
+        }
+    };
+    let pw = "vault:apps/team-a/db#password";
+    let user = "vault:apps/team-a/db#username";
+
+    // No Secret yet: the outage denies, with its class.
+    let one = json!({"sesame.dev/env.PW": pw});
+    let r = review(one.clone()).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(r["status"]["code"], 503, "{r}");
+
+    // Sesame's own Secret for exactly this reference: admitted, nothing written.
+    let (name, object) = signed(
+        &provenance(),
+        "team-a",
+        "default",
+        &[("db.password", pw)],
+        &[("db.password", "last-good-pw")],
+        false,
+        "2026-01-01T00:00:00Z",
+    );
+    put(&name, object).await;
+    let patches = api.calls("PATCH", "/secrets/").len();
+    let r = review(one.clone()).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let patch = String::from_utf8(
+        base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            r["patch"].as_str().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(patch.contains(&name) && patch.contains("db.password"), "{patch}");
+    let warnings = r["warnings"].to_string();
+    assert!(warnings.contains("store \\\"vault\\\" unavailable"), "{warnings}");
+    assert!(
+        warnings.contains("refreshed at 2026-01-01T00:00:00Z ("),
+        "{warnings}"
+    );
+    assert!(warnings.contains(" ago)"), "the age of the data: {warnings}");
+    assert!(!r.to_string().contains("last-good-pw"), "{r}");
+    assert_eq!(api.calls("PATCH", "/secrets/").len(), patches, "nothing written");
+    assert_eq!(r["auditAnnotations"]["lastKnownGood"], "vault", "{r}");
+    let text = metrics.encode();
+    assert!(
+        text.contains("sesame_admission_last_known_good_total{store=\"vault\"} 1"),
+        "{text}"
+    );
+
+    // Attack: the tenant writes a Secret of that name in its own namespace,
+    // with Sesame's label and annotations but a MAC of a key it made up.
+    let theirs = Provenance::with_keys(vec![(1, vec![7; 32])]).unwrap();
+    let (forged_name, forged_object) = signed(
+        &theirs,
+        "team-a",
+        "default",
+        &[("db.password", pw)],
+        &[("db.password", "tenant-chosen")],
+        false,
+        "2026-01-01T00:00:00Z",
+    );
+    assert_eq!(forged_name, name);
+    put(&name, forged_object.clone()).await;
+    eventually("the forged Secret in the cache", || {
+        writer
+            .cache()
+            .get(&kube::runtime::reflector::ObjectRef::new(&name).within("team-a"))
+            .is_some_and(|s| {
+                s.data
+                    .as_ref()
+                    .is_some_and(|d| d.values().any(|v| v.0 == b"tenant-chosen"))
+            })
+    })
+    .await;
+    let r = review(one.clone()).await;
+    assert_eq!(r["allowed"], false, "a forged Secret is never used: {r}");
+    // ... nor one without any MAC.
+    let mut unsigned = forged_object;
+    unsigned["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove("sesame.dev/provenance");
+    put(&name, unsigned).await;
+    eventually("the unsigned Secret in the cache", || {
+        writer
+            .cache()
+            .get(&kube::runtime::reflector::ObjectRef::new(&name).within("team-a"))
+            .is_some_and(|s| {
+                s.metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| !a.contains_key("sesame.dev/provenance"))
+            })
+    })
+    .await;
+    assert_eq!(review(one.clone()).await["allowed"], false);
+
+    // Sesame's Secret for both references, but holding one key only: denied.
+    let both = json!({"sesame.dev/env.PW": pw, "sesame.dev/env.USER": user});
+    let (name, object) = signed(
+        &provenance(),
+        "team-a",
+        "default",
+        &[("db.password", pw), ("db.username", user)],
+        &[("db.password", "last-good-pw")],
+        false,
+        "2026-01-01T00:00:00Z",
+    );
+    put(&name, object).await;
+    let r = review(both).await;
+    assert_eq!(r["allowed"], false, "a key is missing: {r}");
+    assert_eq!(r["status"]["code"], 503, "{r}");
+
+    // "Not found" is an answer about the secret, not an outage: denied even with its Secret.
+    let gone = "dev:apps/team-a/gone#password";
+    let (name, object) = signed(
+        &provenance(),
+        "team-a",
+        "default",
+        &[("gone.password", gone)],
+        &[("gone.password", "old")],
+        false,
+        "2026-01-01T00:00:00Z",
+    );
+    put(&name, object).await;
+    let r = review(json!({"sesame.dev/env.PW": gone})).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(r["status"]["code"], 404, "{r}");
+
+    // Inline mode has no Secret to fall back on.
+    let r = review(json!({"sesame.dev/env.PW": pw, "sesame.dev/mode": "inline"})).await;
+    assert_eq!(r["allowed"], false, "{r}");
+
+    let text = metrics.encode();
+    assert!(
+        text.contains("sesame_admission_last_known_good_total{store=\"vault\"} 1"),
+        "only the verified Secret admitted a Pod: {text}"
+    );
+}

@@ -106,6 +106,14 @@ impl StoreError {
         matches!(self, Self::NotFound | Self::VersionNotFound)
     }
 
+    /// The store is out of service for Sesame (unreachable, no answer, 5xx
+    /// or an unexpected answer, throttled, or its credentials refused):
+    /// not an answer about the secret or the Pod. A Pod whose managed
+    /// Secret exists may then be admitted against it.
+    pub fn is_outage(&self) -> bool {
+        self.is_transient() || matches!(self, Self::Unauthorized(_))
+    }
+
     /// Worth serving a stale value for (and retrying): the store, not the
     /// reference, is the problem.
     pub(crate) fn is_transient(&self) -> bool {
