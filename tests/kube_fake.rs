@@ -1712,3 +1712,110 @@ async fn a_store_outage_admits_against_the_verified_managed_secret_only() {
         "only the verified Secret admitted a Pod: {text}"
     );
 }
+
+/// A Deployment scaled to 0 keeps its ReplicaSet, which owns the Secret:
+/// GC keeps a Secret no Pod uses while an owner it names exists (same uid,
+/// in the Secret's namespace), and deletes it once the owner is gone. An
+/// ownerReference pointing at another namespace's object keeps nothing.
+#[tokio::test]
+async fn gc_keeps_an_unused_secret_while_its_owner_exists() {
+    let api = FakeApi::start().await;
+    let old = "2020-01-01T00:00:00Z";
+    let with_owner = |mut object: Value, name: &str, uid: &str| {
+        object["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": name, "uid": uid,
+            "controller": true, "blockOwnerDeletion": true,
+        }]);
+        object
+    };
+    let rs = api.put(
+        "replicasets",
+        "team-a",
+        "web-7d9c",
+        json!({"metadata": {"name": "web-7d9c"}, "spec": {"replicas": 0}}),
+    );
+    let rs_uid = rs["metadata"]["uid"].as_str().unwrap().to_owned();
+    let (owned, owned_obj) = signed(
+        &provenance(),
+        "team-a",
+        "web",
+        &[("k", "dev:apps/a")],
+        &[("k", "v")],
+        false,
+        old,
+    );
+    api.put(
+        "secrets",
+        "team-a",
+        &owned,
+        with_owner(owned_obj, "web-7d9c", &rs_uid),
+    );
+    // Same name, stale uid: that ReplicaSet was deleted and a new one made.
+    let (stale, stale_obj) = signed(
+        &provenance(),
+        "team-a",
+        "web",
+        &[("k", "dev:apps/b")],
+        &[("k", "v")],
+        false,
+        old,
+    );
+    api.put(
+        "secrets",
+        "team-a",
+        &stale,
+        with_owner(stale_obj, "web-7d9c", "uid-of-a-deleted-one"),
+    );
+    // Attack: the tenant of team-a names team-b's ReplicaSet (its uid is
+    // visible to anyone who can read it) as the owner of its Secret.
+    let other = api.put(
+        "replicasets",
+        "team-b",
+        "api-5f6b",
+        json!({"metadata": {"name": "api-5f6b"}, "spec": {"replicas": 1}}),
+    );
+    let other_uid = other["metadata"]["uid"].as_str().unwrap().to_owned();
+    let (foreign, foreign_obj) = signed(
+        &provenance(),
+        "team-a",
+        "web",
+        &[("k", "dev:apps/c")],
+        &[("k", "v")],
+        false,
+        old,
+    );
+    api.put(
+        "secrets",
+        "team-a",
+        &foreign,
+        with_owner(foreign_obj, "api-5f6b", &other_uid),
+    );
+
+    let writer = ready_writer(&api).await;
+    eventually("the cache", || writer.cache().state().len() == 3).await;
+    let metrics = sesame::telemetry::Metrics::new();
+    let (_lead, leading) = watch::channel(true);
+    let gc = gc(&api, &writer, &metrics);
+
+    let report = gc.run_once("sesame.dev", &leading).await.unwrap();
+    assert_eq!(report.kept_for_owner, vec![format!("team-a/{owned}")]);
+    let mut deleted = report.deleted.clone();
+    deleted.sort();
+    let mut expected = vec![format!("team-a/{stale}"), format!("team-a/{foreign}")];
+    expected.sort();
+    assert_eq!(deleted, expected);
+    assert!(api.get("secrets", "team-a", &owned).is_some());
+    let lookups = api.calls("GET", "/replicasets/");
+    assert!(
+        lookups.iter().all(|r| r.path.contains("/namespaces/team-a/")),
+        "owners are looked up in the Secret's namespace only: {lookups:?}"
+    );
+
+    // The ReplicaSet goes: the next pass deletes its Secret.
+    let replicasets: kube::Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+        kube::Api::namespaced(api.client(), "team-a");
+    replicasets.delete("web-7d9c", &Default::default()).await.unwrap();
+    let report = gc.run_once("sesame.dev", &leading).await.unwrap();
+    assert!(report.kept_for_owner.is_empty(), "{report:?}");
+    assert_eq!(report.deleted, vec![format!("team-a/{owned}")]);
+}
