@@ -1818,4 +1818,22 @@ async fn gc_keeps_an_unused_secret_while_its_owner_exists() {
     let report = gc.run_once("sesame.dev", &leading).await.unwrap();
     assert!(report.kept_for_owner.is_empty(), "{report:?}");
     assert_eq!(report.deleted, vec![format!("team-a/{owned}")]);
+
+    // Each deletion is an Event on the Secret, for `kubectl get events`.
+    let events = api.calls("POST", "/apis/events.k8s.io/v1/namespaces/team-a/events");
+    let mut regarding: Vec<&str> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e.body["reason"], "ManagedSecretDeleted", "{}", e.body);
+            assert_eq!(e.body["type"], "Normal");
+            assert_eq!(e.body["regarding"]["kind"], "Secret");
+            assert_eq!(e.body["regarding"]["namespace"], "team-a");
+            assert!(!e.body.to_string().contains("\"v\""), "no value: {}", e.body);
+            e.body["regarding"]["name"].as_str().unwrap()
+        })
+        .collect();
+    regarding.sort_unstable();
+    let mut expected = vec![owned.as_str(), stale.as_str(), foreign.as_str()];
+    expected.sort_unstable();
+    assert_eq!(regarding, expected);
 }

@@ -22,9 +22,10 @@ use std::time::Duration;
 
 use ::kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Preconditions};
 use ::kube::core::PartialObjectMeta;
+use ::kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use ::kube::runtime::reflector::Store;
 use ::kube::{Api, Client};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use tokio::sync::watch;
 
@@ -132,6 +133,8 @@ pub struct GarbageCollector {
     page_size: u32,
     metrics: Arc<KubeMetrics>,
     unverified: UnverifiedReport,
+    /// `ManagedSecretDeleted` Events, for the app team's `kubectl get events`.
+    events: Recorder,
 }
 
 impl GarbageCollector {
@@ -145,8 +148,13 @@ impl GarbageCollector {
         page_size: u32,
         metrics: Arc<KubeMetrics>,
     ) -> Self {
+        let reporter = Reporter {
+            controller: "sesame".into(),
+            instance: Some(super::lease::identity()),
+        };
         Self {
             unverified: UnverifiedReport::new("gc", metrics.clone()),
+            events: Recorder::new(client.clone(), reporter),
             client,
             cache,
             provenance,
@@ -202,6 +210,32 @@ impl GarbageCollector {
             }
         }
         false
+    }
+
+    /// A `Normal` Event `ManagedSecretDeleted` on the deleted Secret: names
+    /// and the reason only, never a value.
+    async fn record_deletion(&self, namespace: &str, secret: &Secret) {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            name: Some(name.clone()),
+            namespace: Some(namespace.to_owned()),
+            uid: secret.metadata.uid.clone(),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "ManagedSecretDeleted".into(),
+            note: Some(format!(
+                "Sesame deleted managed Secret {name}: no Pod names it and no owner it names exists"
+            )),
+            action: "GarbageCollect".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.events.publish(&event, &reference).await {
+            tracing::warn!(namespace = %namespace, secret = %name, error = %e, "could not record the Event");
+        }
     }
 
     /// One pass (`prefix`: the annotation prefix). `leading` is checked
@@ -275,6 +309,7 @@ impl GarbageCollector {
                     Ok(_) => {
                         tracing::info!(namespace = %namespace, secret = %name, "deleted unreferenced managed Secret");
                         self.metrics.gc_deleted();
+                        self.record_deletion(&namespace, secret).await;
                         report.deleted.push(format!("{namespace}/{name}"));
                     }
                     Err(::kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
