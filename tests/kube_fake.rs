@@ -1166,8 +1166,28 @@ async fn rotation_refreshes_only_secrets_sesame_wrote_and_only_what_the_policy_g
         .contains("team-b"));
     assert_eq!(report.revoked, [format!("team-a/{revoked}/team-b.password")]);
     let events = api.calls("POST", "/apis/events.k8s.io/v1/namespaces/team-a/events");
-    assert_eq!(events.len(), 1, "{events:?}");
-    let event = &events[0].body;
+    let (not_granted, others): (Vec<_>, Vec<_>) = events
+        .iter()
+        .partition(|e| e.body["reason"] == "ReferenceNotGranted");
+    assert_eq!(not_granted.len(), 1, "{events:?}");
+    // Rotated values are a Normal Event on their Secret, naming keys, not values.
+    let rotated: Vec<&str> = others
+        .iter()
+        .map(|e| {
+            assert_eq!(e.body["reason"], "ManagedSecretRotated", "{}", e.body);
+            assert_eq!(e.body["type"], "Normal");
+            assert!(
+                !e.body.to_string().contains(&b64("new-value")) && !e.body.to_string().contains("new-value")
+            );
+            e.body["regarding"]["name"].as_str().unwrap()
+        })
+        .collect();
+    assert!(rotated.contains(&web.as_str()), "{rotated:?}");
+    assert!(
+        rotated.iter().all(|n| updated.iter().any(|u| u.ends_with(n))),
+        "only rotated Secrets: {rotated:?}"
+    );
+    let event = &not_granted[0].body;
     assert_eq!(event["reason"], "ReferenceNotGranted");
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["regarding"]["kind"], "Secret");
