@@ -1566,6 +1566,7 @@ async fn a_store_outage_admits_against_the_verified_managed_secret_only() {
     let writer = Arc::new(ready_writer(&api).await);
     let (_dir, engine, metrics) = outage_engine().await;
     let known = Arc::new(KnownGoodSecrets::new(
+        api.client(),
         writer.cache().clone(),
         "sesame.dev",
         provenance(),
@@ -1636,6 +1637,22 @@ async fn a_store_outage_admits_against_the_verified_managed_secret_only() {
     assert!(!r.to_string().contains("last-good-pw"), "{r}");
     assert_eq!(api.calls("PATCH", "/secrets/").len(), patches, "nothing written");
     assert_eq!(r["auditAnnotations"]["lastKnownGood"], "vault", "{r}");
+    // The app team sees it in `kubectl get events`: on the Secret, no value.
+    let events = api.calls("POST", "/apis/events.k8s.io/v1/namespaces/team-a/events");
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0].body;
+    assert_eq!(event["reason"], "AdmittedFromLastKnownGood");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["regarding"]["kind"], "Secret");
+    assert_eq!(event["regarding"]["name"], name.as_str());
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("store \"vault\" unavailable"),
+        "{event}"
+    );
+    assert!(!event.to_string().contains("last-good-pw"), "{event}");
     let text = metrics.encode();
     assert!(
         text.contains("sesame_admission_last_known_good_total{store=\"vault\"} 1"),
@@ -1731,6 +1748,8 @@ async fn a_store_outage_admits_against_the_verified_managed_secret_only() {
         text.contains("sesame_admission_last_known_good_total{store=\"vault\"} 1"),
         "only the verified Secret admitted a Pod: {text}"
     );
+    let events = api.calls("POST", "/apis/events.k8s.io/v1/namespaces/team-a/events");
+    assert_eq!(events.len(), 1, "denials record no such Event: {events:?}");
 }
 
 /// A Deployment scaled to 0 keeps its ReplicaSet, which owns the Secret:

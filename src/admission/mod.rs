@@ -313,6 +313,14 @@ impl Admission {
             }),
             _ => None,
         };
+        if let (Verdict::Mutated(m), Some(secrets), false) = (&verdict, &self.last_known_good, dry_run) {
+            if let Some(known) = &m.last_known_good {
+                secrets
+                    .record_use(namespace, &known.secret, &known.stores, &known.refreshed_at)
+                    .instrument(span.clone())
+                    .await;
+            }
+        }
         // No await below: the span may be entered for the decision's log line.
         let _enter = span.enter();
         match verdict {

@@ -113,10 +113,16 @@ pub trait NamespaceLabels: Send + Sync + 'static {
 }
 
 /// The managed Secrets that exist, for a Pod whose store is down.
+#[async_trait]
 pub trait LastKnownGood: Send + Sync + 'static {
     /// The managed Secret `namespace/name` from the cluster's copy, only
     /// when its provenance MAC verifies (a tenant can write a Secret of any
     /// name in its own namespace); `None` otherwise, or when it is being
     /// deleted. Answers from memory: no API call on the admission path.
     fn lookup(&self, namespace: &str, name: &str) -> Option<KnownSecret>;
+
+    /// Tells the app team that a Pod was admitted against `secret` because
+    /// `stores` failed (a Kubernetes Event on the Secret). Best effort and
+    /// brief: a failure is logged, never a denial.
+    async fn record_use(&self, namespace: &str, secret: &str, stores: &[String], refreshed_at: &str);
 }

@@ -143,6 +143,7 @@ pub async fn start(
         leader::keep_lease(elector, leading_tx, kube_metrics, schedule, tasks.token()),
     );
     let known_good = Arc::new(known_good::KnownGoodSecrets::new(
+        client.clone(),
         writer.cache().clone(),
         prefix,
         provenance.clone(),
