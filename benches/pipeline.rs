@@ -146,6 +146,7 @@ fn pipeline(c: &mut Criterion) {
                 budget: None,
                 namespace_labels: None,
                 caller: Caller::Trusted,
+                last_known_good: None,
             };
             match engine.evaluate(&input).await {
                 Verdict::Mutated(m) => m,

@@ -76,6 +76,7 @@ pub(crate) async fn mutate_object(
             budget: None,
             namespace_labels: None,
             caller: Caller::Trusted,
+            last_known_good: None,
         })
         .await;
     match verdict {

@@ -10,14 +10,17 @@ use json_patch::PatchOperation;
 use crate::config::{Config, LoadedConfig};
 use crate::denial::DenialClass;
 use crate::inject::annotations::{self, GrammarError, Mode, PodRequest, INJECTED_SUFFIX};
+use crate::inject::data::KeySource;
 use crate::inject::limits::{self, LimitExceeded};
 use crate::inject::patch::encoded_len;
-use crate::inject::plan::MANAGED_PREFIX;
+use crate::inject::plan::{secret_name, MANAGED_PREFIX};
 use crate::inject::{
     build_patch, build_plan, Fetched, Grant, LimitsConfig, ManagedSecret, PlanInput, PodView, SecretRef,
 };
 use crate::policy::{NamespacePolicy, PolicyDenial, Subject};
-use crate::stores::{SecretLocator, StoreRequest, Stores, WorkloadIdentity};
+use crate::stores::{
+    SecretData, SecretLocator, SecretValue, StoreError, StoreRequest, Stores, WorkloadIdentity,
+};
 use crate::telemetry::Metrics;
 use crate::validate::escape_controls;
 
@@ -50,6 +53,36 @@ pub struct PodInput<'a> {
     /// Who gets the answer: inline values go only to a caller Sesame
     /// trusts, unless the policy accepts the risk.
     pub caller: Caller,
+    /// Finds the managed Secret of a namespace by name, verified as
+    /// Sesame's own (the admission path's `LastKnownGood` port): a Pod in
+    /// secretRef mode whose store is down is admitted against it.
+    pub last_known_good: Option<FindKnownSecret<'a>>,
+}
+
+/// Finds a verified managed Secret by namespace and name.
+pub type FindKnownSecret<'a> = &'a (dyn Fn(&str, &str) -> Option<KnownSecret> + Sync);
+
+/// A managed Secret as the cluster holds it, read back only after its
+/// provenance MAC verified: what it records and the data it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownSecret {
+    pub service_account: String,
+    pub references: Vec<SecretRef>,
+    /// Key → what its value is made from.
+    pub sources: BTreeMap<String, KeySource>,
+    pub data: BTreeMap<String, SecretValue>,
+    /// RFC 3339 time of its last write or check against the stores.
+    pub refreshed_at: String,
+}
+
+/// A Pod admitted against its existing managed Secret because stores failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FromLastKnownGood {
+    /// The managed Secret the Pod uses, unchanged.
+    pub secret: String,
+    /// The stores that failed, sorted.
+    pub stores: Vec<String>,
+    pub refreshed_at: String,
 }
 
 /// Who gets the pipeline's answer.
@@ -79,6 +112,9 @@ pub struct Mutation {
     pub secret: Option<ManagedSecret>,
     pub grants: Vec<Grant>,
     pub warnings: Vec<String>,
+    /// Set when a store failed and the Pod uses its managed Secret as it
+    /// is (then `secret` is `None`: nothing is written).
+    pub last_known_good: Option<Box<FromLastKnownGood>>,
 }
 
 /// A refusal whose message is safe to show: it names annotations, stores,
@@ -361,14 +397,46 @@ impl Engine {
             .cloned()
             .zip(placeholder_answers)
             .collect();
+        if request.mode == Mode::SecretRef {
+            if let Some(verdict) =
+                self.try_last_known_good(input, &request, service_account, &references, &grants, &resolved)
+            {
+                return verdict;
+            }
+        }
+        self.finish(
+            input,
+            &request,
+            service_account,
+            references,
+            grants,
+            &resolved,
+            &template_answers,
+        )
+    }
+
+    /// From the answers on: limits, plan, patch.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        input: &PodInput<'_>,
+        request: &PodRequest,
+        service_account: &str,
+        references: Vec<SecretRef>,
+        grants: Vec<Grant>,
+        resolved: &[Result<Arc<SecretData>, StoreError>],
+        template_answers: &Fetched,
+    ) -> Verdict {
+        let quote = self.limits.quote();
+        let used_managed = input.pod.secret_names_with_prefix(MANAGED_PREFIX);
         // Before the plan: what the answers would add to the Pod.
         if let Err(e) = limits::check_answers(
             &self.limits,
             &request.injections,
-            &resolved,
+            resolved,
             limits::Templates {
                 templates: &request.templates,
-                answers: &template_answers,
+                answers: template_answers,
             },
             input.pod,
             request.mode,
@@ -383,9 +451,9 @@ impl Engine {
             mode: request.mode,
             inline_allowed: self.policy.inline_allowed(input.namespace),
             injections: &request.injections,
-            resolved: &resolved,
+            resolved,
             templates: &request.templates,
-            template_answers: &template_answers,
+            template_answers,
             quote,
         }) {
             Ok(p) => p,
@@ -418,8 +486,148 @@ impl Engine {
             secret: plan.secret,
             grants,
             warnings,
+            last_known_good: None,
         })
     }
+
+    /// When stores failed with an outage (not a "not found" or a refusal)
+    /// and the managed Secret for exactly these references exists, verified
+    /// as Sesame's, with every key the plan needs: the Pod admitted against
+    /// it as it is. `None` means the normal path decides (and denies).
+    fn try_last_known_good(
+        &self,
+        input: &PodInput<'_>,
+        request: &PodRequest,
+        service_account: &str,
+        references: &[SecretRef],
+        grants: &[Grant],
+        resolved: &[Result<Arc<SecretData>, StoreError>],
+    ) -> Option<Verdict> {
+        let lookup = input.last_known_good?;
+        // A template's key holds a rendering, from which no placeholder's
+        // answer can be read back: such a Pod waits for its stores.
+        if !request.templates.is_empty() {
+            return None;
+        }
+        let failed: Vec<usize> = (0..resolved.len()).filter(|i| resolved[*i].is_err()).collect();
+        if failed.is_empty()
+            || failed
+                .iter()
+                .any(|i| !resolved[*i].as_ref().is_err_and(StoreError::is_outage))
+        {
+            return None;
+        }
+        let wanted: Vec<SecretRef> = references
+            .iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let name = secret_name(input.namespace, service_account, &wanted);
+        let known = lookup(input.namespace, &name)?;
+        let recorded: std::collections::BTreeSet<&SecretRef> = known.references.iter().collect();
+        if known.service_account != service_account || recorded != wanted.iter().collect() {
+            return None;
+        }
+        let mut answers = resolved.to_vec();
+        let mut stores = std::collections::BTreeSet::new();
+        for i in failed {
+            let reference = &request.injections.get(i)?.reference;
+            answers[i] = Ok(Arc::new(stored_answer(&known, reference)?));
+            stores.insert(reference.store.clone());
+        }
+        let Verdict::Mutated(mut m) = self.finish(
+            input,
+            request,
+            service_account,
+            references.to_vec(),
+            grants.to_vec(),
+            &answers,
+            &Fetched::default(),
+        ) else {
+            return None;
+        };
+        // The patch refers to the stored Secret's keys: they must be the ones it holds.
+        let planned = m.secret.take()?;
+        if planned.name != name
+            || planned.sources != known.sources
+            || !planned.data.keys().all(|k| known.data.contains_key(k))
+        {
+            return None;
+        }
+        let stores: Vec<String> = stores.into_iter().collect();
+        m.warnings.push(
+            escape_controls(&last_known_good_warning(
+                &stores,
+                &name,
+                &known.refreshed_at,
+                std::time::SystemTime::now(),
+            ))
+            .into_owned(),
+        );
+        m.last_known_good = Some(Box::new(FromLastKnownGood {
+            secret: name,
+            stores,
+            refreshed_at: known.refreshed_at,
+        }));
+        Some(Verdict::Mutated(m))
+    }
+}
+
+/// What a store would have answered for `reference`, as far as the stored
+/// Secret holds it: the values of the keys whose source is this secret (at
+/// this version), by property. `None` when it holds none of them.
+fn stored_answer(known: &KnownSecret, reference: &SecretRef) -> Option<SecretData> {
+    let mut properties = BTreeMap::new();
+    let mut whole = None;
+    for (key, source) in &known.sources {
+        let Some(source) = source.as_reference() else {
+            continue;
+        };
+        if source.store != reference.store
+            || source.path != reference.path
+            || source.version != reference.version
+        {
+            continue;
+        }
+        let value = known.data.get(key)?.clone();
+        match &source.property {
+            Some(p) => {
+                properties.insert(p.clone(), value);
+            }
+            None => whole = Some(value),
+        }
+    }
+    match (whole, properties.is_empty()) {
+        (Some(value), true) => Some(SecretData::Value(value)),
+        (None, false) => Some(SecretData::Properties(properties)),
+        _ => None,
+    }
+}
+
+/// The AdmissionResponse warning for a Pod admitted from its stored
+/// Secret: the stores, the Secret, the age of its data. No value.
+fn last_known_good_warning(
+    stores: &[String],
+    secret: &str,
+    refreshed_at: &str,
+    now: std::time::SystemTime,
+) -> String {
+    let age = humantime::parse_rfc3339_weak(refreshed_at)
+        .ok()
+        .and_then(|t| now.duration_since(t).ok())
+        .map(|d| {
+            format!(
+                " ({} ago)",
+                humantime::format_duration(Duration::from_secs(d.as_secs()))
+            )
+        })
+        .unwrap_or_default();
+    let names: Vec<String> = stores.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "store {} unavailable: admitted against the last known good managed Secret {secret}, refreshed at {refreshed_at}{age}; its values are not updated until the store answers",
+        names.join(", ")
+    )
 }
 
 /// Why a reference is not granted.
@@ -551,6 +759,7 @@ mod tests {
                 budget: None,
                 namespace_labels: None,
                 caller: Caller::Trusted,
+                last_known_good: None,
             })
             .await
     }

@@ -75,6 +75,8 @@ pub struct Metrics {
     secret_writes: Family<OutcomeLabels, Counter>,
     config_reloads: Family<OutcomeLabels, Counter>,
     ready: Gauge,
+    store_up: Family<StoreLabels, Gauge>,
+    last_known_good: Family<StoreLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -124,6 +126,13 @@ impl Metrics {
         let secret_writes = Family::<OutcomeLabels, Counter>::default();
         let config_reloads = Family::<OutcomeLabels, Counter>::default();
         let ready = Gauge::default();
+        let store_up = Family::<StoreLabels, Gauge>::default();
+        let last_known_good = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "admission_last_known_good",
+            "Pods admitted against their existing managed Secret because a store failed, by store",
+            last_known_good.clone(),
+        );
         registry.register(
             "admission_reviews",
             "Admission reviews by outcome (allowed, mutated, denied_<class>, error)",
@@ -192,8 +201,13 @@ impl Metrics {
         );
         registry.register(
             "ready",
-            "1 when the webhook serves and every store is usable",
+            "1 when the webhook serves reviews (store health is sesame_store_up)",
             ready.clone(),
+        );
+        registry.register(
+            "store_up",
+            "1 when the store passed its last periodic check, 0 when it failed",
+            store_up.clone(),
         );
         Self {
             registry: Mutex::new(registry),
@@ -213,6 +227,8 @@ impl Metrics {
             secret_writes,
             config_reloads,
             ready,
+            store_up,
+            last_known_good,
         }
     }
 
@@ -330,6 +346,29 @@ impl Metrics {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
+    }
+
+    pub fn set_store_up(&self, store: &str, up: bool) {
+        self.store_up
+            .get_or_create(&StoreLabels {
+                store: store.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
+    pub fn last_known_good(&self, store: &str) {
+        self.last_known_good
+            .get_or_create(&StoreLabels {
+                store: store.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A store removed by a reload no longer has a health series.
+    pub(crate) fn forget_store(&self, store: &str) {
+        self.store_up.remove(&StoreLabels {
+            store: store.to_owned(),
+        });
     }
 
     /// Prometheus text exposition.

@@ -1168,8 +1168,28 @@ async fn rotation_refreshes_only_secrets_sesame_wrote_and_only_what_the_policy_g
         .contains("team-b"));
     assert_eq!(report.revoked, [format!("team-a/{revoked}/team-b.password")]);
     let events = api.calls("POST", "/apis/events.k8s.io/v1/namespaces/team-a/events");
-    assert_eq!(events.len(), 1, "{events:?}");
-    let event = &events[0].body;
+    let (not_granted, others): (Vec<_>, Vec<_>) = events
+        .iter()
+        .partition(|e| e.body["reason"] == "ReferenceNotGranted");
+    assert_eq!(not_granted.len(), 1, "{events:?}");
+    // Rotated values are a Normal Event on their Secret, naming keys, not values.
+    let rotated: Vec<&str> = others
+        .iter()
+        .map(|e| {
+            assert_eq!(e.body["reason"], "ManagedSecretRotated", "{}", e.body);
+            assert_eq!(e.body["type"], "Normal");
+            assert!(
+                !e.body.to_string().contains(&b64("new-value")) && !e.body.to_string().contains("new-value")
+            );
+            e.body["regarding"]["name"].as_str().unwrap()
+        })
+        .collect();
+    assert!(rotated.contains(&web.as_str()), "{rotated:?}");
+    assert!(
+        rotated.iter().all(|n| updated.iter().any(|u| u.ends_with(n))),
+        "only rotated Secrets: {rotated:?}"
+    );
+    let event = &not_granted[0].body;
     assert_eq!(event["reason"], "ReferenceNotGranted");
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["regarding"]["kind"], "Secret");
@@ -1490,4 +1510,378 @@ async fn provenance_keys_are_created_once_agreed_and_kept() {
     manager(&none).bootstrap(Duration::from_secs(5)).await;
     assert!(none.current().is_none());
     assert!(metrics.encode().contains("sesame_provenance_keys 0"));
+}
+
+/// An engine whose `vault` store is down (nothing listens at its address)
+/// and whose `dev` file store answers "not found" for `apps/team-a/gone`.
+async fn outage_engine() -> (
+    tempfile::TempDir,
+    sesame::pipeline::SharedEngine,
+    Arc<sesame::telemetry::Metrics>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secrets.yaml"), "apps/team-a/other: x\n").unwrap();
+    std::fs::write(dir.path().join("vault-token"), "t").unwrap();
+    let yaml = "resolveTimeout: 1s\nstores:\n  - {name: vault, vault: {address: 'http://127.0.0.1:1', auth: {token: {file: vault-token}}}}\n  - {name: dev, file: {path: secrets.yaml}}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [vault, dev], paths: ['apps/{namespace}/**']}\n  inline:\n    namespaces: [team-a]\n";
+    let config = sesame::config::Config::from_yaml(yaml, "t").unwrap();
+    let metrics = Arc::new(sesame::telemetry::Metrics::new());
+    let stores = sesame::stores::Stores::from_config(&config.stores, dir.path(), &metrics, None)
+        .await
+        .unwrap();
+    let engine = sesame::pipeline::Engine::new(&config, stores);
+    (dir, Arc::new(arc_swap::ArcSwap::from_pointee(engine)), metrics)
+}
+
+fn pod_review(annotations: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-lkg",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "team-a",
+            "operation": "CREATE",
+            "userInfo": {"username": "x"},
+            "object": {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "annotations": annotations},
+                "spec": {"containers": [{"name": "app", "image": "x"}]}
+            }
+        }
+    }))
+    .unwrap()
+}
+
+/// A store outage admits a Pod against its managed Secret only when that
+/// Secret is Sesame's (its MAC verifies), is for exactly the Pod's
+/// references and holds every key; a "not found" and inline mode still
+/// deny. The store cache is empty, as after a restart during the outage:
+/// only the Secret from the API's watch is known.
+#[tokio::test]
+async fn a_store_outage_admits_against_the_verified_managed_secret_only() {
+    use sesame::admission::Admission;
+    use sesame::kube::known_good::KnownGoodSecrets;
+    use sesame::pipeline::Caller;
+
+    let api = FakeApi::start().await;
+    let writer = Arc::new(ready_writer(&api).await);
+    let (_dir, engine, metrics) = outage_engine().await;
+    let known = Arc::new(KnownGoodSecrets::new(
+        api.client(),
+        writer.cache().clone(),
+        "sesame.dev",
+        provenance(),
+    ));
+    let admission = Admission::new(engine, writer.clone(), metrics.clone())
+        .with_callers(Caller::Trusted)
+        .with_last_known_good(known);
+    let review = |annotations: Value| {
+        let admission = &admission;
+        async move {
+            let out = admission.review(&pod_review(annotations), None).await.unwrap();
+            let out: Value = serde_json::from_slice(&out).unwrap();
+            out["response"].clone()
+        }
+    };
+    let put = |name: &str, object: Value| {
+        api.put("secrets", "team-a", name, object);
+        let cache = writer.cache().clone();
+        let name = name.to_owned();
+        async move {
+            eventually("the Secret in the cache", || {
+                cache
+                    .get(&kube::runtime::reflector::ObjectRef::new(&name).within("team-a"))
+                    .is_some()
+            })
+            .await;
+        }
+    };
+    let pw = "vault:apps/team-a/db#password";
+    let user = "vault:apps/team-a/db#username";
+
+    // No Secret yet: the outage denies, with its class.
+    let one = json!({"sesame.dev/env.PW": pw});
+    let r = review(one.clone()).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(r["status"]["code"], 503, "{r}");
+
+    // Sesame's own Secret for exactly this reference: admitted, nothing written.
+    let (name, object) = signed(
+        &provenance(),
+        "team-a",
+        "default",
+        &[("db.password", pw)],
+        &[("db.password", "last-good-pw")],
+        false,
+        "2026-01-01T00:00:00Z",
+    );
+    put(&name, object).await;
+    let patches = api.calls("PATCH", "/secrets/").len();
+    let r = review(one.clone()).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let patch = String::from_utf8(
+        base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            r["patch"].as_str().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(patch.contains(&name) && patch.contains("db.password"), "{patch}");
+    let warnings = r["warnings"].to_string();
+    assert!(warnings.contains("store \\\"vault\\\" unavailable"), "{warnings}");
+    assert!(
+        warnings.contains("refreshed at 2026-01-01T00:00:00Z ("),
+        "{warnings}"
+    );
+    assert!(warnings.contains(" ago)"), "the age of the data: {warnings}");
+    assert!(!r.to_string().contains("last-good-pw"), "{r}");
+    assert_eq!(api.calls("PATCH", "/secrets/").len(), patches, "nothing written");
+    assert_eq!(r["auditAnnotations"]["lastKnownGood"], "vault", "{r}");
+    // The app team sees it in `kubectl get events`: on the Secret, no value.
+    let events = api.calls("POST", "/apis/events.k8s.io/v1/namespaces/team-a/events");
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0].body;
+    assert_eq!(event["reason"], "AdmittedFromLastKnownGood");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["regarding"]["kind"], "Secret");
+    assert_eq!(event["regarding"]["name"], name.as_str());
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("store \"vault\" unavailable"),
+        "{event}"
+    );
+    assert!(!event.to_string().contains("last-good-pw"), "{event}");
+    let text = metrics.encode();
+    assert!(
+        text.contains("sesame_admission_last_known_good_total{store=\"vault\"} 1"),
+        "{text}"
+    );
+
+    // A template made of the same reference is not admitted from that
+    // Secret: its rendering cannot be rebuilt from stored values.
+    let r = review(json!({"sesame.dev/template.URL": format!("db://{{{{ {pw} }}}}")})).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(r["status"]["code"], 503, "{r}");
+    assert!(!r.to_string().contains("last-good-pw"), "{r}");
+
+    // Attack: the tenant writes a Secret of that name in its own namespace,
+    // with Sesame's label and annotations but a MAC of a key it made up.
+    let theirs = Provenance::with_keys(vec![(1, vec![7; 32])]).unwrap();
+    let (forged_name, forged_object) = signed(
+        &theirs,
+        "team-a",
+        "default",
+        &[("db.password", pw)],
+        &[("db.password", "tenant-chosen")],
+        false,
+        "2026-01-01T00:00:00Z",
+    );
+    assert_eq!(forged_name, name);
+    put(&name, forged_object.clone()).await;
+    eventually("the forged Secret in the cache", || {
+        writer
+            .cache()
+            .get(&kube::runtime::reflector::ObjectRef::new(&name).within("team-a"))
+            .is_some_and(|s| {
+                s.data
+                    .as_ref()
+                    .is_some_and(|d| d.values().any(|v| v.0 == b"tenant-chosen"))
+            })
+    })
+    .await;
+    let r = review(one.clone()).await;
+    assert_eq!(r["allowed"], false, "a forged Secret is never used: {r}");
+    // ... nor one without any MAC.
+    let mut unsigned = forged_object;
+    unsigned["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove("sesame.dev/provenance");
+    put(&name, unsigned).await;
+    eventually("the unsigned Secret in the cache", || {
+        writer
+            .cache()
+            .get(&kube::runtime::reflector::ObjectRef::new(&name).within("team-a"))
+            .is_some_and(|s| {
+                s.metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| !a.contains_key("sesame.dev/provenance"))
+            })
+    })
+    .await;
+    assert_eq!(review(one.clone()).await["allowed"], false);
+
+    // Sesame's Secret for both references, but holding one key only: denied.
+    let both = json!({"sesame.dev/env.PW": pw, "sesame.dev/env.USER": user});
+    let (name, object) = signed(
+        &provenance(),
+        "team-a",
+        "default",
+        &[("db.password", pw), ("db.username", user)],
+        &[("db.password", "last-good-pw")],
+        false,
+        "2026-01-01T00:00:00Z",
+    );
+    put(&name, object).await;
+    let r = review(both).await;
+    assert_eq!(r["allowed"], false, "a key is missing: {r}");
+    assert_eq!(r["status"]["code"], 503, "{r}");
+
+    // "Not found" is an answer about the secret, not an outage: denied even with its Secret.
+    let gone = "dev:apps/team-a/gone#password";
+    let (name, object) = signed(
+        &provenance(),
+        "team-a",
+        "default",
+        &[("gone.password", gone)],
+        &[("gone.password", "old")],
+        false,
+        "2026-01-01T00:00:00Z",
+    );
+    put(&name, object).await;
+    let r = review(json!({"sesame.dev/env.PW": gone})).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(r["status"]["code"], 404, "{r}");
+
+    // Inline mode has no Secret to fall back on.
+    let r = review(json!({"sesame.dev/env.PW": pw, "sesame.dev/mode": "inline"})).await;
+    assert_eq!(r["allowed"], false, "{r}");
+
+    let text = metrics.encode();
+    assert!(
+        text.contains("sesame_admission_last_known_good_total{store=\"vault\"} 1"),
+        "only the verified Secret admitted a Pod: {text}"
+    );
+    let events = api.calls("POST", "/apis/events.k8s.io/v1/namespaces/team-a/events");
+    assert_eq!(events.len(), 1, "denials record no such Event: {events:?}");
+}
+
+/// A Deployment scaled to 0 keeps its ReplicaSet, which owns the Secret:
+/// GC keeps a Secret no Pod uses while an owner it names exists (same uid,
+/// in the Secret's namespace), and deletes it once the owner is gone. An
+/// ownerReference pointing at another namespace's object keeps nothing.
+#[tokio::test]
+async fn gc_keeps_an_unused_secret_while_its_owner_exists() {
+    let api = FakeApi::start().await;
+    let old = "2020-01-01T00:00:00Z";
+    let with_owner = |mut object: Value, name: &str, uid: &str| {
+        object["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": name, "uid": uid,
+            "controller": true, "blockOwnerDeletion": true,
+        }]);
+        object
+    };
+    let rs = api.put(
+        "replicasets",
+        "team-a",
+        "web-7d9c",
+        json!({"metadata": {"name": "web-7d9c"}, "spec": {"replicas": 0}}),
+    );
+    let rs_uid = rs["metadata"]["uid"].as_str().unwrap().to_owned();
+    let (owned, owned_obj) = signed(
+        &provenance(),
+        "team-a",
+        "web",
+        &[("k", "dev:apps/a")],
+        &[("k", "v")],
+        false,
+        old,
+    );
+    api.put(
+        "secrets",
+        "team-a",
+        &owned,
+        with_owner(owned_obj, "web-7d9c", &rs_uid),
+    );
+    // Same name, stale uid: that ReplicaSet was deleted and a new one made.
+    let (stale, stale_obj) = signed(
+        &provenance(),
+        "team-a",
+        "web",
+        &[("k", "dev:apps/b")],
+        &[("k", "v")],
+        false,
+        old,
+    );
+    api.put(
+        "secrets",
+        "team-a",
+        &stale,
+        with_owner(stale_obj, "web-7d9c", "uid-of-a-deleted-one"),
+    );
+    // Attack: the tenant of team-a names team-b's ReplicaSet (its uid is
+    // visible to anyone who can read it) as the owner of its Secret.
+    let other = api.put(
+        "replicasets",
+        "team-b",
+        "api-5f6b",
+        json!({"metadata": {"name": "api-5f6b"}, "spec": {"replicas": 1}}),
+    );
+    let other_uid = other["metadata"]["uid"].as_str().unwrap().to_owned();
+    let (foreign, foreign_obj) = signed(
+        &provenance(),
+        "team-a",
+        "web",
+        &[("k", "dev:apps/c")],
+        &[("k", "v")],
+        false,
+        old,
+    );
+    api.put(
+        "secrets",
+        "team-a",
+        &foreign,
+        with_owner(foreign_obj, "api-5f6b", &other_uid),
+    );
+
+    let writer = ready_writer(&api).await;
+    eventually("the cache", || writer.cache().state().len() == 3).await;
+    let metrics = sesame::telemetry::Metrics::new();
+    let (_lead, leading) = watch::channel(true);
+    let gc = gc(&api, &writer, &metrics);
+
+    let report = gc.run_once("sesame.dev", &leading).await.unwrap();
+    assert_eq!(report.kept_for_owner, vec![format!("team-a/{owned}")]);
+    let mut deleted = report.deleted.clone();
+    deleted.sort();
+    let mut expected = vec![format!("team-a/{stale}"), format!("team-a/{foreign}")];
+    expected.sort();
+    assert_eq!(deleted, expected);
+    assert!(api.get("secrets", "team-a", &owned).is_some());
+    let lookups = api.calls("GET", "/replicasets/");
+    assert!(
+        lookups.iter().all(|r| r.path.contains("/namespaces/team-a/")),
+        "owners are looked up in the Secret's namespace only: {lookups:?}"
+    );
+
+    // The ReplicaSet goes: the next pass deletes its Secret.
+    let replicasets: kube::Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+        kube::Api::namespaced(api.client(), "team-a");
+    replicasets.delete("web-7d9c", &Default::default()).await.unwrap();
+    let report = gc.run_once("sesame.dev", &leading).await.unwrap();
+    assert!(report.kept_for_owner.is_empty(), "{report:?}");
+    assert_eq!(report.deleted, vec![format!("team-a/{owned}")]);
+
+    // Each deletion is an Event on the Secret, for `kubectl get events`.
+    let events = api.calls("POST", "/apis/events.k8s.io/v1/namespaces/team-a/events");
+    let mut regarding: Vec<&str> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e.body["reason"], "ManagedSecretDeleted", "{}", e.body);
+            assert_eq!(e.body["type"], "Normal");
+            assert_eq!(e.body["regarding"]["kind"], "Secret");
+            assert_eq!(e.body["regarding"]["namespace"], "team-a");
+            assert!(!e.body.to_string().contains("\"v\""), "no value: {}", e.body);
+            e.body["regarding"]["name"].as_str().unwrap()
+        })
+        .collect();
+    regarding.sort_unstable();
+    let mut expected = vec![owned.as_str(), stale.as_str(), foreign.as_str()];
+    expected.sort_unstable();
+    assert_eq!(regarding, expected);
 }

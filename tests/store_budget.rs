@@ -79,8 +79,10 @@ async fn a_silent_store_is_denied_within_its_budget_while_other_reviews_are_serv
     let (r, took) = hanging.await.unwrap();
     assert_timeout_denial(&r);
     println!("store timeout denied after {took:?} (resolveTimeout 4s)");
+    // The cache gives up 1/20 of the budget (at most 200 ms) before its
+    // end, to look for a stale value and answer within the budget.
     assert!(
-        took >= Duration::from_secs(4),
+        took >= Duration::from_millis(3800),
         "denied before the budget: {took:?}"
     );
     assert!(took < Duration::from_secs(9), "denied too late: {took:?}");

@@ -180,6 +180,7 @@ async fn rotation_re_renders_a_template_when_a_placeholder_changes() {
             budget: None,
             namespace_labels: None,
             caller: sesame::pipeline::Caller::Trusted,
+            last_known_good: None,
         })
         .await;
     let sesame::pipeline::Verdict::Mutated(mutation) = verdict else {

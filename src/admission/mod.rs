@@ -16,11 +16,12 @@ use tracing::Instrument;
 
 use crate::denial::DenialClass;
 use crate::inject::PodView;
-use crate::pipeline::{Caller, Engine, Mutation, PodInput, SharedEngine, Verdict};
+use crate::pipeline::{Caller, Engine, FindKnownSecret, Mutation, PodInput, SharedEngine, Verdict};
 use crate::policy::{CreationLimiter, CreationRate};
 use crate::telemetry::Metrics;
 pub use ports::{
-    CreationBudget, DryRunWriter, NamespaceLabels, SecretWriter, Unlimited, WriteError, WriteOutcome,
+    CreationBudget, DryRunWriter, KnownSecret, LastKnownGood, NamespaceLabels, SecretWriter, Unlimited,
+    WriteError, WriteOutcome,
 };
 use request::{Operation, RequestError};
 use review::{ResponseOut, ReviewIn, ReviewOut, StatusOut, API_VERSION, KIND};
@@ -94,6 +95,7 @@ pub struct Admission {
     writer: Arc<dyn SecretWriter>,
     metrics: Arc<Metrics>,
     namespaces: Option<Arc<dyn NamespaceLabels>>,
+    last_known_good: Option<Arc<dyn LastKnownGood>>,
     caller: Caller,
     creations: CreationLimiter,
 }
@@ -107,6 +109,7 @@ impl Admission {
             writer,
             metrics,
             namespaces: None,
+            last_known_good: None,
             caller: Caller::Unauthenticated,
             creations: CreationLimiter::default(),
         }
@@ -122,6 +125,13 @@ impl Admission {
     /// Gives the policy namespace labels (for `namespaceSelector` rules).
     pub fn with_namespaces(mut self, namespaces: Arc<dyn NamespaceLabels>) -> Self {
         self.namespaces = Some(namespaces);
+        self
+    }
+
+    /// Lets a Pod in secretRef mode whose store is down be admitted
+    /// against its existing, verified managed Secret.
+    pub fn with_last_known_good(mut self, secrets: Arc<dyn LastKnownGood>) -> Self {
+        self.last_known_good = Some(secrets);
         self
     }
 
@@ -270,6 +280,11 @@ impl Admission {
             t.saturating_sub(Duration::from_millis(1500))
                 .max(Duration::from_millis(100))
         });
+        let lookup = |namespace: &str, name: &str| {
+            self.last_known_good
+                .as_ref()
+                .and_then(|secrets| secrets.lookup(namespace, name))
+        };
         let input = PodInput {
             namespace,
             pod: &pod,
@@ -277,6 +292,10 @@ impl Admission {
             budget,
             namespace_labels: labels.as_ref(),
             caller: self.caller,
+            last_known_good: self
+                .last_known_good
+                .as_ref()
+                .map(|_| &lookup as FindKnownSecret<'_>),
         };
         let verdict = engine.evaluate(&input).instrument(span.clone()).await;
         // The Secret is written before answering: a Pod never points at a Secret that does not exist.
@@ -294,6 +313,14 @@ impl Admission {
             }),
             _ => None,
         };
+        if let (Verdict::Mutated(m), Some(secrets), false) = (&verdict, &self.last_known_good, dry_run) {
+            if let Some(known) = &m.last_known_good {
+                secrets
+                    .record_use(namespace, &known.secret, &known.stores, &known.refreshed_at)
+                    .instrument(span.clone())
+                    .await;
+            }
+        }
         // No await below: the span may be entered for the decision's log line.
         let _enter = span.enter();
         match verdict {
@@ -344,6 +371,19 @@ impl Admission {
                     .iter()
                     .map(|g| format!("{} by rule {}", g.reference, g.rule))
                     .collect();
+                if let Some(known) = &m.last_known_good {
+                    for store in &known.stores {
+                        self.metrics.last_known_good(store);
+                    }
+                    tracing::warn!(
+                        audit = true,
+                        stores = ?known.stores,
+                        secret = %known.secret,
+                        refreshed_at = %known.refreshed_at,
+                        references = ?granted,
+                        "store unavailable; admitted against the last known good managed Secret"
+                    );
+                }
                 tracing::info!(
                     allowed = true,
                     mutated = !m.patch.is_empty(),
@@ -369,8 +409,17 @@ impl Admission {
                         }
                     }
                 }
-                response.audit_annotations =
-                    audit_annotations(&granted, m.secret.as_ref().map(|s| s.name.as_str()));
+                let secret = m
+                    .secret
+                    .as_ref()
+                    .map(|s| s.name.as_str())
+                    .or(m.last_known_good.as_ref().map(|k| k.secret.as_str()));
+                response.audit_annotations = audit_annotations(&granted, secret);
+                if let Some(known) = &m.last_known_good {
+                    response
+                        .audit_annotations
+                        .insert("lastKnownGood".to_owned(), known.stores.join(", "));
+                }
                 response.warnings = warnings;
                 let outcome = if m.patch.is_empty() {
                     Outcome::Allowed

@@ -1,13 +1,15 @@
 //! The seams the admission path needs from the outside world, owned here
 //! and implemented by the Kubernetes adapter (`kube`), which never imports
 //! the admission module back: writing the managed Secret before a Pod is
-//! admitted, and the labels of the Pod's namespace.
+//! admitted, the labels of the Pod's namespace, and the managed Secret a
+//! Pod already has (its last known good copy, for a store outage).
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
 use crate::inject::ManagedSecret;
+pub use crate::pipeline::KnownSecret;
 
 /// What became of a managed Secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,4 +110,19 @@ fn dry_run_warning(secret: &ManagedSecret) -> String {
 pub trait NamespaceLabels: Send + Sync + 'static {
     /// `None` when the namespace is not known (yet).
     fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
+}
+
+/// The managed Secrets that exist, for a Pod whose store is down.
+#[async_trait]
+pub trait LastKnownGood: Send + Sync + 'static {
+    /// The managed Secret `namespace/name` from the cluster's copy, only
+    /// when its provenance MAC verifies (a tenant can write a Secret of any
+    /// name in its own namespace); `None` otherwise, or when it is being
+    /// deleted. Answers from memory: no API call on the admission path.
+    fn lookup(&self, namespace: &str, name: &str) -> Option<KnownSecret>;
+
+    /// Tells the app team that a Pod was admitted against `secret` because
+    /// `stores` failed (a Kubernetes Event on the Secret). Best effort and
+    /// brief: a failure is logged, never a denial.
+    async fn record_use(&self, namespace: &str, secret: &str, stores: &[String], refreshed_at: &str);
 }

@@ -8,16 +8,24 @@
 //! candidate are listed, metadata only and page by page. A Pod names its
 //! Secret in the marker annotation Sesame puts on every Pod it mutates, so
 //! no Pod spec is read.
+//!
+//! A Secret is kept while an owner it names still exists (a Deployment
+//! scaled to 0 keeps its ReplicaSet, which owns the Secret): it is then the
+//! last known good copy for the next Pod, and Kubernetes' garbage collector
+//! removes it with its last owner. Owners are looked up in the Secret's own
+//! namespace only, so an ownerReference a tenant adds can at worst keep a
+//! Secret of its own namespace.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::kube::api::{DeleteParams, ListParams, Preconditions};
+use ::kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Preconditions};
 use ::kube::core::PartialObjectMeta;
+use ::kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use ::kube::runtime::reflector::Store;
 use ::kube::{Api, Client};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use tokio::sync::watch;
 
@@ -67,6 +75,40 @@ pub(crate) fn select_garbage<'a>(
         .collect()
 }
 
+/// Where an ownerReference points, when it names a namespaced object in
+/// plain Kubernetes spelling (pure): the group/version, kind and name go
+/// into a request path, and they are tenant-writable text.
+pub(crate) fn owner_target(
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Option<(GroupVersionKind, String)> {
+    let (group, version) = owner
+        .api_version
+        .rsplit_once('/')
+        .unwrap_or(("", &owner.api_version));
+    let dns = |t: &str| {
+        !t.is_empty()
+            && t.len() <= 253
+            && t.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    let plain = (group.is_empty() || dns(group))
+        && !version.is_empty()
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && !owner.kind.is_empty()
+        && owner.kind.len() <= 63
+        && owner.kind.bytes().all(|b| b.is_ascii_alphanumeric())
+        && dns(&owner.name)
+        && !owner.name.contains("..");
+    plain.then(|| {
+        (
+            GroupVersionKind::gvk(group, version, &owner.kind),
+            owner.name.clone(),
+        )
+    })
+}
+
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcReport {
@@ -75,6 +117,8 @@ pub struct GcReport {
     pub deleted: Vec<String>,
     /// `namespace/name` of labelled Secrets whose MAC did not verify: never deleted.
     pub unverified: Vec<String>,
+    /// `namespace/name` of unused Secrets kept because an owner still exists.
+    pub kept_for_owner: Vec<String>,
     /// The pass did nothing: the provenance keys are not known yet.
     pub waiting_for_keys: bool,
 }
@@ -89,6 +133,8 @@ pub struct GarbageCollector {
     page_size: u32,
     metrics: Arc<KubeMetrics>,
     unverified: UnverifiedReport,
+    /// `ManagedSecretDeleted` Events, for the app team's `kubectl get events`.
+    events: Recorder,
 }
 
 impl GarbageCollector {
@@ -102,8 +148,13 @@ impl GarbageCollector {
         page_size: u32,
         metrics: Arc<KubeMetrics>,
     ) -> Self {
+        let reporter = Reporter {
+            controller: "sesame".into(),
+            instance: Some(super::lease::identity()),
+        };
         Self {
             unverified: UnverifiedReport::new("gc", metrics.clone()),
+            events: Recorder::new(client.clone(), reporter),
             client,
             cache,
             provenance,
@@ -135,6 +186,55 @@ impl GarbageCollector {
                 Some(token) => params = params.continue_token(&token),
                 None => return Ok((names, seen)),
             }
+        }
+    }
+
+    /// Whether an owner `secret` names still exists: same namespace, same
+    /// uid. A failed lookup other than "not found" keeps the Secret (a
+    /// delete cannot be undone; the next pass looks again).
+    async fn an_owner_exists(&self, namespace: &str, secret: &Secret) -> bool {
+        let owners = secret.metadata.owner_references.as_deref().unwrap_or(&[]);
+        for owner in owners {
+            let Some((gvk, name)) = owner_target(owner) else {
+                continue;
+            };
+            let resource = ApiResource::from_gvk(&gvk);
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &resource);
+            match api.get_opt(&name).await {
+                Ok(Some(found)) if found.metadata.uid.as_deref() == Some(owner.uid.as_str()) => return true,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(namespace = %namespace, owner = %format!("{}/{name}", gvk.kind), error = %e, "could not look up a managed Secret's owner; keeping the Secret");
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// A `Normal` Event `ManagedSecretDeleted` on the deleted Secret: names
+    /// and the reason only, never a value.
+    async fn record_deletion(&self, namespace: &str, secret: &Secret) {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            name: Some(name.clone()),
+            namespace: Some(namespace.to_owned()),
+            uid: secret.metadata.uid.clone(),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "ManagedSecretDeleted".into(),
+            note: Some(format!(
+                "Sesame deleted managed Secret {name}: no Pod names it and no owner it names exists"
+            )),
+            action: "GarbageCollect".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.events.publish(&event, &reference).await {
+            tracing::warn!(namespace = %namespace, secret = %name, error = %e, "could not record the Event");
         }
     }
 
@@ -192,6 +292,10 @@ impl GarbageCollector {
                     return Ok(report);
                 }
                 let name = secret.metadata.name.clone().unwrap_or_default();
+                if self.an_owner_exists(&namespace, secret).await {
+                    report.kept_for_owner.push(format!("{namespace}/{name}"));
+                    continue;
+                }
                 // Preconditions: a Secret re-applied since the cache saw it is kept.
                 let params = DeleteParams {
                     preconditions: Some(Preconditions {
@@ -205,6 +309,7 @@ impl GarbageCollector {
                     Ok(_) => {
                         tracing::info!(namespace = %namespace, secret = %name, "deleted unreferenced managed Secret");
                         self.metrics.gc_deleted();
+                        self.record_deletion(&namespace, secret).await;
                         report.deleted.push(format!("{namespace}/{name}"));
                     }
                     Err(::kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
@@ -253,6 +358,41 @@ mod tests {
             .filter_map(|s| s.metadata.name.as_deref())
             .collect();
         assert_eq!(gone, ["sesame-old-unused"]);
+    }
+
+    #[test]
+    fn only_plain_owner_references_are_looked_up() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let owner = |api_version: &str, kind: &str, name: &str| OwnerReference {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: "u".into(),
+            ..Default::default()
+        };
+        let (gvk, name) = owner_target(&owner("apps/v1", "ReplicaSet", "web-7d9c")).unwrap();
+        assert_eq!(
+            (gvk.group.as_str(), gvk.version.as_str(), gvk.kind.as_str()),
+            ("apps", "v1", "ReplicaSet")
+        );
+        assert_eq!(name, "web-7d9c");
+        let (gvk, _) = owner_target(&owner("v1", "ReplicationController", "rc")).unwrap();
+        assert_eq!(gvk.group, "");
+        for (api_version, kind, name) in [
+            ("apps/v1", "ReplicaSet", "../../secrets/x"),
+            ("apps/v1", "ReplicaSet", ".."),
+            ("apps/v1/namespaces/kube-system", "Secret", "x"),
+            ("apps/v1", "Replica/Set", "x"),
+            ("v1?watch=true", "Pod", "x"),
+            ("", "Pod", "x"),
+            ("apps/v1", "", "x"),
+            ("apps/v1", "ReplicaSet", ""),
+        ] {
+            assert!(
+                owner_target(&owner(api_version, kind, name)).is_none(),
+                "{api_version} {kind} {name}"
+            );
+        }
     }
 
     #[test]

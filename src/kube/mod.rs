@@ -1,6 +1,6 @@
 //! The Kubernetes API side: the client, the managed-Secret writer and the
 //! Namespace cache (implementations of the admission path's ports),
-//! watch-backed caches, the watch of Sesame's own ConfigMap, the provenance
+//! the verified managed Secrets as last known good copies, watch-backed caches, the watch of Sesame's own ConfigMap, the provenance
 //! keys that tell Sesame's managed Secrets from look-alikes, and
 //! (leader-elected) garbage collection, rotation and the restarts workloads
 //! asked for.
@@ -10,6 +10,7 @@ pub mod certs;
 pub mod client;
 pub(crate) mod config_map;
 pub mod gc;
+pub mod known_good;
 pub mod leader;
 pub mod lease;
 pub mod metrics;
@@ -48,6 +49,8 @@ pub struct Started {
     pub writer: Arc<writer::KubeSecretWriter>,
     /// Namespace labels from a watch (the admission path's `NamespaceLabels`).
     pub namespaces: Arc<namespaces::NamespaceCache>,
+    /// The verified managed Secrets (the admission path's `LastKnownGood`).
+    pub known_good: Arc<known_good::KnownGoodSecrets>,
     /// Whether this replica holds the leader Lease.
     pub leading: watch::Receiver<bool>,
     /// The provenance keys (empty while the key Secret cannot be read).
@@ -139,7 +142,14 @@ pub async fn start(
         "leader election",
         leader::keep_lease(elector, leading_tx, kube_metrics, schedule, tasks.token()),
     );
+    let known_good = Arc::new(known_good::KnownGoodSecrets::new(
+        client.clone(),
+        writer.cache().clone(),
+        prefix,
+        provenance.clone(),
+    ));
     Started {
+        known_good,
         writer: Arc::new(writer),
         namespaces,
         leading,

@@ -302,6 +302,9 @@ impl Rotator {
                     if rotated.changed || rotated.removed {
                         self.metrics.rotation("updated");
                         tracing::info!(secret = %name, "managed Secret rotated");
+                        if rotated.changed {
+                            self.record_rotation(secret, &recorded).await;
+                        }
                         report.updated.push(name.clone());
                     } else {
                         self.metrics.rotation("unchanged");
@@ -435,6 +438,36 @@ impl Rotator {
         let event = Event {
             type_: EventType::Warning,
             reason: "ReferenceNotGranted".into(),
+            note: Some(note),
+            action: "Rotate".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.events.publish(&event, &reference).await {
+            tracing::warn!(namespace = %recorded.namespace, secret = %recorded.name, error = %e, "could not record the Event");
+        }
+    }
+
+    /// A `Normal` Event `ManagedSecretRotated` on a Secret whose values
+    /// changed: which keys come from which references, never a value.
+    async fn record_rotation(&self, secret: &Secret, recorded: &Recorded) {
+        let keys: Vec<String> = recorded.sources.keys().cloned().collect();
+        let mut note = format!(
+            "Sesame refreshed managed Secret {} from its stores; keys: {}",
+            recorded.name,
+            keys.join(", ")
+        );
+        truncate(&mut note, 1000);
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            name: Some(recorded.name.clone()),
+            namespace: Some(recorded.namespace.clone()),
+            uid: secret.metadata.uid.clone(),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "ManagedSecretRotated".into(),
             note: Some(note),
             action: "Rotate".into(),
             secondary: None,

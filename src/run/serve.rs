@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use super::readiness::keep_ready;
 use super::reload::{reload_config, ConfigSource};
 use super::start_upkeeps;
-use crate::admission::{Admission, DryRunWriter, NamespaceLabels, SecretWriter};
+use crate::admission::{Admission, DryRunWriter, LastKnownGood, NamespaceLabels, SecretWriter};
 use crate::certs::{CertPaths, CertResolver};
 use crate::cli::ServeArgs;
 use crate::config::Config;
@@ -235,7 +235,12 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
     };
     let tls_config = Arc::new(crate::certs::server_config(resolver.clone(), clients)?);
 
-    let (writer, namespaces): (Arc<dyn SecretWriter>, Option<Arc<dyn NamespaceLabels>>) = match &kube {
+    type Ports = (
+        Arc<dyn SecretWriter>,
+        Option<Arc<dyn NamespaceLabels>>,
+        Option<Arc<dyn LastKnownGood>>,
+    );
+    let (writer, namespaces, known_good): Ports = match &kube {
         Some(client) => {
             readiness.starting("the caches of managed Secrets and Namespaces");
             let started = crate::kube::start(
@@ -258,16 +263,19 @@ async fn start_with(args: &ServeArgs, tasks: Tasks) -> anyhow::Result<ServerHand
                     ),
                 );
             }
-            (started.writer, Some(started.namespaces))
+            (started.writer, Some(started.namespaces), Some(started.known_good))
         }
         None => {
             tracing::info!("no Kubernetes API configured: managed Secrets are not written (dry-run writer)");
-            (Arc::new(DryRunWriter), None)
+            (Arc::new(DryRunWriter), None, None)
         }
     };
     let mut admission = Admission::new(engine.clone(), writer, metrics.clone()).with_callers(caller);
     if let Some(namespaces) = namespaces {
         admission = admission.with_namespaces(namespaces);
+    }
+    if let Some(known_good) = known_good {
+        admission = admission.with_last_known_good(known_good);
     }
     let writer_kind = admission.writer_kind();
     tracing::info!(writer = writer_kind, "managed Secret writer");

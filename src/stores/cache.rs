@@ -1,6 +1,8 @@
 //! The cache in front of every store: a hit is a read-locked map lookup (no
 //! I/O, no await); concurrent misses for one secret share one fetch; a failed
-//! fetch may serve a value younger than `max_stale` (stale-if-error).
+//! fetch may serve a value younger than `max_stale` (stale-if-error), and
+//! so may a fetch that does not answer by the caller's deadline: a store
+//! that hangs is a failing store, not a reason to wait out the budget.
 //! With `identity: pod` every entry belongs to one ServiceAccount: the key
 //! is the identity and the secret, so no Pod is ever served what was read
 //! as another's.
@@ -155,6 +157,19 @@ impl CachedStore {
         identity: Option<&WorkloadIdentity>,
         locators: &[SecretLocator],
     ) -> Vec<Answer> {
+        self.get_many_by(identity, locators, None).await
+    }
+
+    /// [`Self::get_many_as`], answering by `deadline`: a fetch (or a wait
+    /// for another request's fetch) still under way then counts as a
+    /// [`StoreError::Timeout`], which serves a cached value within
+    /// `max_stale` like any other transient failure.
+    pub async fn get_many_by(
+        &self,
+        identity: Option<&WorkloadIdentity>,
+        locators: &[SecretLocator],
+        deadline: Option<tokio::time::Instant>,
+    ) -> Vec<Answer> {
         let identity = match (self.mode, identity) {
             (IdentityMode::Sesame, _) => None,
             (IdentityMode::Pod, Some(identity)) => Some(identity),
@@ -190,22 +205,29 @@ impl CachedStore {
         }
         if !leads.is_empty() {
             let wanted: Vec<SecretLocator> = leads.iter().map(|(i, _)| locators[*i].clone()).collect();
-            let fetched = self.fetch_uncached(identity, &wanted).await;
+            let fetched = self.fetch_uncached(identity, &wanted, deadline).await;
             for ((i, tx), answer) in leads.into_iter().zip(fetched) {
                 let _ = tx.send(Some(answer.clone()));
                 answers[i] = Some(answer);
             }
         }
         for (i, mut rx) in waits {
-            let answer = match rx.wait_for(Option::is_some).await {
-                Ok(value) => value.clone(),
+            let wait = async { rx.wait_for(Option::is_some).await.map(|value| value.clone()) };
+            let waited = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, wait).await.ok(),
+                None => Some(wait.await),
+            };
+            let answer = match waited {
+                Some(Ok(value)) => value,
                 // The leading request was cancelled: fetch on our own.
-                Err(_) => None,
+                Some(Err(_)) => None,
+                // Another request's fetch is still under way at our deadline.
+                None => Some(self.stale_or(&keys[i], StoreError::Timeout)),
             };
             answers[i] = Some(match answer {
                 Some(a) => a,
                 None => self
-                    .fetch_uncached(identity, std::slice::from_ref(&locators[i]))
+                    .fetch_uncached(identity, std::slice::from_ref(&locators[i]), deadline)
                     .await
                     .pop()
                     .unwrap_or(Err(StoreError::Timeout)),
@@ -215,6 +237,24 @@ impl CachedStore {
             .into_iter()
             .map(|a| a.unwrap_or(Err(StoreError::Timeout)))
             .collect()
+    }
+
+    /// A cached value within `max_stale` for `key` when `err` is
+    /// transient, else `err`.
+    fn stale_or(&self, key: &Key, err: StoreError) -> Answer {
+        let entries = self.entries.read().ok();
+        self.stale_entry(entries.as_ref().and_then(|e| e.get(key)), err)
+    }
+
+    fn stale_entry(&self, entry: Option<&Entry>, err: StoreError) -> Answer {
+        match entry {
+            Some(e) if err.is_transient() && e.fetched.elapsed() < self.max_stale => {
+                self.metrics.stale_served(&self.name);
+                tracing::warn!(store = %self.name, error_class = err.class(), "store failed; serving a cached value within maxStale");
+                Ok(e.data.clone())
+            }
+            _ => Err(err),
+        }
     }
 
     /// Decides, under the in-flight lock, whether this request reads the
@@ -248,12 +288,25 @@ impl CachedStore {
         &self,
         identity: Option<&WorkloadIdentity>,
         locators: &[SecretLocator],
+        deadline: Option<tokio::time::Instant>,
     ) -> Vec<Answer> {
         let started = Instant::now();
+        let fetch = async {
+            match identity {
+                None => self.inner.fetch(locators, &self.limit).await,
+                Some(identity) => self.inner.fetch_as(identity, locators, &self.limit).await,
+            }
+        };
+        let results = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, fetch)
+                .await
+                .unwrap_or_else(|_| vec![Err(StoreError::Timeout); locators.len()]),
+            None => fetch.await,
+        };
         let results = match identity {
-            None => self.inner.fetch(locators, &self.limit).await,
+            None => results,
             Some(identity) => {
-                let mut results = self.inner.fetch_as(identity, locators, &self.limit).await;
+                let mut results = results;
                 // Refused credentials are the Pod's, not Sesame's: the
                 // store's own access control denied the workload.
                 for result in &mut results {
@@ -293,14 +346,8 @@ impl CachedStore {
                         }
                         Err(err)
                     } else {
-                        match entries.as_ref().and_then(|e| e.get(locator)) {
-                            Some(e) if err.is_transient() && e.fetched.elapsed() < self.max_stale => {
-                                self.metrics.stale_served(&self.name);
-                                tracing::warn!(store = %self.name, error_class = err.class(), "store failed; serving a cached value within maxStale");
-                                Ok(e.data.clone())
-                            }
-                            _ => Err(err),
-                        }
+                        let entry = entries.as_ref().and_then(|e| e.get(locator));
+                        self.stale_entry(entry, err)
                     }
                 }
             };

@@ -106,6 +106,14 @@ impl StoreError {
         matches!(self, Self::NotFound | Self::VersionNotFound)
     }
 
+    /// The store is out of service for Sesame (unreachable, no answer, 5xx
+    /// or an unexpected answer, throttled, or its credentials refused):
+    /// not an answer about the secret or the Pod. A Pod whose managed
+    /// Secret exists may then be admitted against it.
+    pub fn is_outage(&self) -> bool {
+        self.is_transient() || matches!(self, Self::Unauthorized(_))
+    }
+
     /// Worth serving a stale value for (and retrying): the store, not the
     /// reference, is the problem.
     pub(crate) fn is_transient(&self) -> bool {
@@ -200,6 +208,12 @@ pub(crate) fn canonical_number(version: &str) -> Cow<'_, str> {
 
 /// A store's background work; see [`Store::upkeep`].
 pub(crate) type Upkeep = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+
+/// How long before the end of a resolve budget the cache stops waiting
+/// for a store: time to look up a stale value and build the answer.
+fn answer_margin(budget: Duration) -> Duration {
+    (budget / 20).clamp(Duration::from_millis(5), Duration::from_millis(200))
+}
 
 /// Builds a provider from its configuration. `kube` is the Kubernetes
 /// client, when there is one (for the `kubernetes` provider, and for the
@@ -365,10 +379,18 @@ impl Stores {
                 ))));
             }
         }
+        // The cache answers by a deadline a little inside the budget, so
+        // that a store that hangs gets the same stale-if-error as one that
+        // fails; the budget itself stays the bound of the whole batch.
+        let deadline = tokio::time::Instant::now() + budget.saturating_sub(answer_margin(budget));
         let futures = groups.into_iter().filter_map(|(name, (indexes, locators))| {
             let store = self.stores.get(name)?.clone();
             Some(async move {
-                let answers = match tokio::time::timeout(budget, store.get_many_as(identity, &locators)).await
+                let answers = match tokio::time::timeout(
+                    budget,
+                    store.get_many_by(identity, &locators, Some(deadline)),
+                )
+                .await
                 {
                     Ok(answers) => answers,
                     Err(_) => vec![Err(StoreError::Timeout); locators.len()],
@@ -461,6 +483,57 @@ mod tests {
         ] {
             assert_eq!(canonical_number(given), canonical, "{given}");
         }
+    }
+
+    /// Answers once, then never again.
+    struct AnswersOnce(std::sync::atomic::AtomicBool);
+
+    #[async_trait]
+    impl Store for AnswersOnce {
+        fn provider(&self) -> &'static str {
+            "once"
+        }
+        async fn read(&self, locator: &SecretLocator) -> Result<SecretData, StoreError> {
+            if self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                futures::future::pending::<()>().await;
+            }
+            Ok(SecretData::Value(SecretValue::from(locator.path.as_str())))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_hangs_serves_a_value_within_max_stale() {
+        let metrics = Arc::new(Metrics::new());
+        let mut stores = Stores::default();
+        for (name, max_stale) in [
+            ("stale-ok", Duration::from_secs(3600)),
+            ("no-stale", Duration::ZERO),
+        ] {
+            let cached = CachedStore::new(
+                name.into(),
+                Arc::new(AnswersOnce(Default::default())),
+                Duration::ZERO,
+                max_stale,
+                metrics.clone(),
+            );
+            stores.insert(name, Arc::new(cached));
+        }
+        let requests = [req("stale-ok", "a"), req("no-stale", "b")];
+        let first = stores.resolve(&requests, None, Duration::from_secs(5)).await;
+        assert!(first.iter().all(Result::is_ok), "{first:?}");
+        // Both now hang; the TTL of zero sends every read to the store.
+        let second = stores.resolve(&requests, None, Duration::from_millis(200)).await;
+        assert_eq!(second[0].as_ref().unwrap().get(None).unwrap().expose(), b"a");
+        assert_eq!(second[1].as_ref().unwrap_err(), &StoreError::Timeout);
+        let text = metrics.encode();
+        assert!(
+            text.contains("sesame_cache_stale_served_total{store=\"stale-ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sesame_store_errors_total{store=\"stale-ok\",class=\"timeout\"} 1"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -92,6 +92,12 @@ impl SlowVault {
         let _ = self.release.send(true);
     }
 
+    /// Holds every later read again (until the next `release`): a store
+    /// that answered and then stopped answering.
+    pub fn hold(&self) {
+        let _ = self.release.send(false);
+    }
+
     /// Secret reads received so far (answered or held).
     pub fn reads(&self) -> usize {
         self.reads.load(Ordering::SeqCst)
