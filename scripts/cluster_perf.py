@@ -169,10 +169,10 @@ def webhook_config(kubeconfig, name, webhook, url, ca_b64, ns, match_conditions)
             "metadata": {"name": name}, "webhooks": [hook]}
 
 
-def deployment(name, replicas, annotations):
+def deployment(name, replicas, annotations, spec=None):
     template = {"metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "busybox"}],
-                         "terminationGracePeriodSeconds": 0}}
+                "spec": spec or {"containers": [{"name": "app", "image": "busybox"}],
+                                 "terminationGracePeriodSeconds": 0}}
     if annotations:
         template["metadata"]["annotations"] = annotations
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
@@ -186,21 +186,24 @@ def pod(name, annotations):
             "spec": {"containers": [{"name": "app", "image": "busybox"}]}}
 
 
-def scale_up(api, ns, name, replicas, annotations):
+def scale_up(api, ns, name, replicas, annotations, spec=None, sample=None):
     """Seconds from creating the Deployment to `replicas` Pods existing,
-    counted from a watch (no polling load on the API server)."""
+    counted from a watch (no polling load on the API server). `sample`, a
+    dict, receives one of the Pods as created (after admission)."""
     listed = api.call("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector=app%3D{name}")
     rv = listed["metadata"]["resourceVersion"]
     req = urllib.request.Request(
         api.server + f"/api/v1/namespaces/{ns}/pods?watch=1&labelSelector=app%3D{name}&resourceVersion={rv}")
     stream = urllib.request.urlopen(req, context=api.ctx, timeout=300)
     start = time.monotonic()
-    api.call("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", deployment(name, replicas, annotations))
+    api.call("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", deployment(name, replicas, annotations, spec))
     seen = set()
     for line in stream:
         event = json.loads(line)
         if event["type"] == "ADDED":
             seen.add(event["object"]["metadata"]["name"])
+            if sample is not None and not sample:
+                sample.update(event["object"])
             if len(seen) >= replicas:
                 break
     elapsed = time.monotonic() - start
@@ -262,6 +265,8 @@ def run(args, api, ns, pki, tmp, procs, configs):
     refs = {k: v.replace("apps/team-a/", f"apps/{ns}/") for k, v in REFS.items()}
     with open(os.path.join(ROOT, "benches/data/secrets.yaml")) as f:
         secrets = f.read().replace("apps/team-a/", f"apps/{ns}/")
+    # One path per Pod of the first-of-set case: a new reference set each, so a new managed Secret each.
+    secrets += "".join(f"apps/{ns}/cold-{i}:\n  v: cold-value-{i}\n" for i in range(args.pods))
     with open(os.path.join(tmp, "secrets.yaml"), "w") as f:
         f.write(secrets)
     with open(os.path.join(tmp, "sesame.yaml"), "w") as f:
@@ -287,6 +292,19 @@ def run(args, api, ns, pki, tmp, procs, configs):
         text = urllib.request.urlopen(admin + "/metrics", timeout=5).read().decode()
         return histogram(text, "sesame_admission_review_duration_seconds", {})
 
+    def sesame_text():
+        return urllib.request.urlopen(admin + "/metrics", timeout=5).read().decode()
+
+    def secret_write_hist(outcome, text):
+        # Absent from binaries older than the metric: "no samples".
+        return histogram(text, "sesame_secret_write_duration_seconds", {"outcome": outcome})
+
+    def sesame_connections():
+        text = urllib.request.urlopen(admin + "/metrics", timeout=5).read().decode()
+        keep = ("sesame_connections", "sesame_requests_in_flight", "sesame_accept_errors", "sesame_secret_writes")
+        return "; ".join(line for line in text.splitlines()
+                         if line.startswith(keep) and 'port="admin"' not in line) or "none"
+
     def apiserver_hist(webhook):
         return histogram(api.metrics(), "apiserver_admission_webhook_admission_duration_seconds",
                          {"name": webhook, "operation": "CREATE"})
@@ -303,16 +321,21 @@ def run(args, api, ns, pki, tmp, procs, configs):
         time.sleep(2)
 
     def pods_case(label, webhook, annotations_for):
-        before_a, before_s = apiserver_hist(webhook), sesame_hist()
+        before_a, before_s, before_text = apiserver_hist(webhook), sesame_hist(), sesame_text()
         for i in range(args.pods):
             api.call("POST", f"/api/v1/namespaces/{ns}/pods", pod(f"{label}-{i}", annotations_for(i)))
-        after_a, after_s = apiserver_hist(webhook), sesame_hist()
+        after_a, after_s, after_text = apiserver_hist(webhook), sesame_hist(), sesame_text()
         print(f"  {label}: API server sees {summary(delta(after_a, before_a))}")
         if webhook == SESAME:
             print(f"  {label}: Sesame's own   {summary(delta(after_s, before_s))}")
+            for outcome in ("applied", "unchanged"):
+                h = delta(secret_write_hist(outcome, after_text), secret_write_hist(outcome, before_text))
+                print(f"  {label}: of which the managed Secret step ({outcome}) {summary(h)}")
+            print(f"  {label}: Sesame's connection metrics: {sesame_connections()}")
         api.call("DELETE", f"/api/v1/namespaces/{ns}/pods?labelSelector=")
 
     SESAME = "inject-perf.sesame.dev"
+    SESAME_ALL = "inject-perf-all.sesame.dev"
     print(f"namespace {ns}; {args.pods} Pods per single-Pod case, {args.replicas} replicas per Deployment")
     print("Deployment to N Pods, no webhook registered:")
     print(f"  none: {scale_up(api, ns, 'plain-none', args.replicas, None):.2f} s")
@@ -322,10 +345,24 @@ def run(args, api, ns, pki, tmp, procs, configs):
     print(f"  not called (no annotations, matchConditions skip): "
           f"{scale_up(api, ns, 'plain-skipped', args.replicas, None):.2f} s")
     before, before_s = apiserver_hist(SESAME), sesame_hist()
+    mutated = {}
     print(f"  annotated (5 references, one managed Secret): "
-          f"{scale_up(api, ns, 'annotated', args.replicas, refs):.2f} s")
+          f"{scale_up(api, ns, 'annotated', args.replicas, refs, sample=mutated):.2f} s")
     print(f"    API server sees {summary(delta(apiserver_hist(SESAME), before))}")
     print(f"    Sesame's own    {summary(delta(sesame_hist(), before_s))}")
+    print(f"    Sesame's connection metrics: {sesame_connections()}")
+
+    # Called for every Pod, but the Pods carry no annotations: Sesame allows
+    # them at once. What the API server sees here beyond Sesame's own time is
+    # the cost of a webhook call as such (transport, the API server's own
+    # encoding and scheduling), whatever the webhook does.
+    register("sesame-perf-all", SESAME_ALL, f"https://127.0.0.1:{args.port}/mutate", False)
+    before, before_s = apiserver_hist(SESAME_ALL), sesame_hist()
+    print(f"  called, nothing to do (no matchConditions, no annotations): "
+          f"{scale_up(api, ns, 'plain-called', args.replicas, None):.2f} s")
+    print(f"    API server sees {summary(delta(apiserver_hist(SESAME_ALL), before))}")
+    print(f"    Sesame's own    {summary(delta(sesame_hist(), before_s))}")
+    unregister("sesame-perf-all")
 
     print("Single Pods (one POST after another):")
     # Warm: the Secret for this reference set exists and is up to date.
@@ -333,8 +370,16 @@ def run(args, api, ns, pki, tmp, procs, configs):
     pods_case("up-to-date", SESAME, lambda i: refs)
     # Cold: every Pod has a new reference set, so a new managed Secret.
     pods_case("first-of-set", SESAME,
-              lambda i: dict(refs, **{f"sesame.dev/env.COLD_{i}": f"dev:apps/{ns}/db#host"}))
+              lambda i: dict(refs, **{"sesame.dev/env.COLD": f"dev:apps/{ns}/cold-{i}#v"}))
     unregister("sesame-perf")
+
+    # The Pods as Sesame left them (its annotations, env, volumes and mounts
+    # already in the template), with no webhook registered: what the bigger
+    # Pod costs the API server and the controllers without any admission call.
+    if mutated:
+        spec = {k: v for k, v in mutated["spec"].items() if k not in ("nodeName",)}
+        print(f"  no webhook, the Pod as mutated already in the template: "
+              f"{scale_up(api, ns, 'premutated', args.replicas, mutated['metadata'].get('annotations'), spec):.2f} s")
 
     if args.baseline_bin:
         bdir = os.path.join(tmp, "baseline")

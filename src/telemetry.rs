@@ -73,6 +73,7 @@ pub struct Metrics {
     cache_misses: Family<StoreLabels, Counter>,
     stale_served: Family<StoreLabels, Counter>,
     secret_writes: Family<OutcomeLabels, Counter>,
+    secret_write_duration: Family<OutcomeLabels, Histogram>,
     config_reloads: Family<OutcomeLabels, Counter>,
     ready: Gauge,
     store_up: Family<StoreLabels, Gauge>,
@@ -124,6 +125,8 @@ impl Metrics {
         let cache_misses = Family::<StoreLabels, Counter>::default();
         let stale_served = Family::<StoreLabels, Counter>::default();
         let secret_writes = Family::<OutcomeLabels, Counter>::default();
+        let secret_write_duration =
+            Family::<OutcomeLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
         let config_reloads = Family::<OutcomeLabels, Counter>::default();
         let ready = Gauge::default();
         let store_up = Family::<StoreLabels, Gauge>::default();
@@ -195,6 +198,11 @@ impl Metrics {
             secret_writes.clone(),
         );
         registry.register(
+            "secret_write_duration_seconds",
+            "Time the managed Secret step of a review took, by outcome (applied is the cold path: an API call)",
+            secret_write_duration.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Configuration reloads by outcome",
             config_reloads.clone(),
@@ -225,6 +233,7 @@ impl Metrics {
             cache_misses,
             stale_served,
             secret_writes,
+            secret_write_duration,
             config_reloads,
             ready,
             store_up,
@@ -326,6 +335,16 @@ impl Metrics {
                 store: store.to_owned(),
             })
             .inc();
+    }
+
+    /// How long the managed Secret step of one review took (cache look-up,
+    /// and the API call when one was needed), by the same outcome label.
+    pub fn secret_write_duration(&self, outcome: &str, elapsed: Duration) {
+        self.secret_write_duration
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn secret_write(&self, outcome: &str) {

@@ -390,6 +390,24 @@ async fn forged_reviews_write_only_into_known_namespaces_and_new_secrets_are_rat
         text.contains("sesame_admission_reviews_total{outcome=\"denied_rate_limited\"} 1"),
         "{text}"
     );
+    // Every Secret step is timed under the outcome it is counted under, so
+    // the cold path (an API call) shows apart from the cached one.
+    let value = |series: String| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()).and_then(|v| v.strip_prefix(' ')))
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    for outcome in ["applied", "unchanged", "rate_limited"] {
+        let counted = value(format!("sesame_secret_writes_total{{outcome=\"{outcome}\"}}"));
+        let timed = value(format!(
+            "sesame_secret_write_duration_seconds_count{{outcome=\"{outcome}\"}}"
+        ));
+        assert_eq!(counted, timed, "{outcome}: {text}");
+    }
+    assert!(
+        value("sesame_secret_write_duration_seconds_count{outcome=\"applied\"}".into()) >= 3.0,
+        "{text}"
+    );
 }
 
 #[tokio::test]

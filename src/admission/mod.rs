@@ -181,23 +181,30 @@ impl Admission {
         received: Instant,
         out: &mut W,
     ) -> Result<Outcome, ReviewError> {
-        let review: ReviewIn<'_> =
-            serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
-        if review.api_version != API_VERSION || review.kind != KIND {
-            return Err(ReviewError::WrongType {
-                api_version: review.api_version,
-                kind: review.kind,
-            });
-        }
-        let request = review.request.ok_or(ReviewError::NoRequest)?;
-        // The uid is echoed in the answer: without a plain one there is none to give.
-        if !request::uid_is_valid(&request.uid) {
-            return Err(ReviewError::BadUid);
-        }
+        // One pass over the body: the Pod is decoded with the review. Only a
+        // body that fails it is read again, in two steps, so that a Pod that
+        // cannot be read (a denial) is told apart from a body that is not a
+        // review (a 400), with the same answers as ever.
+        let (request, object) = match serde_json::from_slice::<ReviewIn<PodView>>(body) {
+            Ok(review) => {
+                let mut request = checked_head(review)?;
+                let object = request.object.take().map(Ok);
+                (request.without_object(), object)
+            }
+            Err(_) => {
+                let review: ReviewIn<&serde_json::value::RawValue> =
+                    serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
+                let request = checked_head(review)?;
+                let object = request
+                    .object
+                    .map(|o| serde_json::from_str::<PodView>(o.get()).map_err(|e| e.to_string()));
+                (request.without_object(), object)
+            }
+        };
         let engine = self.engine.load();
         // Time spent waiting for a turn counts against the API server's deadline.
         let timeout = timeout.map(|t| t.saturating_sub(received.elapsed()));
-        let (response, outcome) = self.decide(&engine, &request, timeout, received).await;
+        let (response, outcome) = self.decide(&engine, &request, object, timeout, received).await;
         let answer = ReviewOut {
             api_version: API_VERSION,
             kind: KIND,
@@ -210,7 +217,8 @@ impl Admission {
     async fn decide(
         &self,
         engine: &Engine,
-        request: &review::RequestIn<'_>,
+        request: &review::RequestIn<()>,
+        object: Option<Result<PodView, String>>,
         timeout: Option<Duration>,
         started: Instant,
     ) -> (ResponseOut, Outcome) {
@@ -223,14 +231,13 @@ impl Admission {
             Ok(checked) => checked,
             Err(e) => return refuse(&request.uid, &e),
         };
-        let Some(object) = request.object else {
+        let Some(object) = object else {
             return (allow(), Outcome::Skipped);
         };
-        let pod: PodView = match serde_json::from_str(object.get()) {
+        let pod: PodView = match object {
             Ok(p) => p,
-            Err(e) => {
+            Err(error) => {
                 // serde's message quotes the offending text: cut to the limit.
-                let error = e.to_string();
                 let message = format!(
                     "the Pod in the review could not be read: {}",
                     engine.limits().quote().of(&error)
@@ -302,14 +309,21 @@ impl Admission {
         let written = match &verdict {
             Verdict::Mutated(Mutation {
                 secret: Some(secret), ..
-            }) => Some(if dry_run {
-                DryRunWriter.apply(secret, &Unlimited).await
-            } else {
-                let budget = NamespaceBudget {
-                    limiter: &self.creations,
-                    rate: engine.new_secrets(),
+            }) => Some({
+                let began = Instant::now();
+                let result = if dry_run {
+                    DryRunWriter.apply(secret, &Unlimited).await
+                } else {
+                    let budget = NamespaceBudget {
+                        limiter: &self.creations,
+                        rate: engine.new_secrets(),
+                    };
+                    self.writer.apply(secret, &budget).instrument(span.clone()).await
                 };
-                self.writer.apply(secret, &budget).instrument(span.clone()).await
+                // The cold path (a Secret written) apart from an up-to-date one.
+                self.metrics
+                    .secret_write_duration(write_label(&result), began.elapsed());
+                result
             }),
             _ => None,
         };
@@ -430,6 +444,31 @@ impl Admission {
             }
         }
     }
+}
+
+/// The `outcome` label of a Secret write, as `sesame_secret_writes_total` counts it.
+fn write_label(result: &Result<WriteOutcome, WriteError>) -> &'static str {
+    match result {
+        Ok(outcome) => outcome.label(),
+        Err(WriteError::TooManyNew { .. }) => "rate_limited",
+        Err(_) => "failed",
+    }
+}
+
+/// The review's type, request and uid checked; the request is returned.
+fn checked_head<O>(review: ReviewIn<O>) -> Result<review::RequestIn<O>, ReviewError> {
+    if review.api_version != API_VERSION || review.kind != KIND {
+        return Err(ReviewError::WrongType {
+            api_version: review.api_version,
+            kind: review.kind,
+        });
+    }
+    let request = review.request.ok_or(ReviewError::NoRequest)?;
+    // The uid is echoed in the answer: without a plain one there is none to give.
+    if !request::uid_is_valid(&request.uid) {
+        return Err(ReviewError::BadUid);
+    }
+    Ok(request)
 }
 
 /// The patch as the JSON string of its base64, ready to be written raw.
@@ -588,6 +627,82 @@ mod tests {
             series(&text, "sesame_admission_review_duration_seconds_count"),
             Some("1")
         );
+    }
+
+    /// The Pod is decoded with the review in one pass; a body where that
+    /// fails is read again, and gets the answer it always got.
+    #[tokio::test]
+    async fn a_pod_that_cannot_be_read_is_told_apart_from_a_body_that_is_no_review() {
+        let metrics = Arc::new(Metrics::new());
+        let admission = admission(&metrics).await;
+        let review = |api_version: &str, kind: &str, object: &str| {
+            format!(
+                r#"{{"apiVersion":"{api_version}","kind":"AdmissionReview","request":{{"uid":"u-1","kind":{{"group":"","version":"v1","kind":"{kind}"}},"operation":"CREATE","namespace":"a","object":{object}}}}}"#
+            )
+        };
+        let answer = |body: String| {
+            let admission = &admission;
+            async move {
+                let out = admission.review(body.as_bytes(), None).await?;
+                let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+                Ok::<_, ReviewError>(v["response"].clone())
+            }
+        };
+        let bad_pod = r#"{"metadata":{"annotations":"not a map"}}"#;
+
+        let r = answer(review(API_VERSION, "Pod", bad_pod))
+            .await
+            .expect("answered");
+        assert_eq!(r["allowed"], false, "{r}");
+        let message = r["status"]["message"].as_str().expect("message");
+        assert!(
+            message.contains("the Pod in the review could not be read"),
+            "{message}"
+        );
+
+        // The review's own checks come first, as before: a 400 or a refusal, not a Malformed denial.
+        let err = answer(review("admission.k8s.io/v1beta1", "Pod", bad_pod))
+            .await
+            .expect_err("wrong type");
+        assert!(matches!(err, ReviewError::WrongType { .. }), "{err}");
+        let r = answer(review(API_VERSION, "Deployment", bad_pod))
+            .await
+            .expect("answered");
+        assert!(
+            r["status"]["message"].as_str().expect("message").contains("Pods"),
+            "{r}"
+        );
+        let err = answer(review(API_VERSION, "Pod", r#"{"metadata":"#))
+            .await
+            .expect_err("not JSON");
+        assert!(matches!(err, ReviewError::NotJson(_)), "{err}");
+
+        // Readable in one pass: no object is skipped, a plain Pod allowed.
+        let r = answer(review(API_VERSION, "Pod", "null"))
+            .await
+            .expect("answered");
+        assert_eq!(r["allowed"], true, "{r}");
+        let r = answer(review(API_VERSION, "Pod", r#"{"metadata":{"name":"p"}}"#))
+            .await
+            .expect("answered");
+        assert_eq!(r["allowed"], true, "{r}");
+        let text = metrics.encode();
+        for (outcome, n) in [
+            ("denied_malformed", "1"),
+            ("denied_request", "1"),
+            ("bad_request", "2"),
+            ("skipped", "1"),
+            ("allowed", "1"),
+        ] {
+            assert_eq!(
+                series(
+                    &text,
+                    &format!("sesame_admission_reviews_total{{outcome=\"{outcome}\"}}")
+                ),
+                Some(n),
+                "{outcome}: {text}"
+            );
+        }
     }
 
     #[test]

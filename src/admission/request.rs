@@ -48,7 +48,7 @@ pub(crate) fn uid_is_valid(uid: &str) -> bool {
 
 /// Checks kind, operation with subresource, and the namespace's shape;
 /// returns what to do and the namespace.
-pub(crate) fn check<'r>(request: &'r RequestIn<'_>) -> Result<(Operation, &'r str), RequestError> {
+pub(crate) fn check<O>(request: &RequestIn<O>) -> Result<(Operation, &str), RequestError> {
     let kind = &request.kind;
     if !(kind.group.is_empty() && kind.version == "v1" && kind.kind == "Pod") {
         return Err(RequestError::Kind(quoted(&format!(
@@ -98,12 +98,16 @@ fn quoted(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn request(json: serde_json::Value) -> RequestIn<'static> {
+    fn request(json: serde_json::Value) -> RequestIn<&'static serde_json::value::RawValue> {
         let text: &'static str = Box::leak(json.to_string().into_boxed_str());
         serde_json::from_str(text).unwrap()
     }
 
-    fn pod(operation: &str, sub: Option<&str>, namespace: Option<&str>) -> RequestIn<'static> {
+    fn pod(
+        operation: &str,
+        sub: Option<&str>,
+        namespace: Option<&str>,
+    ) -> RequestIn<&'static serde_json::value::RawValue> {
         request(serde_json::json!({
             "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
             "operation": operation, "subResource": sub, "namespace": namespace,

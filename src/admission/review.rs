@@ -9,13 +9,16 @@ use serde_json::value::RawValue;
 pub(crate) const API_VERSION: &str = "admission.k8s.io/v1";
 pub(crate) const KIND: &str = "AdmissionReview";
 
+/// A review as received. `O` is how the request's object is read: the
+/// Pod's own fields ([`crate::inject::PodView`]) in one pass over the body,
+/// or its raw text (`&RawValue`) when that pass failed and the object is to
+/// be told apart from the rest of the review.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct ReviewIn<'a> {
+pub(crate) struct ReviewIn<O> {
     pub api_version: String,
     pub kind: String,
-    #[serde(borrow)]
-    pub request: Option<RequestIn<'a>>,
+    pub request: Option<RequestIn<O>>,
 }
 
 #[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
@@ -30,7 +33,7 @@ pub(crate) struct GroupVersionKind {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct RequestIn<'a> {
+pub(crate) struct RequestIn<O> {
     pub uid: String,
     pub kind: GroupVersionKind,
     #[serde(default)]
@@ -42,8 +45,29 @@ pub(crate) struct RequestIn<'a> {
     pub operation: String,
     #[serde(default)]
     pub dry_run: Option<bool>,
-    #[serde(borrow, default)]
-    pub object: Option<&'a RawValue>,
+    #[serde(default = "none")]
+    pub object: Option<O>,
+}
+
+impl<O> RequestIn<O> {
+    /// The request without its object, once that was taken out.
+    pub(crate) fn without_object(self) -> RequestIn<()> {
+        RequestIn {
+            uid: self.uid,
+            kind: self.kind,
+            sub_resource: self.sub_resource,
+            name: self.name,
+            namespace: self.namespace,
+            operation: self.operation,
+            dry_run: self.dry_run,
+            object: None,
+        }
+    }
+}
+
+/// No object (`Option<O>: Default` would ask `O: Default` of the derive).
+fn none<O>() -> Option<O> {
+    None
 }
 
 #[derive(Debug, Serialize)]
