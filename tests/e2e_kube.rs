@@ -1582,12 +1582,10 @@ async fn guard_checks(admin: &Client, tenant: &Client, ns: &str, url: &str, ca_b
         .expect("an ephemeral container using no managed Secret");
 
     // Any Pod can reach the webhook port: a forged review for namespace `*`.
-    let managed_before = Api::<Secret>::all(admin.clone())
-        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=sesame"))
-        .await
-        .unwrap()
-        .items
-        .len();
+    // Other tests of this suite run at the same time and write managed
+    // Secrets of their own: look only for Secrets that carry this test's
+    // victim path.
+    let managed_before = managed_secrets_naming(admin, &format!("apps/{ns}/")).await;
     use base64::Engine as _;
     let ca = base64::engine::general_purpose::STANDARD
         .decode(ca_bundle)
@@ -1624,16 +1622,29 @@ async fn guard_checks(admin: &Client, tenant: &Client, ns: &str, url: &str, ca_b
         assert_eq!(r["status"]["code"], 400, "{forged_ns}: {r}");
         assert!(!answer.to_string().contains("victim-password"), "{answer}");
     }
-    let managed_after = Api::<Secret>::all(admin.clone())
-        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=sesame"))
-        .await
-        .unwrap()
-        .items
-        .len();
+    let managed_after = managed_secrets_naming(admin, &format!("apps/{ns}/")).await;
     assert_eq!(
         managed_before, managed_after,
         "a forged review wrote a managed Secret"
     );
+}
+
+/// The managed Secrets, in any namespace, whose annotations mention `text`.
+async fn managed_secrets_naming(admin: &Client, text: &str) -> std::collections::BTreeSet<(String, String)> {
+    Api::<Secret>::all(admin.clone())
+        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=sesame"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|s| {
+            s.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.values().any(|v| v.contains(text)))
+        })
+        .map(|s| (s.metadata.namespace.unwrap_or_default(), s.metadata.name.unwrap_or_default()))
+        .collect()
 }
 
 /// Attack 4 of issue 10, closed with `--client-ca-file`: a second API
