@@ -518,14 +518,29 @@ async fn lease_acquire_renew_conflict_and_takeover() {
     api.fail_next("PUT", path, 409, 1);
     assert!(!a.try_acquire_or_renew().await.unwrap());
 
-    // An expired Lease is taken over, counting a transition.
+    // A Lease is expired once its record has not changed for its duration
+    // as b observes it, whatever its renewTime says (here years ago, as a
+    // holder with a lagging clock would write): then b takes it over,
+    // counting a transition.
     api.put(
         "leases",
         "sesame-system",
         "sesame-leader",
         json!({"metadata": {}, "spec": {"holderIdentity": "gone", "leaseDurationSeconds": 15, "renewTime": "2020-01-01T00:00:00.000000Z", "leaseTransitions": 4}}),
     );
-    assert!(b.try_acquire_or_renew().await.unwrap());
+    let seen = tokio::time::Instant::now();
+    assert!(
+        !b.try_acquire_or_renew_at(seen).await.unwrap(),
+        "just observed: live"
+    );
+    assert!(!b
+        .try_acquire_or_renew_at(seen + Duration::from_secs(15))
+        .await
+        .unwrap());
+    assert!(b
+        .try_acquire_or_renew_at(seen + Duration::from_secs(16))
+        .await
+        .unwrap());
     let stored = api.get("leases", "sesame-system", "sesame-leader").unwrap();
     assert_eq!(stored["spec"]["holderIdentity"], "b");
     assert_eq!(stored["spec"]["leaseTransitions"], 5);
