@@ -586,6 +586,23 @@ async fn scenarios(env: &Env) {
     })
     .await;
     let first_restart = restarted_at().await;
+    // The restart's ReplicaSet creates a Pod, whose admission writes the
+    // Secret with what the store holds then: wait for it, so that the
+    // change below reaches the Secret through rotation, not admission.
+    let restart_rs = wait_for("the restart's ReplicaSet", || async {
+        let all = replicasets.list(&Default::default()).await.unwrap().items;
+        all.into_iter().find(|rs| {
+            rs.spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get("kubectl.kubernetes.io/restartedAt"))
+                == first_restart.as_ref()
+        })
+    })
+    .await;
+    pod_of(&pods, &restart_rs).await;
 
     // 8. Restart safety: the value changes again at once; the Secret
     // rotates, but the Deployment restarted moments ago is not restarted
