@@ -45,6 +45,36 @@ pub enum Command {
     CheckConfig(ConfigArg),
     /// Write a CA and a serving certificate for the webhook Service, and print the caBundle.
     GenCerts(GenCertsArgs),
+    /// Ask the configuration's policy, offline.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `sesame policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// For each reference, print the rule that grants it to the namespace
+    /// and service account, or why none does.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The namespace of the Pods asking.
+    #[arg(long, short = 'n')]
+    pub namespace: String,
+    /// The Pods' service account.
+    #[arg(long, default_value = "default")]
+    pub service_account: String,
+    /// A label of the namespace, `key=value` (repeatable), for rules with a
+    /// namespaceSelector; `kubernetes.io/metadata.name` is always set.
+    #[arg(long = "namespace-label", value_name = "KEY=VALUE")]
+    pub namespace_labels: Vec<String>,
+    /// References as written in an annotation, e.g. `vault:apps/web/db#password`.
+    #[arg(required = true, value_name = "REFERENCE")]
+    pub references: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

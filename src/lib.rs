@@ -14,6 +14,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub(crate) mod denial;
+pub mod explain;
 pub mod inject;
 pub mod kube;
 pub mod mutate;

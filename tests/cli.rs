@@ -859,3 +859,98 @@ spec:
         text(&out).0
     );
 }
+
+/// A configuration for `policy explain`: each namespace its own subtree, a
+/// rule for namespaces labelled `tier: shared`, and one only for the `ci`
+/// service account.
+const EXPLAIN_CONFIG: &str = "stores:\n  - {name: dev, file: {path: secrets.yaml}}\npolicy:\n  rules:\n    - {name: own-subtree, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/**']}\n    - name: tier-shared\n      namespaceSelector: {matchLabels: {tier: shared}}\n      stores: [dev]\n      paths: ['shared/*']\n    - {name: ci-only, namespaces: ['team-a'], serviceAccounts: [ci], stores: [dev], paths: ['ci/*']}\n";
+
+fn explain(args: &[&str]) -> (Output, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sesame.yaml"), EXPLAIN_CONFIG).unwrap();
+    std::fs::write(dir.path().join("secrets.yaml"), "{}\n").unwrap();
+    let mut all = vec!["policy", "explain", "--config", "sesame.yaml"];
+    all.extend_from_slice(args);
+    let out = sesame(dir.path(), &all, None);
+    let (stdout, stderr) = text(&out);
+    (out, stdout, stderr)
+}
+
+#[test]
+fn policy_explain_names_the_granting_rule() {
+    let (out, stdout, stderr) = explain(&["-n", "team-a", "dev:apps/team-a/db#password"]);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(
+        stdout,
+        "dev:apps/team-a/db#password: granted by rule \"own-subtree\"\n"
+    );
+    // The service account decides too.
+    let (out, stdout, _) = explain(&["-n", "team-a", "--service-account", "ci", "dev:ci/token"]);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("granted by rule \"ci-only\""), "{stdout}");
+}
+
+#[test]
+fn policy_explain_says_why_a_reference_is_denied() {
+    let (out, stdout, _) = explain(&[
+        "-n",
+        "team-a",
+        "dev:apps/team-a/db#password",
+        "dev:apps/team-b/db#password",
+        "dev:ci/token",
+        "vault:apps/team-a/db",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(lines[0].contains("granted"), "{stdout}");
+    // Another team's path: denied, with the policy's sentence naming the
+    // rules that apply to the namespace.
+    assert!(
+        lines[1].starts_with("dev:apps/team-b/db#password: denied: "),
+        "{stdout}"
+    );
+    assert!(lines[1].contains("own-subtree"), "{stdout}");
+    // A rule for another service account does not grant it to `default`.
+    assert!(lines[2].starts_with("dev:ci/token: denied: "), "{stdout}");
+    assert!(lines[3].contains("no store is named \"vault\""), "{stdout}");
+}
+
+#[test]
+fn policy_explain_applies_namespace_selector_rules_to_the_labels_given() {
+    let (out, stdout, _) = explain(&["-n", "team-a", "dev:shared/ca"]);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.starts_with("dev:shared/ca: denied: "), "{stdout}");
+    let (out, stdout, stderr) = explain(&[
+        "-n",
+        "team-a",
+        "--namespace-label",
+        "tier=shared",
+        "--namespace-label",
+        "team=a",
+        "dev:shared/ca",
+    ]);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout, "dev:shared/ca: granted by rule \"tier-shared\"\n");
+    let (out, _, stderr) = explain(&["-n", "team-a", "--namespace-label", "tier", "dev:shared/ca"]);
+    assert!(!out.status.success());
+    assert!(stderr.contains("is not key=value"), "{stderr}");
+}
+
+#[test]
+fn policy_explain_rejects_a_malformed_reference_clearly() {
+    let (out, stdout, stderr) = explain(&["-n", "team-a", "no-store-here", "dev:apps/team-a/db#password"]);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("no-store-here: not a reference: "),
+        "{stdout}"
+    );
+    assert!(
+        lines[0].len() > "no-store-here: not a reference: ".len(),
+        "{stdout}"
+    );
+    assert!(!lines[0].contains("env.REFERENCE"), "{stdout}");
+    // The others are still explained.
+    assert!(lines[1].contains("granted by rule \"own-subtree\""), "{stdout}");
+}

@@ -46,6 +46,7 @@ struct Env {
     client: Client,
     ns: String,
     dir: tempfile::TempDir,
+    metrics: std::sync::Arc<sesame::telemetry::Metrics>,
 }
 
 fn obj<T: DeserializeOwned>(v: Value) -> T {
@@ -224,7 +225,12 @@ async fn e2e_against_a_real_api_server() {
     )
     .await;
 
-    let env = Env { client, ns, dir };
+    let env = Env {
+        client,
+        ns,
+        dir,
+        metrics: handle.metrics.clone(),
+    };
     let outcome = std::panic::AssertUnwindSafe(scenarios(&env)).catch_unwind().await;
 
     // Always clean up: a webhook left behind with failurePolicy Fail would
@@ -568,17 +574,78 @@ async fn scenarios(env: &Env) {
         }
     })
     .await;
-    eventually("the rolling restart", Duration::from_secs(10), || {
+    let restarted_at = || {
         let deployments = deployments.clone();
         async move {
             let d = deployments.get("web").await.unwrap();
             d.spec
                 .and_then(|s| s.template.metadata)
                 .and_then(|m| m.annotations)
-                .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"))
+                .and_then(|a| a.get("kubectl.kubernetes.io/restartedAt").cloned())
+        }
+    };
+    eventually("the rolling restart", Duration::from_secs(10), || async {
+        restarted_at().await.is_some()
+    })
+    .await;
+    let first_restart = restarted_at().await;
+    // The restart's ReplicaSet creates a Pod, whose admission writes the
+    // Secret with what the store holds then: wait for it, so that the
+    // change below reaches the Secret through rotation, not admission.
+    let restart_rs = wait_for("the restart's ReplicaSet", || async {
+        let all = replicasets.list(&Default::default()).await.unwrap().items;
+        all.into_iter().find(|rs| {
+            rs.spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get("kubectl.kubernetes.io/restartedAt"))
+                == first_restart.as_ref()
+        })
+    })
+    .await;
+    pod_of(&pods, &restart_rs).await;
+
+    // 8. Restart safety: the value changes again at once; the Secret
+    // rotates, but the Deployment restarted moments ago is not restarted
+    // again within the cooldown (the held-back restart is counted).
+    let cooldowns = || {
+        env.metrics
+            .encode()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("sesame_workload_restarts_refused_total{reason=\"cooldown\"} ")
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let before = cooldowns();
+    std::fs::write(
+        env.dir.path().join("secrets.yaml"),
+        secrets_file(ns, "third-password"),
+    )
+    .unwrap();
+    eventually("the second rotation", Duration::from_secs(40), || {
+        let secrets = secrets.clone();
+        let (name, key) = (secret_name.clone(), key.clone());
+        async move {
+            let s = secrets.get(&name).await.unwrap();
+            s.data.unwrap()[&key].0 == b"third-password"
         }
     })
     .await;
+    eventually(
+        "the restart held back by the cooldown",
+        Duration::from_secs(20),
+        || async { cooldowns() > before },
+    )
+    .await;
+    assert_eq!(
+        restarted_at().await,
+        first_restart,
+        "restarted twice within the cooldown"
+    );
 }
 
 fn serve_args(args: &[&str]) -> sesame::cli::ServeArgs {

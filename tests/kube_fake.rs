@@ -536,14 +536,29 @@ async fn lease_acquire_renew_conflict_and_takeover() {
     api.fail_next("PUT", path, 409, 1);
     assert!(!a.try_acquire_or_renew().await.unwrap());
 
-    // An expired Lease is taken over, counting a transition.
+    // A Lease is expired once its record has not changed for its duration
+    // as b observes it, whatever its renewTime says (here years ago, as a
+    // holder with a lagging clock would write): then b takes it over,
+    // counting a transition.
     api.put(
         "leases",
         "sesame-system",
         "sesame-leader",
         json!({"metadata": {}, "spec": {"holderIdentity": "gone", "leaseDurationSeconds": 15, "renewTime": "2020-01-01T00:00:00.000000Z", "leaseTransitions": 4}}),
     );
-    assert!(b.try_acquire_or_renew().await.unwrap());
+    let seen = tokio::time::Instant::now();
+    assert!(
+        !b.try_acquire_or_renew_at(seen).await.unwrap(),
+        "just observed: live"
+    );
+    assert!(!b
+        .try_acquire_or_renew_at(seen + Duration::from_secs(15))
+        .await
+        .unwrap());
+    assert!(b
+        .try_acquire_or_renew_at(seen + Duration::from_secs(16))
+        .await
+        .unwrap());
     let stored = api.get("leases", "sesame-system", "sesame-leader").unwrap();
     assert_eq!(stored["spec"]["holderIdentity"], "b");
     assert_eq!(stored["spec"]["leaseTransitions"], 5);
@@ -1251,6 +1266,240 @@ async fn rotation_refreshes_only_secrets_sesame_wrote_and_only_what_the_policy_g
     assert!(metrics
         .encode()
         .contains("sesame_managed_secret_unverified_total{action=\"rotation\",reason=\"missing\"} 5"));
+}
+
+/// A workload (Deployment, or Rollout when `api_version` says so) whose
+/// Pod template runs as `service_account`, asks for the password of team-a's
+/// db and opts in to restarts, as the API server returns it.
+fn opted_in(service_account: &str) -> Value {
+    json!({
+        "metadata": {},
+        "spec": {"template": {
+            "metadata": {"annotations": {
+                "sesame.dev/env.DB_PASSWORD": "dev:apps/team-a/db#password",
+                "sesame.dev/restart-on-rotation": "true",
+            }},
+            "spec": {"serviceAccountName": service_account, "containers": [{"name": "app", "image": "x"}]},
+        }},
+    })
+}
+
+/// The genuine, due Secret of `service_account`'s Pods asking for team-a's
+/// db password, holding `value`, with `restart-on-rotation`.
+fn due_secret(service_account: &str, value: &str) -> (String, Value) {
+    signed(
+        &provenance(),
+        "team-a",
+        service_account,
+        &[("db.password", "dev:apps/team-a/db#password")],
+        &[("db.password", value)],
+        true,
+        "2020-01-01T00:00:00Z",
+    )
+}
+
+async fn rotator_with(
+    api: &FakeApi,
+    writer: &KubeSecretWriter,
+    engine: sesame::pipeline::SharedEngine,
+    metrics: &sesame::telemetry::Metrics,
+    limits: sesame::kube::RestartLimits,
+) -> Rotator {
+    Rotator::new(
+        api.client(),
+        writer.cache().clone(),
+        engine,
+        namespace_cache(api).await,
+        provenance(),
+        Arc::new(KubeMetrics::register(metrics)),
+    )
+    .with_restart_limits(limits)
+}
+
+/// An Argo Rollout (found through the ReplicaSet it controls) restarts
+/// through `spec.restartAt` with a JSON merge patch (a custom resource takes
+/// no strategic merge patch); a rotation that changed no value restarts
+/// nothing; a workload restarted moments ago is not restarted again when
+/// its Secret rotates once more, and the held-back restart is asked again on
+/// the next pass (still within the cooldown: still not made).
+#[tokio::test]
+async fn rollouts_restart_through_restart_at_and_the_cooldown_defers_a_second_restart() {
+    let api = FakeApi::start().await;
+    let (_dir, engine, metrics) = attack_engine(&api).await;
+    api.put("namespaces", "", "team-a", json!({"metadata": {}}));
+    let (canary, canary_obj) = due_secret("canary", "old-value");
+    api.put(
+        "secrets",
+        "team-a",
+        &canary,
+        owned_by(canary_obj.clone(), "ReplicaSet", "canary-7f"),
+    );
+    api.put(
+        "replicasets",
+        "team-a",
+        "canary-7f",
+        json!({"metadata": {"ownerReferences": [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "canary", "uid": "uid-canary", "controller": true}]}}),
+    );
+    api.put("rollouts", "team-a", "canary", opted_in("canary"));
+    // Its value is already the store's: rotation confirms, restarts nothing.
+    let (same, same_obj) = due_secret("same", "new-value");
+    api.put(
+        "secrets",
+        "team-a",
+        &same,
+        owned_by(same_obj, "Deployment", "same"),
+    );
+    api.put("deployments", "team-a", "same", opted_in("same"));
+    let writer = ready_writer(&api).await;
+    eventually("the cache", || writer.cache().state().len() == 2).await;
+    let rotator = rotator_with(
+        &api,
+        &writer,
+        engine,
+        &metrics,
+        sesame::kube::RestartLimits {
+            cooldown: Duration::from_secs(600),
+            per_minute: 10,
+        },
+    )
+    .await;
+    let (_lead, leading) = watch::channel(true);
+
+    let report = rotator.run_once(&leading).await;
+    assert_eq!(report.updated, [format!("team-a/{canary}")]);
+    assert_eq!(report.unchanged, 1);
+    assert_eq!(report.restarted, ["Rollout/canary"]);
+    let path = "/apis/argoproj.io/v1alpha1/namespaces/team-a/rollouts/canary";
+    let patches = api.calls("PATCH", path);
+    assert_eq!(patches.len(), 1);
+    assert_eq!(patches[0].content_type, "application/merge-patch+json");
+    let restart_at = patches[0].body["spec"]["restartAt"].as_str().unwrap();
+    assert!(
+        restart_at.parse::<k8s_openapi::jiff::Timestamp>().is_ok(),
+        "{restart_at}"
+    );
+    assert!(
+        patches[0].body["metadata"]["resourceVersion"].is_string(),
+        "conditional"
+    );
+    assert!(
+        patches[0].body["spec"].get("template").is_none(),
+        "the Pod template is left alone"
+    );
+    assert_eq!(
+        api.get("rollouts", "team-a", "canary").unwrap()["spec"]["restartAt"],
+        restart_at
+    );
+    assert!(
+        api.calls("PATCH", "/deployments/same").is_empty(),
+        "nothing changed"
+    );
+
+    // The Secret rotates again at once (say its value changed back): the
+    // Secret is written, the Rollout is not restarted a second time.
+    let holds = |value: &'static [u8]| {
+        let cache = writer.cache().clone();
+        let canary = canary.clone();
+        move || {
+            cache.state().iter().any(|s| {
+                s.metadata.name.as_deref() == Some(canary.as_str())
+                    && s.data
+                        .as_ref()
+                        .is_some_and(|d| d.get("db.password").is_some_and(|v| v.0 == value))
+            })
+        }
+    };
+    eventually("the cache to see the rotation", holds(b"new-value")).await;
+    let (_, again) = due_secret("canary", "old-value");
+    api.put(
+        "secrets",
+        "team-a",
+        &canary,
+        owned_by(again, "ReplicaSet", "canary-7f"),
+    );
+    eventually("the cache to see the old value again", holds(b"old-value")).await;
+    let report = rotator.run_once(&leading).await;
+    assert_eq!(report.updated, [format!("team-a/{canary}")]);
+    assert!(report.restarted.is_empty(), "{:?}", report.restarted);
+    assert_eq!(api.calls("PATCH", path).len(), 1);
+    assert!(
+        metrics
+            .encode()
+            .contains("sesame_workload_restarts_refused_total{reason=\"cooldown\"} 1"),
+        "{}",
+        metrics.encode()
+    );
+    // The next pass (the Secret is not due) asks again for the held-back
+    // restart: still within the cooldown, so still nothing.
+    eventually("the cache to see the second rotation", holds(b"new-value")).await;
+    let report = rotator.run_once(&leading).await;
+    assert_eq!(report.checked, 0);
+    assert!(report.restarted.is_empty());
+    assert_eq!(api.calls("PATCH", path).len(), 1);
+    assert!(metrics
+        .encode()
+        .contains("sesame_workload_restarts_refused_total{reason=\"cooldown\"} 2"));
+}
+
+/// However many workloads' Secrets rotate in one pass, no more restarts
+/// are made than the cluster-wide cap allows; the rest are held back, and
+/// asked again next pass.
+#[tokio::test]
+async fn the_cluster_wide_cap_holds_back_restarts_beyond_it() {
+    let api = FakeApi::start().await;
+    let (_dir, engine, metrics) = attack_engine(&api).await;
+    api.put("namespaces", "", "team-a", json!({"metadata": {}}));
+    for name in ["w1", "w2", "w3"] {
+        let (secret, object) = due_secret(name, "old-value");
+        api.put("secrets", "team-a", &secret, owned_by(object, "Deployment", name));
+        api.put("deployments", "team-a", name, opted_in(name));
+    }
+    let writer = ready_writer(&api).await;
+    eventually("the cache", || writer.cache().state().len() == 3).await;
+    let rotator = rotator_with(
+        &api,
+        &writer,
+        engine,
+        &metrics,
+        sesame::kube::RestartLimits {
+            cooldown: Duration::from_secs(600),
+            per_minute: 2,
+        },
+    )
+    .await;
+    let (_lead, leading) = watch::channel(true);
+    let report = rotator.run_once(&leading).await;
+    assert_eq!(report.updated.len(), 3);
+    assert_eq!(report.restarted.len(), 2, "{:?}", report.restarted);
+    assert_eq!(
+        api.calls("PATCH", "/apis/apps/v1/namespaces/team-a/deployments/")
+            .len(),
+        2
+    );
+    assert!(metrics
+        .encode()
+        .contains("sesame_workload_restarts_refused_total{reason=\"cluster_cap\"} 1"));
+    eventually("the cache to see the rotations", || {
+        writer.cache().state().iter().all(|s| {
+            s.data
+                .as_ref()
+                .is_some_and(|d| d.get("db.password").is_some_and(|v| v.0 == b"new-value"))
+        })
+    })
+    .await;
+    let report = rotator.run_once(&leading).await;
+    assert_eq!(report.checked, 0);
+    assert!(report.restarted.is_empty());
+    assert_eq!(
+        api.calls("PATCH", "/apis/apps/v1/namespaces/team-a/deployments/")
+            .len(),
+        2
+    );
+    let text = metrics.encode();
+    assert!(
+        text.contains("sesame_workload_restarts_refused_total{reason=\"cluster_cap\"} 2"),
+        "{text}"
+    );
 }
 
 /// Without the provenance key nothing is refreshed; with a newer key the

@@ -57,6 +57,15 @@ pub struct KubeArgs {
     /// How often the leader looks for unreferenced managed Secrets.
     #[arg(long, env = "SESAME_GC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub(crate) gc_interval: Duration,
+    /// After a rotation, a workload is restarted at most once in this
+    /// period, however many of its Secrets rotate; a restart held back is
+    /// made once the period is over (0s: no bound).
+    #[arg(long, env = "SESAME_RESTART_COOLDOWN", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub(crate) restart_cooldown: Duration,
+    /// At most this many rolling restarts after rotations in any minute,
+    /// cluster-wide; the rest wait for a later pass.
+    #[arg(long, env = "SESAME_MAX_RESTARTS_PER_MINUTE", default_value = "10", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_restarts_per_minute: u32,
     /// The ConfigMap holding the configuration file: watched through the
     /// API, so that a change applies within a second on every replica
     /// instead of when the kubelet updates the mounted file (which stays the
@@ -128,6 +137,8 @@ impl Default for KubeArgs {
             lease_name: "sesame-leader".into(),
             gc_grace: Duration::from_secs(600),
             gc_interval: Duration::from_secs(300),
+            restart_cooldown: Duration::from_secs(600),
+            max_restarts_per_minute: 10,
             config_map: None,
             config_map_namespace: None,
             config_map_key: None,
@@ -152,10 +163,37 @@ impl KubeArgs {
             .unwrap_or_else(|| "default".to_owned())
     }
 
+    /// The bounds on restarts after rotations.
+    pub(crate) fn restart_limits(&self) -> RestartLimits {
+        RestartLimits {
+            cooldown: self.restart_cooldown,
+            per_minute: self.max_restarts_per_minute,
+        }
+    }
+
     /// Namespace of the leader-election Lease: `--lease-namespace`, else Sesame's own.
     pub(crate) fn lease_namespace(&self) -> String {
         self.lease_namespace
             .clone()
             .unwrap_or_else(|| self.own_namespace())
+    }
+}
+
+/// How restarts are bounded: `kube::KubeArgs`' `--restart-cooldown` and
+/// `--max-restarts-per-minute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartLimits {
+    /// A workload is restarted at most once in this period (zero: no bound).
+    pub cooldown: Duration,
+    /// At most this many restarts in any minute, cluster-wide.
+    pub per_minute: u32,
+}
+
+impl Default for RestartLimits {
+    fn default() -> Self {
+        Self {
+            cooldown: Duration::from_secs(600),
+            per_minute: 10,
+        }
     }
 }

@@ -1,7 +1,8 @@
-//! Leader election through a coordination.k8s.io/v1 Lease, the way
-//! client-go's leaderelection does it: the holder renews `renewTime`; anyone
-//! may take over a Lease whose `renewTime + leaseDurationSeconds` has
-//! passed. Every write carries the `resourceVersion` it read, so two
+//! Leader election through a coordination.k8s.io/v1 Lease: the holder
+//! renews it; anyone may take over a Lease whose record has not changed for
+//! `leaseDurationSeconds`, timed on the observer's own monotonic clock from
+//! when it saw the record change (so clock skew between nodes cannot make
+//! two leaders). Every write carries the `resourceVersion` it read, so two
 //! replicas racing for the same Lease get one success and one 409.
 
 use std::time::Duration;
@@ -10,7 +11,8 @@ use ::kube::api::PostParams;
 use ::kube::{Api, Client};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
+use tokio::time::Instant;
 
 /// What to do with the Lease as read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +25,35 @@ pub(crate) enum LeaseAction {
     Wait,
 }
 
-/// Decides from the Lease's spec alone (pure).
-pub(crate) fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> LeaseAction {
+/// The holder's record as this replica last saw it, and when (on this
+/// replica's monotonic clock) it last changed. Expiry is timed from that
+/// instant, never from the holder's `renewTime`: the holder's clock and
+/// ours need not agree, and a skewed one must not make a live holder look
+/// expired (two leaders) or a dead one look alive for ever.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Observed {
+    last: Option<(LeaseSpec, Instant)>,
+}
+
+impl Observed {
+    /// Records `spec` as read at `now`; the instant moves only when the
+    /// record differs from the last one seen.
+    pub(crate) fn observe(&mut self, spec: &LeaseSpec, now: Instant) {
+        match &self.last {
+            Some((seen, _)) if seen == spec => {}
+            _ => self.last = Some((spec.clone(), now)),
+        }
+    }
+
+    /// When the record last changed, as far as this replica knows.
+    fn changed_at(&self) -> Option<Instant> {
+        self.last.as_ref().map(|(_, at)| *at)
+    }
+}
+
+/// Decides from the Lease's spec and what this replica observed of it
+/// (pure). Call `observed.observe(spec, now)` first.
+pub(crate) fn decide(spec: Option<&LeaseSpec>, observed: &Observed, me: &str, now: Instant) -> LeaseAction {
     let Some(spec) = spec else {
         return LeaseAction::TakeOver;
     };
@@ -32,17 +61,11 @@ pub(crate) fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Leas
         Some(holder) if holder == me => LeaseAction::Renew,
         None | Some("") => LeaseAction::TakeOver,
         Some(_) => {
-            let seconds = i64::from(spec.lease_duration_seconds.unwrap_or(0).max(0));
-            let expired = spec
-                .renew_time
-                .as_ref()
-                .or(spec.acquire_time.as_ref())
-                .is_none_or(|t| {
-                    t.0.saturating_add(SignedDuration::from_secs(seconds))
-                        .unwrap_or(t.0)
-                        < now
-                });
-            if expired {
+            let seconds = u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0);
+            // A record never observed counts as just changed: a replica
+            // that starts waits one full duration before taking over.
+            let changed = observed.changed_at().unwrap_or(now);
+            if changed + Duration::from_secs(seconds) < now {
                 LeaseAction::TakeOver
             } else {
                 LeaseAction::Wait
@@ -88,6 +111,7 @@ pub struct LeaseElector {
     name: String,
     identity: String,
     duration: Duration,
+    observed: std::sync::Mutex<Observed>,
 }
 
 impl LeaseElector {
@@ -98,6 +122,7 @@ impl LeaseElector {
             name: name.to_owned(),
             identity: identity.to_owned(),
             duration,
+            observed: std::sync::Mutex::new(Observed::default()),
         }
     }
 
@@ -119,6 +144,22 @@ impl LeaseElector {
     /// Acquires or renews the Lease. `Ok(true)`: we lead until
     /// `now + duration`; `Ok(false)`: someone else does, or won the race.
     pub async fn try_acquire_or_renew(&self) -> Result<bool, LeaseError> {
+        self.try_acquire_or_renew_at(Instant::now()).await
+    }
+
+    fn observe(&self, spec: &LeaseSpec, at: Instant) -> Observed {
+        let mut observed = self
+            .observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        observed.observe(spec, at);
+        observed.clone()
+    }
+
+    /// As `try_acquire_or_renew`, with `at` as this replica's monotonic
+    /// "now" (tests pass a later instant instead of waiting a duration).
+    #[doc(hidden)]
+    pub async fn try_acquire_or_renew_at(&self, at: Instant) -> Result<bool, LeaseError> {
         let now = Timestamp::now();
         let current = self.api.get_opt(&self.name).await.map_err(|e| self.error(&e))?;
         let Some(lease) = current else {
@@ -137,12 +178,16 @@ impl LeaseElector {
                 )),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
+                Ok(created) => {
+                    self.observe(&created.spec.unwrap_or_default(), at);
+                    Ok(true)
+                }
                 Err(::kube::Error::Api(s)) if s.code == 409 => Ok(false),
                 Err(e) => Err(self.error(&e)),
             };
         };
-        let action = decide(lease.spec.as_ref(), &self.identity, now);
+        let observed = self.observe(&lease.spec.clone().unwrap_or_default(), at);
+        let action = decide(lease.spec.as_ref(), &observed, &self.identity, at);
         if action == LeaseAction::Wait {
             return Ok(false);
         }
@@ -162,7 +207,10 @@ impl LeaseElector {
             .replace(&self.name, &PostParams::default(), &updated)
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(written) => {
+                self.observe(&written.spec.unwrap_or_default(), at);
+                Ok(true)
+            }
             Err(::kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(self.error(&e)),
         }
@@ -224,18 +272,99 @@ mod tests {
         }
     }
 
+    fn after(start: Instant, secs: u64) -> Instant {
+        start + Duration::from_secs(secs)
+    }
+
+    /// Reads `spec` at `now` and decides, as the runner does.
+    fn read(observed: &mut Observed, spec: &LeaseSpec, now: Instant) -> LeaseAction {
+        observed.observe(spec, now);
+        decide(Some(spec), observed, "a", now)
+    }
+
     #[test]
     fn decisions() {
-        assert_eq!(decide(None, "a", at(0)), LeaseAction::TakeOver);
-        assert_eq!(decide(Some(&held("a", 0)), "a", at(100)), LeaseAction::Renew);
-        assert_eq!(decide(Some(&held("b", 0)), "a", at(10)), LeaseAction::Wait);
-        assert_eq!(decide(Some(&held("b", 0)), "a", at(15)), LeaseAction::Wait);
-        assert_eq!(decide(Some(&held("b", 0)), "a", at(16)), LeaseAction::TakeOver);
+        let t0 = Instant::now();
+        let none = Observed::default();
+        assert_eq!(decide(None, &none, "a", t0), LeaseAction::TakeOver);
+        assert_eq!(decide(Some(&held("a", 0)), &none, "a", t0), LeaseAction::Renew);
         let released = LeaseSpec {
             holder_identity: None,
             ..held("b", 0)
         };
-        assert_eq!(decide(Some(&released), "a", at(1)), LeaseAction::TakeOver);
+        assert_eq!(decide(Some(&released), &none, "a", t0), LeaseAction::TakeOver);
+
+        // Timed from when this replica saw the record, not from renewTime.
+        let mut seen = Observed::default();
+        assert_eq!(read(&mut seen, &held("b", 0), t0), LeaseAction::Wait);
+        assert_eq!(read(&mut seen, &held("b", 0), after(t0, 15)), LeaseAction::Wait);
+        assert_eq!(
+            read(&mut seen, &held("b", 0), after(t0, 16)),
+            LeaseAction::TakeOver
+        );
+    }
+
+    #[test]
+    fn a_replica_that_starts_waits_a_full_duration_even_for_an_old_record() {
+        // renewTime years ago by our clock: the old rule took over at once.
+        let t0 = Instant::now();
+        let mut seen = Observed::default();
+        let stale = held("b", -400_000_000);
+        assert_eq!(read(&mut seen, &stale, t0), LeaseAction::Wait);
+        assert_eq!(read(&mut seen, &stale, after(t0, 15)), LeaseAction::Wait);
+        assert_eq!(read(&mut seen, &stale, after(t0, 16)), LeaseAction::TakeOver);
+    }
+
+    #[test]
+    fn a_holder_whose_clock_lags_keeps_the_lease_while_it_renews() {
+        // The holder's clock is ~12 years behind ours: every renewTime it
+        // writes is "expired" by our clock, yet it is alive and renewing.
+        let t0 = Instant::now();
+        let mut seen = Observed::default();
+        for i in 0..100u64 {
+            let renewed = held("b", -400_000_000 + i64::try_from(i * 5).unwrap());
+            assert_eq!(
+                read(&mut seen, &renewed, after(t0, i * 5)),
+                LeaseAction::Wait,
+                "no takeover at {}s while the record keeps changing",
+                i * 5
+            );
+        }
+        // It stops renewing: one full duration later, not before, it is ours.
+        let last = held("b", -400_000_000 + 99 * 5);
+        assert_eq!(read(&mut seen, &last, after(t0, 99 * 5 + 15)), LeaseAction::Wait);
+        assert_eq!(
+            read(&mut seen, &last, after(t0, 99 * 5 + 16)),
+            LeaseAction::TakeOver
+        );
+    }
+
+    #[test]
+    fn a_holder_whose_clock_runs_ahead_loses_the_lease_once_it_stops() {
+        // renewTime ~12 years ahead of ours: the old rule never took over.
+        let t0 = Instant::now();
+        let mut seen = Observed::default();
+        for i in 0..10u64 {
+            let renewed = held("b", 400_000_000 + i64::try_from(i * 5).unwrap());
+            assert_eq!(read(&mut seen, &renewed, after(t0, i * 5)), LeaseAction::Wait);
+        }
+        let last = held("b", 400_000_000 + 45);
+        assert_eq!(read(&mut seen, &last, after(t0, 45 + 15)), LeaseAction::Wait);
+        assert_eq!(read(&mut seen, &last, after(t0, 45 + 16)), LeaseAction::TakeOver);
+    }
+
+    #[test]
+    fn any_change_of_the_record_restarts_the_wait() {
+        let t0 = Instant::now();
+        let mut seen = Observed::default();
+        assert_eq!(read(&mut seen, &held("b", 0), t0), LeaseAction::Wait);
+        // Another replica took it over (same renewTime, new holder).
+        assert_eq!(read(&mut seen, &held("c", 0), after(t0, 10)), LeaseAction::Wait);
+        assert_eq!(read(&mut seen, &held("c", 0), after(t0, 20)), LeaseAction::Wait);
+        assert_eq!(
+            read(&mut seen, &held("c", 0), after(t0, 26)),
+            LeaseAction::TakeOver
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 pub(crate) use args::KubeArgs;
-pub use args::{CertMode, KubeMode};
+pub use args::{CertMode, KubeMode, RestartLimits};
 
 use crate::pipeline::SharedEngine;
 use crate::tasks::Tasks;
@@ -131,7 +131,8 @@ pub async fn start(
         namespaces.clone(),
         provenance.clone(),
         kube_metrics.clone(),
-    );
+    )
+    .with_restart_limits(args.restart_limits());
     let schedule = leader::Schedule::new(LEASE_DURATION, args.gc_interval);
     let (leading_tx, leading) = watch::channel(false);
     tasks.spawn(

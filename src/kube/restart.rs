@@ -6,9 +6,18 @@
 //! annotations produce this very Secret. Nothing a tenant can put on a
 //! Secret (owners, annotations) decides alone. The restart is the one
 //! `kubectl rollout restart` makes, conditional on the resourceVersion of
-//! the template that was checked.
+//! the template that was checked; an Argo Rollout (itself, or as the
+//! controller of a ReplicaSet) is restarted through its `spec.restartAt`.
+//!
+//! Restarts are bounded (`RestartBudget`): a workload is restarted at most
+//! once per `--restart-cooldown`, however many of its Secrets rotate, and
+//! the cluster at most `--max-restarts-per-minute` times a minute. A
+//! restart held back is deferred, not dropped: the rotator asks again on
+//! later passes until it is made.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use ::kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use ::kube::core::PartialObjectMeta;
@@ -16,9 +25,12 @@ use ::kube::{Api, Client};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
+use super::args::RestartLimits;
 use super::client::is_conflict;
 use super::metrics::KubeMetrics;
 use super::secret::{now_rfc3339, Recorded, FIELD_MANAGER};
@@ -29,12 +41,120 @@ use crate::pipeline::{service_account, Engine};
 /// The annotation `kubectl rollout restart` sets on the Pod template.
 pub(crate) const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
-/// The kinds that can be restarted, with their resource names.
-const WORKLOADS: [(&str, &str); 3] = [
-    ("Deployment", "deployments"),
-    ("StatefulSet", "statefulsets"),
-    ("DaemonSet", "daemonsets"),
+/// How a kind of workload is restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum RestartStyle {
+    /// Strategic merge patch of the Pod template's `restartedAt` annotation.
+    TemplateAnnotation,
+    /// JSON merge patch of `spec.restartAt` (Argo Rollouts; a custom
+    /// resource takes no strategic merge patch).
+    RestartAt,
+}
+
+/// A kind that can be restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct WorkloadKind {
+    pub kind: &'static str,
+    pub api_version: &'static str,
+    pub plural: &'static str,
+    pub style: RestartStyle,
+}
+
+const fn apps(kind: &'static str, plural: &'static str) -> WorkloadKind {
+    WorkloadKind {
+        kind,
+        api_version: "apps/v1",
+        plural,
+        style: RestartStyle::TemplateAnnotation,
+    }
+}
+
+/// Argo Rollouts' Rollout.
+pub(crate) const ROLLOUT: WorkloadKind = WorkloadKind {
+    kind: "Rollout",
+    api_version: "argoproj.io/v1alpha1",
+    plural: "rollouts",
+    style: RestartStyle::RestartAt,
+};
+
+/// The kinds that can be restarted.
+const WORKLOADS: [WorkloadKind; 4] = [
+    apps("Deployment", "deployments"),
+    apps("StatefulSet", "statefulsets"),
+    apps("DaemonSet", "daemonsets"),
+    ROLLOUT,
 ];
+
+fn workload_kind(api_version: &str, kind: &str) -> Option<WorkloadKind> {
+    WORKLOADS
+        .iter()
+        .find(|w| w.kind == kind && w.api_version == api_version)
+        .copied()
+}
+
+/// Which restarts may be made now (pure, given the instants): the last
+/// restart of each workload and the restarts of the last minute, on this
+/// replica's monotonic clock.
+#[derive(Debug, Default)]
+pub(crate) struct RestartBudget {
+    limits: RestartLimits,
+    last: HashMap<String, Instant>,
+    recent: VecDeque<Instant>,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+impl RestartBudget {
+    pub(crate) fn new(limits: RestartLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    /// Whether `workload` (`namespace/Kind/name`) may be restarted at `now`.
+    /// `restarted_at` is the last restart the workload itself records (its
+    /// template's `restartedAt`, or a Rollout's `restartAt`) and `wall` the
+    /// wall-clock now: that record outlives a change of leader, the
+    /// in-memory one does not depend on clocks agreeing.
+    pub(crate) fn check(
+        &mut self,
+        workload: &str,
+        restarted_at: Option<Timestamp>,
+        now: Instant,
+        wall: Timestamp,
+    ) -> Result<(), Refused> {
+        let cooldown = self.limits.cooldown;
+        self.last.retain(|_, at| now.duration_since(*at) < cooldown);
+        while self
+            .recent
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= MINUTE)
+        {
+            self.recent.pop_front();
+        }
+        let signed = SignedDuration::try_from(cooldown).unwrap_or(SignedDuration::MAX);
+        let recorded_recently = restarted_at.is_some_and(|t| {
+            let age = wall.duration_since(t);
+            age >= SignedDuration::ZERO && age < signed
+        });
+        if self.last.contains_key(workload) || recorded_recently {
+            return Err(Refused::Cooldown);
+        }
+        if self.recent.len() >= usize::try_from(self.limits.per_minute).unwrap_or(usize::MAX) {
+            return Err(Refused::ClusterCap);
+        }
+        Ok(())
+    }
+
+    /// Counts a restart made at `now`.
+    pub(crate) fn record(&mut self, workload: &str, now: Instant) {
+        if !self.limits.cooldown.is_zero() {
+            self.last.insert(workload.to_owned(), now);
+        }
+        self.recent.push_back(now);
+    }
+}
 
 /// Why a candidate is not restarted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +166,10 @@ pub(crate) enum Refused {
     OtherSecret,
     /// The template's annotations do not parse.
     Unparsable,
+    /// Restarted within `--restart-cooldown`: deferred.
+    Cooldown,
+    /// `--max-restarts-per-minute` reached: deferred.
+    ClusterCap,
 }
 
 impl Refused {
@@ -55,7 +179,14 @@ impl Refused {
             Self::NotOptedIn => "not_opted_in",
             Self::OtherSecret => "other_secret",
             Self::Unparsable => "unparsable",
+            Self::Cooldown => "cooldown",
+            Self::ClusterCap => "cluster_cap",
         }
+    }
+
+    /// Whether the restart is only held back, to be made later.
+    pub(crate) fn deferred(&self) -> bool {
+        matches!(self, Self::Cooldown | Self::ClusterCap)
     }
 }
 
@@ -103,24 +234,21 @@ pub(crate) fn template_asks_for_restart(
 }
 
 /// The workload kind a Secret's owner suggests (pure): a Deployment,
-/// StatefulSet or DaemonSet itself, or the Deployment that controls a
-/// ReplicaSet (`rs_controller`). Anything else has nothing to roll.
+/// StatefulSet, DaemonSet or Argo Rollout itself, or the Deployment or
+/// Rollout that controls a ReplicaSet (`rs_controller`). Anything else has
+/// nothing to roll.
 pub(crate) fn candidate(
     owner: &OwnerReference,
     rs_controller: Option<&OwnerReference>,
-) -> Option<(&'static str, String)> {
-    if owner.api_version != "apps/v1" {
-        return None;
+) -> Option<(WorkloadKind, String)> {
+    if owner.kind == "ReplicaSet" && owner.api_version == "apps/v1" {
+        return rs_controller.and_then(|c| {
+            workload_kind(&c.api_version, &c.kind)
+                .filter(|w| w.kind == "Deployment" || *w == ROLLOUT)
+                .map(|w| (w, c.name.clone()))
+        });
     }
-    if owner.kind == "ReplicaSet" {
-        return rs_controller
-            .filter(|c| c.kind == "Deployment" && c.api_version == "apps/v1")
-            .map(|c| ("Deployment", c.name.clone()));
-    }
-    WORKLOADS
-        .iter()
-        .find(|(kind, _)| *kind == owner.kind)
-        .map(|(kind, _)| (*kind, owner.name.clone()))
+    workload_kind(&owner.api_version, &owner.kind).map(|w| (w, owner.name.clone()))
 }
 
 /// The strategic merge patch of `kubectl rollout restart`, conditional on
@@ -132,11 +260,42 @@ pub(crate) fn restart_patch(now: &str, resource_version: Option<&str>) -> Value 
     })
 }
 
-fn workload_api(client: &Client, namespace: &str, kind: &str) -> Option<Api<DynamicObject>> {
-    let (kind, plural) = WORKLOADS.iter().find(|(k, _)| *k == kind)?;
-    let gvk = GroupVersionKind::gvk("apps", "v1", kind);
-    let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
-    Some(Api::namespaced_with(client.clone(), namespace, &resource))
+/// The JSON merge patch that restarts an Argo Rollout (its controller
+/// replaces every Pod created before `restartAt`), conditional on
+/// `resource_version`.
+pub(crate) fn rollout_restart_patch(now: &str, resource_version: Option<&str>) -> Value {
+    json!({
+        "metadata": {"resourceVersion": resource_version},
+        "spec": {"restartAt": now},
+    })
+}
+
+/// When the workload says it was last restarted (pure): the template's
+/// `restartedAt` annotation, or a Rollout's `spec.restartAt`.
+pub(crate) fn last_restart(kind: WorkloadKind, object: &Value) -> Option<Timestamp> {
+    let text = match kind.style {
+        RestartStyle::TemplateAnnotation => object
+            .pointer("/spec/template/metadata/annotations")
+            .and_then(|a| a.get(RESTARTED_AT)),
+        RestartStyle::RestartAt => object.pointer("/spec/restartAt"),
+    };
+    text.and_then(Value::as_str).and_then(|t| t.parse().ok())
+}
+
+fn workload_api(client: &Client, namespace: &str, kind: WorkloadKind) -> Api<DynamicObject> {
+    let (group, version) = kind.api_version.split_once('/').unwrap_or(("", kind.api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind.kind);
+    let resource = ApiResource::from_gvk_with_plural(&gvk, kind.plural);
+    Api::namespaced_with(client.clone(), namespace, &resource)
+}
+
+/// What the restarts after one rotation did.
+#[derive(Debug, Default)]
+pub(crate) struct Restarts {
+    /// `Kind/name` of each workload restarted.
+    pub restarted: Vec<String>,
+    /// A restart was held back by the cooldown or the cap: ask again later.
+    pub deferred: bool,
 }
 
 /// Restarts the workloads among a rotated Secret's owners that asked for it.
@@ -144,11 +303,12 @@ pub(crate) struct Restarter<'a> {
     pub client: &'a Client,
     pub engine: &'a Engine,
     pub metrics: &'a KubeMetrics,
+    pub budget: &'a Mutex<RestartBudget>,
 }
 
 impl Restarter<'_> {
     /// The candidates `secret`'s owners suggest, each once.
-    async fn candidates(&self, secret: &Secret, namespace: &str) -> BTreeSet<(&'static str, String)> {
+    async fn candidates(&self, secret: &Secret, namespace: &str) -> BTreeSet<(WorkloadKind, String)> {
         let mut out = BTreeSet::new();
         for owner in secret.metadata.owner_references.iter().flatten() {
             let rs_controller = if owner.kind == "ReplicaSet" && owner.api_version == "apps/v1" {
@@ -181,28 +341,26 @@ impl Restarter<'_> {
         out
     }
 
-    /// Checks every candidate's template and restarts those that asked;
-    /// returns `Kind/name` of each restarted.
-    pub(crate) async fn restart(&self, secret: &Secret, recorded: &Recorded) -> Vec<String> {
+    /// Checks every candidate's template and restarts those that asked,
+    /// within the budget.
+    pub(crate) async fn restart(&self, secret: &Secret, recorded: &Recorded) -> Restarts {
         let namespace = recorded.namespace.as_str();
-        let mut done = Vec::new();
+        let mut done = Restarts::default();
         for (kind, name) in self.candidates(secret, namespace).await {
-            let Some(api) = workload_api(self.client, namespace, kind) else {
-                continue;
-            };
+            let api = workload_api(self.client, namespace, kind);
             // Once more when the workload changed between the check and the patch.
             for attempt in 0..2 {
                 match self.check_and_restart(&api, kind, &name, recorded).await {
-                    Ok(true) => {
-                        self.metrics.restart(kind);
-                        tracing::info!(namespace, kind, name = %name, "rolling restart after rotation");
-                        done.push(format!("{kind}/{name}"));
+                    Ok(Ok(())) => {
+                        self.metrics.restart(kind.kind);
+                        tracing::info!(namespace, kind = kind.kind, name = %name, "rolling restart after rotation");
+                        done.restarted.push(format!("{}/{name}", kind.kind));
                     }
-                    Ok(false) => {}
+                    Ok(Err(refused)) => done.deferred |= refused.deferred(),
                     Err(e) if attempt == 0 && is_conflict(&e) => continue,
                     Err(e) => {
                         self.metrics.rotation_failure("restart");
-                        tracing::warn!(namespace, kind, name = %name, error = %e, "rolling restart failed");
+                        tracing::warn!(namespace, kind = kind.kind, name = %name, error = %e, "rolling restart failed");
                     }
                 }
                 break;
@@ -211,43 +369,75 @@ impl Restarter<'_> {
         done
     }
 
-    /// Reads the workload, checks its template, and patches it when it
-    /// asked: `Ok(true)` when restarted.
+    /// Reads the workload, checks its template and the budget, and patches
+    /// it when it asked: `Ok(Ok(()))` when restarted.
     async fn check_and_restart(
         &self,
         api: &Api<DynamicObject>,
-        kind: &'static str,
+        kind: WorkloadKind,
         name: &str,
         recorded: &Recorded,
-    ) -> Result<bool, ::kube::Error> {
+    ) -> Result<Result<(), Refused>, ::kube::Error> {
         let Some(workload) = api.get_opt(name).await? else {
-            return Ok(false);
+            return Ok(Err(Refused::OtherSecret));
         };
         let template = workload
             .data
             .pointer("/spec/template")
             .and_then(|t| PodView::deserialize(t).ok())
             .unwrap_or_default();
-        if let Err(refused) = template_asks_for_restart(self.engine, &recorded.namespace, &template, recorded)
-        {
+        let namespace = recorded.namespace.as_str();
+        if let Err(refused) = template_asks_for_restart(self.engine, namespace, &template, recorded) {
             self.metrics.restart_refused(refused.label());
             tracing::info!(
-                namespace = %recorded.namespace,
-                kind,
+                namespace,
+                kind = kind.kind,
                 name,
                 secret = %recorded.name,
                 reason = refused.label(),
                 "not restarted: its Pod template does not ask for restarts on rotation of this Secret"
             );
-            return Ok(false);
+            return Ok(Err(refused));
         }
-        let patch = restart_patch(&now_rfc3339(), workload.metadata.resource_version.as_deref());
+        let key = format!("{namespace}/{}/{name}", kind.kind);
+        let now = Instant::now();
+        let checked = self
+            .budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check(&key, last_restart(kind, &workload.data), now, Timestamp::now());
+        if let Err(refused) = checked {
+            self.metrics.restart_refused(refused.label());
+            tracing::info!(
+                namespace,
+                kind = kind.kind,
+                name,
+                secret = %recorded.name,
+                reason = refused.label(),
+                "restart deferred: restarted within the cooldown, or the cluster-wide cap is reached"
+            );
+            return Ok(Err(refused));
+        }
+        let rv = workload.metadata.resource_version.as_deref();
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
         };
-        api.patch(name, &params, &Patch::Strategic(&patch)).await?;
-        Ok(true)
+        match kind.style {
+            RestartStyle::TemplateAnnotation => {
+                let patch = restart_patch(&now_rfc3339(), rv);
+                api.patch(name, &params, &Patch::Strategic(&patch)).await?;
+            }
+            RestartStyle::RestartAt => {
+                let patch = rollout_restart_patch(&now_rfc3339(), rv);
+                api.patch(name, &params, &Patch::Merge(&patch)).await?;
+            }
+        }
+        self.budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(&key, now);
+        Ok(Ok(()))
     }
 }
 
@@ -424,18 +614,37 @@ mod tests {
             controller: Some(true),
             ..owner("Deployment", "web")
         };
+        let kind = |(w, n): (WorkloadKind, String)| (w.kind, n);
         assert_eq!(
-            candidate(&owner("ReplicaSet", "web-5d4f"), Some(&deploy)),
+            candidate(&owner("ReplicaSet", "web-5d4f"), Some(&deploy)).map(kind),
             Some(("Deployment", "web".to_owned()))
         );
+        // Argo Rollouts: a Rollout, and the Rollout controlling a ReplicaSet.
+        let rollout = OwnerReference {
+            api_version: "argoproj.io/v1alpha1".into(),
+            controller: Some(true),
+            ..owner("Rollout", "canary")
+        };
+        assert_eq!(candidate(&rollout, None), Some((ROLLOUT, "canary".to_owned())));
+        assert_eq!(
+            candidate(&owner("ReplicaSet", "canary-7f"), Some(&rollout)),
+            Some((ROLLOUT, "canary".to_owned()))
+        );
+        // A kind named Rollout in another group is not one.
+        let other = OwnerReference {
+            api_version: "example.com/v1".into(),
+            ..rollout.clone()
+        };
+        assert_eq!(candidate(&other, None), None);
+        assert_eq!(candidate(&owner("ReplicaSet", "x"), Some(&other)), None);
         // A bare ReplicaSet has nothing to roll.
         assert_eq!(candidate(&owner("ReplicaSet", "rs"), None), None);
         assert_eq!(
-            candidate(&owner("StatefulSet", "db"), None),
+            candidate(&owner("StatefulSet", "db"), None).map(kind),
             Some(("StatefulSet", "db".to_owned()))
         );
         assert_eq!(
-            candidate(&owner("DaemonSet", "agent"), None),
+            candidate(&owner("DaemonSet", "agent"), None).map(kind),
             Some(("DaemonSet", "agent".to_owned()))
         );
         let job = OwnerReference {
@@ -454,5 +663,93 @@ mod tests {
             "2026-01-01T00:00:00Z"
         );
         assert_eq!(patch["metadata"]["resourceVersion"], "42");
+    }
+
+    #[test]
+    fn rollout_patch_and_recorded_restarts() {
+        let patch = rollout_restart_patch("2026-01-01T00:00:00Z", Some("7"));
+        assert_eq!(
+            patch,
+            json!({"metadata": {"resourceVersion": "7"}, "spec": {"restartAt": "2026-01-01T00:00:00Z"}})
+        );
+        let t: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let rollout = json!({"spec": {"restartAt": "2026-01-01T00:00:00Z"}});
+        assert_eq!(last_restart(ROLLOUT, &rollout), Some(t));
+        let deployment = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: "2026-01-01T00:00:00Z"}}}}});
+        assert_eq!(last_restart(WORKLOADS[0], &deployment), Some(t));
+        assert_eq!(last_restart(WORKLOADS[0], &rollout), None);
+    }
+
+    #[test]
+    fn a_workload_is_restarted_once_per_cooldown() {
+        let limits = RestartLimits {
+            cooldown: Duration::from_secs(600),
+            per_minute: 100,
+        };
+        let mut budget = RestartBudget::new(limits);
+        let t0 = Instant::now();
+        let wall: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(budget.check("a/Deployment/web", None, t0, wall), Ok(()));
+        budget.record("a/Deployment/web", t0);
+        // Its other Secrets rotating moments later restart nothing.
+        let soon = t0 + Duration::from_secs(1);
+        assert_eq!(
+            budget.check("a/Deployment/web", None, soon, wall),
+            Err(Refused::Cooldown)
+        );
+        // Another workload is not held back.
+        assert_eq!(budget.check("a/Deployment/api", None, soon, wall), Ok(()));
+        let later = t0 + Duration::from_secs(599);
+        assert_eq!(
+            budget.check("a/Deployment/web", None, later, wall),
+            Err(Refused::Cooldown)
+        );
+        let after = t0 + Duration::from_secs(600);
+        assert_eq!(budget.check("a/Deployment/web", None, after, wall), Ok(()));
+        // The workload's own record counts too (a restart by the previous
+        // leader, or by hand): within the cooldown it defers ...
+        let fresh = Instant::now();
+        let mut budget = RestartBudget::new(limits);
+        let recent = wall.checked_sub(SignedDuration::from_secs(60)).unwrap();
+        assert_eq!(
+            budget.check("a/Deployment/web", Some(recent), fresh, wall),
+            Err(Refused::Cooldown)
+        );
+        // ... and an old one does not.
+        let old = wall.checked_sub(SignedDuration::from_secs(3600)).unwrap();
+        assert_eq!(budget.check("a/Deployment/web", Some(old), fresh, wall), Ok(()));
+        // A zero cooldown bounds nothing.
+        let mut none = RestartBudget::new(RestartLimits {
+            cooldown: Duration::ZERO,
+            per_minute: 100,
+        });
+        none.record("a/Deployment/web", fresh);
+        assert_eq!(none.check("a/Deployment/web", Some(wall), fresh, wall), Ok(()));
+    }
+
+    #[test]
+    fn the_cluster_is_capped_per_minute() {
+        let mut budget = RestartBudget::new(RestartLimits {
+            cooldown: Duration::from_secs(600),
+            per_minute: 3,
+        });
+        let t0 = Instant::now();
+        let wall: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        for i in 0..3u64 {
+            let w = format!("a/Deployment/w{i}");
+            let at = t0 + Duration::from_secs(i);
+            assert_eq!(budget.check(&w, None, at, wall), Ok(()));
+            budget.record(&w, at);
+        }
+        let at = t0 + Duration::from_secs(10);
+        assert_eq!(
+            budget.check("a/Deployment/w3", None, at, wall),
+            Err(Refused::ClusterCap)
+        );
+        // A minute after the first, one more may go.
+        let at = t0 + Duration::from_secs(60);
+        assert_eq!(budget.check("a/Deployment/w3", None, at, wall), Ok(()));
+        assert!(Refused::ClusterCap.deferred() && Refused::Cooldown.deferred());
+        assert!(!Refused::NotOptedIn.deferred());
     }
 }

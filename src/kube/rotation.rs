@@ -23,9 +23,10 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::args::RestartLimits;
 use super::metrics::KubeMetrics;
 use super::provenance::{KeyRing, Provenance, UnverifiedReport};
-use super::restart::Restarter;
+use super::restart::{RestartBudget, Restarter};
 use super::secret::{
     apply_body, merged_owners, now_rfc3339, verify, ApplyBody, Recorded, SecretAnnotations, FIELD_MANAGER,
 };
@@ -204,6 +205,10 @@ pub struct Rotator {
     metrics: Arc<KubeMetrics>,
     events: Recorder,
     unverified: UnverifiedReport,
+    restarts: std::sync::Mutex<RestartBudget>,
+    /// `namespace/name` of rotated Secrets whose restarts the budget held
+    /// back: asked again every pass until made.
+    deferred: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl Rotator {
@@ -231,7 +236,46 @@ impl Rotator {
             namespaces,
             provenance,
             metrics,
+            restarts: std::sync::Mutex::new(RestartBudget::new(RestartLimits::default())),
+            deferred: std::sync::Mutex::default(),
         }
+    }
+
+    /// Bounds the restarts after rotations (default: `RestartLimits::default()`).
+    #[must_use]
+    pub fn with_restart_limits(mut self, limits: RestartLimits) -> Self {
+        self.restarts = std::sync::Mutex::new(RestartBudget::new(limits));
+        self
+    }
+
+    fn deferred(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.deferred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Restarts what asked for it after `secret` rotated; a restart the
+    /// budget held back is remembered and asked again next pass.
+    async fn restart(
+        &self,
+        engine: &Engine,
+        secret: &Secret,
+        recorded: &Recorded,
+        name: &str,
+    ) -> Vec<String> {
+        let restarter = Restarter {
+            client: &self.client,
+            engine,
+            metrics: &self.metrics,
+            budget: &self.restarts,
+        };
+        let done = restarter.restart(secret, recorded).await;
+        if done.deferred {
+            self.deferred().insert(name.to_owned());
+        } else {
+            self.deferred().remove(name);
+        }
+        done.restarted
     }
 
     /// One pass over the cached managed Secrets.
@@ -248,6 +292,19 @@ impl Rotator {
         let mut on_older_keys = 0;
         let secrets = self.cache.state();
         self.unverified.retain(secrets.iter().map(AsRef::as_ref));
+        {
+            let present: BTreeSet<String> = secrets
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}/{}",
+                        s.metadata.namespace.as_deref().unwrap_or(""),
+                        s.metadata.name.as_deref().unwrap_or("")
+                    )
+                })
+                .collect();
+            self.deferred().retain(|n| present.contains(n));
+        }
         for secret in &secrets {
             let name = format!(
                 "{}/{}",
@@ -274,6 +331,11 @@ impl Rotator {
                 });
             if !*leading.borrow() {
                 break;
+            }
+            if !due && self.deferred().contains(&name) {
+                report
+                    .restarted
+                    .extend(self.restart(&engine, secret, &recorded, &name).await);
             }
             if !due {
                 // Not due: only signed again when an older key made its MAC.
@@ -313,14 +375,9 @@ impl Rotator {
                     // A key that just left is no reason to restart, and a
                     // restarted Pod would be denied it anyway.
                     if rotated.changed && rotated.revoked.is_empty() && recorded.restart_on_rotation {
-                        let restarter = Restarter {
-                            client: &self.client,
-                            engine: &engine,
-                            metrics: &self.metrics,
-                        };
                         report
                             .restarted
-                            .extend(restarter.restart(secret, &recorded).await);
+                            .extend(self.restart(&engine, secret, &recorded, &name).await);
                     }
                 }
                 Err(e) => {

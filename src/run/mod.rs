@@ -33,6 +33,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Mutate(args) => crate::mutate::run(&args).await,
         Command::CheckConfig(arg) => check_config(&arg),
         Command::GenCerts(args) => gen_certs(&args),
+        Command::Policy(crate::cli::PolicyCommand::Explain(args)) => crate::explain::run(&args).await,
     }
 }
 

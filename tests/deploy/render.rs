@@ -73,7 +73,12 @@ pub(crate) fn kustomize_with(kubectl: &Path, name: &str, extra: &str) -> Vec<Val
     let up = "../".repeat(dir.components().count() - 1);
     let base = format!("{up}{}", root().display().to_string().trim_start_matches('/'));
     let text = extra.replace("{root}", &base);
-    std::fs::write(dir.join("kustomization.yaml"), text).unwrap();
+    // Tests render the same scratch kustomization in parallel: write it
+    // aside and rename it into place, so that kubectl never reads a file
+    // another test has just truncated.
+    let aside = dir.join(format!("kustomization.yaml.{:?}", std::thread::current().id()));
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, dir.join("kustomization.yaml")).unwrap();
     kustomize(kubectl, &dir)
 }
 

@@ -20,6 +20,10 @@
 //!   (cluster-scoped; `webhooks` is a list map keyed by `name`, so an apply
 //!   that names a webhook merges into that entry).
 //!
+//! - Custom resources (here Argo Rollouts' `rollouts`) reject strategic
+//!   merge patches with 415, https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#advanced-topics
+//!   ("strategic merge patch is not supported" for custom resources).
+//!
 //! Simplifications, none of which Sesame's behaviour depends on: apply
 //! merges labels and annotations key by key and replaces `ownerReferences`
 //! and `data` whole (the real server tracks per-manager field ownership);
@@ -109,6 +113,7 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "deployments" => ("Deployment", "apps/v1"),
         "statefulsets" => ("StatefulSet", "apps/v1"),
         "daemonsets" => ("DaemonSet", "apps/v1"),
+        "rollouts" => ("Rollout", "argoproj.io/v1alpha1"),
         "events" => ("Event", "events.k8s.io/v1"),
         "mutatingwebhookconfigurations" => {
             ("MutatingWebhookConfiguration", "admissionregistration.k8s.io/v1")
@@ -536,6 +541,12 @@ fn patch(
                 obj,
             )
         }
+        // Custom resources take no strategic merge patch.
+        "application/strategic-merge-patch+json" if kind_of(&target.resource).1.starts_with("argoproj.io/") => status(
+            415,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+        ),
         "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
             let Some(mut obj) = current else {
                 return status(
