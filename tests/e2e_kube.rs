@@ -1710,7 +1710,12 @@ async fn managed_secrets_naming(admin: &Client, text: &str) -> std::collections:
                 .as_ref()
                 .is_some_and(|a| a.values().any(|v| v.contains(text)))
         })
-        .map(|s| (s.metadata.namespace.unwrap_or_default(), s.metadata.name.unwrap_or_default()))
+        .map(|s| {
+            (
+                s.metadata.namespace.unwrap_or_default(),
+                s.metadata.name.unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
