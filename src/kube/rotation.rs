@@ -477,42 +477,39 @@ impl Rotator {
             .iter()
             .map(|r| format!("{} ({})", r.key, r.reference))
             .collect();
-        let mut note = format!(
+        let note = format!(
             "Sesame removed {} key(s) whose reference the policy no longer grants to service account {}: {}",
             revoked.len(),
             recorded.service_account,
             listed.join(", ")
         );
-        truncate(&mut note, 1000);
-        let reference = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Secret".into()),
-            name: Some(recorded.name.clone()),
-            namespace: Some(recorded.namespace.clone()),
-            uid: secret.metadata.uid.clone(),
-            ..Default::default()
-        };
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "ReferenceNotGranted".into(),
-            note: Some(note),
-            action: "Rotate".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.events.publish(&event, &reference).await {
-            tracing::warn!(namespace = %recorded.namespace, secret = %recorded.name, error = %e, "could not record the Event");
-        }
+        self.record_on_secret(secret, recorded, EventType::Warning, "ReferenceNotGranted", note)
+            .await;
     }
 
     /// A `Normal` Event `ManagedSecretRotated` on a Secret whose values
     /// changed: which keys come from which references, never a value.
     async fn record_rotation(&self, secret: &Secret, recorded: &Recorded) {
         let keys: Vec<String> = recorded.sources.keys().cloned().collect();
-        let mut note = format!(
+        let note = format!(
             "Sesame refreshed managed Secret {} from its stores; keys: {}",
             recorded.name,
             keys.join(", ")
         );
+        self.record_on_secret(secret, recorded, EventType::Normal, "ManagedSecretRotated", note)
+            .await;
+    }
+
+    /// Publishes a rotation Event on the managed Secret (best effort: a
+    /// failure is logged). `note` names keys and references, never a value.
+    async fn record_on_secret(
+        &self,
+        secret: &Secret,
+        recorded: &Recorded,
+        type_: EventType,
+        reason: &str,
+        mut note: String,
+    ) {
         truncate(&mut note, 1000);
         let reference = ObjectReference {
             api_version: Some("v1".into()),
@@ -523,8 +520,8 @@ impl Rotator {
             ..Default::default()
         };
         let event = Event {
-            type_: EventType::Normal,
-            reason: "ManagedSecretRotated".into(),
+            type_,
+            reason: reason.into(),
             note: Some(note),
             action: "Rotate".into(),
             secondary: None,
