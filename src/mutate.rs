@@ -12,22 +12,10 @@ use serde_json::Value;
 
 use crate::cli::MutateArgs;
 use crate::config::Config;
+use crate::inject::pod::pod_pointer;
 use crate::inject::{ManagedSecret, PodView};
 use crate::pipeline::{Caller, Engine, PodInput, Verdict};
 use crate::telemetry::Metrics;
-
-/// Where the Pod (template) sits in each kind of object.
-pub(crate) fn pod_pointer(kind: &str) -> Option<&'static str> {
-    match kind {
-        "Pod" => Some(""),
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController" => {
-            Some("/spec/template")
-        }
-        "CronJob" => Some("/spec/jobTemplate/spec/template"),
-        "PodTemplate" => Some("/template"),
-        _ => None,
-    }
-}
 
 /// The result of running the pipeline on one object.
 pub struct Mutated {

@@ -54,6 +54,20 @@ pub struct SpecView {
     pub service_account_name: Option<String>,
 }
 
+/// Where the Pod (template) sits in each kind of object: the one table the
+/// offline CLI and any server path that reads workloads share.
+pub(crate) fn pod_pointer(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" => Some(""),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController" => {
+            Some("/spec/template")
+        }
+        "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        "PodTemplate" => Some("/template"),
+        _ => None,
+    }
+}
+
 /// Every field of a Pod volume that names a Secret of the Pod's namespace
 /// (`projected` sources are read apart). The webhook's `matchConditions`
 /// (deploy/, the chart) list the same fields; tests/deploy checks both
@@ -176,6 +190,17 @@ fn container_secret_names<'v>(c: &'v ContainerView, add: &mut impl FnMut(Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every workload kind with a Pod template, and nothing else.
+    #[test]
+    fn pod_pointer_finds_the_template_of_each_workload_kind() {
+        assert_eq!(pod_pointer("Pod"), Some(""));
+        for kind in ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"] {
+            assert_eq!(pod_pointer(kind), Some("/spec/template"), "{kind}");
+        }
+        assert_eq!(pod_pointer("CronJob"), Some("/spec/jobTemplate/spec/template"));
+        assert_eq!(pod_pointer("ConfigMap"), None);
+    }
 
     #[test]
     fn finds_managed_secret_names_everywhere_a_pod_can_use_a_secret() {
