@@ -43,6 +43,21 @@ pub struct Config {
     /// How much one review may ask for.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// What the workload webhook does with a template Sesame would deny.
+    #[serde(default)]
+    pub(crate) workloads: WorkloadsConfig,
+}
+
+/// `workloads` in the configuration: what the workload webhook does with a
+/// Pod template whose Pods Sesame would deny.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadsConfig {
+    /// Deny the workload (at CREATE, or at an UPDATE that changes its Pod
+    /// template) instead of only warning. Off by default: the Pods are
+    /// denied anyway, and a warning cannot block an unrelated change.
+    #[serde(default)]
+    pub deny: bool,
 }
 
 fn default_prefix() -> String {

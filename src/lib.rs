@@ -20,6 +20,7 @@ pub mod kube;
 pub mod mutate;
 pub mod pipeline;
 pub mod policy;
+pub(crate) mod preflight;
 pub mod run;
 pub mod server;
 pub mod stores;

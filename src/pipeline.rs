@@ -22,7 +22,7 @@ use crate::stores::{
     SecretData, SecretLocator, SecretValue, StoreError, StoreRequest, Stores, WorkloadIdentity,
 };
 use crate::telemetry::Metrics;
-use crate::validate::escape_controls;
+use crate::validate::{escape_controls, Quote};
 
 /// Everything the pipeline needs, built once from the configuration and
 /// swapped whole when the configuration changes.
@@ -36,6 +36,8 @@ pub struct Engine {
     refresh_intervals: std::collections::HashMap<String, Duration>,
     /// How much one review may ask for.
     limits: LimitsConfig,
+    /// Whether the workload webhook denies rather than warns.
+    deny_workloads: bool,
 }
 
 /// The Pod to work on.
@@ -132,7 +134,7 @@ impl Denial {
     /// The message's control and bidirectional characters are escaped
     /// here, the one way out for every denial: whatever a message quotes
     /// from the Pod cannot break or reorder it.
-    fn new(class: DenialClass, message: String, references: Vec<SecretRef>) -> Self {
+    pub(crate) fn new(class: DenialClass, message: String, references: Vec<SecretRef>) -> Self {
         Self {
             class,
             message: escape_controls(&message).into_owned(),
@@ -140,7 +142,7 @@ impl Denial {
         }
     }
 
-    fn limit(exceeded: LimitExceeded, references: Vec<SecretRef>) -> Self {
+    pub(crate) fn limit(exceeded: LimitExceeded, references: Vec<SecretRef>) -> Self {
         Self::new(DenialClass::Limit, exceeded.to_string(), references)
     }
 
@@ -165,6 +167,7 @@ impl Engine {
                 .filter_map(|s| s.refresh_interval.map(|d| (s.name.clone(), d)))
                 .collect(),
             limits: config.limits,
+            deny_workloads: config.workloads.deny,
         }
     }
 
@@ -309,22 +312,7 @@ impl Engine {
             Ok(r) => r,
             Err(e) => return Verdict::Denied(Denial::new(DenialClass::Malformed, e.to_string(), Vec::new())),
         };
-        // Every reference, a template's placeholders included: each is
-        // counted, authorised, fetched and audited like any other.
-        let asked: Vec<(&str, &SecretRef, Option<String>)> = request
-            .injections
-            .iter()
-            .map(|i| (i.source.as_str(), &i.reference, None))
-            .chain(request.templates.iter().flat_map(|t| {
-                t.template.placeholders().map(|p| {
-                    (
-                        t.source.as_str(),
-                        &p.reference,
-                        Some(quote.of(&p.to_string()).to_string()),
-                    )
-                })
-            }))
-            .collect();
+        let asked = asked(&request, quote);
         let references: Vec<SecretRef> = asked.iter().map(|(_, r, _)| (*r).clone()).collect();
         // Before policy and fetch: the counts of what the Pod asks for.
         if let Err(e) =
@@ -333,18 +321,8 @@ impl Engine {
             return Verdict::Denied(Denial::limit(e, references));
         }
         let service_account = service_account(input.pod);
-        if request.mode == Mode::Inline
-            && input.caller == Caller::Unauthenticated
-            && !self.policy.inline_without_client_auth()
-        {
-            return Verdict::Denied(Denial::new(
-                DenialClass::Policy,
-                "inline mode returns values in the admission response, and Sesame cannot authenticate its caller: \
-                 start the server with --client-ca-file (and give the API server a client certificate), \
-                 or accept the risk with policy.inline.allowWithoutClientAuth"
-                    .to_owned(),
-                references,
-            ));
+        if let Some(message) = self.inline_refusal(request.mode, input.caller) {
+            return Verdict::Denied(Denial::new(DenialClass::Policy, message, references));
         }
 
         // Policy first: nothing is fetched for a Pod that may not have it.
@@ -356,21 +334,9 @@ impl Engine {
                     reference: (*r).clone(),
                     rule: rule.to_owned(),
                 }),
-                Err(mut refusal) => {
-                    let class = match &mut refusal {
-                        Refusal::UnknownStore { .. } => DenialClass::UnknownStore,
-                        Refusal::Policy(denial) => {
-                            if let PolicyDenial::PathNotAllowed { path, .. } = denial {
-                                *path = quote.of(path).to_string();
-                            }
-                            DenialClass::Policy
-                        }
-                    };
-                    let at = match placeholder {
-                        Some(p) => format!("annotation \"{source}\": placeholder {p}"),
-                        None => format!("annotation \"{source}\""),
-                    };
-                    return Verdict::Denied(Denial::new(class, format!("{at}: {refusal}"), references));
+                Err(refusal) => {
+                    let (class, message) = refusal.explained(source, placeholder.as_deref(), quote);
+                    return Verdict::Denied(Denial::new(class, message, references));
                 }
             }
         }
@@ -639,6 +605,52 @@ pub(crate) enum Refusal {
     Policy(PolicyDenial),
 }
 
+impl Refusal {
+    /// The denial's class and sentence for the reference in annotation
+    /// `source` (at `placeholder` of a template), quoting at most `quote`.
+    pub(crate) fn explained(
+        mut self,
+        source: &str,
+        placeholder: Option<&str>,
+        quote: Quote,
+    ) -> (DenialClass, String) {
+        let class = match &mut self {
+            Self::UnknownStore { .. } => DenialClass::UnknownStore,
+            Self::Policy(denial) => {
+                if let PolicyDenial::PathNotAllowed { path, .. } = denial {
+                    *path = quote.of(path).to_string();
+                }
+                DenialClass::Policy
+            }
+        };
+        let at = match placeholder {
+            Some(p) => format!("annotation \"{source}\": placeholder {p}"),
+            None => format!("annotation \"{source}\""),
+        };
+        (class, format!("{at}: {self}"))
+    }
+}
+
+/// Every reference of a request with the annotation it comes from, a
+/// template's placeholders included (with the placeholder, quoted): each
+/// is counted, authorised, fetched and audited like any other.
+pub(crate) fn asked(request: &PodRequest, quote: Quote) -> Vec<(&str, &SecretRef, Option<String>)> {
+    request
+        .injections
+        .iter()
+        .map(|i| (i.source.as_str(), &i.reference, None))
+        .chain(request.templates.iter().flat_map(|t| {
+            t.template.placeholders().map(move |p| {
+                (
+                    t.source.as_str(),
+                    &p.reference,
+                    Some(quote.of(&p.to_string()).to_string()),
+                )
+            })
+        }))
+        .collect()
+}
+
 /// The Pod's service account. The ServiceAccount admission plugin runs
 /// before webhooks and sets `default` when the Pod names none; `mutate` and
 /// the restart check (which reads workload templates) assume the same.
@@ -667,6 +679,33 @@ impl Engine {
         ))
     }
 
+    /// Why inline mode is refused to this caller, if it is: the values
+    /// would go back in the admission response to a caller Sesame cannot
+    /// authenticate.
+    pub(crate) fn inline_refusal(&self, mode: Mode, caller: Caller) -> Option<String> {
+        (mode == Mode::Inline && caller == Caller::Unauthenticated && !self.policy.inline_without_client_auth())
+            .then(|| {
+                "inline mode returns values in the admission response, and Sesame cannot authenticate its caller: \
+                 start the server with --client-ca-file (and give the API server a client certificate), \
+                 or accept the risk with policy.inline.allowWithoutClientAuth"
+                    .to_owned()
+            })
+    }
+
+    /// Whether inline mode is allowed in `namespace`.
+    pub(crate) fn inline_allowed(&self, namespace: &str) -> bool {
+        self.policy.inline_allowed(namespace)
+    }
+
+    /// Whether the workload webhook denies a template Sesame would deny.
+    pub(crate) fn deny_workloads(&self) -> bool {
+        self.deny_workloads
+    }
+
+    pub(crate) fn marker_key(&self) -> &str {
+        &self.marker_key
+    }
+
     /// How fast one namespace may get new managed Secrets.
     pub(crate) fn new_secrets(&self) -> crate::policy::CreationRate {
         self.policy.new_secrets()
@@ -675,7 +714,7 @@ impl Engine {
 
 /// A Pod may not mount or reference a managed Secret other than its own:
 /// that Secret holds values granted to other Pods' annotations.
-fn foreign_secret(name: &str, own: Option<&str>) -> Denial {
+pub(crate) fn foreign_secret(name: &str, own: Option<&str>) -> Denial {
     let allowed = match own {
         Some(own) => format!("only {own}, which its own annotations produce, may be used"),
         None => "its annotations produce none".to_owned(),

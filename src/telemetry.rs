@@ -78,6 +78,7 @@ pub struct Metrics {
     ready: Gauge,
     store_up: Family<StoreLabels, Gauge>,
     last_known_good: Family<StoreLabels, Counter>,
+    workload_reviews: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -131,6 +132,12 @@ impl Metrics {
         let ready = Gauge::default();
         let store_up = Family::<StoreLabels, Gauge>::default();
         let last_known_good = Family::<StoreLabels, Counter>::default();
+        let workload_reviews = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "workload_reviews",
+            "Workload reviews (apply-time warnings) by outcome (skipped, clean, warned, denied, refused, bad_request, error)",
+            workload_reviews.clone(),
+        );
         registry.register(
             "admission_last_known_good",
             "Pods admitted against their existing managed Secret because a store failed, by store",
@@ -238,6 +245,7 @@ impl Metrics {
             ready,
             store_up,
             last_known_good,
+            workload_reviews,
         }
     }
 
@@ -253,6 +261,15 @@ impl Metrics {
             })
             .inc();
         self.review_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one review of the workload path.
+    pub(crate) fn workload_review(&self, outcome: &str) {
+        self.workload_reviews
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a review in flight until the guard is dropped.

@@ -6,6 +6,7 @@
 pub mod ports;
 mod request;
 pub mod review;
+mod workload;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -4,7 +4,8 @@
 //! uid. A review that does not fit is forged or misrouted; it is refused
 //! with a 400 and nothing is read or written for it.
 
-use super::review::RequestIn;
+use super::review::{GroupVersionKind, RequestIn};
+use crate::inject::pod::pod_pointer;
 use crate::validate::is_dns_label;
 
 /// What Sesame does for a review that passed the checks.
@@ -31,6 +32,10 @@ pub(crate) enum RequestError {
     Namespace(String),
     #[error("the namespace {0} does not exist")]
     UnknownNamespace(String),
+    #[error("Sesame's workload path reviews apps/v1 Deployments, StatefulSets, DaemonSets and ReplicaSets and batch/v1 Jobs and CronJobs, not {0}")]
+    WorkloadKind(String),
+    #[error("Sesame's workload path reviews CREATE and UPDATE, not {0}")]
+    WorkloadOperation(String),
 }
 
 /// The longest uid accepted. The API server sends UUIDs (36 characters).
@@ -51,16 +56,7 @@ pub(crate) fn uid_is_valid(uid: &str) -> bool {
 pub(crate) fn check<O>(request: &RequestIn<O>) -> Result<(Operation, &str), RequestError> {
     let kind = &request.kind;
     if !(kind.group.is_empty() && kind.version == "v1" && kind.kind == "Pod") {
-        return Err(RequestError::Kind(quoted(&format!(
-            "{}/{} {}",
-            if kind.group.is_empty() {
-                "core"
-            } else {
-                &kind.group
-            },
-            kind.version,
-            kind.kind
-        ))));
+        return Err(RequestError::Kind(kind_text(kind)));
     }
     let sub = request.sub_resource.as_deref().unwrap_or("");
     let operation = match (request.operation.as_str(), sub) {
@@ -69,6 +65,11 @@ pub(crate) fn check<O>(request: &RequestIn<O>) -> Result<(Operation, &str), Requ
         (op, "") => return Err(RequestError::Operation(quoted(op))),
         (op, sub) => return Err(RequestError::Operation(quoted(&format!("{op} of pods/{sub}")))),
     };
+    Ok((operation, checked_namespace(request)?))
+}
+
+/// The namespace of a namespaced review, checked for its shape.
+fn checked_namespace<O>(request: &RequestIn<O>) -> Result<&str, RequestError> {
     let namespace = request.namespace.as_deref().unwrap_or("");
     if namespace.is_empty() {
         return Err(RequestError::NoNamespace);
@@ -76,7 +77,55 @@ pub(crate) fn check<O>(request: &RequestIn<O>) -> Result<(Operation, &str), Requ
     if !is_dns_label(namespace) {
         return Err(RequestError::Namespace(quoted(namespace)));
     }
-    Ok((operation, namespace))
+    Ok(namespace)
+}
+
+/// A workload review that passed the checks: where its Pod template is,
+/// whether it is an UPDATE, and the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WorkloadRequest<'a> {
+    /// JSON Pointer to the Pod template in the object.
+    pub(crate) template: &'static str,
+    pub(crate) update: bool,
+    pub(crate) namespace: &'a str,
+}
+
+/// Checks a review sent to the workload path: one of the kinds whose Pod
+/// template it reads, CREATE or UPDATE of the object itself.
+pub(crate) fn check_workload<O>(request: &RequestIn<O>) -> Result<WorkloadRequest<'_>, RequestError> {
+    let kind = &request.kind;
+    let known = match (kind.group.as_str(), kind.version.as_str(), kind.kind.as_str()) {
+        ("apps", "v1", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
+        | ("batch", "v1", "Job" | "CronJob") => pod_pointer(&kind.kind),
+        _ => None,
+    };
+    let Some(template) = known else {
+        return Err(RequestError::WorkloadKind(kind_text(kind)));
+    };
+    let update = match (
+        request.operation.as_str(),
+        request.sub_resource.as_deref().unwrap_or(""),
+    ) {
+        ("CREATE", "") => false,
+        ("UPDATE", "") => true,
+        (op, "") => return Err(RequestError::WorkloadOperation(quoted(op))),
+        (op, sub) => return Err(RequestError::WorkloadOperation(quoted(&format!("{op} of {sub}")))),
+    };
+    Ok(WorkloadRequest {
+        template,
+        update,
+        namespace: checked_namespace(request)?,
+    })
+}
+
+/// `group/version Kind`, quoted, `core` for the core group.
+fn kind_text(kind: &GroupVersionKind) -> String {
+    let group = if kind.group.is_empty() {
+        "core"
+    } else {
+        &kind.group
+    };
+    quoted(&format!("{group}/{} {}", kind.version, kind.kind))
 }
 
 /// `text` quoted for a message, escaped and cut to a bounded length.

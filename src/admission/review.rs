@@ -47,6 +47,10 @@ pub(crate) struct RequestIn<O> {
     pub dry_run: Option<bool>,
     #[serde(default = "none")]
     pub object: Option<O>,
+    /// The object before an UPDATE, as sent (kept raw: only the workload
+    /// path reads it, to tell a changed Pod template from an unchanged one).
+    #[serde(default)]
+    pub(crate) old_object: Option<Box<RawValue>>,
 }
 
 impl<O> RequestIn<O> {
@@ -61,6 +65,7 @@ impl<O> RequestIn<O> {
             operation: self.operation,
             dry_run: self.dry_run,
             object: None,
+            old_object: self.old_object,
         }
     }
 }

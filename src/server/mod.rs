@@ -43,12 +43,19 @@ struct Webhook {
     limits: Limits,
 }
 
-/// The webhook routes: `POST /mutate` and nothing else.
+/// The webhook routes: `POST /mutate` (Pods) and `POST /validate-workloads`
+/// (apply-time warnings for workloads), nothing else.
 pub(crate) fn webhook_router(admission: Arc<Admission>, limits: Limits) -> Router {
     let lane = Arc::new(ReviewLane::new(limits.offload_above_bytes));
     Router::new()
         .route("/mutate", post(mutate))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: Sesame serves POST /mutate\n") })
+        .route("/validate-workloads", post(validate_workloads))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: Sesame serves POST /mutate and POST /validate-workloads\n",
+            )
+        })
         .with_state(Webhook {
             admission,
             lane,
@@ -74,11 +81,32 @@ async fn mutate(
         Err(refusal) => return refusal,
     };
     let received = Instant::now();
-    match webhook
+    let answer = webhook
         .lane
         .review(&webhook.admission, body, timeout, received)
-        .await
-    {
+        .await;
+    respond(answer)
+}
+
+/// A workload review: a large one is parsed on the blocking pool, as a
+/// large Pod is.
+async fn validate_workloads(
+    State(webhook): State<Webhook>,
+    version: Version,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = match read_body(&webhook.limits, version, &headers, body).await {
+        Ok(b) => b,
+        Err(refusal) => return refusal,
+    };
+    respond(webhook.lane.review_workload(&webhook.admission, body).await)
+}
+
+/// The HTTP answer to a review: the AdmissionReview, or a 400 for a
+/// request that is not one, or a 500.
+fn respond(answer: Result<Vec<u8>, crate::admission::ReviewError>) -> Response {
+    match answer {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) if e.is_bad_request() => {
             tracing::debug!(error = %e, "request is not an admission review");

@@ -47,19 +47,47 @@ impl ReviewLane {
             admission.review_into(&body, timeout, received, &mut out).await?;
             return Ok(out);
         }
-        // The semaphore is never closed.
-        let permit = self.permits.clone().acquire_owned().await.ok();
         let admission = admission.clone();
         let runtime = tokio::runtime::Handle::current();
-        let work = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+        self.offloaded(move || {
             let mut out = Vec::with_capacity(4096);
             // Store calls inside are still driven by the runtime's I/O driver.
             runtime
                 .block_on(admission.review_into(&body, timeout, received, &mut out))
                 .map(|()| out)
+        })
+        .await
+    }
+
+    /// Answers one workload review (no store call: all of it is CPU).
+    pub(crate) async fn review_workload(
+        &self,
+        admission: &Arc<Admission>,
+        body: Bytes,
+    ) -> Result<Vec<u8>, ReviewError> {
+        let work = |admission: &Admission, body: &[u8]| {
+            let mut out = Vec::with_capacity(1024);
+            admission.review_workload_into(body, &mut out).map(|()| out)
+        };
+        if body.len() <= self.above_bytes {
+            return work(admission, &body);
+        }
+        let admission = admission.clone();
+        self.offloaded(move || work(&admission, &body)).await
+    }
+
+    /// Runs `work` on the blocking pool, one per CPU at a time.
+    async fn offloaded<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, ReviewError> + Send + 'static,
+    ) -> Result<T, ReviewError> {
+        // The semaphore is never closed.
+        let permit = self.permits.clone().acquire_owned().await.ok();
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
         });
-        match work.await {
+        match task.await {
             Ok(answer) => answer,
             Err(e) => {
                 tracing::error!(error = %e, "a review task failed");
