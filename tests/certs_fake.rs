@@ -194,6 +194,43 @@ async fn first_start_creates_the_secret_and_writes_every_ca_bundle() {
     assert!(serving.signed_by(&CertInfo::parse(&ca).unwrap()));
 }
 
+/// The workload warnings' ValidatingWebhookConfiguration (same name) gets
+/// the same caBundle when it is installed, and a second pass writes nothing.
+#[tokio::test]
+async fn the_workload_webhook_gets_the_ca_bundle_too() {
+    let fake = FakeApi::start().await;
+    install_webhook(&fake);
+    fake.put(
+        "validatingwebhookconfigurations",
+        "",
+        WEBHOOK,
+        json!({"metadata": {"name": WEBHOOK}, "webhooks": [{
+            "name": "workloads.sesame.dev",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Ignore",
+            "clientConfig": {"service": {"name": "sesame", "namespace": NS, "path": "/validate-workloads", "port": 443}},
+        }]}),
+    );
+    let m = manager(&fake, Duration::from_secs(30));
+    m.bootstrap(Duration::from_secs(5)).await.unwrap();
+    let ca = stored_text(&fake, "ca.crt");
+    let vwc = fake.get("validatingwebhookconfigurations", "", WEBHOOK).unwrap();
+    let bundle = vwc["webhooks"][0]["clientConfig"]["caBundle"].as_str().unwrap();
+    assert_eq!(unb64(&json!(bundle)), format!("{}\n", ca.trim_end()));
+    assert_eq!(
+        vwc["webhooks"][0]["clientConfig"]["service"]["path"],
+        "/validate-workloads"
+    );
+    let path = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/sesame";
+    assert_eq!(fake.calls("PATCH", path).len(), 1);
+    assert!(
+        !m.publish(&unb64(&json!(bundle))).await.unwrap(),
+        "nothing left to write"
+    );
+    assert_eq!(fake.calls("PATCH", path).len(), 1);
+}
+
 #[tokio::test]
 async fn a_second_replica_reuses_the_secret_and_writes_nothing() {
     let fake = FakeApi::start().await;

@@ -779,3 +779,121 @@ fn helm_release_name_and_namespace_flow_through() {
     let vap: ValidatingAdmissionPolicy = one(&objects, "ValidatingAdmissionPolicy");
     assert_eq!(Some(binding.spec.policy_name), vap.metadata.name);
 }
+
+/// The workload warnings' ValidatingWebhookConfiguration: the same Service
+/// on its own path, every workload kind on CREATE and UPDATE, never able to
+/// block (Ignore, no side effects), the mutating webhook's exclusions, a
+/// caBundle from Sesame or cert-manager; off and deny through Helm values.
+#[test]
+fn workload_warnings_webhook_is_advisory_and_scoped_like_the_pod_webhook() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    let Some((kubectl, helm_bin)) = tools() else {
+        return;
+    };
+    for (what, objects) in [
+        ("kustomize", overlay(&kubectl, "self-managed")),
+        ("helm", helm(&helm_bin, &[])),
+    ] {
+        let vwc: ValidatingWebhookConfiguration = one(&objects, "ValidatingWebhookConfiguration");
+        let hooks = vwc.webhooks.unwrap_or_default();
+        assert_eq!(hooks.len(), 1, "{what}");
+        let w = &hooks[0];
+        assert_eq!(w.name, "workloads.sesame.dev");
+        assert_eq!(w.failure_policy.as_deref(), Some("Ignore"), "{what}");
+        assert_eq!(w.side_effects, "None", "{what}");
+        assert!(w.client_config.ca_bundle.is_none(), "{what}: filled at run time");
+        let service = w.client_config.service.as_ref().unwrap();
+        assert_eq!(service.path.as_deref(), Some("/validate-workloads"), "{what}");
+        let pod_hook = webhook(&webhooks(&objects), "inject.sesame.dev").clone();
+        let pod_service = pod_hook.client_config.service.clone().unwrap();
+        assert_eq!(
+            (&service.name, &service.namespace, service.port),
+            (&pod_service.name, &pod_service.namespace, pod_service.port),
+            "{what}: same Service"
+        );
+        let mut kinds: Vec<String> = w
+            .rules
+            .iter()
+            .flatten()
+            .flat_map(|r| {
+                assert_eq!(
+                    r.operations.as_deref(),
+                    Some(&["CREATE".to_string(), "UPDATE".to_string()][..])
+                );
+                r.resources.clone().unwrap_or_default()
+            })
+            .collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            [
+                "cronjobs",
+                "daemonsets",
+                "deployments",
+                "jobs",
+                "replicasets",
+                "statefulsets"
+            ],
+            "{what}"
+        );
+        // Never sent from the namespaces the Pod webhook never sees.
+        let sel = w.namespace_selector.clone().unwrap();
+        for ns in ["kube-system", NS] {
+            assert!(!selects(&sel, &namespace(ns, &[])), "{what}: {ns}");
+        }
+        assert!(
+            !selects(&sel, &namespace("team-a", &[("sesame.dev/ignore", "true")])),
+            "{what}"
+        );
+        assert!(selects(&sel, &namespace("team-a", &[])), "{what}");
+        assert!(
+            selects(
+                &sel,
+                &namespace("team-a", &[("sesame.dev/failure-policy", "open")])
+            ),
+            "{what}"
+        );
+        let expression = &w.match_conditions.as_ref().unwrap()[0].expression;
+        assert!(
+            expression.contains("object.spec.template.metadata.annotations"),
+            "{what}"
+        );
+        assert!(
+            expression.contains("object.spec.jobTemplate.spec.template.metadata.annotations"),
+            "{what}"
+        );
+        // RBAC for its caBundle.
+        let role: ClusterRole = named(&objects, "ClusterRole", "sesame-certificates");
+        assert!(role.rules.unwrap().iter().any(|r| r
+            .resources
+            .iter()
+            .flatten()
+            .any(|x| x == "validatingwebhookconfigurations")));
+    }
+    for (what, objects) in [
+        ("kustomize", overlay(&kubectl, "cert-manager")),
+        ("helm", helm(&helm_bin, &["certificates.mode=cert-manager"])),
+    ] {
+        let vwc: ValidatingWebhookConfiguration = one(&objects, "ValidatingWebhookConfiguration");
+        let inject = vwc.metadata.annotations.unwrap_or_default()["cert-manager.io/inject-ca-from"].clone();
+        assert_eq!(inject, format!("{NS}/sesame-tls"), "{what}");
+    }
+    let off = helm(&helm_bin, &["workloadWarnings.enabled=false"]);
+    assert!(!has_kind(&off, "ValidatingWebhookConfiguration"));
+    let text = |objects: &[Value]| {
+        config_configmap(objects)
+            .data
+            .unwrap_or_default()
+            .remove("sesame.yaml")
+            .unwrap()
+    };
+    let deny = helm(&helm_bin, &["workloadWarnings.deny=true"]);
+    // A configuration Sesame loads, with the switch on.
+    configmap_config(&deny);
+    assert!(
+        text(&deny).contains("workloads:\n  deny: true\n"),
+        "{}",
+        text(&deny)
+    );
+    assert!(!text(&helm(&helm_bin, &[])).contains("workloads"));
+}

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
@@ -197,6 +198,7 @@ pub(crate) fn validate(obj: &Value) -> Result<(), String> {
         "Deployment" => strict::<Deployment>(obj).map(drop),
         "PodDisruptionBudget" => strict::<PodDisruptionBudget>(obj).map(drop),
         "MutatingWebhookConfiguration" => strict::<MutatingWebhookConfiguration>(obj).map(drop),
+        "ValidatingWebhookConfiguration" => strict::<ValidatingWebhookConfiguration>(obj).map(drop),
         "ValidatingAdmissionPolicy" => strict::<ValidatingAdmissionPolicy>(obj).map(drop),
         "ValidatingAdmissionPolicyBinding" => strict::<ValidatingAdmissionPolicyBinding>(obj).map(drop),
         "NetworkPolicy" => strict::<NetworkPolicy>(obj).map(drop),
@@ -227,6 +229,7 @@ const CLUSTER_SCOPED: &[&str] = &[
     "ClusterRole",
     "ClusterRoleBinding",
     "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
     "ValidatingAdmissionPolicy",
     "ValidatingAdmissionPolicyBinding",
 ];
@@ -274,6 +277,7 @@ fn kustomize_renders_schema_valid_objects() {
         ("Deployment", "sesame"),
         ("PodDisruptionBudget", "sesame"),
         ("MutatingWebhookConfiguration", "sesame"),
+        ("ValidatingWebhookConfiguration", "sesame"),
         ("ValidatingAdmissionPolicy", "sesame-injection-guard"),
         ("ValidatingAdmissionPolicyBinding", "sesame-injection-guard"),
     ]);

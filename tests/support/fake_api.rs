@@ -118,6 +118,10 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "mutatingwebhookconfigurations" => {
             ("MutatingWebhookConfiguration", "admissionregistration.k8s.io/v1")
         }
+        "validatingwebhookconfigurations" => (
+            "ValidatingWebhookConfiguration",
+            "admissionregistration.k8s.io/v1",
+        ),
         _ => ("Unknown", "v1"),
     }
 }

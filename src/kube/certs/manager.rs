@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use ::kube::api::{Patch, PatchParams, PostParams};
 use ::kube::{Api, Client};
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
@@ -60,6 +62,7 @@ pub struct Synced {
 pub struct CertManager {
     secrets: Api<Secret>,
     webhooks: Api<MutatingWebhookConfiguration>,
+    validating: Api<ValidatingWebhookConfiguration>,
     namespace: String,
     secret_name: String,
     webhook_name: String,
@@ -78,7 +81,8 @@ impl CertManager {
     ) -> Self {
         Self {
             secrets: Api::namespaced(client.clone(), namespace),
-            webhooks: Api::all(client),
+            webhooks: Api::all(client.clone()),
+            validating: Api::all(client),
             namespace: namespace.to_owned(),
             secret_name: secret_name.to_owned(),
             webhook_name: webhook_name.to_owned(),
@@ -210,48 +214,85 @@ impl CertManager {
             .map(drop)
     }
 
-    /// Makes every webhook of the configuration trust exactly `bundle` (PEM):
-    /// `Ok(true)` when it wrote, `Ok(false)` when it was already so. The
-    /// write is a server-side apply of the caBundle fields alone.
+    /// Makes every webhook of the configuration trust exactly `bundle` (PEM),
+    /// and those of the ValidatingWebhookConfiguration of the same name
+    /// (the workload warnings) when it is installed: `Ok(true)` when it
+    /// wrote, `Ok(false)` when both were already so. Each write is a
+    /// server-side apply of the caBundle fields alone.
     pub async fn publish(&self, bundle: &str) -> Result<bool, CertSyncError> {
-        let current = self
+        let mutating = self
             .webhooks
             .get(&self.webhook_name)
             .await
             .map_err(|e| self.webhook_error(api_reason(&e)))?;
-        let hooks = current.webhooks.unwrap_or_default();
+        let hooks = bundles(
+            mutating
+                .webhooks
+                .iter()
+                .flatten()
+                .map(|w| (&w.name, &w.client_config.ca_bundle)),
+        );
         if hooks.is_empty() {
             return Err(self.webhook_error("it has no webhooks".into()));
         }
-        let up_to_date = hooks.iter().all(|w| {
-            w.client_config
-                .ca_bundle
-                .as_ref()
-                .is_some_and(|b| b.0 == bundle.as_bytes())
-        });
-        if up_to_date {
+        let mut wrote = self
+            .apply_bundle(&self.webhooks, "MutatingWebhookConfiguration", &hooks, bundle)
+            .await?;
+        // Optional: a 404 means the workload warnings are not installed.
+        match self.validating.get_opt(&self.webhook_name).await {
+            Ok(Some(validating)) => {
+                let hooks = bundles(
+                    validating
+                        .webhooks
+                        .iter()
+                        .flatten()
+                        .map(|w| (&w.name, &w.client_config.ca_bundle)),
+                );
+                wrote |= self
+                    .apply_bundle(&self.validating, "ValidatingWebhookConfiguration", &hooks, bundle)
+                    .await?;
+            }
+            Ok(None) => {}
+            // Without the RBAC for it (an older install), the Pod path still works.
+            Err(e) => tracing::debug!(error = %api_reason(&e), "ValidatingWebhookConfiguration not readable"),
+        }
+        Ok(wrote)
+    }
+
+    /// Server-side applies `bundle` to the webhooks `hooks` (name, current
+    /// caBundle) of the configuration of `kind`, unless all have it.
+    async fn apply_bundle<K>(
+        &self,
+        api: &Api<K>,
+        kind: &str,
+        hooks: &[(String, Option<Vec<u8>>)],
+        bundle: &str,
+    ) -> Result<bool, CertSyncError>
+    where
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        if hooks.iter().all(|(_, b)| b.as_deref() == Some(bundle.as_bytes())) {
             return Ok(false);
         }
         let encoded = ByteString(bundle.as_bytes().to_vec());
         let entries: Vec<serde_json::Value> = hooks
             .iter()
-            .map(|w| json!({"name": w.name, "clientConfig": {"caBundle": encoded}}))
+            .map(|(name, _)| json!({"name": name, "clientConfig": {"caBundle": encoded}}))
             .collect();
         let apply = json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
+            "kind": kind,
             "metadata": {"name": self.webhook_name},
             "webhooks": entries,
         });
-        self.webhooks
-            .patch(
-                &self.webhook_name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&apply),
-            )
-            .await
-            .map_err(|e| self.webhook_error(api_reason(&e)))?;
-        tracing::info!(webhook = %self.webhook_name, webhooks = hooks.len(), "caBundle written");
+        api.patch(
+            &self.webhook_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&apply),
+        )
+        .await
+        .map_err(|e| self.webhook_error(format!("{kind}: {}", api_reason(&e))))?;
+        tracing::info!(webhook = %self.webhook_name, kind, webhooks = hooks.len(), "caBundle written");
         Ok(true)
     }
 
@@ -343,4 +384,13 @@ impl CertManager {
         self.metrics.observe(&synced.material);
         Ok(())
     }
+}
+
+/// Each webhook's name and current caBundle.
+fn bundles<'a>(
+    hooks: impl Iterator<Item = (&'a String, &'a Option<ByteString>)>,
+) -> Vec<(String, Option<Vec<u8>>)> {
+    hooks
+        .map(|(name, bundle)| (name.clone(), bundle.as_ref().map(|b| b.0.clone())))
+        .collect()
 }
