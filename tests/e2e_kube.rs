@@ -2200,3 +2200,163 @@ async fn outage_checks(admin: &Client, ns: &str, port: u16, home: &Path, bao: &m
         took.as_secs_f64() * 1000.0,
     );
 }
+
+/// The shipped ValidatingWebhookConfiguration of the workload warnings,
+/// pointed at `url` and limited to namespace `ns`.
+fn shipped_workload_webhook(name: &str, ns: &str, url: &str, ca_bundle: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/validatingwebhookconfiguration.yaml");
+    let mut webhook: Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    webhook["metadata"] = json!({"name": name});
+    for w in webhook["webhooks"].as_array_mut().unwrap() {
+        w["clientConfig"] = json!({"url": url, "caBundle": ca_bundle});
+        w["namespaceSelector"]["matchExpressions"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns]}));
+    }
+    webhook
+}
+
+/// What an app team sees at `kubectl apply` with the shipped webhook
+/// configurations: a Deployment whose template reads another team's path
+/// and names a container it lacks is created with one kubectl warning per
+/// reason, in Sesame's words; a clean one gets none; the Deployment's
+/// ReplicaSet then reports the same sentence in its FailedCreate event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_warnings_show_at_kubectl_apply_against_a_real_api_server() {
+    let Some((kubeconfig, admin)) = e2e_client().await else {
+        return;
+    };
+    let Some(kubectl) = tools::find_tool("kubectl", "scripts/deps/30-kubectl-helm.sh") else {
+        return;
+    };
+    let suffix = unique_suffix();
+    let ns = format!("sesame-warn-{suffix}");
+    let sesame_ns = format!("sesame-own-{suffix}");
+    let namespaces = Api::<Namespace>::all(admin.clone());
+    for name in [&ns, &sesame_ns] {
+        create(&namespaces, json!({"metadata": {"name": name}})).await;
+    }
+    default_service_account(&admin, &ns).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_bundle = certificates(&kubeconfig, dir.path());
+    let handle = start_sesame(&kubeconfig, dir.path(), &ns, &sesame_ns, &[]).await;
+    let port = handle.webhook_addr.port();
+    let name = format!("sesame-warn-{suffix}");
+    let mutating = Api::<MutatingWebhookConfiguration>::all(admin.clone());
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    create(&mutating, shipped_webhook(&name, &ns, &url, &ca_bundle)).await;
+    let validating = Api::<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>::all(
+        admin.clone(),
+    );
+    let url = format!("https://127.0.0.1:{port}/validate-workloads");
+    create(
+        &validating,
+        shipped_workload_webhook(&name, &ns, &url, &ca_bundle),
+    )
+    .await;
+
+    let outcome =
+        std::panic::AssertUnwindSafe(warning_checks(&admin, &kubeconfig, &kubectl, &ns, dir.path()))
+            .catch_unwind()
+            .await;
+    let _ = mutating.delete(&name, &DeleteParams::default()).await;
+    let _ = validating.delete(&name, &DeleteParams::default()).await;
+    handle.shutdown();
+    handle.wait().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    delete_namespace(&admin, &ns).await;
+    delete_namespace(&admin, &sesame_ns).await;
+}
+
+async fn warning_checks(admin: &Client, kubeconfig: &Path, kubectl: &Path, ns: &str, dir: &Path) {
+    let deployment = |name: &str, annotations: Value| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}, "annotations": annotations},
+                    "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+                },
+            },
+        })
+    };
+    let apply = |object: &Value| {
+        let file = dir.join(format!("{}.json", object["metadata"]["name"].as_str().unwrap()));
+        std::fs::write(&file, object.to_string()).unwrap();
+        let out = std::process::Command::new(kubectl)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["apply", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let other = format!("dev:apps/not-{ns}/db#password");
+    let (stdout, stderr) = apply(&deployment(
+        "broken",
+        json!({
+            "sesame.dev/env.STOLEN": other,
+            "sesame.dev/env.TOKEN": format!("dev:apps/{ns}/db#password containers=worker"),
+        }),
+    ));
+    assert!(stdout.contains("deployment.apps/broken created"), "{stdout}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("Warning: Sesame will deny the Pods of this Deployment: "))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    assert!(
+        warnings[0].contains("sesame.dev/env.STOLEN") && warnings[0].contains(&format!("apps/not-{ns}/db")),
+        "{stderr}"
+    );
+    assert!(
+        warnings[1].contains("sesame.dev/env.TOKEN") && warnings[1].contains("\"worker\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("victim-password"), "{stderr}");
+
+    let (stdout, stderr) = apply(&deployment(
+        "fine",
+        json!({"sesame.dev/env.DB_PASSWORD": format!("dev:apps/{ns}/db#password")}),
+    ));
+    assert!(stdout.contains("deployment.apps/fine created"), "{stdout}");
+    assert!(!stderr.contains("Warning: Sesame"), "{stderr}");
+
+    // The Pods are denied as warned: the ReplicaSet's event says so.
+    // (The warning is cut at 256 characters; this part is in both.)
+    let sentence = format!("annotation \"sesame.dev/env.STOLEN\": path \"apps/not-{ns}/db\" is outside");
+    assert!(warnings[0].contains(&sentence), "{stderr}");
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), ns);
+    eventually(
+        "the ReplicaSet's FailedCreate event",
+        Duration::from_secs(30),
+        || {
+            let events = events.clone();
+            let sentence = sentence.clone();
+            async move {
+                events
+                    .list(&Default::default())
+                    .await
+                    .unwrap()
+                    .items
+                    .iter()
+                    .any(|e| {
+                        e.reason.as_deref() == Some("FailedCreate")
+                            && e.message.as_deref().is_some_and(|m| m.contains(&sentence))
+                    })
+            }
+        },
+    )
+    .await;
+}
