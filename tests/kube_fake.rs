@@ -1205,6 +1205,13 @@ async fn rotation_refreshes_only_secrets_sesame_wrote_and_only_what_the_policy_g
         .iter()
         .partition(|e| e.body["reason"] == "ReferenceNotGranted");
     assert_eq!(not_granted.len(), 1, "{events:?}");
+    // The restarted Deployment has its own Event.
+    let (restarts, others): (Vec<_>, Vec<_>) = others
+        .into_iter()
+        .partition(|e| e.body["regarding"]["kind"] == "Deployment");
+    assert_eq!(restarts.len(), 1, "{restarts:?}");
+    assert_eq!(restarts[0].body["reason"], "RestartedAfterRotation");
+    assert_eq!(restarts[0].body["regarding"]["name"], "web");
     // Rotated values are a Normal Event on their Secret, naming keys, not values.
     let rotated: Vec<&str> = others
         .iter()
@@ -1439,6 +1446,36 @@ async fn rollouts_restart_through_restart_at_and_the_cooldown_defers_a_second_re
     assert!(metrics
         .encode()
         .contains("sesame_workload_restarts_refused_total{reason=\"cooldown\"} 2"));
+
+    // Where the Rollout's team looks: one Event for the restart and one for
+    // the deferral, on the Rollout, naming the Secret and never a value (the
+    // recorder counts the repeated deferral into the same Event's series).
+    let events = api.calls("POST", "/apis/events.k8s.io/v1/namespaces/team-a/events");
+    let on_rollout: Vec<&Value> = events
+        .iter()
+        .map(|e| &e.body)
+        .filter(|b| b["regarding"]["kind"] == "Rollout")
+        .collect();
+    let reasons: Vec<&str> = on_rollout.iter().map(|b| b["reason"].as_str().unwrap()).collect();
+    assert_eq!(
+        reasons,
+        ["RestartedAfterRotation", "RestartDeferred"],
+        "{on_rollout:?}"
+    );
+    for b in &on_rollout {
+        assert_eq!(b["regarding"]["apiVersion"], "argoproj.io/v1alpha1", "{b}");
+        assert_eq!(b["regarding"]["name"], "canary", "{b}");
+        let note = b["note"].as_str().unwrap();
+        assert!(note.contains(canary.as_str()), "{note}");
+        assert!(
+            !note.contains("new-value") && !note.contains("old-value"),
+            "{note}"
+        );
+    }
+    assert!(on_rollout[1]["note"]
+        .as_str()
+        .unwrap()
+        .contains("less than 10m ago (--restart-cooldown)"));
 }
 
 /// However many workloads' Secrets rotate in one pass, no more restarts

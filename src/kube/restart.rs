@@ -21,9 +21,10 @@ use std::time::Duration;
 
 use ::kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use ::kube::core::PartialObjectMeta;
+use ::kube::runtime::events::{Event, EventType, Recorder};
 use ::kube::{Api, Client};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
@@ -304,6 +305,7 @@ pub(crate) struct Restarter<'a> {
     pub engine: &'a Engine,
     pub metrics: &'a KubeMetrics,
     pub budget: &'a Mutex<RestartBudget>,
+    pub events: &'a Recorder,
 }
 
 impl Restarter<'_> {
@@ -388,16 +390,7 @@ impl Restarter<'_> {
             .unwrap_or_default();
         let namespace = recorded.namespace.as_str();
         if let Err(refused) = template_asks_for_restart(self.engine, namespace, &template, recorded) {
-            self.metrics.restart_refused(refused.label());
-            tracing::info!(
-                namespace,
-                kind = kind.kind,
-                name,
-                secret = %recorded.name,
-                reason = refused.label(),
-                "not restarted: its Pod template does not ask for restarts on rotation of this Secret"
-            );
-            return Ok(Err(refused));
+            return Ok(Err(self.refused(kind, &workload, recorded, refused).await));
         }
         let key = format!("{namespace}/{}/{name}", kind.kind);
         let now = Instant::now();
@@ -407,16 +400,7 @@ impl Restarter<'_> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .check(&key, last_restart(kind, &workload.data), now, Timestamp::now());
         if let Err(refused) = checked {
-            self.metrics.restart_refused(refused.label());
-            tracing::info!(
-                namespace,
-                kind = kind.kind,
-                name,
-                secret = %recorded.name,
-                reason = refused.label(),
-                "restart deferred: restarted within the cooldown, or the cluster-wide cap is reached"
-            );
-            return Ok(Err(refused));
+            return Ok(Err(self.refused(kind, &workload, recorded, refused).await));
         }
         let rv = workload.metadata.resource_version.as_deref();
         let params = PatchParams {
@@ -437,7 +421,84 @@ impl Restarter<'_> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .record(&key, now);
+        let note = format!(
+            "Sesame restarted this {} because managed Secret {} was rotated",
+            kind.kind, recorded.name
+        );
+        self.record(kind, &workload, EventType::Normal, "RestartedAfterRotation", note)
+            .await;
         Ok(Ok(()))
+    }
+
+    /// Counts and logs a restart not made; a deferred one (the cooldown,
+    /// the cluster cap) is also an Event on the workload, where its team
+    /// looks for why the Pods still run the old values.
+    async fn refused(
+        &self,
+        kind: WorkloadKind,
+        workload: &DynamicObject,
+        recorded: &Recorded,
+        refused: Refused,
+    ) -> Refused {
+        self.metrics.restart_refused(refused.label());
+        let name = workload.metadata.name.as_deref().unwrap_or("");
+        let (namespace, secret, reason) = (recorded.namespace.as_str(), &recorded.name, refused.label());
+        if !refused.deferred() {
+            tracing::info!(namespace, kind = kind.kind, name, %secret, reason, "not restarted: its Pod template does not ask for restarts on rotation of this Secret");
+            return refused;
+        }
+        tracing::info!(namespace, kind = kind.kind, name, %secret, reason, "restart deferred: restarted within the cooldown, or the cluster-wide cap is reached");
+        let limits = self
+            .budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .limits;
+        let why = match refused {
+            Refused::Cooldown => format!(
+                "it was restarted less than {} ago (--restart-cooldown)",
+                humantime::format_duration(limits.cooldown)
+            ),
+            _ => format!(
+                "the cluster-wide cap of {} restarts a minute is reached (--max-restarts-per-minute)",
+                limits.per_minute
+            ),
+        };
+        let note = format!(
+            "Sesame deferred the restart after managed Secret {secret} was rotated: {why}; it restarts this {} on a later pass",
+            kind.kind
+        );
+        self.record(kind, workload, EventType::Normal, "RestartDeferred", note)
+            .await;
+        refused
+    }
+
+    /// Publishes an Event on the workload (best effort: a failure is logged).
+    async fn record(
+        &self,
+        kind: WorkloadKind,
+        workload: &DynamicObject,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let reference = ObjectReference {
+            api_version: Some(kind.api_version.into()),
+            kind: Some(kind.kind.into()),
+            name: workload.metadata.name.clone(),
+            namespace: workload.metadata.namespace.clone(),
+            uid: workload.metadata.uid.clone(),
+            ..Default::default()
+        };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Restart".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.events.publish(&event, &reference).await {
+            tracing::warn!(namespace = ?reference.namespace, kind = kind.kind, name = ?reference.name, error = %e, "could not record the Event");
+        }
     }
 }
 

@@ -268,6 +268,7 @@ impl Rotator {
             engine,
             metrics: &self.metrics,
             budget: &self.restarts,
+            events: &self.events,
         };
         let done = restarter.restart(secret, recorded).await;
         if done.deferred {
