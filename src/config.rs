@@ -46,6 +46,9 @@ pub struct Config {
     /// What the workload webhook does with a template Sesame would deny.
     #[serde(default)]
     pub(crate) workloads: WorkloadsConfig,
+    /// Bounds on how often references ask to be refreshed (`refresh=`).
+    #[serde(default)]
+    pub rotation: crate::inject::refresh::RotationConfig,
 }
 
 /// `workloads` in the configuration: what the workload webhook does with a
@@ -180,6 +183,7 @@ impl Config {
             .into());
         }
         self.limits.validate().map_err(|e| e.within("limits"))?;
+        self.rotation.validate().map_err(|e| e.within("rotation"))?;
         validate_stores(&self.stores)?;
         let names: HashSet<&str> = self.stores.iter().map(|s| s.name.as_str()).collect();
         self.policy.validate(&names).map_err(|e| e.within("policy"))?;

@@ -38,6 +38,8 @@ pub struct Engine {
     limits: LimitsConfig,
     /// Whether the workload webhook denies rather than warns.
     deny_workloads: bool,
+    /// The shortest `refresh=` a reference may ask for.
+    min_refresh: Duration,
 }
 
 /// The Pod to work on.
@@ -142,6 +144,11 @@ impl Denial {
         }
     }
 
+    fn with_references(mut self, references: Vec<SecretRef>) -> Self {
+        self.references = references;
+        self
+    }
+
     pub(crate) fn limit(exceeded: LimitExceeded, references: Vec<SecretRef>) -> Self {
         Self::new(DenialClass::Limit, exceeded.to_string(), references)
     }
@@ -168,6 +175,7 @@ impl Engine {
                 .collect(),
             limits: config.limits,
             deny_workloads: config.workloads.deny,
+            min_refresh: config.rotation.min_refresh,
         }
     }
 
@@ -319,6 +327,9 @@ impl Engine {
             limits::check_request(&self.limits, &request.injections, &request.templates, input.pod)
         {
             return Verdict::Denied(Denial::limit(e, references));
+        }
+        if let Err(e) = self.check_refresh(&asked) {
+            return Verdict::Denied(e.with_references(references));
         }
         let service_account = service_account(input.pod);
         if let Some(message) = self.inline_refusal(request.mode, input.caller) {
@@ -697,6 +708,21 @@ impl Engine {
         self.policy.inline_allowed(namespace)
     }
 
+    /// Holds every reference to `rotation.minRefresh`, before any fetch.
+    pub(crate) fn check_refresh(&self, asked: &[(&str, &SecretRef, Option<String>)]) -> Result<(), Denial> {
+        crate::inject::refresh::check(
+            self.min_refresh,
+            asked.iter().map(|(s, r, p)| (*s, r.refresh, p.as_deref())),
+        )
+        .map_err(|e| Denial::new(DenialClass::Policy, e.to_string(), Vec::new()))
+    }
+
+    /// The shortest `refresh=` a reference may ask for (rotation holds
+    /// recorded ones to it too).
+    pub(crate) fn min_refresh(&self) -> Duration {
+        self.min_refresh
+    }
+
     /// Whether the workload webhook denies a template Sesame would deny.
     pub(crate) fn deny_workloads(&self) -> bool {
         self.deny_workloads
@@ -947,6 +973,7 @@ mod tests {
                 path: "team-a/db".into(),
                 property: Some("password".into()),
                 version: None,
+                refresh: None,
             }],
         );
         let mount =

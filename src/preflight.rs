@@ -41,6 +41,9 @@ pub(crate) fn problems(engine: &Engine, input: &PodInput<'_>) -> Vec<Denial> {
         return vec![Denial::limit(e, Vec::new())];
     }
     let mut out = Vec::new();
+    if let Err(denial) = engine.check_refresh(&asked(&request, quote)) {
+        out.push(denial);
+    }
     if let Some(message) = engine.inline_refusal(request.mode, input.caller) {
         out.push(Denial::new(DenialClass::Policy, message, Vec::new()));
     }

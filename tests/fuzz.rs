@@ -322,6 +322,7 @@ fn injection() -> impl Strategy<Value = (String, Injection)> {
                         path,
                         property,
                         version,
+                        refresh: None,
                     },
                     containers: ContainerSelector { names, init },
                     optional,

@@ -52,6 +52,7 @@ fn managed(namespace: &str, value: &str, owners: Vec<OwnerReference>) -> Managed
         path: "secret/app/db".into(),
         property: Some("password".into()),
         version: None,
+        refresh: None,
     };
     ManagedSecret {
         name: "sesame-0123456789abcdef".into(),

@@ -948,3 +948,51 @@ async fn a_newline_in_an_annotation_key_cannot_forge_a_text_log_line() {
         decisions[0]
     );
 }
+
+/// `refresh=` below the platform's `rotation.minRefresh` is denied before
+/// anything is fetched, with the minimum in the sentence; at or above it
+/// the Pod is admitted, and its Secret is another one than the same
+/// references' without `refresh=` (one cadence per Secret).
+#[tokio::test]
+async fn refresh_below_the_platform_minimum_is_denied_with_the_minimum() {
+    let config = format!("{CONFIG}rotation:\n  minRefresh: 5m\n");
+    let s = TestServer::start_with(&config, SECRETS).await;
+    let (code, m) = denied(
+        &s,
+        &[("sesame.dev/env.X", "dev:apps/team-a/db#password refresh=1m")],
+    )
+    .await;
+    assert_eq!(code, 403);
+    assert_eq!(
+        m,
+        "annotation \"sesame.dev/env.X\": refresh=1m is shorter than this cluster allows; ask for refresh=5m or longer (rotation.minRefresh in Sesame's configuration)"
+    );
+    let metrics = reqwest::get(s.admin("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("sesame_cache_misses_total{store=\"dev\"}"),
+        "nothing fetched: {metrics}"
+    );
+
+    let secret_of = |r: &Value, review: &Value| {
+        let pod = patched_pod(review, r);
+        let env = env_var(&pod, "app", "X").expect("X injected").clone();
+        env["valueFrom"]["secretKeyRef"]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let with = with_annotations(
+        BARE,
+        &[("sesame.dev/env.X", "dev:apps/team-a/db#password refresh=15m")],
+    );
+    let r = s.review(&with).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let without = with_annotations(BARE, &[("sesame.dev/env.X", "dev:apps/team-a/db#password")]);
+    let r2 = s.review(&without).await;
+    assert_ne!(secret_of(&r, &with), secret_of(&r2, &without));
+}

@@ -234,6 +234,15 @@ async fn a_malformed_template_and_very_many_reasons_are_bounded() {
     assert_eq!(w.len(), 1, "{w:#?}");
     assert!(w[0].contains("sesame.dev/env.X"), "{w:#?}");
 
+    // A refresh below the platform's minimum is warned of too.
+    let t = template(&[("sesame.dev/env.X", "dev:apps/team-a/db#host refresh=10s")]);
+    let w = warnings(&post(&s, &review("Deployment", "CREATE", "team-a", &t, None)).await);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(
+        w[0].contains("refresh=10s") && w[0].contains("refresh=1m or longer"),
+        "{w:#?}"
+    );
+
     let names: Vec<(String, String)> = (0..30)
         .map(|i| (format!("sesame.dev/env.S{i}"), format!("dev:apps/team-b/s{i}")))
         .collect();

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,14 @@ pub struct SecretRef {
     pub property: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// How often rotation re-resolves it (`refresh=15m`), overriding its
+    /// store's `refreshInterval`; recorded only when set.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::refresh::recorded"
+    )]
+    pub refresh: Option<Duration>,
 }
 
 impl std::str::FromStr for SecretRef {
@@ -60,25 +69,33 @@ impl std::str::FromStr for SecretRef {
     }
 }
 
-/// `<store>:<path>[#<property>][ version=<version>]`: a recorded reference,
-/// and a template's placeholder.
+/// `<store>:<path>[#<property>][ version=<version>][ refresh=<duration>]`:
+/// a recorded reference, and a template's placeholder.
 fn parse_versioned_reference(at: At<'_>, text: &str) -> Result<SecretRef, GrammarError> {
     let mut tokens = text.split_whitespace();
     let reference = tokens
         .next()
         .ok_or_else(|| at.err("expected <store>:<path>[#property]"))?;
-    let version = match tokens.next() {
-        None => None,
-        Some(t) => Some(
-            t.strip_prefix("version=")
-                .ok_or_else(|| at.err(format!("\"{}\" is not version=<version>", at.q(t))))?
-                .to_owned(),
-        ),
-    };
-    if tokens.next().is_some() {
-        return Err(at.err("only version= may follow the reference"));
+    let (mut version, mut refresh) = (None, None);
+    for t in tokens {
+        if let Some(v) = t.strip_prefix("version=").filter(|_| version.is_none()) {
+            version = Some(v.to_owned());
+        } else if let Some(r) = t.strip_prefix("refresh=").filter(|_| refresh.is_none()) {
+            refresh = Some(parse_refresh(at, r)?);
+        } else {
+            return Err(at.err(format!(
+                "\"{}\": only version= and refresh= may follow the reference, once each",
+                at.q(t)
+            )));
+        }
     }
-    parse_reference(at, reference, version)
+    let mut r = parse_reference(at, reference, version)?;
+    r.refresh = refresh;
+    Ok(r)
+}
+
+fn parse_refresh(at: At<'_>, text: &str) -> Result<Duration, GrammarError> {
+    super::refresh::parse(text).map_err(|m| at.err(m))
 }
 
 impl fmt::Display for SecretRef {
@@ -90,6 +107,9 @@ impl fmt::Display for SecretRef {
         }
         if let Some(v) = &self.version {
             write!(f, " version={v}")?;
+        }
+        if let Some(d) = self.refresh {
+            write!(f, " refresh={}", super::refresh::Spelled(d))?;
         }
         Ok(())
     }
@@ -302,7 +322,8 @@ fn parse_compact(at: At<'_>, kind: &str, id: &str, value: &str) -> Result<Inject
     }
     let mut take = |name: &str| options.remove(name);
     let version = take("version").map(str::to_owned);
-    let reference = parse_reference(at, reference_text, version)?;
+    let mut reference = parse_reference(at, reference_text, version)?;
+    reference.refresh = take("refresh").map(|r| parse_refresh(at, r)).transpose()?;
     let containers = ContainerSelector {
         names: match take("containers") {
             Some(list) => parse_container_list(at, list.split(','))?,
@@ -414,6 +435,7 @@ fn build_reference(
         path: path.to_owned(),
         property,
         version,
+        refresh: None,
     })
 }
 
@@ -530,6 +552,8 @@ struct Entry {
     path: Option<Text>,
     property: Option<Text>,
     version: Option<VersionText>,
+    /// `refresh: 15m`, as `refresh=` of the compact form.
+    refresh: Option<Text>,
     #[serde(default)]
     containers: Vec<Text>,
     #[serde(default)]
@@ -649,7 +673,7 @@ fn parse_structured(at: At<'_>, value: &str) -> Result<Structured, GrammarError>
             VersionText::Number(n) => n.to_string(),
         });
         let property = e.property.map(|p| p.0);
-        let reference = match (e.reference, e.store, e.path) {
+        let mut reference = match (e.reference, e.store, e.path) {
             (Some(r), None, None) if property.is_none() => parse_reference(at, &r.0, version)?,
             (None, Some(store), Some(path)) => build_reference(at, &store.0, &path.0, property, version)?,
             _ => {
@@ -658,6 +682,7 @@ fn parse_structured(at: At<'_>, value: &str) -> Result<Structured, GrammarError>
                 )
             }
         };
+        reference.refresh = e.refresh.map(|r| parse_refresh(at, &r.0)).transpose()?;
         let mode = |m: Option<ModeText>| -> Result<Option<u32>, GrammarError> {
             match m {
                 None => Ok(None),
@@ -721,9 +746,10 @@ fn structured_template(at: At<'_>, mut e: Entry) -> Result<TemplateInjection, Gr
         || e.path.is_some()
         || e.property.is_some()
         || e.version.is_some()
+        || e.refresh.is_some()
     {
         return Err(at.err(
-            "a template takes its references from its placeholders; drop ref, store, path, property and version",
+            "a template takes its references from its placeholders; drop ref, store, path, property, version and refresh",
         ));
     }
     let target = match (e.env, e.file, e.env_from.is_some() || e.dir.is_some()) {
@@ -1190,6 +1216,7 @@ mod tests {
             path: "secret/team-a/db".into(),
             property: Some("password".into()),
             version: Some("7".into()),
+            refresh: None,
         };
         let text = full.to_string();
         assert_eq!(text, "vault:secret/team-a/db#password version=7");
@@ -1209,6 +1236,89 @@ mod tests {
             "unset fields are left out, as Secrets written before recorded them"
         );
         for bad in ["", "no-colon", "a:b extra", "a:b version=", "a:../b"] {
+            assert!(bad.parse::<SecretRef>().is_err(), "{bad}");
+        }
+    }
+
+    /// `refresh=` on a compact reference, `refresh:` in the structured form
+    /// and on a template's placeholder; recorded in one spelling that reads
+    /// back; never more than once, never fractional, zero or above a year.
+    #[test]
+    fn refresh_in_every_form_and_its_bounds() {
+        let secs = |n| Some(Duration::from_secs(n));
+        let i = one("sesame.dev/env.DB", "vault:apps/a/db#password refresh=15m").unwrap();
+        assert_eq!(i.reference.refresh, secs(900));
+        let i = one(
+            "sesame.dev/file.key",
+            "vault:apps/a/key refresh=1d path=/etc/k/key",
+        )
+        .unwrap();
+        assert_eq!(i.reference.refresh, secs(86_400));
+        assert_eq!(
+            one("sesame.dev/env.DB", "vault:apps/a/db#password")
+                .unwrap()
+                .reference
+                .refresh,
+            None
+        );
+        for bad in [
+            "refresh=0s",
+            "refresh=1.5s",
+            "refresh=500ms",
+            "refresh=366d",
+            "refresh=soon",
+            "refresh=",
+        ] {
+            let e = one("sesame.dev/env.DB", &format!("vault:apps/a/db#password {bad}")).unwrap_err();
+            assert_eq!(e.annotation, "sesame.dev/env.DB", "{bad}");
+            assert!(
+                e.message.contains("whole seconds from 1s to 365d"),
+                "{bad}: {}",
+                e.message
+            );
+        }
+        let e = one(
+            "sesame.dev/env.DB",
+            "vault:apps/a/db#password refresh=1m refresh=2m",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("given twice"), "{}", e.message);
+
+        let yaml = "- env: DB\n  ref: vault:apps/a/db#password\n  refresh: 6h\n";
+        let r = parse("sesame.dev", &annotations(&[("sesame.dev/secrets", yaml)])).unwrap();
+        assert_eq!(r.injections[0].reference.refresh, secs(21_600));
+        let yaml = "- env: DB\n  ref: vault:apps/a/db#password\n  refresh: 1.5s\n";
+        assert!(parse("sesame.dev", &annotations(&[("sesame.dev/secrets", yaml)])).is_err());
+
+        let r = parse(
+            "sesame.dev",
+            &annotations(&[(
+                "sesame.dev/template.URL",
+                "db://{{ vault:apps/a/db#host refresh=5m }}",
+            )]),
+        )
+        .unwrap();
+        let placeholder = r.templates[0].references().next().unwrap().clone();
+        assert_eq!(placeholder.refresh, secs(300));
+
+        // Recorded: the compact text and the JSON read back as they were.
+        let full = SecretRef {
+            refresh: secs(5400),
+            ..placeholder
+        };
+        assert_eq!(full.to_string(), "vault:apps/a/db#host refresh=90m");
+        assert_eq!(full.to_string().parse::<SecretRef>().unwrap(), full);
+        let json = serde_json::to_string(&full).unwrap();
+        assert!(json.ends_with(r#","refresh":"90m"}"#), "{json}");
+        assert_eq!(serde_json::from_str::<SecretRef>(&json).unwrap(), full);
+        let versioned = "vault:apps/a/db#host refresh=90m version=2"
+            .parse::<SecretRef>()
+            .unwrap();
+        assert_eq!(
+            (versioned.version.as_deref(), versioned.refresh),
+            (Some("2"), secs(5400))
+        );
+        for bad in ["a:b refresh=1m refresh=1m", "a:b refresh=0s", "a:b other=1"] {
             assert!(bad.parse::<SecretRef>().is_err(), "{bad}");
         }
     }

@@ -204,6 +204,7 @@ mod tests {
             path: path.into(),
             property: property.map(str::to_owned),
             version: None,
+            refresh: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod limits;
 pub mod patch;
 pub mod plan;
 pub mod pod;
+pub mod refresh;
 pub mod template;
 
 pub use annotations::{Injection, RefTemplate, SecretRef, Target, TemplateInjection};

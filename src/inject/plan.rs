@@ -762,10 +762,10 @@ fn file_name(path: &str) -> String {
     path.rsplit('/').next().unwrap_or(path).to_owned()
 }
 
-fn short_hash(parts: &[&str]) -> String {
+fn short_hash<S: AsRef<str>>(parts: &[S]) -> String {
     let mut h = Sha256::new();
     for p in parts {
-        h.update(p.as_bytes());
+        h.update(p.as_ref().as_bytes());
         h.update([0]);
     }
     hex::encode(h.finalize())
@@ -778,6 +778,16 @@ fn identity_parts(r: &SecretRef) -> [&str; 4] {
         r.property.as_deref().unwrap_or(""),
         r.version.as_deref().unwrap_or(""),
     ]
+}
+
+/// What tells two references' keys apart: `refresh` too, when set (two
+/// references that differ only in it still get two keys).
+fn key_identity(r: &SecretRef) -> Vec<String> {
+    let mut parts: Vec<String> = identity_parts(r).iter().map(|p| (*p).to_owned()).collect();
+    if let Some(d) = r.refresh {
+        parts.push(d.as_secs().to_string());
+    }
+    parts
 }
 
 /// Secret keys that a person can read (`db.password`), with a hash suffix
@@ -797,7 +807,7 @@ fn assign_keys<'a>(identities: &BTreeSet<&'a SecretRef>) -> BTreeMap<&'a SecretR
         .zip(shared)
         .map(|((r, b), shared)| {
             let key = if shared {
-                format!("{b}-{}", &short_hash(&identity_parts(r))[..6])
+                format!("{b}-{}", &short_hash(&key_identity(r))[..6])
             } else {
                 b
             };
@@ -906,6 +916,12 @@ pub fn secret_name_with_templates(
         for p in identity_parts(r) {
             h.update([0]);
             h.update(p.as_bytes());
+        }
+        // Only when set, so that the names of Secrets without it stay as
+        // they were: one Secret has one cadence per reference.
+        if let Some(d) = r.refresh {
+            h.update([3]);
+            h.update(d.as_secs().to_be_bytes());
         }
         h.update([1]);
     }

@@ -51,16 +51,18 @@ pub(crate) fn last_refreshed(recorded: &Recorded, secret: &Secret) -> Option<Tim
         .or_else(|| secret.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
-/// The shortest refresh interval among the stores the Secret uses; `None`
-/// when none of them refreshes (pure).
+/// When the Secret is due: the shortest interval among its references, each
+/// its own `refresh=` (held to `minimum`) or else its store's
+/// `refreshInterval`; `None` when none of them refreshes (pure).
 pub(crate) fn refresh_interval(
     sources: &BTreeMap<String, KeySource>,
     interval_of: impl Fn(&str) -> Option<Duration>,
+    minimum: Duration,
 ) -> Option<Duration> {
     sources
         .values()
         .flat_map(KeySource::references)
-        .filter_map(|r| interval_of(&r.store))
+        .filter_map(|r| crate::inject::refresh::interval(r.refresh, interval_of(&r.store), minimum))
         .min()
 }
 
@@ -320,16 +322,20 @@ impl Rotator {
                     continue;
                 }
             };
-            let due =
-                refresh_interval(&recorded.sources, |s| engine.refresh_interval(s)).is_some_and(|interval| {
-                    let last = last_refreshed(&recorded, secret);
-                    let age = last.map_or(SignedDuration::ZERO, |t| now.duration_since(t));
-                    let due = is_due(last, interval, now);
-                    if !due {
-                        oldest = oldest.max(age);
-                    }
-                    due
-                });
+            let due = refresh_interval(
+                &recorded.sources,
+                |s| engine.refresh_interval(s),
+                engine.min_refresh(),
+            )
+            .is_some_and(|interval| {
+                let last = last_refreshed(&recorded, secret);
+                let age = last.map_or(SignedDuration::ZERO, |t| now.duration_since(t));
+                let due = is_due(last, interval, now);
+                if !due {
+                    oldest = oldest.max(age);
+                }
+                due
+            });
             if !*leading.borrow() {
                 break;
             }
@@ -610,6 +616,7 @@ mod tests {
             path: path.into(),
             property: property.map(str::to_owned),
             version: None,
+            refresh: None,
         }
     }
 
@@ -626,12 +633,30 @@ mod tests {
             "aws" => Some(Duration::from_secs(60)),
             _ => None,
         };
+        let min = Duration::from_secs(60);
         assert_eq!(
-            refresh_interval(&sources, intervals),
+            refresh_interval(&sources, intervals, min),
             Some(Duration::from_secs(60))
         );
         let only_file: BTreeMap<String, KeySource> = [("c".to_owned(), rec("file", "z", None).into())].into();
-        assert_eq!(refresh_interval(&only_file, intervals), None);
+        assert_eq!(refresh_interval(&only_file, intervals, min), None);
+        // A reference's own refresh= makes the Secret due when it is due,
+        // even for a store that does not refresh; held to the minimum.
+        let own = |secs| SecretRef {
+            refresh: Some(Duration::from_secs(secs)),
+            ..rec("file", "z", None)
+        };
+        let with_own: BTreeMap<String, KeySource> = [
+            ("a".to_owned(), rec("vault", "x", None).into()),
+            ("c".to_owned(), own(120).into()),
+        ]
+        .into();
+        assert_eq!(
+            refresh_interval(&with_own, intervals, min),
+            Some(Duration::from_secs(120))
+        );
+        let below: BTreeMap<String, KeySource> = [("c".to_owned(), own(20).into())].into();
+        assert_eq!(refresh_interval(&below, intervals, min), Some(min));
 
         assert!(!is_due(Some(at(0)), Duration::from_secs(60), at(59)));
         assert!(is_due(Some(at(0)), Duration::from_secs(60), at(60)));

@@ -439,6 +439,7 @@ mod tests {
             path: "secret/app/db".into(),
             property: Some("password".into()),
             version: None,
+            refresh: None,
         };
         ManagedSecret {
             name: "sesame-0123456789abcdef".into(),
@@ -780,6 +781,7 @@ mod tests {
             path: "secret/app/db".into(),
             property: Some("password".into()),
             version: Some("7".into()),
+            refresh: None,
         };
         let mut wanted = managed(vec![owner("web-1", "u1")]);
         wanted.references = vec![SecretRef {

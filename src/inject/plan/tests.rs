@@ -26,6 +26,7 @@ fn reference(text: &str, version: Option<&str>) -> SecretRef {
         path: path.to_owned(),
         property,
         version: version.map(str::to_owned),
+        refresh: None,
     }
 }
 

@@ -235,6 +235,13 @@ fn encode_ref(out: &mut Vec<u8>, r: &SecretRef) {
     field(out, r.path.as_bytes());
     optional(out, r.property.as_deref());
     optional(out, r.version.as_deref());
+    // Added later: absent, it adds no byte, so a record signed before it
+    // encodes as it did. Nothing that can follow a reference starts with
+    // the byte 2 (a length, a count, or the 0/1 of the restart flag).
+    if let Some(d) = r.refresh {
+        out.push(2);
+        out.extend(d.as_secs().to_be_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -247,6 +254,7 @@ mod tests {
             path: path.into(),
             property: property.map(str::to_owned),
             version: version.map(str::to_owned),
+            refresh: None,
         }
     }
 
@@ -304,6 +312,26 @@ mod tests {
                 current: true
             })
         );
+    }
+
+    /// A recorded `refresh` is covered: a tenant who slows (or speeds) a
+    /// Secret's refresh by editing its annotations breaks the MAC, and a
+    /// reference without one encodes as before it existed.
+    #[test]
+    fn a_recorded_refresh_is_covered() {
+        let keys = ring(&[(1, 7)]);
+        let mut g = genuine();
+        g.references[0].refresh = Some(std::time::Duration::from_secs(900));
+        g.sources = [("db.password".to_owned(), g.references[0].clone().into())].into();
+        let mac = keys.sign(&g.record());
+        assert!(keys.verify(&g.record(), Some(&mac)).is_ok());
+        assert_ne!(mac, keys.sign(&genuine().record()));
+        for secs in [None, Some(3600), Some(901)] {
+            let mut edited = genuine();
+            edited.references[0].refresh = secs.map(std::time::Duration::from_secs);
+            edited.sources = [("db.password".to_owned(), edited.references[0].clone().into())].into();
+            assert!(keys.verify(&edited.record(), Some(&mac)).is_err(), "{secs:?}");
+        }
     }
 
     /// The attacker edits one recorded field of a signed Secret (or copies
