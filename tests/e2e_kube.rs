@@ -646,6 +646,30 @@ async fn scenarios(env: &Env) {
         first_restart,
         "restarted twice within the cooldown"
     );
+    // What `kubectl describe deployment web` shows: the restart, then the
+    // deferral, as Events on the Deployment from the real API server.
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(env.client.clone(), ns);
+    eventually(
+        "the restart Events on the Deployment",
+        Duration::from_secs(10),
+        || {
+            let events = events.clone();
+            async move {
+                let reasons: Vec<String> = events
+                    .list(&Default::default())
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .filter(|e| e.involved_object.kind.as_deref() == Some("Deployment"))
+                    .filter_map(|e| e.reason)
+                    .collect();
+                reasons.iter().any(|r| r == "RestartedAfterRotation")
+                    && reasons.iter().any(|r| r == "RestartDeferred")
+            }
+        },
+    )
+    .await;
 }
 
 fn serve_args(args: &[&str]) -> sesame::cli::ServeArgs {
