@@ -424,7 +424,7 @@ impl Node {
         );
         let _ = self.try_kubectl(&[
             "delete",
-            "mutatingwebhookconfiguration,validatingadmissionpolicy,validatingadmissionpolicybinding,clusterrole,clusterrolebinding",
+            "mutatingwebhookconfiguration,validatingwebhookconfiguration,validatingadmissionpolicy,validatingadmissionpolicybinding,clusterrole,clusterrolebinding",
             "-l",
             "app.kubernetes.io/part-of=sesame",
             "--ignore-not-found",
@@ -691,6 +691,11 @@ fn run_method(node: &Node, method: Method) {
         "-o",
         "jsonpath={.data.ca\\.crt}",
     ]);
+    // Both webhook configurations: the Pods' and the workload warnings'.
+    node.wait("the workload webhook's caBundle", Duration::from_secs(60), || {
+        let vwc = node.json(&["get", "validatingwebhookconfiguration", "sesame"]);
+        (vwc["webhooks"][0]["clientConfig"]["caBundle"].as_str() == Some(ca.as_str())).then_some(())
+    });
     let mwc = node.json(&["get", "mutatingwebhookconfiguration", "sesame"]);
     for w in mwc["webhooks"].as_array().unwrap() {
         assert_eq!(
@@ -732,11 +737,16 @@ fn run_method(node: &Node, method: Method) {
         "--",
         "sh",
         "-c",
-        "echo $DB_PASSWORD $API_TOKEN; cat /var/run/secrets/db/password",
+        "echo $DB_PASSWORD $API_TOKEN $DB_URL; cat /var/run/secrets/db/password",
     ]);
     assert_eq!(
         env.split_whitespace().collect::<Vec<_>>(),
-        ["dev-password-team-a", "dev-token-team-a", "dev-password-team-a"],
+        [
+            "dev-password-team-a",
+            "dev-token-team-a",
+            "postgres://team_a:dev-password-team-a@db.team-a.svc/orders",
+            "dev-password-team-a"
+        ],
         "{method:?}: the values the container sees"
     );
     let spec = node.kubectl(&["-n", "team-a", "get", "pod", &orders, "-o", "yaml"]);
@@ -807,8 +817,16 @@ fn run_method(node: &Node, method: Method) {
         "{method:?}: a value in the Pod spec"
     );
 
-    // 4. A team reading outside its subtree: the ReplicaSet's event says why.
-    node.block(&work, "deny");
+    // 4. A team reading outside its subtree: `kubectl apply` warns (the
+    // workload webhook, as Pods), and the ReplicaSet's event says why.
+    let applied = node
+        .try_block(&work, "deny")
+        .unwrap_or_else(|e| panic!("docs/install.md block deny: {e}"));
+    node.used.lock().unwrap().insert("deny-output".to_owned());
+    assert!(
+        shows(&node.example.output("deny"), &applied),
+        "{method:?}: kubectl apply did not warn as docs/install.md says:\n{applied}"
+    );
     node.expect(&work, "deny-look", Duration::from_secs(60));
     let written = node.kubectl(&[
         "-n",
@@ -995,6 +1013,7 @@ fn run_method(node: &Node, method: Method) {
     node.block(&work, &format!("uninstall-{m}"));
     for kind in [
         "mutatingwebhookconfiguration",
+        "validatingwebhookconfiguration",
         "validatingadmissionpolicy",
         "validatingadmissionpolicybinding",
     ] {
@@ -1165,6 +1184,169 @@ fn disruptions(node: &Node, method: Method, work: &Path) {
     );
 }
 
+/// The chart's platform options on a real node: the ServiceAccount's cloud
+/// identity annotation, a store's CA file from a ConfigMap through
+/// `extraVolumes`/`extraVolumeMounts` (the vault store reads it at start, so
+/// a missing mount would keep the Pod from becoming ready), and
+/// `hostNetwork` with other ports; the webhook then answers the API server
+/// through the node's network.
+fn platform_options(node: &Node) {
+    let started = Instant::now();
+    let dir = node.dir.join("platform");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.crt");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=store-ca",
+            "-keyout",
+        ])
+        .arg(dir.join("ca.key"))
+        .arg("-out")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.kubectl(&[
+        "apply",
+        "-f",
+        root().join("deploy/base/namespace.yaml").to_str().unwrap(),
+    ]);
+    node.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "sesame-file-store",
+        &format!(
+            "--from-file=secrets.yaml={}",
+            root().join("examples/secrets.yaml").display()
+        ),
+    ]);
+    node.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "configmap",
+        "store-ca",
+        &format!("--from-file=ca.crt={}", ca.display()),
+    ]);
+    let values = serde_json::json!({
+        "image": {"repository": node.image.0, "tag": node.image.1},
+        "replicas": 1,
+        "hostNetwork": true,
+        "ports": {"webhook": 18443, "admin": 18080},
+        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/sesame"}},
+        "extraVolumes": [{"name": "store-ca", "configMap": {"name": "store-ca"}}],
+        "extraVolumeMounts": [{"name": "store-ca", "mountPath": "/etc/sesame/ca", "readOnly": true}],
+        "config": {
+            "stores": [
+                {"name": "dev", "file": {"path": "/etc/sesame/stores/secrets.yaml"}},
+                {"name": "vault", "vault": {
+                    "address": "https://vault.invalid:8200",
+                    "caFile": "/etc/sesame/ca/ca.crt",
+                    "auth": {"kubernetes": {"role": "sesame"}}}},
+            ],
+            "policy": {"rules": [{"name": "own-subtree", "namespaces": ["*"], "stores": ["dev", "vault"], "paths": ["apps/{namespace}/**"]}]},
+        },
+    });
+    let values_file = node.file("platform-values.json", &values.to_string());
+    let install = run_bounded(
+        &mut node.cmd(
+            &node.helm,
+            &[
+                "install",
+                "sesame",
+                root().join("deploy/helm/sesame").to_str().unwrap(),
+                "-n",
+                NS,
+                "-f",
+                values_file.to_str().unwrap(),
+            ],
+        ),
+        Duration::from_secs(120),
+    );
+    assert!(install.is_ok(), "helm install with platform options: {install:?}");
+    let rollout = node.try_kubectl(&[
+        "-n",
+        NS,
+        "rollout",
+        "status",
+        "deployment/sesame",
+        "--timeout=180s",
+    ]);
+    let logs = node
+        .try_kubectl(&["-n", NS, "logs", "deployment/sesame", "--tail=20"])
+        .unwrap_or_default();
+    assert!(
+        rollout.is_ok(),
+        "platform options: not ready: {rollout:?}\n{logs}"
+    );
+    let pod =
+        node.json(&["-n", NS, "get", "pods", "-l", "app.kubernetes.io/name=sesame"])["items"][0].clone();
+    assert_eq!(pod["spec"]["hostNetwork"], true, "{pod}");
+    let ports: Vec<i64> = pod["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_i64().unwrap())
+        .collect();
+    assert!(ports.contains(&18443) && ports.contains(&18080), "{ports:?}");
+    assert!(
+        pod["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == "/etc/sesame/ca"),
+        "{pod}"
+    );
+    let sa = node.json(&[
+        "-n",
+        NS,
+        "get",
+        "serviceaccount",
+        pod["spec"]["serviceAccountName"].as_str().unwrap(),
+    ]);
+    assert_eq!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::123456789012:role/sesame"
+    );
+    // The API server reaches the webhook on the node's network.
+    node.kubectl(&["create", "namespace", "team-a"]);
+    let mutated = node.wait(
+        "a Pod mutated through hostNetwork",
+        Duration::from_secs(60),
+        || {
+            node.dry_run_pod("team-a")
+                .ok()
+                .filter(|p| !p["metadata"]["annotations"]["sesame.dev/injected"].is_null())
+        },
+    );
+    assert!(mutated["spec"]["containers"][0]["env"]
+        .to_string()
+        .contains("secretKeyRef"));
+    node.timing(
+        Method::Helm,
+        "platform options (hostNetwork, extraVolumes, serviceAccount.annotations): install -> a Pod mutated",
+        secs(started.elapsed()),
+    );
+    node.clean();
+}
+
 #[test]
 fn installs_on_a_real_node_with_kustomize_and_helm() {
     let Some(node) = Node::new() else {
@@ -1173,6 +1355,8 @@ fn installs_on_a_real_node_with_kustomize_and_helm() {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run_method(&node, Method::Kustomize);
         run_method(&node, Method::Helm);
+        node.clean();
+        platform_options(&node);
     }));
     node.clean();
     println!("== timings\n{}", node.timings.lock().unwrap().join("\n"));
