@@ -334,3 +334,46 @@ async fn deny_mode_blocks_creation_and_template_changes_but_never_other_updates(
         "{m}"
     );
 }
+
+/// A clash only the secret's properties can cause is warned of when the
+/// template names the property itself (env-from `DB_` of a secret whose
+/// `password` another annotation sets as `DB_PASSWORD`), as the Pod's
+/// review denies it; env-from alone, whose names only the store knows, is
+/// not guessed at.
+#[tokio::test]
+async fn a_clash_the_template_itself_names_is_warned_of_and_no_other() {
+    let s = TestServer::start().await;
+    let clash = [
+        ("sesame.dev/env-from.db", "dev:apps/team-a/db prefix=DB_"),
+        ("sesame.dev/env.DB_PASSWORD", "dev:apps/team-a/db#password"),
+    ];
+    let w = warnings(
+        &post(
+            &s,
+            &review("Deployment", "CREATE", "team-a", &template(&clash), None),
+        )
+        .await,
+    );
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(w[0].contains("both set env var DB_PASSWORD"), "{w:#?}");
+    let denied = s
+        .review(&with_annotations("real-pod-create-bare.json", &clash))
+        .await;
+    assert_eq!(denied["allowed"], false, "{denied}");
+    assert!(denied["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("both set env var DB_PASSWORD"));
+
+    let alone = [("sesame.dev/env-from.db", "dev:apps/team-a/db prefix=DB_")];
+    let r = post(
+        &s,
+        &review("Deployment", "CREATE", "team-a", &template(&alone), None),
+    )
+    .await;
+    assert_eq!(
+        (r["allowed"].clone(), warnings(&r).len()),
+        (json!(true), 0),
+        "{r}"
+    );
+}
