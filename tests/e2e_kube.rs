@@ -1450,7 +1450,15 @@ async fn tenant_checks(
 /// 127.0.0.1, not behind a Service) and both webhooks narrowed to `ns`, so
 /// that nothing else on a shared API server is affected.
 fn shipped_webhook(name: &str, ns: &str, url: &str, ca_bundle: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/mutatingwebhookconfiguration.yaml");
+    shipped("mutatingwebhookconfiguration.yaml", name, ns, url, ca_bundle)
+}
+
+/// A webhook configuration of deploy/base, named `name`, pointed at `url`
+/// and limited to namespace `ns`.
+fn shipped(file: &str, name: &str, ns: &str, url: &str, ca_bundle: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/base")
+        .join(file);
     let mut webhook: Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     webhook["metadata"] = json!({"name": name});
     for w in webhook["webhooks"].as_array_mut().unwrap() {
@@ -2228,17 +2236,7 @@ async fn outage_checks(admin: &Client, ns: &str, port: u16, home: &Path, bao: &m
 /// The shipped ValidatingWebhookConfiguration of the workload warnings,
 /// pointed at `url` and limited to namespace `ns`.
 fn shipped_workload_webhook(name: &str, ns: &str, url: &str, ca_bundle: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/validatingwebhookconfiguration.yaml");
-    let mut webhook: Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    webhook["metadata"] = json!({"name": name});
-    for w in webhook["webhooks"].as_array_mut().unwrap() {
-        w["clientConfig"] = json!({"url": url, "caBundle": ca_bundle});
-        w["namespaceSelector"]["matchExpressions"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns]}));
-    }
-    webhook
+    shipped("validatingwebhookconfiguration.yaml", name, ns, url, ca_bundle)
 }
 
 /// What an app team sees at `kubectl apply` with the shipped webhook

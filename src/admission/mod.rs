@@ -206,12 +206,7 @@ impl Admission {
         // Time spent waiting for a turn counts against the API server's deadline.
         let timeout = timeout.map(|t| t.saturating_sub(received.elapsed()));
         let (response, outcome) = self.decide(&engine, &request, object, timeout, received).await;
-        let answer = ReviewOut {
-            api_version: API_VERSION,
-            kind: KIND,
-            response,
-        };
-        serde_json::to_writer(out, &answer).map_err(|e| ReviewError::Encode(e.to_string()))?;
+        write_answer(out, response)?;
         Ok(outcome)
     }
 
@@ -454,6 +449,16 @@ fn write_label(result: &Result<WriteOutcome, WriteError>) -> &'static str {
         Err(WriteError::TooManyNew { .. }) => "rate_limited",
         Err(_) => "failed",
     }
+}
+
+/// Writes the AdmissionReview that carries `response`.
+fn write_answer<W: std::io::Write>(out: &mut W, response: ResponseOut) -> Result<(), ReviewError> {
+    let answer = ReviewOut {
+        api_version: API_VERSION,
+        kind: KIND,
+        response,
+    };
+    serde_json::to_writer(out, &answer).map_err(|e| ReviewError::Encode(e.to_string()))
 }
 
 /// The review's type, request and uid checked; the request is returned.

@@ -11,8 +11,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::request::{self, RequestError};
-use super::review::{RequestIn, ResponseOut, ReviewIn, ReviewOut, API_VERSION, KIND};
-use super::{checked_head, deny, Admission, ReviewError};
+use super::review::{RequestIn, ResponseOut, ReviewIn};
+use super::{checked_head, deny, write_answer, Admission, ReviewError};
 use crate::inject::PodView;
 use crate::pipeline::{Denial, Engine, PodInput};
 use crate::validate::escape_controls;
@@ -80,12 +80,7 @@ impl Admission {
         let request = checked_head(review)?;
         let engine = self.engine.load();
         let (response, outcome) = self.decide_workload(&engine, &request);
-        let answer = ReviewOut {
-            api_version: API_VERSION,
-            kind: KIND,
-            response,
-        };
-        serde_json::to_writer(out, &answer).map_err(|e| ReviewError::Encode(e.to_string()))?;
+        write_answer(out, response)?;
         Ok(outcome)
     }
 
