@@ -431,10 +431,12 @@ async fn read_continuously(store: &VaultStore, span: Duration) {
 async fn short_lived_approle_tokens_are_renewed_then_replaced_in_the_background() {
     let Some(bao) = Bao::start().await else { return };
     bao.seed().await;
-    // Tokens live 4 s, 8 s at most: renewed at ~2.7 s (to 4 s); at ~5.3 s
+    // Tokens live 9 s, 15 s at most: renewed at ~6 s (to 9 s); at ~12 s
     // the renewal is cut short by the max TTL, so the store logs in again
-    // with more than 2 s to spare; the new token is renewed at ~8 s.
-    let (role_id, secret_id) = bao.approle("4s", "8s").await;
+    // while the old token has 3 s left (2.1 s before the request path would
+    // stop using it: slack for a loaded CI machine, where 4 s/8 s left
+    // under a second and a slow login once fell to the request path).
+    let (role_id, secret_id) = bao.approle("9s", "15s").await;
     let dir = tempfile::tempdir().unwrap();
     let auth = VaultAuthConfig {
         app_role: Some(AppRoleAuthConfig {
@@ -449,7 +451,7 @@ async fn short_lived_approle_tokens_are_renewed_then_replaced_in_the_background(
         .unwrap();
     // The store's upkeep, as `serve` runs it.
     let _upkeep = store.upkeep().map(tokio::spawn);
-    read_continuously(&store, Duration::from_secs(10)).await;
+    read_continuously(&store, Duration::from_secs(13)).await;
     let counts = store.auth_counts();
     assert!(counts.renewals >= 1, "{counts:?}");
     assert!(counts.logins >= 2, "{counts:?}");
