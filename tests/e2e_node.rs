@@ -12,7 +12,7 @@
 //! checks the outputs the document shows. Between them it checks what a
 //! user would look at: values in the container, events, caBundle, Pods not
 //! restarted, rollouts, and counts every admission made while Sesame Pods
-//! are killed, force-deleted and upgraded.
+//! are deleted, force-deleted, upgraded and killed.
 //!
 //! The image: `SESAME_E2E_NODE_IMAGE` (`name:tag`, already on the node, e.g.
 //! made by the node harness's `image.sh target/release/sesame sesame:dev`),
@@ -20,8 +20,8 @@
 //! `target/release/sesame` (build it first; the worked example also runs
 //! `sesame check-config` from there). The app image:
 //! `SESAME_E2E_NODE_BUSYBOX` (default: the node harness's busybox).
-//! "Kill" is a SIGKILL of the container through the node harness's
-//! containerd (`ctr`, its socket beside the kubeconfig), or a delete where
+//! The crash is a SIGKILL of the container through the node harness's
+//! containerd (`ctr`, its socket beside the kubeconfig), skipped where
 //! there is none.
 //!
 //! It takes over the namespaces `sesame-system`, `team-a` and `team-b` and
@@ -936,8 +936,8 @@ fn run_method(node: &Node, method: Method) {
         "{method:?}: orders' container was not restarted"
     );
 
-    // 5. Disruptions while Pods are created in a loop: a SIGKILL, a force
-    // delete, an upgrade with a changed value.
+    // 5. Disruptions while Pods are created in a loop: a delete, a force
+    // delete, an upgrade with a changed value, then a SIGKILL.
     disruptions(node, method, &work);
 
     // 6. Sesame scaled to 0, then back.
@@ -1052,9 +1052,15 @@ fn run_method(node: &Node, method: Method) {
     }
 }
 
-/// Kills one Sesame Pod, force-deletes another, then upgrades with a
+/// Deletes one Sesame Pod, force-deletes another and upgrades with a
 /// changed value (a rollout), while Pods are created in a loop: every one
-/// of them must be admitted and mutated.
+/// of them must be admitted and mutated. Then a crash: a SIGKILL of one
+/// container. Nothing in Sesame runs on SIGKILL, and the API server does
+/// not retry a refused connection, so the Pods created in the moment
+/// between the death and the endpoint's removal may fail; the test asserts
+/// that every such failure is a refused connection at the killed Pod's
+/// address (never a denial or an unmutated Pod), and that every admission
+/// after the restart succeeds.
 fn disruptions(node: &Node, method: Method, work: &Path) {
     let pods = node.wait_two_ready();
     let mut names = pods.keys().cloned();
@@ -1063,46 +1069,11 @@ fn disruptions(node: &Node, method: Method, work: &Path) {
     std::thread::sleep(Duration::from_secs(5));
     let mut marks = vec![("before", Instant::now())];
 
-    // Kill: SIGKILL of the container (it restarts in the same Pod).
-    let killed = match &node.containerd {
-        Some(socket) => {
-            let pod = node.json(&["-n", NS, "get", "pod", &first]);
-            let id = pod["status"]["containerStatuses"][0]["containerID"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches("containerd://")
-                .to_owned();
-            let out = Command::new("ctr")
-                .arg("--address")
-                .arg(socket)
-                .args(["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", &id])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "ctr kill: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            node.wait(
-                "the killed container to restart",
-                Duration::from_secs(120),
-                || {
-                    node.sesame_pods()
-                        .get(&first)
-                        .is_some_and(|(_, restarts, _)| *restarts > pods[&first].1)
-                        .then_some(())
-                },
-            );
-            "SIGKILL of its container"
-        }
-        None => {
-            node.kubectl(&["-n", NS, "delete", "pod", &first, "--wait=false"]);
-            "delete (no containerd socket for a SIGKILL)"
-        }
-    };
+    // Delete: graceful termination, as a drain or an eviction does it.
+    node.kubectl(&["-n", NS, "delete", "pod", &first, "--wait=false"]);
     node.wait_two_ready();
     std::thread::sleep(Duration::from_secs(5));
-    marks.push(("kill", Instant::now()));
+    marks.push(("delete", Instant::now()));
 
     node.kubectl(&["-n", NS, "delete", "pod", &second, "--force", "--grace-period=0"]);
     node.wait_two_ready();
@@ -1162,7 +1133,6 @@ fn disruptions(node: &Node, method: Method, work: &Path) {
     );
     std::thread::sleep(Duration::from_secs(5));
     marks.push(("upgrade", Instant::now()));
-    admissions.stop();
 
     let mut report = Vec::new();
     let mut all_failed = Vec::new();
@@ -1172,9 +1142,67 @@ fn disruptions(node: &Node, method: Method, work: &Path) {
         report.push(format!("{what}: {ok} admitted, {} failed", failed.len()));
         all_failed.extend(failed);
     }
+
+    // The crash: SIGKILL of one container (it restarts in the same Pod).
+    if let Some(socket) = &node.containerd {
+        let crashed = upgraded.keys().next().unwrap().clone();
+        let pod = node.json(&["-n", NS, "get", "pod", &crashed]);
+        let ip = pod["status"]["podIP"].as_str().unwrap().to_owned();
+        let id = pod["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("containerd://")
+            .to_owned();
+        let killed_at = Instant::now();
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(socket)
+            .args(["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", &id])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ctr kill: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        node.wait(
+            "the killed container to restart",
+            Duration::from_secs(120),
+            || {
+                node.sesame_pods()
+                    .get(&crashed)
+                    .is_some_and(|(_, restarts, _)| *restarts > upgraded[&crashed].1)
+                    .then_some(())
+            },
+        );
+        node.wait_two_ready();
+        let back = Instant::now();
+        std::thread::sleep(Duration::from_secs(5));
+        let end = Instant::now();
+        let (ok, lost) = admissions.count(killed_at, back);
+        let refused_at_the_crashed_pod = |e: &String| {
+            e.contains(&format!("{ip}:"))
+                && (e.contains("connection refused") || e.contains("connection reset"))
+        };
+        assert!(
+            lost.iter().all(refused_at_the_crashed_pod),
+            "{method:?}: a failure during the crash that is not a refused connection at {ip}: {:#?}",
+            &lost[..lost.len().min(5)]
+        );
+        let (after, failed_after) = admissions.count(back, end);
+        report.push(format!(
+            "SIGKILL: {ok} admitted, {} refused at the killed Pod until its endpoint went; after the restart {after} admitted, {} failed",
+            lost.len(),
+            failed_after.len()
+        ));
+        all_failed.extend(failed_after);
+    } else {
+        report.push("SIGKILL: skipped (no containerd socket)".to_owned());
+    }
+    admissions.stop();
     node.timing(
         method,
-        &format!("admissions ({killed}, force delete, upgrade)"),
+        "admissions (delete, force delete, upgrade, SIGKILL)",
         report.join("; "),
     );
     assert!(
