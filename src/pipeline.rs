@@ -74,7 +74,8 @@ pub struct KnownSecret {
     pub references: Vec<SecretRef>,
     /// Key → what its value is made from.
     pub sources: BTreeMap<String, KeySource>,
-    pub data: BTreeMap<String, SecretValue>,
+    /// The keys it holds; Sesame's copy of the cluster keeps no values.
+    pub keys: std::collections::BTreeSet<String>,
     /// RFC 3339 time of its last write or check against the stores.
     pub refreshed_at: String,
 }
@@ -482,8 +483,9 @@ impl Engine {
     ) -> Option<Verdict> {
         let lookup = input.last_known_good?;
         // A template's key holds a rendering, from which no placeholder's
-        // answer can be read back: such a Pod waits for its stores.
-        if !request.templates.is_empty() {
+        // answer can be read back: such a Pod waits for its stores. Inline
+        // values would need the values themselves, which are not kept.
+        if !request.templates.is_empty() || request.mode == Mode::Inline {
             return None;
         }
         let failed: Vec<usize> = (0..resolved.len()).filter(|i| resolved[*i].is_err()).collect();
@@ -528,7 +530,7 @@ impl Engine {
         let planned = m.secret.take()?;
         if planned.name != name
             || planned.sources != known.sources
-            || !planned.data.keys().all(|k| known.data.contains_key(k))
+            || !planned.data.keys().all(|k| known.keys.contains(k))
         {
             return None;
         }
@@ -552,8 +554,10 @@ impl Engine {
 }
 
 /// What a store would have answered for `reference`, as far as the stored
-/// Secret holds it: the values of the keys whose source is this secret (at
-/// this version), by property. `None` when it holds none of them.
+/// Secret holds it: for each key whose source is this secret (at this
+/// version), the property, with a stand-in value. The plan built on it is
+/// only checked for its keys and its patch, which names keys, not values.
+/// `None` when the Secret holds none of them.
 fn stored_answer(known: &KnownSecret, reference: &SecretRef) -> Option<SecretData> {
     let mut properties = BTreeMap::new();
     let mut whole = None;
@@ -567,7 +571,10 @@ fn stored_answer(known: &KnownSecret, reference: &SecretRef) -> Option<SecretDat
         {
             continue;
         }
-        let value = known.data.get(key)?.clone();
+        if !known.keys.contains(key) {
+            return None;
+        }
+        let value = SecretValue::from(crate::inject::data::STAND_IN);
         match &source.property {
             Some(p) => {
                 properties.insert(p.clone(), value);

@@ -170,7 +170,7 @@ fn stand_ins(request: &PodRequest) -> HashMap<StoreRequest, Arc<SecretData>> {
         .into_iter()
         .map(|(key, (props, every_property))| {
             let data = if props.is_empty() && !every_property {
-                SecretData::Value(STAND_IN.into())
+                SecretData::Value(crate::inject::data::STAND_IN.into())
             } else {
                 stand_in(&props)
             };
@@ -179,13 +179,10 @@ fn stand_ins(request: &PodRequest) -> HashMap<StoreRequest, Arc<SecretData>> {
         .collect()
 }
 
-/// Valid text and valid base64, so that every template function takes it.
-const STAND_IN: &str = "c2VzYW1l";
-
 fn stand_in(properties: &[&str]) -> SecretData {
     let map: BTreeMap<String, SecretValue> = properties
         .iter()
-        .map(|p| ((*p).to_owned(), SecretValue::from(STAND_IN)))
+        .map(|p| ((*p).to_owned(), SecretValue::from(crate::inject::data::STAND_IN)))
         .collect();
     SecretData::Properties(map)
 }

@@ -21,6 +21,7 @@ use sesame::inject::data::KeySource;
 use sesame::inject::plan::secret_name;
 use sesame::inject::pod::OwnerReference;
 use sesame::inject::ManagedSecret;
+use sesame::kube::digest::digest;
 use sesame::kube::gc::GarbageCollector;
 use sesame::kube::lease::LeaseElector;
 use sesame::kube::metrics::KubeMetrics;
@@ -116,6 +117,58 @@ async fn ready_writer(api: &FakeApi) -> KubeSecretWriter {
         .expect("cache synced")
         .unwrap();
     writer
+}
+
+/// Attack: a tenant fills Secrets in its own namespace with Sesame's label,
+/// large values and large foreign annotations, to grow Sesame's heap (the
+/// cache watches every Secret with that label) or to have its values held
+/// there. The cache keeps a 32-byte digest per key and only Sesame's
+/// annotations: neither the values nor the blob are in memory.
+#[tokio::test]
+async fn the_managed_secret_cache_holds_digests_not_a_tenants_values() {
+    let api = FakeApi::start().await;
+    let writer = ready_writer(&api).await;
+    let value = "tenant-bulk-".repeat(80_000);
+    let blob = "x".repeat(200_000);
+    api.put(
+        "secrets",
+        "team-a",
+        "bulk",
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "bulk", "namespace": "team-a",
+                         "labels": {"app.kubernetes.io/managed-by": "sesame"},
+                         "annotations": {"sesame.dev/sources": "{}", "team-a.example/blob": blob}},
+            "data": {"big": b64(&value), "small": b64("s3cr3t")}
+        }),
+    );
+    let key = kube::runtime::reflector::ObjectRef::new("bulk").within("team-a");
+    eventually("the tenant's Secret in the cache", || {
+        writer.cache().get(&key).is_some()
+    })
+    .await;
+    let cached = writer.cache().get(&key).unwrap();
+    let data = cached.data.as_ref().unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["big", "small"]);
+    assert!(data.values().all(|v| v.0.len() == 32), "digests only");
+    assert_eq!(data["small"].0, digest("small", b"s3cr3t"));
+    assert_ne!(data["small"].0, digest("big", b"s3cr3t"), "the key is covered");
+    assert_eq!(
+        cached
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["sesame.dev/sources"]
+    );
+    let text = format!("{cached:?}");
+    assert!(
+        text.len() < 4_000 && !text.contains("s3cr3t"),
+        "{} bytes",
+        text.len()
+    );
 }
 
 #[tokio::test]
@@ -1261,9 +1314,10 @@ async fn rotation_refreshes_only_secrets_sesame_wrote_and_only_what_the_policy_g
     eventually("the cache to see the rotations", || {
         writer.cache().state().iter().any(|s| {
             s.metadata.name.as_deref() == Some(web.as_str())
-                && s.data
-                    .as_ref()
-                    .is_some_and(|d| d.get("db.password").is_some_and(|v| v.0 == b"new-value"))
+                && s.data.as_ref().is_some_and(|d| {
+                    d.get("db.password")
+                        .is_some_and(|v| v.0 == digest("db.password", b"new-value"))
+                })
         })
     })
     .await;
@@ -1411,9 +1465,10 @@ async fn rollouts_restart_through_restart_at_and_the_cooldown_defers_a_second_re
         move || {
             cache.state().iter().any(|s| {
                 s.metadata.name.as_deref() == Some(canary.as_str())
-                    && s.data
-                        .as_ref()
-                        .is_some_and(|d| d.get("db.password").is_some_and(|v| v.0 == value))
+                    && s.data.as_ref().is_some_and(|d| {
+                        d.get("db.password")
+                            .is_some_and(|v| v.0 == digest("db.password", value))
+                    })
             })
         }
     };
@@ -1519,9 +1574,10 @@ async fn the_cluster_wide_cap_holds_back_restarts_beyond_it() {
         .contains("sesame_workload_restarts_refused_total{reason=\"cluster_cap\"} 1"));
     eventually("the cache to see the rotations", || {
         writer.cache().state().iter().all(|s| {
-            s.data
-                .as_ref()
-                .is_some_and(|d| d.get("db.password").is_some_and(|v| v.0 == b"new-value"))
+            s.data.as_ref().is_some_and(|d| {
+                d.get("db.password")
+                    .is_some_and(|v| v.0 == digest("db.password", b"new-value"))
+            })
         })
     })
     .await;
@@ -1992,9 +2048,10 @@ async fn a_store_outage_admits_against_the_verified_managed_secret_only() {
             .cache()
             .get(&kube::runtime::reflector::ObjectRef::new(&name).within("team-a"))
             .is_some_and(|s| {
-                s.data
-                    .as_ref()
-                    .is_some_and(|d| d.values().any(|v| v.0 == b"tenant-chosen"))
+                s.data.as_ref().is_some_and(|d| {
+                    d.get("db.password")
+                        .is_some_and(|v| v.0 == digest("db.password", b"tenant-chosen"))
+                })
             })
     })
     .await;

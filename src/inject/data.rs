@@ -17,6 +17,11 @@ use crate::stores::{PropertyError, SecretData, SecretLocator, SecretValue, Store
 /// that differs only in its property.
 pub(crate) type Fetched = HashMap<StoreRequest, Result<Arc<SecretData>, StoreError>>;
 
+/// A value for plans that only look at keys and shape (a dry plan, a Pod
+/// admitted against its stored Secret): valid text and valid base64, so
+/// that every template function takes it.
+pub(crate) const STAND_IN: &str = "c2VzYW1l";
+
 impl SecretRef {
     /// What has to be fetched for this reference: the secret at its version.
     pub fn request(&self) -> StoreRequest {

@@ -3,7 +3,6 @@
 //! MAC verifies is handed out: a tenant can create a Secret of any name,
 //! with Sesame's label and annotations, in its own namespace.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ::kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -15,7 +14,6 @@ use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use super::provenance::Provenance;
 use super::secret::{verify, SecretAnnotations};
 use crate::admission::{KnownSecret, LastKnownGood};
-use crate::stores::SecretValue;
 
 /// Managed Secrets as the cache holds them, verified on every lookup.
 pub struct KnownGoodSecrets {
@@ -105,17 +103,12 @@ fn known(secret: &Secret, keys: &SecretAnnotations, provenance: &Provenance) -> 
             return None;
         }
     };
-    let data: BTreeMap<String, SecretValue> = secret
-        .data
-        .as_ref()?
-        .iter()
-        .map(|(k, v)| (k.clone(), SecretValue::new(v.0.clone())))
-        .collect();
+    let keys = secret.data.as_ref()?.keys().cloned().collect();
     Some(KnownSecret {
         service_account: recorded.service_account,
         references: recorded.references,
         sources: recorded.sources,
-        data,
+        keys,
         refreshed_at: recorded.refreshed_at,
     })
 }

@@ -9,6 +9,7 @@ mod args;
 pub mod certs;
 pub mod client;
 pub(crate) mod config_map;
+pub mod digest;
 pub mod gc;
 pub mod known_good;
 pub mod leader;

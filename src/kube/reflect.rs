@@ -11,20 +11,23 @@ use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
 /// A reflector over `api` (an `Api<PartialObjectMeta<K>>` watches metadata
-/// only); managed fields are dropped to save memory. The cache fills while
-/// the returned future runs.
+/// only); managed fields are dropped to save memory, and `reduce` takes out
+/// whatever else the cache need not hold. The cache fills while the
+/// returned future runs.
 pub(crate) fn reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     what: &'static str,
+    mut reduce: impl FnMut(&mut K) + Send + 'static,
 ) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(|o: &mut K| o.managed_fields_mut().clear());
+    let stream = watcher(api, config).default_backoff().modify(move |o: &mut K| {
+        o.managed_fields_mut().clear();
+        reduce(o);
+    });
     (reader, drive(reflector::reflector(writer, stream), what))
 }
 

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::args::RestartLimits;
+use super::digest::any_value_differs;
 use super::metrics::KubeMetrics;
 use super::provenance::{KeyRing, Provenance, UnverifiedReport};
 use super::restart::{RestartBudget, Restarter};
@@ -34,7 +35,7 @@ use crate::admission::NamespaceLabels;
 use crate::inject::data::KeySource;
 use crate::inject::{secret_data, DataError, Fetched, SecretRef};
 use crate::pipeline::{Engine, Refusal, SharedEngine};
-use crate::stores::{SecretValue, StoreRequest, WorkloadIdentity};
+use crate::stores::{StoreRequest, WorkloadIdentity};
 
 /// At most this many Secrets are signed again per pass after a new key,
 /// so that a key rotation does not send the API server one write per
@@ -160,14 +161,6 @@ pub(crate) fn reauthorise(
         granted.insert(key.clone(), source.clone());
     }
     Ok(Reauthorised { granted, revoked })
-}
-
-/// Whether any value in `data` differs from what `secret` stores (pure).
-/// Keys that only leave the Secret are not a change of value.
-pub(crate) fn values_changed(secret: &Secret, data: &BTreeMap<String, SecretValue>) -> bool {
-    let stored = secret.data.as_ref();
-    data.iter()
-        .any(|(k, v)| stored.and_then(|s| s.get(k)).is_none_or(|b| b.0 != v.expose()))
 }
 
 /// What a rotation pass did.
@@ -428,7 +421,7 @@ impl Rotator {
         let identity = WorkloadIdentity::new(&recorded.namespace, &recorded.service_account).ok();
         let fetched = self.fetch(engine, &decision.granted, identity.as_ref()).await?;
         let data = secret_data(&decision.granted, &fetched)?;
-        let changed = values_changed(secret, &data);
+        let changed = any_value_differs(secret, &data);
         let leaving: Vec<String> = secret
             .data
             .iter()
@@ -601,7 +594,7 @@ fn truncate(text: &mut String, max: usize) {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::stores::Stores;
+    use crate::stores::{SecretValue, Stores};
     use crate::telemetry::Metrics;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use k8s_openapi::ByteString;
@@ -852,7 +845,7 @@ mod tests {
 
     #[test]
     fn only_new_values_count_as_a_change() {
-        let stored = Secret {
+        let mut stored = Secret {
             data: Some(
                 [
                     ("a".to_owned(), ByteString(b"1".to_vec())),
@@ -862,15 +855,16 @@ mod tests {
             ),
             ..Default::default()
         };
+        crate::kube::digest::digested(&mut stored, "sesame.dev");
         let same: BTreeMap<String, SecretValue> = [("a".to_owned(), SecretValue::from("1"))].into();
         assert!(
-            !values_changed(&stored, &same),
+            !any_value_differs(&stored, &same),
             "a key leaving is not a new value"
         );
         let new: BTreeMap<String, SecretValue> = [("a".to_owned(), SecretValue::from("9"))].into();
-        assert!(values_changed(&stored, &new));
+        assert!(any_value_differs(&stored, &new));
         let added: BTreeMap<String, SecretValue> = [("c".to_owned(), SecretValue::from("3"))].into();
-        assert!(values_changed(&stored, &added));
+        assert!(any_value_differs(&stored, &added));
         let mut note = "é".repeat(600);
         truncate(&mut note, 1000);
         assert!(note.len() <= 1000 && note.is_char_boundary(note.len()));

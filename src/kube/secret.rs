@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference as KubeOwnerR
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::digest::holds_exactly;
 use super::provenance::{KeyRing, MacError, Provenance, Record, Verified};
 use crate::inject::annotations::SecretRef;
 use crate::inject::data::KeySource;
@@ -164,7 +165,7 @@ pub(crate) fn decide(
     let signed = ring.is_none_or(|ring| verify(existing, keys, ring).is_ok());
     let up_to_date = labelled
         && owners.len() == current_owners.len()
-        && stored_data_equals(existing, &wanted.data)
+        && holds_exactly(existing, &wanted.data)
         && annotations.and_then(|a| a.get(&keys.sources)) == Some(&sources_json(wanted))
         && annotations.and_then(|a| a.get(&keys.service_account)) == Some(&wanted.service_account)
         && restart_recorded == wanted.restart_on_rotation
@@ -174,16 +175,6 @@ pub(crate) fn decide(
     } else {
         ApplyDecision::Apply { owners }
     }
-}
-
-/// Whether a stored Secret holds exactly `data`: compared byte for byte,
-/// which is cheaper on the admission path than hashing both sides.
-pub(crate) fn stored_data_equals(secret: &Secret, data: &BTreeMap<String, SecretValue>) -> bool {
-    let stored = secret.data.as_ref();
-    stored.map_or(0, BTreeMap::len) == data.len()
-        && data
-            .iter()
-            .all(|(k, v)| stored.and_then(|s| s.get(k)).is_some_and(|b| b.0 == v.expose()))
 }
 
 /// The `sources` annotation: key → the reference (every field) or the
@@ -463,7 +454,10 @@ mod tests {
             unreachable!()
         };
         let body = apply_body(wanted, &owners, keys, "2026-01-01T00:00:00Z", Some(&ring()));
-        serde_json::from_value(body.0).unwrap()
+        // As the cache of managed Secrets holds it.
+        let mut secret = serde_json::from_value(body.0).unwrap();
+        super::super::digest::digested(&mut secret, "sesame.dev");
+        secret
     }
 
     fn annotate(secret: &mut Secret, key: &str, value: &str) {
@@ -740,34 +734,35 @@ mod tests {
     }
 
     #[test]
-    fn stored_data_is_compared_byte_for_byte() {
+    fn a_cached_secret_is_current_only_with_the_same_values() {
         let wanted = managed(vec![]);
-        let stored = |pairs: &[(&str, &[u8])]| Secret {
-            data: Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
-                    .collect(),
-            ),
-            ..Default::default()
+        let stored = |pairs: &[(&str, &[u8])]| {
+            let mut s = Secret {
+                data: Some(
+                    pairs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                        .collect(),
+                ),
+                ..Default::default()
+            };
+            super::super::digest::digested(&mut s, "sesame.dev");
+            s
         };
-        assert!(stored_data_equals(
+        assert!(holds_exactly(
             &stored(&[("db.password", b"s3cr3t")]),
             &wanted.data
         ));
-        assert!(!stored_data_equals(
+        assert!(!holds_exactly(
             &stored(&[("db.password", b"other")]),
             &wanted.data
         ));
-        assert!(!stored_data_equals(
+        assert!(!holds_exactly(
             &stored(&[("db.password", b"s3cr3t"), ("x", b"y")]),
             &wanted.data
         ));
-        assert!(!stored_data_equals(
-            &stored(&[("db.user", b"s3cr3t")]),
-            &wanted.data
-        ));
-        assert!(!stored_data_equals(&Secret::default(), &wanted.data));
+        assert!(!holds_exactly(&stored(&[("db.user", b"s3cr3t")]), &wanted.data));
+        assert!(!holds_exactly(&Secret::default(), &wanted.data));
     }
 
     /// The record → read round trip on a stored Secret: every field of a

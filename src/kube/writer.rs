@@ -1,6 +1,7 @@
 //! `KubeSecretWriter`: writes a plan's Secret with server-side apply before
 //! the Pod is admitted, signed with the provenance key. A watch-backed cache
-//! of managed Secrets makes an up-to-date Secret cost no API call.
+//! of managed Secrets (digests, not values: `digest`) makes an up-to-date
+//! Secret cost no API call.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use ::kube::{Api, Client};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
 
+use super::digest::digested;
 use super::provenance::Provenance;
 use super::secret::{
     apply_body, decide, now_rfc3339, ApplyDecision, SecretAnnotations, FIELD_MANAGER, MANAGED_SELECTOR,
@@ -23,6 +25,7 @@ use crate::inject::ManagedSecret;
 /// Writes managed Secrets through the API.
 pub struct KubeSecretWriter {
     client: Client,
+    prefix: String,
     keys: SecretAnnotations,
     cache: Store<Secret>,
     provenance: Provenance,
@@ -40,14 +43,18 @@ impl KubeSecretWriter {
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let api: Api<Secret> = Api::all(client.clone());
         let config = watcher::Config::default().labels(MANAGED_SELECTOR);
-        let (cache, watch) = super::reflect::reflector(api, config, "managed-secrets");
+        let owned = prefix.to_owned();
+        let (cache, watch) =
+            super::reflect::reflector(api, config, "managed-secrets", move |s| digested(s, &owned));
         (Self::new(client, prefix, cache, provenance), watch)
     }
 
-    /// A writer over a cache of managed Secrets (shared with GC and rotation).
+    /// A writer over a cache of managed Secrets (shared with GC and
+    /// rotation), each reduced by [`digested`].
     pub fn new(client: Client, prefix: &str, cache: Store<Secret>, provenance: Provenance) -> Self {
         Self {
             client,
+            prefix: prefix.to_owned(),
             keys: SecretAnnotations::new(prefix),
             cache,
             provenance,
@@ -71,7 +78,10 @@ impl KubeSecretWriter {
         // Not in the cache (new, or the cache is still syncing): read it so
         // that owners another replica added are kept.
         match api.get_opt(&secret.name).await {
-            Ok(s) => Ok(s.map(Arc::new)),
+            Ok(s) => Ok(s.map(|mut s| {
+                digested(&mut s, &self.prefix);
+                Arc::new(s)
+            })),
             Err(e) => Err(write_error(&secret.name, &e)),
         }
     }
