@@ -609,7 +609,7 @@ fn last_known_good_warning(
         .unwrap_or_default();
     let names: Vec<String> = stores.iter().map(|s| format!("\"{s}\"")).collect();
     format!(
-        "store {} unavailable: admitted against the last known good managed Secret {secret}, refreshed at {refreshed_at}{age}; its values are not updated until the store answers",
+        "store {} unavailable: admitted against the last known good managed Secret {secret}, values written at {refreshed_at}{age}; its values are not updated until the store answers",
         names.join(", ")
     )
 }

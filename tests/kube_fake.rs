@@ -1378,6 +1378,89 @@ async fn rotator_with(
     .with_restart_limits(limits)
 }
 
+/// Rotation at scale: one pass reads each distinct store path once, however
+/// many Secrets share it (`cacheTtl: 0s` here, so the store cache cannot be
+/// what saves the reads), writes only the Secrets whose values changed, and
+/// a Secret the stores confirmed unchanged keeps its `refreshed-at` (no
+/// write) yet is not due again on the next pass.
+#[tokio::test]
+async fn a_rotation_pass_reads_each_path_once_and_writes_only_what_changed() {
+    let api = FakeApi::start().await;
+    let (_dir, engine, metrics) = attack_engine(&api).await;
+    api.put("namespaces", "", "team-a", json!({"metadata": {}}));
+    let old = "2020-01-01T00:00:00Z";
+    let mut stale = Vec::new();
+    let mut current = Vec::new();
+    for (account, value) in [
+        ("s1", "old-value"),
+        ("s2", "old-value"),
+        ("s3", "old-value"),
+        ("c1", "new-value"),
+        ("c2", "new-value"),
+    ] {
+        let (name, obj) = signed(
+            &provenance(),
+            "team-a",
+            account,
+            &[("db.password", "dev:apps/team-a/db#password")],
+            &[("db.password", value)],
+            false,
+            old,
+        );
+        api.put("secrets", "team-a", &name, obj);
+        if value == "old-value" {
+            stale.push(name);
+        } else {
+            current.push(name);
+        }
+    }
+    let writer = ready_writer(&api).await;
+    eventually("the cache", || writer.cache().state().len() == 5).await;
+    let rotator = rotator_with(
+        &api,
+        &writer,
+        engine,
+        &metrics,
+        sesame::kube::RestartLimits::default(),
+    )
+    .await
+    .with_write_rate(1000);
+    let (_lead, leading) = watch::channel(true);
+
+    let report = rotator.run_once(&leading).await;
+    assert_eq!(report.checked, 5);
+    assert_eq!(report.unchanged, 2);
+    assert_eq!(report.updated.len(), 3, "{report:?}");
+    assert_eq!((report.writes, report.reads), (3, 1), "{report:?}");
+    assert!(metrics
+        .encode()
+        .contains("sesame_store_request_duration_seconds_count{store=\"dev\",provider=\"file\"} 1"));
+    for name in &stale {
+        assert_eq!(api.calls("PATCH", &format!("/secrets/{name}")).len(), 1, "{name}");
+    }
+    for name in &current {
+        assert!(
+            api.calls("PATCH", &format!("/secrets/{name}")).is_empty(),
+            "{name}"
+        );
+        let stored = api.get("secrets", "team-a", name).unwrap();
+        assert_eq!(stored["metadata"]["annotations"]["sesame.dev/refreshed-at"], old);
+    }
+
+    eventually("the cache to see the writes", || {
+        writer.cache().state().iter().all(|s| {
+            s.data.as_ref().is_some_and(|d| {
+                d.get("db.password")
+                    .is_some_and(|v| v.0 == digest("db.password", b"new-value"))
+            })
+        })
+    })
+    .await;
+    let again = rotator.run_once(&leading).await;
+    assert_eq!((again.checked, again.writes, again.reads), (0, 0, 0), "{again:?}");
+    assert_eq!(api.calls("PATCH", "/secrets/").len(), 3);
+}
+
 /// An Argo Rollout (found through the ReplicaSet it controls) restarts
 /// through `spec.restartAt` with a JSON merge patch (a custom resource takes
 /// no strategic merge patch); a rotation that changed no value restarts
@@ -1993,7 +2076,7 @@ async fn a_store_outage_admits_against_the_verified_managed_secret_only() {
     let warnings = r["warnings"].to_string();
     assert!(warnings.contains("store \\\"vault\\\" unavailable"), "{warnings}");
     assert!(
-        warnings.contains("refreshed at 2026-01-01T00:00:00Z ("),
+        warnings.contains("values written at 2026-01-01T00:00:00Z ("),
         "{warnings}"
     );
     assert!(warnings.contains(" ago)"), "the age of the data: {warnings}");

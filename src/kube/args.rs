@@ -66,6 +66,11 @@ pub struct KubeArgs {
     /// cluster-wide; the rest wait for a later pass.
     #[arg(long, env = "SESAME_MAX_RESTARTS_PER_MINUTE", default_value = "10", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_restarts_per_minute: u32,
+    /// At most this many Secret writes a second in a rotation pass: a
+    /// rotation that changes thousands of Secrets is spread out instead of
+    /// sent to the API server at once. Unchanged Secrets are not written.
+    #[arg(long, env = "SESAME_ROTATION_WRITES_PER_SECOND", default_value_t = DEFAULT_WRITES_PER_SECOND, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) rotation_writes_per_second: u32,
     /// The ConfigMap holding the configuration file: watched through the
     /// API, so that a change applies within a second on every replica
     /// instead of when the kubelet updates the mounted file (which stays the
@@ -127,6 +132,9 @@ impl Default for CertArgs {
     }
 }
 
+/// Writes a rotation pass may send the API server per second, unless configured.
+pub const DEFAULT_WRITES_PER_SECOND: u32 = 50;
+
 impl Default for KubeArgs {
     fn default() -> Self {
         Self {
@@ -139,6 +147,7 @@ impl Default for KubeArgs {
             gc_interval: Duration::from_secs(300),
             restart_cooldown: Duration::from_secs(600),
             max_restarts_per_minute: 10,
+            rotation_writes_per_second: DEFAULT_WRITES_PER_SECOND,
             config_map: None,
             config_map_namespace: None,
             config_map_key: None,

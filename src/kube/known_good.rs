@@ -67,7 +67,7 @@ impl LastKnownGood for KnownGoodSecrets {
             type_: EventType::Warning,
             reason: "AdmittedFromLastKnownGood".into(),
             note: Some(format!(
-                "store {} unavailable: a Pod was admitted against this Secret as last refreshed at {refreshed_at}",
+                "store {} unavailable: a Pod was admitted against this Secret, its values as written at {refreshed_at}",
                 names.join(", ")
             )),
             action: "Admit".into(),

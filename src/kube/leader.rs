@@ -99,6 +99,7 @@ pub async fn work(
             // The election is gone: so is any chance of leading.
             std::future::pending::<()>().await;
         }
+        let started = Instant::now();
         let report = rotator.run_once(&leading).await;
         if report.waiting_for_keys != waiting {
             waiting = report.waiting_for_keys;
@@ -108,8 +109,16 @@ pub async fn work(
                 tracing::info!("provenance keys available: rotation and garbage collection run");
             }
         }
-        if report.checked > 0 {
-            tracing::debug!(?report, "rotation pass");
+        if report.checked > 0 || report.writes > 0 {
+            tracing::info!(
+                checked = report.checked,
+                written = report.writes,
+                unchanged = report.unchanged,
+                failed = report.failed,
+                store_reads = report.reads,
+                seconds = started.elapsed().as_secs_f64(),
+                "rotation pass"
+            );
         }
         if Instant::now() >= next_gc {
             let prefix = engine.load().prefix().to_owned();

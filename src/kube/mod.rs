@@ -133,7 +133,8 @@ pub async fn start(
         provenance.clone(),
         kube_metrics.clone(),
     )
-    .with_restart_limits(args.restart_limits());
+    .with_restart_limits(args.restart_limits())
+    .with_write_rate(args.rotation_writes_per_second);
     let schedule = leader::Schedule::new(LEASE_DURATION, args.gc_interval);
     let (leading_tx, leading) = watch::channel(false);
     tasks.spawn(

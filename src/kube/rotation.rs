@@ -10,7 +10,7 @@
 //! cannot change in a running Pod: workloads whose own Pod template asks
 //! for it get a rolling restart (`restart`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use super::args::RestartLimits;
+use super::args::{RestartLimits, DEFAULT_WRITES_PER_SECOND};
 use super::digest::any_value_differs;
 use super::metrics::KubeMetrics;
 use super::provenance::{KeyRing, Provenance, UnverifiedReport};
@@ -35,12 +35,40 @@ use crate::admission::NamespaceLabels;
 use crate::inject::data::KeySource;
 use crate::inject::{secret_data, DataError, Fetched, SecretRef};
 use crate::pipeline::{Engine, Refusal, SharedEngine};
-use crate::stores::{StoreRequest, WorkloadIdentity};
+use crate::stores::{SecretData, StoreError, StoreRequest, WorkloadIdentity};
 
 /// At most this many Secrets are signed again per pass after a new key,
 /// so that a key rotation does not send the API server one write per
 /// managed Secret at once.
 const RESIGN_PER_PASS: usize = 100;
+
+/// Spaces a pass's writes at least `1 / per_second` apart, so that a
+/// rotation that changes thousands of Secrets at once never floods the API
+/// server: 10,000 changed Secrets at 50 a second take 200 s.
+pub(crate) struct Pacer {
+    gap: Duration,
+    next: tokio::time::Instant,
+}
+
+impl Pacer {
+    pub(crate) fn new(per_second: u32) -> Self {
+        Self {
+            gap: Duration::from_secs(1) / per_second.max(1),
+            next: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Returns when the next write may go.
+    pub(crate) async fn ready(&mut self) {
+        tokio::time::sleep_until(self.next).await;
+        self.next = self.next.max(tokio::time::Instant::now()) + self.gap;
+    }
+}
+
+/// Store answers of one pass: each distinct (request, identity) is read
+/// once per pass, however many Secrets share it, failures included (a store
+/// that is down costs one timeout per path, not one per Secret).
+type PassReads = HashMap<(StoreRequest, Option<WorkloadIdentity>), Result<Arc<SecretData>, StoreError>>;
 
 /// When the Secret's values were last written or confirmed: its (signed)
 /// `refreshed-at`, else its creation time (pure).
@@ -179,6 +207,10 @@ pub struct RotationReport {
     pub resigned: usize,
     /// The pass did nothing: the provenance keys are not known yet.
     pub waiting_for_keys: bool,
+    /// Store reads the pass made: distinct (request, identity) pairs.
+    pub reads: usize,
+    /// Secrets the pass wrote (rotated, keys removed, or signed again).
+    pub writes: usize,
 }
 
 /// What one Secret's rotation did.
@@ -188,6 +220,9 @@ struct Rotated {
     /// A key left the Secret (revoked, or not Sesame's).
     removed: bool,
     revoked: Vec<Revoked>,
+    /// The Secret was written; when not, its values and record were
+    /// already what the stores and the policy say.
+    written: bool,
 }
 
 /// Refreshes due managed Secrets against the stores and writes changes.
@@ -204,6 +239,12 @@ pub struct Rotator {
     /// `namespace/name` of rotated Secrets whose restarts the budget held
     /// back: asked again every pass until made.
     deferred: std::sync::Mutex<BTreeSet<String>>,
+    /// `namespace/name` → (resourceVersion, when): due Secrets whose
+    /// values the stores confirmed unchanged. They are not written (a pass
+    /// writes only what changed), so their `refreshed-at` stays; this
+    /// keeps them from being due again before their interval.
+    confirmed: std::sync::Mutex<HashMap<String, (String, Timestamp)>>,
+    pacer: tokio::sync::Mutex<Pacer>,
 }
 
 impl Rotator {
@@ -233,7 +274,34 @@ impl Rotator {
             metrics,
             restarts: std::sync::Mutex::new(RestartBudget::new(RestartLimits::default())),
             deferred: std::sync::Mutex::default(),
+            confirmed: std::sync::Mutex::default(),
+            pacer: tokio::sync::Mutex::new(Pacer::new(DEFAULT_WRITES_PER_SECOND)),
         }
+    }
+
+    /// Writes per second a pass may send (default [`DEFAULT_WRITES_PER_SECOND`]).
+    #[must_use]
+    pub fn with_write_rate(mut self, per_second: u32) -> Self {
+        self.pacer = tokio::sync::Mutex::new(Pacer::new(per_second));
+        self
+    }
+
+    fn confirmed(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Timestamp)>> {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// When the stores last confirmed `secret` unchanged, while it is still
+    /// the version they confirmed.
+    fn confirmed_at(&self, name: &str, secret: &Secret) -> Option<Timestamp> {
+        let confirmed = self.confirmed();
+        let (version, at) = confirmed.get(name)?;
+        (secret.metadata.resource_version.as_deref() == Some(version.as_str())).then_some(*at)
+    }
+
+    async fn pace(&self) {
+        self.pacer.lock().await.ready().await;
     }
 
     /// Bounds the restarts after rotations (default: `RestartLimits::default()`).
@@ -300,7 +368,9 @@ impl Rotator {
                 })
                 .collect();
             self.deferred().retain(|n| present.contains(n));
+            self.confirmed().retain(|n, _| present.contains(n));
         }
+        let mut reads = PassReads::new();
         for secret in &secrets {
             let name = format!(
                 "{}/{}",
@@ -321,7 +391,7 @@ impl Rotator {
                 engine.min_refresh(),
             )
             .is_some_and(|interval| {
-                let last = last_refreshed(&recorded, secret);
+                let last = last_refreshed(&recorded, secret).max(self.confirmed_at(&name, secret));
                 let age = last.map_or(SignedDuration::ZERO, |t| now.duration_since(t));
                 let due = is_due(last, interval, now);
                 if !due {
@@ -342,10 +412,12 @@ impl Rotator {
                 if !verified.current && report.resigned >= RESIGN_PER_PASS {
                     on_older_keys += 1;
                 } else if !verified.current {
+                    self.pace().await;
                     match self.resign(secret, &recorded, &keys, &ring).await {
                         Ok(()) => {
                             self.metrics.resigned();
                             report.resigned += 1;
+                            report.writes += 1;
                         }
                         Err(e) => {
                             tracing::debug!(secret = %name, error = %e, "not signed again; next pass");
@@ -356,8 +428,18 @@ impl Rotator {
                 continue;
             }
             report.checked += 1;
-            match self.rotate(&engine, secret, &recorded, &keys, &ring).await {
+            let current = verified.current;
+            match self
+                .rotate(&engine, secret, &recorded, (&keys, &ring), current, &mut reads)
+                .await
+            {
                 Ok(rotated) => {
+                    if rotated.written {
+                        report.writes += 1;
+                        self.confirmed().remove(&name);
+                    } else if let Some(version) = secret.metadata.resource_version.clone() {
+                        self.confirmed().insert(name.clone(), (version, now));
+                    }
                     for r in &rotated.revoked {
                         report.revoked.push(format!("{name}/{}", r.key));
                     }
@@ -393,6 +475,7 @@ impl Rotator {
                 }
             }
         }
+        report.reads = reads.len();
         self.metrics.set_oldest_unrefreshed(oldest.as_secs());
         self.metrics.set_on_older_keys(on_older_keys);
         report
@@ -407,8 +490,9 @@ impl Rotator {
         engine: &Engine,
         secret: &Secret,
         recorded: &Recorded,
-        keys: &SecretAnnotations,
-        ring: &KeyRing,
+        (keys, ring): (&SecretAnnotations, &KeyRing),
+        signed_with_current: bool,
+        reads: &mut PassReads,
     ) -> Result<Rotated, RotationError> {
         let labels = self
             .namespaces
@@ -419,7 +503,9 @@ impl Rotator {
         // was admitted under: the record is under the Secret's MAC, so a
         // tenant cannot swap it for another account of its namespace.
         let identity = WorkloadIdentity::new(&recorded.namespace, &recorded.service_account).ok();
-        let fetched = self.fetch(engine, &decision.granted, identity.as_ref()).await?;
+        let fetched = self
+            .fetch(engine, &decision.granted, identity.as_ref(), reads)
+            .await?;
         let data = secret_data(&decision.granted, &fetched)?;
         let changed = any_value_differs(secret, &data);
         let leaving: Vec<String> = secret
@@ -432,6 +518,14 @@ impl Rotator {
         let managed = recorded.with_data(decision.granted.clone(), data);
         let owners = merged_owners(secret.metadata.owner_references.as_deref().unwrap_or(&[]), &[]);
         let ApplyBody(mut body) = apply_body(&managed, &owners, keys, &now_rfc3339(), Some(ring));
+        if !changed && leaving.is_empty() && signed_with_current && same_record(&body, secret, keys) {
+            return Ok(Rotated {
+                changed: false,
+                removed: false,
+                revoked: decision.revoked,
+                written: false,
+            });
+        }
         // A merge patch keeps keys it does not name: remove them by name.
         for key in &leaving {
             body["data"][key.as_str()] = Value::Null;
@@ -443,6 +537,7 @@ impl Rotator {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
         };
+        self.pace().await;
         api.patch(&managed.name, &params, &Patch::Merge(&ApplyBody(body)))
             .await
             .map_err(|e| match e {
@@ -456,6 +551,7 @@ impl Rotator {
             changed,
             removed: !leaving.is_empty(),
             revoked: decision.revoked,
+            written: true,
         })
     }
 
@@ -566,17 +662,58 @@ impl Rotator {
         engine: &Engine,
         sources: &BTreeMap<String, KeySource>,
         identity: Option<&WorkloadIdentity>,
+        reads: &mut PassReads,
     ) -> Result<Fetched, RotationError> {
-        let requests: Vec<StoreRequest> = fetches(sources).into_iter().collect();
-        if let Some(r) = requests.iter().find(|r| engine.stores().get(&r.store).is_none()) {
-            return Err(RotationError::UnknownStore(r.store.clone()));
+        let mut keyed = Vec::new();
+        for r in fetches(sources) {
+            let store = engine
+                .stores()
+                .get(&r.store)
+                .ok_or_else(|| RotationError::UnknownStore(r.store.clone()))?;
+            // Only a store that reads as the Pod answers per identity.
+            let who = store.mode().is_pod().then(|| identity.cloned()).flatten();
+            keyed.push((r, who));
         }
-        let answers = engine
-            .stores()
-            .resolve(&requests, identity, engine.resolve_timeout())
-            .await;
-        Ok(requests.into_iter().zip(answers).collect())
+        let missing: Vec<&(StoreRequest, Option<WorkloadIdentity>)> =
+            keyed.iter().filter(|k| !reads.contains_key(*k)).collect();
+        if !missing.is_empty() {
+            let requests: Vec<StoreRequest> = missing.iter().map(|(r, _)| r.clone()).collect();
+            let answers = engine
+                .stores()
+                .resolve(&requests, identity, engine.resolve_timeout())
+                .await;
+            for (k, answer) in missing.into_iter().zip(answers) {
+                reads.insert(k.clone(), answer);
+            }
+        }
+        Ok(keyed
+            .into_iter()
+            .filter_map(|k| {
+                let answer = reads.get(&k)?.clone();
+                Some((k.0, answer))
+            })
+            .collect())
     }
+}
+
+/// Whether the Secret already carries every annotation `body` would write,
+/// other than the refresh time and the MAC, and `restart-on-rotation`
+/// exactly when `body` sets it (pure).
+fn same_record(body: &Value, secret: &Secret, keys: &SecretAnnotations) -> bool {
+    let Some(wanted) = body["metadata"]["annotations"].as_object() else {
+        return false;
+    };
+    let empty = BTreeMap::new();
+    let stored = secret.metadata.annotations.as_ref().unwrap_or(&empty);
+    let volatile = [&keys.refreshed_at, &keys.provenance];
+    wanted
+        .iter()
+        .filter(|(k, _)| !volatile.contains(k))
+        .all(|(k, v)| {
+            v.as_str()
+                .is_some_and(|v| stored.get(k).map(String::as_str) == Some(v))
+        })
+        && stored.contains_key(&keys.restart_on_rotation) == wanted.contains_key(&keys.restart_on_rotation)
 }
 
 /// Cuts `text` to at most `max` bytes, at a character boundary.
@@ -841,6 +978,29 @@ mod tests {
         assert_eq!(decision.revoked[0].reference.path, "apps/team-b/db");
         // Every placeholder is fetched, each secret once.
         assert_eq!(fetches(&secret.sources).len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_spaces_writes_and_banks_no_burst_while_idle() {
+        let mut pacer = Pacer::new(50);
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            pacer.ready().await;
+        }
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(80),
+            "the first at once, then 20 ms apart"
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let idle = tokio::time::Instant::now();
+        pacer.ready().await;
+        pacer.ready().await;
+        assert_eq!(
+            idle.elapsed(),
+            Duration::from_millis(20),
+            "ten idle seconds allow one write at once, not 500"
+        );
     }
 
     #[test]
