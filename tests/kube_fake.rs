@@ -949,6 +949,35 @@ async fn attack_engine(
     (dir, Arc::new(arc_swap::ArcSwap::from_pointee(engine)), metrics)
 }
 
+/// A namespace created a moment ago (applied together with its workload)
+/// can be reviewed before the watch delivers it: the cache reads a miss from
+/// the API instead of denying the Pod. A made-up namespace (a forged review)
+/// stays unknown, and so does one being deleted.
+#[tokio::test]
+async fn a_namespace_the_watch_has_not_delivered_is_read_from_the_api() {
+    let api = FakeApi::start().await;
+    api.put(
+        "namespaces",
+        "",
+        "fresh",
+        json!({"metadata": {"labels": {"team": "a"}}}),
+    );
+    api.put(
+        "namespaces",
+        "",
+        "leaving",
+        json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+    );
+    // The watch never runs: the cache stays empty.
+    let (cache, _watch) = NamespaceCache::watching(api.client());
+    assert_eq!(cache.labels("fresh"), None);
+    let labels = cache.labels_now("fresh").await.expect("read from the API");
+    assert_eq!(labels["team"], "a");
+    assert_eq!(cache.labels_now("made-up").await, None);
+    assert_eq!(cache.labels_now("leaving").await, None);
+    assert_eq!(api.calls("GET", "/api/v1/namespaces/fresh").len(), 1);
+}
+
 /// The Namespace cache over the fake, synced.
 async fn namespace_cache(api: &FakeApi) -> Arc<NamespaceCache> {
     let (cache, watch) = NamespaceCache::watching(api.client());

@@ -259,7 +259,7 @@ impl Admission {
         // Known to the Namespace cache when there is one: a forged review
         // for a namespace that does not exist gets nothing written.
         let labels = match &self.namespaces {
-            Some(n) => match n.labels(namespace) {
+            Some(n) => match n.labels_now(namespace).await {
                 Some(labels) => Some(labels),
                 None => {
                     return refuse(
@@ -575,6 +575,36 @@ mod tests {
     fn series<'t>(text: &'t str, name: &str) -> Option<&'t str> {
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+    }
+
+    /// Knows no namespace, like a cache whose watch has not delivered it.
+    struct NoNamespaces;
+
+    impl NamespaceLabels for NoNamespaces {
+        fn labels(&self, _: &str) -> Option<std::collections::BTreeMap<String, String>> {
+            None
+        }
+    }
+
+    /// A Deployment applied together with its namespace is often reviewed
+    /// before Sesame's watch has the namespace: the workload path warns and
+    /// never blocks it (admission checks each Pod).
+    #[tokio::test]
+    async fn a_workload_in_a_namespace_not_seen_yet_is_warned_not_denied() {
+        let metrics = Arc::new(Metrics::new());
+        let admission = admission(&metrics).await.with_namespaces(Arc::new(NoNamespaces));
+        let review = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-2","kind":{"group":"apps","version":"v1","kind":"Deployment"},"operation":"CREATE","namespace":"new-team","object":{"spec":{"template":{"metadata":{"annotations":{"sesame.dev/env.A":"dev:x#y"}},"spec":{"containers":[{"name":"app","image":"x"}]}}}}}}"#;
+        let mut out = Vec::new();
+        admission
+            .review_workload_into(review, &mut out)
+            .expect("answered");
+        let answer: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+        let warning = answer["response"]["warnings"][0].as_str().unwrap_or_default();
+        assert!(
+            warning.contains("has not seen namespace new-team yet"),
+            "{answer}"
+        );
     }
 
     #[tokio::test]

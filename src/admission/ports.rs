@@ -107,9 +107,17 @@ fn dry_run_warning(secret: &ManagedSecret) -> String {
 }
 
 /// Labels of a namespace, for `namespaceSelector` policy rules.
+#[async_trait]
 pub trait NamespaceLabels: Send + Sync + 'static {
     /// `None` when the namespace is not known (yet).
     fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
+
+    /// As [`labels`](Self::labels), and when the cache has not seen the
+    /// namespace (its watch can lag a namespace created a moment ago) the
+    /// source's own answer: admission calls this one.
+    async fn labels_now(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        self.labels(namespace)
+    }
 }
 
 /// The managed Secrets that exist, for a Pod whose store is down.

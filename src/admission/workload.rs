@@ -130,7 +130,16 @@ impl Admission {
         let labels = match &self.namespaces {
             Some(n) => match n.labels(checked.namespace) {
                 Some(labels) => Some(labels),
-                None => return refused(&RequestError::UnknownNamespace(checked.namespace.to_owned())),
+                // A namespace applied with its workloads is often reviewed
+                // before the watch brings it. This path writes nothing and
+                // admission checks every Pod, so it is never a block.
+                None => {
+                    let warning = format!(
+                        "Sesame has not seen namespace {} yet: the references of this {kind}'s Pods are checked when the Pods are created",
+                        checked.namespace
+                    );
+                    return (allow(vec![warning]), WorkloadOutcome::Warned);
+                }
             },
             None => None,
         };

@@ -3,19 +3,29 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use ::kube::core::PartialObjectMeta;
 use ::kube::runtime::reflector::{ObjectRef, Store};
 use ::kube::runtime::watcher;
 use ::kube::{Api, Client};
+use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Namespace;
+use tokio::sync::Semaphore;
 
 use crate::admission::NamespaceLabels;
+
+/// Namespace reads in flight at most, for namespaces the cache has not
+/// seen: a flood of reviews naming made-up namespaces costs the API server
+/// this many GETs at a time, and the rest are refused at once.
+const MAX_READS: usize = 4;
 
 /// The watch-backed cache of Namespace metadata.
 #[derive(Clone)]
 pub struct NamespaceCache {
     store: Store<PartialObjectMeta<Namespace>>,
+    api: Api<PartialObjectMeta<Namespace>>,
+    reads: Arc<Semaphore>,
 }
 
 impl NamespaceCache {
@@ -23,8 +33,9 @@ impl NamespaceCache {
     pub fn watching(client: Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let api: Api<PartialObjectMeta<Namespace>> = Api::all(client);
         let (store, watch) =
-            super::reflect::reflector(api, watcher::Config::default(), "namespaces", keep_labels);
-        (Self { store }, watch)
+            super::reflect::reflector(api.clone(), watcher::Config::default(), "namespaces", keep_labels);
+        let reads = Arc::new(Semaphore::new(MAX_READS));
+        (Self { store, api, reads }, watch)
     }
 
     /// Waits until the first list has arrived (or the watch stopped).
@@ -42,10 +53,37 @@ fn keep_labels(ns: &mut PartialObjectMeta<Namespace>) {
     meta.finalizers = None;
 }
 
+#[async_trait]
 impl NamespaceLabels for NamespaceCache {
     fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
         let ns = self.store.get(&ObjectRef::new(namespace))?;
         Some(ns.metadata.labels.clone().unwrap_or_default())
+    }
+
+    /// A miss is read from the API (metadata only): a namespace created
+    /// with its workload in one `kubectl apply` is often reviewed before
+    /// the watch delivers it. What is read is not cached; the watch
+    /// brings it. A namespace being deleted counts as unknown, as the
+    /// API server itself refuses new Pods there.
+    async fn labels_now(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        if let Some(labels) = self.labels(namespace) {
+            return Some(labels);
+        }
+        if namespace.is_empty() || namespace.len() > 63 {
+            return None;
+        }
+        let _permit = self.reads.try_acquire().ok()?;
+        match self.api.get_metadata_opt(namespace).await {
+            Ok(Some(ns)) if ns.metadata.deletion_timestamp.is_none() => {
+                tracing::debug!(namespace, "namespace not in the cache yet: read from the API");
+                Some(ns.metadata.labels.unwrap_or_default())
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(namespace, error = %e, "namespace not in the cache and not readable");
+                None
+            }
+        }
     }
 }
 
