@@ -88,6 +88,17 @@ class Api:
             raise SystemExit(f"{method} {path}: {e.code} {e.read()[:300]!r}")
         return json.loads(text) if text and text[:1] in b"{[" else text.decode()
 
+    def try_call(self, method, path, body):
+        """None when the call succeeds, else the error's status and text."""
+        req = urllib.request.Request(self.server + path, data=json.dumps(body).encode(), method=method)
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, context=self.ctx, timeout=30) as resp:
+                resp.read()
+            return None
+        except urllib.error.HTTPError as e:
+            return f"{e.code} {e.read()[:300]!r}"
+
     def metrics(self):
         return self.call("GET", "/metrics")
 
