@@ -109,14 +109,25 @@ pub async fn work(
                 tracing::info!("provenance keys available: rotation and garbage collection run");
             }
         }
-        if report.checked > 0 || report.writes > 0 {
+        // At info only when the pass changed or missed something: with short
+        // intervals, a pass that confirmed everything runs every tick.
+        let seconds = started.elapsed().as_secs_f64();
+        if report.writes > 0 || report.failed > 0 {
             tracing::info!(
                 checked = report.checked,
                 written = report.writes,
                 unchanged = report.unchanged,
                 failed = report.failed,
                 store_reads = report.reads,
-                seconds = started.elapsed().as_secs_f64(),
+                seconds,
+                "rotation pass"
+            );
+        } else if report.checked > 0 {
+            tracing::debug!(
+                checked = report.checked,
+                unchanged = report.unchanged,
+                store_reads = report.reads,
+                seconds,
                 "rotation pass"
             );
         }
