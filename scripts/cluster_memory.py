@@ -37,7 +37,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster_perf import REFS, Api, wait_http, webhook_config  # noqa: E402
+from cluster_perf import REFS, Api, harness_certs, wait_http, webhook_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABEL = "sesame-memory"
@@ -142,12 +142,7 @@ def run(args, bins, api, pki, tmp, procs, configs):
     with open(os.path.join(tmp, "sesame.yaml"), "w") as f:
         f.write("resolveTimeout: 5s\nstores:\n  - {name: dev, file: {path: secrets.yaml}, cacheTtl: 1h, refreshInterval: 1h}\n"
                 "policy:\n  rules:\n    - {name: shared, namespaces: ['sesame-mem-*'], stores: [dev], paths: ['apps/shared/**']}\n")
-    certs = os.path.join(tmp, "certs")
-    os.makedirs(certs)
-    shutil.copy(os.path.join(pki, "webhook.crt"), os.path.join(certs, "tls.crt"))
-    shutil.copy(os.path.join(pki, "webhook.key"), os.path.join(certs, "tls.key"))
-    with open(os.path.join(pki, "ca.crt"), "rb") as f:
-        ca_b64 = base64.b64encode(f.read()).decode()
+    certs, ca_b64 = harness_certs(pki, tmp)
 
     env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
     bins[:0] = [args.webhook_bin or bins[0]]

@@ -153,6 +153,17 @@ def summary(h):
             f"p90={ms(quantile(0.9))} p99={ms(quantile(0.99))} (bucket interpolation)")
 
 
+def harness_certs(pki, tmp):
+    """The harness's webhook serving pair, copied where `--cert-dir` wants it,
+    and its CA as a caBundle."""
+    certs = os.path.join(tmp, "certs")
+    os.makedirs(certs)
+    shutil.copy(os.path.join(pki, "webhook.crt"), os.path.join(certs, "tls.crt"))
+    shutil.copy(os.path.join(pki, "webhook.key"), os.path.join(certs, "tls.key"))
+    with open(os.path.join(pki, "ca.crt"), "rb") as f:
+        return certs, base64.b64encode(f.read()).decode()
+
+
 def wait_http(url, ctx=None, timeout=20):
     end = time.time() + timeout
     while time.time() < end:
@@ -283,12 +294,7 @@ def run(args, api, ns, pki, tmp, procs, configs):
     with open(os.path.join(tmp, "sesame.yaml"), "w") as f:
         f.write("resolveTimeout: 3s\nstores:\n  - {name: dev, file: {path: secrets.yaml}, cacheTtl: 60s}\n"
                 "policy:\n  rules:\n    - {name: own-subtree, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/**']}\n")
-    certs = os.path.join(tmp, "certs")
-    os.makedirs(certs)
-    shutil.copy(os.path.join(pki, "webhook.crt"), os.path.join(certs, "tls.crt"))
-    shutil.copy(os.path.join(pki, "webhook.key"), os.path.join(certs, "tls.key"))
-    with open(os.path.join(pki, "ca.crt"), "rb") as f:
-        ca_b64 = base64.b64encode(f.read()).decode()
+    certs, ca_b64 = harness_certs(pki, tmp)
 
     env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
     procs.append(subprocess.Popen(

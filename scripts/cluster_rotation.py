@@ -37,7 +37,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster_perf import BUCKET_RE, Api  # noqa: E402
+from cluster_perf import BUCKET_RE, Api, harness_certs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,10 +83,7 @@ def main():
                    if n["metadata"]["name"].startswith("sesame-mem-")])
     with open(os.path.join(ROOT, "benches/data/secrets.yaml")) as f:
         secrets = f.read().replace("apps/team-a/", "apps/shared/")
-    certs = os.path.join(tmp, "certs")
-    os.makedirs(certs)
-    shutil.copy(os.path.join(pki, "webhook.crt"), os.path.join(certs, "tls.crt"))
-    shutil.copy(os.path.join(pki, "webhook.key"), os.path.join(certs, "tls.key"))
+    certs, _ = harness_certs(pki, tmp)
     with open(os.path.join(tmp, "sesame.yaml"), "w") as f:
         f.write("resolveTimeout: 5s\nstores:\n  - {name: dev, file: {path: secrets.yaml}, cacheTtl: 0s, refreshInterval: 10s}\n"
                 "policy:\n  rules:\n    - {name: shared, namespaces: ['sesame-mem-*'], stores: [dev], paths: ['apps/shared/**']}\n")
