@@ -37,7 +37,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster_perf import REFS, Api, harness_certs, wait_http, webhook_config  # noqa: E402
+from cluster_perf import REFS, Api, harness_certs, stop, wait_http, webhook_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABEL = "sesame-memory"
@@ -112,14 +112,7 @@ def main():
     procs, configs = [], []
 
     def cleanup(*_):
-        for name in configs:
-            api.call("DELETE", f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}")
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(api, configs, procs)
         if not args.keep:
             delete_all(api, args.workers)
         shutil.rmtree(tmp, ignore_errors=True)

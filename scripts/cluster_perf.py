@@ -153,6 +153,23 @@ def summary(h):
             f"p90={ms(quantile(0.9))} p99={ms(quantile(0.99))} (bucket interpolation)")
 
 
+def stop_process(p):
+    """SIGTERM, then SIGKILL after 10 s."""
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
+def stop(api, configs, procs):
+    """Deletes the webhook configurations `configs` names, then stops `procs`."""
+    for name in configs:
+        api.call("DELETE", f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}")
+    for p in procs:
+        stop_process(p)
+
+
 def harness_certs(pki, tmp):
     """The harness's webhook serving pair, copied where `--cert-dir` wants it,
     and its CA as a caBundle."""
@@ -260,14 +277,7 @@ def main():
     procs, configs = [], []
 
     def cleanup(*_):
-        for name in configs:
-            api.call("DELETE", f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}")
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(api, configs, procs)
         api.call("DELETE", f"/api/v1/namespaces/{ns}")
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -29,7 +29,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster_perf import BUCKET_RE, Api, harness_certs  # noqa: E402
+from cluster_perf import BUCKET_RE, Api, harness_certs, stop_process  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,11 +123,7 @@ def main():
             reads = counter(urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode(),
                             "sesame_store_request_duration_seconds_count", {"store": "dev"})
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
         patches = secret_patches(api) - before
         print(f"{label}: {binary}: "
               f"pass ended {elapsed:.1f} s after start, {patches:.0f} Secret writes, {reads:.0f} store reads"

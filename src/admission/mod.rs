@@ -259,7 +259,7 @@ impl Admission {
         // Known to the Namespace cache when there is one: a forged review
         // for a namespace that does not exist gets nothing written.
         let labels = match &self.namespaces {
-            Some(n) => match n.labels_now(namespace).await {
+            Some(n) => match cached_or_read(n.as_ref(), namespace).await {
                 Some(labels) => Some(labels),
                 None => {
                     return refuse(
@@ -528,6 +528,18 @@ fn audit_annotations(granted: &[String], secret: Option<&str>) -> BTreeMap<Strin
         out.insert("secret".to_owned(), s.to_owned());
     }
     out
+}
+
+/// The cache's labels, and only on a miss the boxed future of
+/// `labels_now` (which may read the API): a hit allocates nothing.
+async fn cached_or_read(
+    namespaces: &dyn NamespaceLabels,
+    namespace: &str,
+) -> Option<BTreeMap<String, String>> {
+    match namespaces.labels(namespace) {
+        Some(labels) => Some(labels),
+        None => namespaces.labels_now(namespace).await,
+    }
 }
 
 #[cfg(test)]
