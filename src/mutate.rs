@@ -74,7 +74,8 @@ pub(crate) async fn mutate_object(
             warnings: Vec::new(),
         })),
         Verdict::Denied(d) => Ok(Err(d.message)),
-        Verdict::Mutated(mut m) => {
+        Verdict::Mutated(m) => {
+            let mut m = std::sync::Arc::unwrap_or_clone(m);
             if !show_values {
                 hide_inline_values(&mut m.patch);
             }

@@ -1,6 +1,8 @@
 //! The admission pipeline for one Pod: annotations → references → policy →
 //! stores → plan → patch. `serve` and `mutate` both run exactly this.
 
+mod memo;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use crate::stores::{
 };
 use crate::telemetry::Metrics;
 use crate::validate::{escape_controls, Quote};
+pub use memo::MemoUse;
 
 /// Everything the pipeline needs, built once from the configuration and
 /// swapped whole when the configuration changes.
@@ -40,6 +43,8 @@ pub struct Engine {
     deny_workloads: bool,
     /// The shortest `refresh=` a reference may ask for.
     min_refresh: Duration,
+    /// Verdicts kept for the identical Pods that follow.
+    memo: memo::Memo,
 }
 
 /// The Pod to work on.
@@ -106,11 +111,12 @@ pub enum Caller {
 pub enum Verdict {
     /// No Sesame annotation: allowed, no patch.
     Untouched,
-    Mutated(Mutation),
+    /// Shared: the memo hands one to every identical Pod.
+    Mutated(Arc<Mutation>),
     Denied(Denial),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Mutation {
     pub patch: Vec<PatchOperation>,
     /// The Secret to apply before answering (secretRef mode).
@@ -120,6 +126,9 @@ pub struct Mutation {
     /// Set when a store failed and the Pod uses its managed Secret as it
     /// is (then `secret` is `None`: nothing is written).
     pub last_known_good: Option<Box<FromLastKnownGood>>,
+    /// The patch as an AdmissionResponse carries it, made by the first
+    /// review that answers with this mutation.
+    pub(crate) encoded: std::sync::OnceLock<Option<Box<serde_json::value::RawValue>>>,
 }
 
 /// A refusal whose message is safe to show: it names annotations, stores,
@@ -177,6 +186,7 @@ impl Engine {
             limits: config.limits,
             deny_workloads: config.workloads.deny,
             min_refresh: config.rotation.min_refresh,
+            memo: memo::Memo::default(),
         }
     }
 
@@ -309,17 +319,68 @@ impl Engine {
 
     /// Runs the whole pipeline for one Pod.
     pub async fn evaluate(&self, input: &PodInput<'_>) -> Verdict {
-        let used_managed = input.pod.secret_names_with_prefix(MANAGED_PREFIX);
+        self.evaluate_answered(input).await.0
+    }
+
+    /// [`Self::evaluate`], answered from the memo when an identical Pod
+    /// was mutated from store answers the caches still hold as they were:
+    /// the Pods of one ReplicaSet cost one evaluation.
+    pub async fn evaluate_memoised(&self, input: &PodInput<'_>) -> (Verdict, MemoUse) {
+        let Some(key) = memo::Key::of(input) else {
+            return (self.evaluate(input).await, MemoUse::Skipped);
+        };
+        if let Some(entry) = self.memo.get(&key) {
+            let a = &entry.answers;
+            if self
+                .stores
+                .still_cached(&a.requests, a.identity.as_ref(), &a.data)
+            {
+                return (Verdict::Mutated(entry.mutation.clone()), MemoUse::Hit);
+            }
+            self.memo.forget(&key);
+        }
+        let (verdict, answers) = self.evaluate_answered(input).await;
+        if let (Verdict::Mutated(m), Some(answers)) = (&verdict, answers) {
+            if m.last_known_good.is_none() {
+                self.memo.keep(key, answers, m.clone());
+            }
+        }
+        (verdict, MemoUse::Miss)
+    }
+
+    /// The verdict, and for a mutation made from answers that all came
+    /// from the stores (or their caches), those answers.
+    async fn evaluate_answered(&self, input: &PodInput<'_>) -> (Verdict, Option<memo::Answers>) {
         if !self.wants(input.pod) {
-            return match used_managed.first() {
+            let used_managed = input.pod.secret_names_with_prefix(MANAGED_PREFIX);
+            let verdict = match used_managed.first() {
                 None => Verdict::Untouched,
                 Some(name) => Verdict::Denied(foreign_secret(name, None)),
             };
+            return (verdict, None);
         }
+        match self.evaluate_wanted(input).await {
+            Ok((m, answers)) => {
+                let answers = if m.last_known_good.is_none() {
+                    answers
+                } else {
+                    None
+                };
+                (Verdict::Mutated(Arc::new(m)), answers)
+            }
+            Err(d) => (Verdict::Denied(d), None),
+        }
+    }
+
+    /// The pipeline for a Pod that asks for secrets.
+    async fn evaluate_wanted(
+        &self,
+        input: &PodInput<'_>,
+    ) -> Result<(Mutation, Option<memo::Answers>), Denial> {
         let quote = self.limits.quote();
         let request = match self.request(input.namespace, input.pod) {
             Ok(r) => r,
-            Err(e) => return Verdict::Denied(Denial::new(DenialClass::Malformed, e.to_string(), Vec::new())),
+            Err(e) => return Err(Denial::new(DenialClass::Malformed, e.to_string(), Vec::new())),
         };
         let asked = asked(&request, quote);
         let references: Vec<SecretRef> = asked.iter().map(|(_, r, _)| (*r).clone()).collect();
@@ -327,14 +388,14 @@ impl Engine {
         if let Err(e) =
             limits::check_request(&self.limits, &request.injections, &request.templates, input.pod)
         {
-            return Verdict::Denied(Denial::limit(e, references));
+            return Err(Denial::limit(e, references));
         }
         if let Err(e) = self.check_refresh(&asked) {
-            return Verdict::Denied(e.with_references(references));
+            return Err(e.with_references(references));
         }
         let service_account = service_account(input.pod);
         if let Some(message) = self.inline_refusal(request.mode, input.caller) {
-            return Verdict::Denied(Denial::new(DenialClass::Policy, message, references));
+            return Err(Denial::new(DenialClass::Policy, message, references));
         }
 
         // Policy first: nothing is fetched for a Pod that may not have it.
@@ -348,7 +409,7 @@ impl Engine {
                 }),
                 Err(refusal) => {
                     let (class, message) = refusal.explained(source, placeholder.as_deref(), quote);
-                    return Verdict::Denied(Denial::new(class, message, references));
+                    return Err(Denial::new(class, message, references));
                 }
             }
         }
@@ -369,6 +430,7 @@ impl Engine {
         // Sesame's policy allowed every reference above.
         let identity = WorkloadIdentity::new(input.namespace, service_account).ok();
         let mut resolved = self.stores.resolve(&requests, identity.as_ref(), budget).await;
+        let fresh: Option<Vec<Arc<SecretData>>> = resolved.iter().map(|r| r.as_ref().ok().cloned()).collect();
         let placeholder_answers = resolved.split_off(request.injections.len().min(resolved.len()));
         let template_answers: Fetched = requests[request.injections.len().min(requests.len())..]
             .iter()
@@ -376,13 +438,13 @@ impl Engine {
             .zip(placeholder_answers)
             .collect();
         if request.mode == Mode::SecretRef {
-            if let Some(verdict) =
+            if let Some(mutation) =
                 self.try_last_known_good(input, &request, service_account, &references, &grants, &resolved)
             {
-                return verdict;
+                return Ok((mutation, None));
             }
         }
-        self.finish(
+        let mutation = self.finish(
             input,
             &request,
             service_account,
@@ -390,7 +452,13 @@ impl Engine {
             grants,
             &resolved,
             &template_answers,
-        )
+        )?;
+        let answers = fresh.map(|data| memo::Answers {
+            requests,
+            identity,
+            data,
+        });
+        Ok((mutation, answers))
     }
 
     /// From the answers on: limits, plan, patch.
@@ -404,7 +472,7 @@ impl Engine {
         grants: Vec<Grant>,
         resolved: &[Result<Arc<SecretData>, StoreError>],
         template_answers: &Fetched,
-    ) -> Verdict {
+    ) -> Result<Mutation, Denial> {
         let quote = self.limits.quote();
         let used_managed = input.pod.secret_names_with_prefix(MANAGED_PREFIX);
         // Before the plan: what the answers would add to the Pod.
@@ -419,7 +487,7 @@ impl Engine {
             input.pod,
             request.mode,
         ) {
-            return Verdict::Denied(Denial::limit(e, references));
+            return Err(Denial::limit(e, references));
         }
 
         let mut plan = match build_plan(&PlanInput {
@@ -435,7 +503,7 @@ impl Engine {
             quote,
         }) {
             Ok(p) => p,
-            Err(e) => return Verdict::Denied(Denial::new(e.class(), e.to_string(), references)),
+            Err(e) => return Err(Denial::new(e.class(), e.to_string(), references)),
         };
         if let Some(secret) = &mut plan.secret {
             secret.restart_on_rotation = request.restart_on_rotation;
@@ -444,14 +512,14 @@ impl Engine {
         if let Some(name) = used_managed.iter().find(|n| Some(n.as_str()) != secret_name) {
             let mut denial = foreign_secret(name, secret_name);
             denial.references = references;
-            return Verdict::Denied(denial);
+            return Err(denial);
         }
         let patch = match build_patch(input.pod, &plan, input.base, &self.marker_key, secret_name, quote) {
             Ok(p) => p,
-            Err(e) => return Verdict::Denied(Denial::new(e.class(), e.to_string(), references)),
+            Err(e) => return Err(Denial::new(e.class(), e.to_string(), references)),
         };
         if let Err(e) = limits::check_patch(&self.limits, encoded_len(&patch)) {
-            return Verdict::Denied(Denial::limit(e, references));
+            return Err(Denial::limit(e, references));
         }
         // Grants only for what was placed: skipped optional references are warnings.
         let warnings = plan
@@ -459,12 +527,13 @@ impl Engine {
             .iter()
             .map(|w| escape_controls(w).into_owned())
             .collect();
-        Verdict::Mutated(Mutation {
+        Ok(Mutation {
             patch,
             secret: plan.secret,
             grants,
             warnings,
             last_known_good: None,
+            encoded: Default::default(),
         })
     }
 
@@ -480,7 +549,7 @@ impl Engine {
         references: &[SecretRef],
         grants: &[Grant],
         resolved: &[Result<Arc<SecretData>, StoreError>],
-    ) -> Option<Verdict> {
+    ) -> Option<Mutation> {
         let lookup = input.last_known_good?;
         // A template's key holds a rendering, from which no placeholder's
         // answer can be read back: such a Pod waits for its stores. Inline
@@ -515,7 +584,7 @@ impl Engine {
             answers[i] = Ok(Arc::new(stored_answer(&known, reference)?));
             stores.insert(reference.store.clone());
         }
-        let Verdict::Mutated(mut m) = self.finish(
+        let Ok(mut m) = self.finish(
             input,
             request,
             service_account,
@@ -549,7 +618,7 @@ impl Engine {
             stores,
             refreshed_at: known.refreshed_at,
         }));
-        Some(Verdict::Mutated(m))
+        Some(m)
     }
 }
 
@@ -851,7 +920,7 @@ mod tests {
             panic!("not mutated")
         };
         assert_eq!(*store.0.lock().unwrap(), ["team-a/db"]);
-        let secret = m.secret.unwrap();
+        let secret = m.secret.clone().unwrap();
         assert_eq!(secret.references[0].path, "team-a/db");
         assert!(secret.restart_on_rotation);
         assert_eq!(m.grants[0].rule, "own");
@@ -916,7 +985,7 @@ mod tests {
             .grants
             .iter()
             .all(|g| g.annotation == "sesame.dev/template.URL" && g.rule == "own"));
-        let secret = m.secret.unwrap();
+        let secret = m.secret.clone().unwrap();
         assert_eq!(secret.data["template.URL"].expose(), b"pw@cHc=");
         assert_eq!(
             *store.0.lock().unwrap(),
@@ -1090,5 +1159,239 @@ mod tests {
         // A kept store keeps its running upkeep; only the new one starts one.
         assert!(!b_changed.stores().get("a").unwrap().take_upkeep());
         assert!(b_changed.stores().get("b").unwrap().take_upkeep());
+    }
+
+    /// A store whose one value the test changes, counting reads.
+    struct Rotating {
+        value: std::sync::Mutex<String>,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Store for Rotating {
+        fn provider(&self) -> &'static str {
+            "test"
+        }
+        async fn read(&self, _: &SecretLocator) -> Result<SecretData, StoreError> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let value = self.value.lock().unwrap().clone();
+            Ok(SecretData::Properties(
+                [("pw".to_owned(), SecretValue::from(value.as_str()))].into(),
+            ))
+        }
+    }
+
+    fn rotating(value: &str) -> Arc<Rotating> {
+        Arc::new(Rotating {
+            value: std::sync::Mutex::new(value.to_owned()),
+            reads: Default::default(),
+        })
+    }
+
+    /// `inline` mode, so that the value is in the patch, and rules by
+    /// namespace, ServiceAccount and namespace label.
+    fn memo_engine(store: Arc<Rotating>, ttl: Duration) -> Engine {
+        let config = Config::from_yaml(
+            "stores:\n  - {name: dev, file: {path: none.yaml}}\npolicy:\n  inline: {namespaces: ['*']}\n  rules:\n    - {name: own, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/*']}\n    - {name: ci, namespaces: ['*'], serviceAccounts: [ci], stores: [dev], paths: ['ci/*']}\n    - {name: gold, namespaceSelector: {matchLabels: {tier: gold}}, stores: [dev], paths: ['gold/*']}\n",
+            "t",
+        )
+        .unwrap();
+        let mut stores = Stores::default();
+        let metrics = Arc::new(Metrics::new());
+        stores.insert(
+            "dev",
+            Arc::new(CachedStore::new(
+                "dev".into(),
+                store,
+                ttl,
+                Duration::ZERO,
+                metrics,
+            )),
+        );
+        Engine::new(&config, stores)
+    }
+
+    /// A ReplicaSet's Pod: its token volume's name is random per Pod.
+    fn replica(path: &str, token_volume: &str) -> PodView {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "generateName": "api-7d9f8b-",
+                "annotations": {"sesame.dev/mode": "inline", "sesame.dev/env.PW": format!("dev:{path}#pw")},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-7d9f8b",
+                    "uid": "e9cf2b80-6c18-4d15-a78f-1bc3a9446440", "controller": true}]
+            },
+            "spec": {
+                "containers": [{"name": "app", "volumeMounts": [{"name": token_volume,
+                    "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]}],
+                "volumes": [{"name": token_volume, "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}]
+            }
+        }))
+        .unwrap()
+    }
+
+    async fn memoised(
+        engine: &Engine,
+        namespace: &str,
+        pod: &PodView,
+        labels: Option<&BTreeMap<String, String>>,
+        caller: Caller,
+    ) -> (Verdict, MemoUse) {
+        engine
+            .evaluate_memoised(&PodInput {
+                namespace,
+                pod,
+                base: "",
+                budget: None,
+                namespace_labels: labels,
+                caller,
+                last_known_good: None,
+            })
+            .await
+    }
+
+    fn inline_value(v: &Verdict) -> String {
+        let Verdict::Mutated(m) = v else {
+            panic!("not mutated: {v:?}")
+        };
+        let patch = serde_json::to_value(&m.patch).unwrap();
+        let values = patch.as_array().unwrap().iter().map(|op| &op["value"]);
+        let env = values.flat_map(|v| v.as_array().cloned().unwrap_or_else(|| vec![v.clone()]));
+        let pw = env
+            .into_iter()
+            .find(|e| e["name"] == "PW")
+            .expect("PW in the patch");
+        pw["value"].as_str().unwrap().to_owned()
+    }
+
+    fn reads(store: &Rotating) -> usize {
+        store.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn the_pods_of_one_replica_set_cost_one_evaluation() {
+        let store = rotating("v1");
+        let e = memo_engine(store.clone(), Duration::from_secs(3600));
+        let first = replica("apps/team-a/db", "kube-api-access-p6sh2");
+        let (verdict, used) = memoised(&e, "team-a", &first, None, Caller::Trusted).await;
+        assert_eq!((used, inline_value(&verdict).as_str()), (MemoUse::Miss, "v1"));
+        let (again, used) = memoised(
+            &e,
+            "team-a",
+            &replica("apps/team-a/db", "kube-api-access-x9q7k"),
+            None,
+            Caller::Trusted,
+        )
+        .await;
+        assert_eq!(used, MemoUse::Hit);
+        let (Verdict::Mutated(a), Verdict::Mutated(b)) = (&verdict, &again) else {
+            panic!("not mutated")
+        };
+        assert!(Arc::ptr_eq(a, b), "the second Pod gets the first one's mutation");
+        assert_eq!(reads(&store), 1);
+        // The same verdict as evaluating it afresh.
+        let input = PodInput {
+            namespace: "team-a",
+            pod: &first,
+            base: "",
+            budget: None,
+            namespace_labels: None,
+            caller: Caller::Trusted,
+            last_known_good: None,
+        };
+        let Verdict::Mutated(fresh) = e.evaluate(&input).await else {
+            panic!("not mutated")
+        };
+        assert_eq!(fresh.patch, b.patch);
+    }
+
+    /// Attacks on the memo: a copy of a memoised Pod, byte for byte, by a
+    /// team that may not read its secrets; the same Pod under another
+    /// ServiceAccount, in a namespace whose labels changed, or from a caller
+    /// Sesame cannot authenticate. Each is evaluated and refused, never
+    /// served the kept verdict.
+    #[tokio::test]
+    async fn a_memoised_verdict_serves_no_other_namespace_account_label_or_caller() {
+        let store = rotating("team-a-secret");
+        let e = memo_engine(store, Duration::from_secs(3600));
+        let pod = replica("apps/team-a/db", "kube-api-access-p6sh2");
+        let (v, _) = memoised(&e, "team-a", &pod, None, Caller::Trusted).await;
+        inline_value(&v);
+        let (v, used) = memoised(&e, "team-b", &pod, None, Caller::Trusted).await;
+        assert!(
+            matches!(v, Verdict::Denied(ref d) if d.class == DenialClass::Policy),
+            "{v:?}"
+        );
+        assert_eq!(used, MemoUse::Miss);
+
+        let mut ci = replica("ci/deploy-key", "kube-api-access-p6sh2");
+        ci.spec.service_account_name = Some("ci".into());
+        let (v, _) = memoised(&e, "team-a", &ci, None, Caller::Trusted).await;
+        inline_value(&v);
+        ci.spec.service_account_name = Some("default".into());
+        let (v, used) = memoised(&e, "team-a", &ci, None, Caller::Trusted).await;
+        assert!(
+            matches!(v, Verdict::Denied(ref d) if d.class == DenialClass::Policy),
+            "{v:?}"
+        );
+        assert_eq!(used, MemoUse::Miss);
+
+        let gold: BTreeMap<String, String> = [("tier".to_owned(), "gold".to_owned())].into();
+        let silver: BTreeMap<String, String> = [("tier".to_owned(), "silver".to_owned())].into();
+        let shared = replica("gold/api-key", "kube-api-access-p6sh2");
+        let (v, _) = memoised(&e, "team-a", &shared, Some(&gold), Caller::Trusted).await;
+        inline_value(&v);
+        let (v, used) = memoised(&e, "team-a", &shared, Some(&silver), Caller::Trusted).await;
+        assert!(
+            matches!(v, Verdict::Denied(ref d) if d.class == DenialClass::Policy),
+            "{v:?}"
+        );
+        assert_eq!(used, MemoUse::Miss);
+
+        let (v, used) = memoised(&e, "team-a", &pod, None, Caller::Unauthenticated).await;
+        assert!(
+            matches!(v, Verdict::Denied(ref d) if d.class == DenialClass::Policy),
+            "{v:?}"
+        );
+        assert_eq!(used, MemoUse::Miss);
+    }
+
+    /// A kept verdict stands only while the cache holds the very answers it
+    /// was made from: once the value's entry expires, the next Pod reads the
+    /// store again and gets the rotated value.
+    #[tokio::test]
+    async fn a_rotated_value_is_never_served_from_the_memo() {
+        let store = rotating("v1");
+        let never = memo_engine(store.clone(), Duration::ZERO);
+        let pod = replica("apps/team-a/db", "kube-api-access-p6sh2");
+        let (v, _) = memoised(&never, "team-a", &pod, None, Caller::Trusted).await;
+        assert_eq!(inline_value(&v), "v1");
+        *store.value.lock().unwrap() = "v2".into();
+        let (v, used) = memoised(&never, "team-a", &pod, None, Caller::Trusted).await;
+        assert_eq!((used, inline_value(&v).as_str()), (MemoUse::Miss, "v2"));
+
+        let store = rotating("v1");
+        let e = memo_engine(store.clone(), Duration::from_millis(50));
+        let (v, _) = memoised(&e, "team-a", &pod, None, Caller::Trusted).await;
+        assert_eq!(inline_value(&v), "v1");
+        *store.value.lock().unwrap() = "v2".into();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (v, used) = memoised(&e, "team-a", &pod, None, Caller::Trusted).await;
+        assert_eq!((used, inline_value(&v).as_str()), (MemoUse::Miss, "v2"));
+        assert_eq!(reads(&store), 2);
+    }
+
+    /// A Pod whose own volume named like Sesame's differs is another key:
+    /// only foreign volume names are left out of it.
+    #[tokio::test]
+    async fn a_pod_that_differs_in_a_sesame_volume_is_evaluated_again() {
+        let e = memo_engine(rotating("v1"), Duration::from_secs(3600));
+        let pod = replica("apps/team-a/db", "kube-api-access-p6sh2");
+        memoised(&e, "team-a", &pod, None, Caller::Trusted).await;
+        let mut clash = pod.clone();
+        clash.spec.volumes = Some(vec![
+            serde_json::json!({"name": "sesame-0123456789", "emptyDir": {}}),
+        ]);
+        let (_, used) = memoised(&e, "team-a", &clash, None, Caller::Trusted).await;
+        assert_eq!(used, MemoUse::Miss);
     }
 }

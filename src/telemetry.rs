@@ -22,6 +22,11 @@ pub(crate) struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PortLabels {
     pub port: String,
 }
@@ -73,6 +78,7 @@ pub struct Metrics {
     cache_misses: Family<StoreLabels, Counter>,
     stale_served: Family<StoreLabels, Counter>,
     secret_writes: Family<OutcomeLabels, Counter>,
+    plan_memo: Family<ResultLabels, Counter>,
     secret_write_duration: Family<OutcomeLabels, Histogram>,
     config_reloads: Family<OutcomeLabels, Counter>,
     ready: Gauge,
@@ -126,6 +132,7 @@ impl Metrics {
         let cache_misses = Family::<StoreLabels, Counter>::default();
         let stale_served = Family::<StoreLabels, Counter>::default();
         let secret_writes = Family::<OutcomeLabels, Counter>::default();
+        let plan_memo = Family::<ResultLabels, Counter>::default();
         let secret_write_duration =
             Family::<OutcomeLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
         let config_reloads = Family::<OutcomeLabels, Counter>::default();
@@ -205,6 +212,11 @@ impl Metrics {
             secret_writes.clone(),
         );
         registry.register(
+            "plan_memo",
+            "Pod reviews answered from the verdict of an identical Pod (hit), evaluated (miss), or too large to keep (skipped)",
+            plan_memo.clone(),
+        );
+        registry.register(
             "secret_write_duration_seconds",
             "Time the managed Secret step of a review took, by outcome (applied is the cold path: an API call)",
             secret_write_duration.clone(),
@@ -240,6 +252,7 @@ impl Metrics {
             cache_misses,
             stale_served,
             secret_writes,
+            plan_memo,
             secret_write_duration,
             config_reloads,
             ready,
@@ -368,6 +381,15 @@ impl Metrics {
         self.secret_writes
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// `hit`: a review answered from the verdict of an identical Pod.
+    pub fn plan_memo(&self, result: &'static str) {
+        self.plan_memo
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
             })
             .inc();
     }

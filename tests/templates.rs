@@ -186,7 +186,7 @@ async fn rotation_re_renders_a_template_when_a_placeholder_changes() {
     let sesame::pipeline::Verdict::Mutated(mutation) = verdict else {
         panic!("not mutated: {verdict:?}")
     };
-    let planned = mutation.secret.unwrap();
+    let planned = mutation.secret.clone().unwrap();
     let keys = provenance();
     let mut object = sesame::kube::secret::manifest(&planned, "sesame.dev", &keys, "2020-01-01T00:00:00Z");
     object["metadata"]["creationTimestamp"] = json!("2020-01-01T00:00:00Z");

@@ -996,3 +996,57 @@ async fn refresh_below_the_platform_minimum_is_denied_with_the_minimum() {
     let r2 = s.review(&without).await;
     assert_ne!(secret_of(&r, &with), secret_of(&r2, &without));
 }
+
+/// The Pods of one ReplicaSet, as the API server sends them, differ in
+/// their uid and their token volume's random name: the second is answered
+/// from the first one's verdict, with the same patch. A byte-for-byte copy
+/// of that review for another namespace is evaluated, and refused.
+#[tokio::test]
+async fn the_pods_of_one_replica_set_share_one_verdict_and_no_other_namespace_does() {
+    let s = TestServer::start().await;
+    let first = fixture(OWNED);
+    let mut second = first.clone();
+    second["request"]["uid"] = json!("0f6c2d2e-1b8e-4f4e-9c0e-3a1f5d9b7c21");
+    let volumes = second["request"]["object"]["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap();
+    let token = volumes.iter_mut().find(|v| v.get("projected").is_some()).unwrap();
+    token["name"] = json!("kube-api-access-x9q7k");
+    let mounts = second["request"]["object"]["spec"]["containers"][0]["volumeMounts"]
+        .as_array_mut()
+        .unwrap();
+    mounts.iter_mut().find(|m| m["name"] != "config").unwrap()["name"] = json!("kube-api-access-x9q7k");
+
+    let a = s.review(&first).await;
+    let b = s.review(&second).await;
+    assert_eq!(
+        (a["allowed"].clone(), b["allowed"].clone()),
+        (json!(true), json!(true))
+    );
+    assert_eq!(
+        b["uid"], second["request"]["uid"],
+        "each answer carries its own review's uid"
+    );
+    assert_eq!(a["patch"], b["patch"]);
+    let metrics = metrics_text(s.admin("/metrics")).await;
+    assert_eq!(
+        sample(&metrics, "sesame_plan_memo_total{result=\"miss\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, "sesame_plan_memo_total{result=\"hit\"}"),
+        Some(1.0)
+    );
+
+    let mut copy = first.clone();
+    copy["request"]["namespace"] = json!("team-b");
+    copy["request"]["object"]["metadata"]["namespace"] = json!("team-b");
+    let r = s.review(&copy).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(r["status"]["code"], 403);
+    let metrics = metrics_text(s.admin("/metrics")).await;
+    assert_eq!(
+        sample(&metrics, "sesame_plan_memo_total{result=\"hit\"}"),
+        Some(1.0)
+    );
+}

@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::denial::DenialClass;
 use crate::inject::PodView;
-use crate::pipeline::{Caller, Engine, FindKnownSecret, Mutation, PodInput, SharedEngine, Verdict};
+use crate::pipeline::{Caller, Engine, FindKnownSecret, PodInput, SharedEngine, Verdict};
 use crate::policy::{CreationLimiter, CreationRate};
 use crate::telemetry::Metrics;
 pub use ports::{
@@ -300,12 +300,17 @@ impl Admission {
                 .as_ref()
                 .map(|_| &lookup as FindKnownSecret<'_>),
         };
-        let verdict = engine.evaluate(&input).instrument(span.clone()).await;
-        // The Secret is written before answering: a Pod never points at a Secret that does not exist.
-        let written = match &verdict {
-            Verdict::Mutated(Mutation {
-                secret: Some(secret), ..
-            }) => Some({
+        let (verdict, memo) = engine.evaluate_memoised(&input).instrument(span.clone()).await;
+        self.metrics.plan_memo(memo.label());
+        // The Secret is written before answering: a Pod never points at a
+        // Secret that does not exist. A memoised verdict is no exception:
+        // the Secret is checked against the cluster's copy every time.
+        let secret = match &verdict {
+            Verdict::Mutated(m) => m.secret.as_ref(),
+            _ => None,
+        };
+        let written = match secret {
+            Some(secret) => Some({
                 let began = Instant::now();
                 let result = if dry_run {
                     DryRunWriter.apply(secret, &Unlimited).await
@@ -349,7 +354,7 @@ impl Admission {
                 (deny(&request.uid, d.class, d.message), Outcome::Denied(d.class))
             }
             Verdict::Mutated(m) => {
-                let mut warnings = m.warnings;
+                let mut warnings = m.warnings.clone();
                 if let Some(result) = written {
                     match result {
                         Ok(outcome) => {
@@ -405,9 +410,9 @@ impl Admission {
                 );
                 let mut response = allow();
                 if !m.patch.is_empty() {
-                    match encode_patch(&m.patch) {
+                    match m.encoded.get_or_init(|| encode_patch(&m.patch)) {
                         Some(patch) => {
-                            response.patch = Some(patch);
+                            response.patch = Some(patch.clone());
                             response.patch_type = Some("JSONPatch");
                         }
                         None => {

@@ -16,8 +16,7 @@ use crate::denial::DenialClass;
 use crate::stores::{PropertyError, SecretData, SecretValue, StoreError};
 use crate::validate::Quote;
 
-/// Names of managed Secrets and volumes start with this.
-pub(crate) const MANAGED_PREFIX: &str = "sesame-";
+pub(crate) use super::pod::MANAGED_PREFIX;
 
 /// A container addressed by list and index, as JSON Patch needs it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

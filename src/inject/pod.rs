@@ -1,13 +1,21 @@
 //! The parts of a Pod that injection reads. Deserialising only these (and
 //! skipping the rest) keeps the no-annotation path cheap.
+//!
+//! Serialised, a view is the pipeline's memo key: every field it reads is
+//! in it, except the names of volumes that are not Sesame's, which differ
+//! between the Pods of one ReplicaSet (`kube-api-access-xxxxx`) and which
+//! no plan or patch depends on.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
+/// Names of managed Secrets and volumes start with this.
+pub(crate) const MANAGED_PREFIX: &str = "sesame-";
+
 /// A Pod, or the `template` of a workload, as far as Sesame looks at it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodView {
     #[serde(default)]
@@ -16,7 +24,7 @@ pub struct PodView {
     pub spec: SpecView,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MetaView {
     pub name: Option<String>,
@@ -41,7 +49,7 @@ pub struct OwnerReference {
     pub block_owner_deletion: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SpecView {
     #[serde(default)]
@@ -49,6 +57,7 @@ pub struct SpecView {
     pub init_containers: Option<Vec<ContainerView>>,
     /// Never injected into; read only for the Secrets they name.
     pub(crate) ephemeral_containers: Option<Vec<ContainerView>>,
+    #[serde(serialize_with = "volumes_for_key")]
     pub volumes: Option<Vec<serde_json::Value>>,
     pub(crate) image_pull_secrets: Option<Vec<serde_json::Value>>,
     pub service_account_name: Option<String>,
@@ -85,7 +94,7 @@ pub(crate) const VOLUME_SECRET_FIELDS: [&str; 10] = [
     "/azureFile/secretName",
 ];
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerView {
     #[serde(default)]
@@ -95,13 +104,57 @@ pub struct ContainerView {
     pub volume_mounts: Option<Vec<MountView>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MountView {
-    #[serde(default)]
+    #[serde(default, serialize_with = "name_for_key")]
     pub name: String,
     #[serde(default)]
     pub mount_path: String,
+}
+
+/// A volume or mount name in the memo key: Sesame's own as it is, any
+/// other as one stand-in. The patch looks volumes up by Sesame's names and
+/// mounts by path, so a name that is not Sesame's only ever decides a
+/// conflict (a denial, never memoised).
+fn key_name(name: &str) -> &str {
+    if name.starts_with(MANAGED_PREFIX) {
+        name
+    } else {
+        "*"
+    }
+}
+
+fn name_for_key<S: Serializer>(name: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(key_name(name))
+}
+
+fn volumes_for_key<S: Serializer>(volumes: &Option<Vec<Value>>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::{SerializeMap, SerializeSeq};
+    struct Volume<'a>(&'a Value);
+    impl Serialize for Volume<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let Value::Object(fields) = self.0 else {
+                return self.0.serialize(s);
+            };
+            let mut map = s.serialize_map(Some(fields.len()))?;
+            for (k, v) in fields {
+                match (k.as_str(), v) {
+                    ("name", Value::String(name)) => map.serialize_entry(k, key_name(name))?,
+                    _ => map.serialize_entry(k, v)?,
+                }
+            }
+            map.end()
+        }
+    }
+    let Some(volumes) = volumes else {
+        return s.serialize_none();
+    };
+    let mut seq = s.serialize_seq(Some(volumes.len()))?;
+    for v in volumes {
+        seq.serialize_element(&Volume(v))?;
+    }
+    seq.end()
 }
 
 impl PodView {

@@ -129,6 +129,32 @@ impl CachedStore {
         (entry.fetched.elapsed() < self.ttl).then(|| entry.data.clone())
     }
 
+    /// Whether the cache still holds `data` as the fresh answer for
+    /// `locator`, read as `identity` the way [`Self::get_many_as`] reads:
+    /// a look-up that counts as a cache hit, and never a fetch.
+    pub(crate) fn still_holds(
+        &self,
+        identity: Option<&WorkloadIdentity>,
+        locator: &SecretLocator,
+        data: &Arc<SecretData>,
+    ) -> bool {
+        let identity = match self.mode {
+            IdentityMode::Sesame => None,
+            IdentityMode::Pod => match identity {
+                Some(identity) => Some(identity.clone()),
+                None => return false,
+            },
+        };
+        let locator = self.canonical(locator).unwrap_or_else(|| locator.clone());
+        let held = self
+            .fresh(&(identity, locator))
+            .is_some_and(|fresh| Arc::ptr_eq(&fresh, data));
+        if held {
+            self.metrics.cache_hit(&self.name);
+        }
+        held
+    }
+
     /// The store's own spelling of a version ([`Store::canonical_version`]).
     pub fn canonical_version<'a>(&self, version: &'a str) -> std::borrow::Cow<'a, str> {
         self.inner.canonical_version(version)

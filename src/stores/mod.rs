@@ -409,6 +409,23 @@ impl Stores {
             .collect()
     }
 
+    /// Whether every answer of `requests` (parallel to `data`) is still
+    /// the cache's fresh one, as read for `identity`: a verdict made from
+    /// them stands. Looks up, never fetches.
+    pub(crate) fn still_cached(
+        &self,
+        requests: &[StoreRequest],
+        identity: Option<&WorkloadIdentity>,
+        data: &[Arc<SecretData>],
+    ) -> bool {
+        requests.len() == data.len()
+            && requests.iter().zip(data).all(|(r, d)| {
+                self.stores
+                    .get(&r.store)
+                    .is_some_and(|store| store.still_holds(identity, &r.locator, d))
+            })
+    }
+
     /// Runs every store's `check` concurrently; returns the failures by name.
     pub async fn check_all(&self, budget: Duration) -> Vec<(String, StoreError)> {
         let checks = self.stores.iter().map(|(name, store)| async move {
