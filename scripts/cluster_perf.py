@@ -328,7 +328,8 @@ def run(args, api, ns, pki, tmp, procs, configs):
 
     def sesame_connections():
         text = urllib.request.urlopen(admin + "/metrics", timeout=5).read().decode()
-        keep = ("sesame_connections", "sesame_requests_in_flight", "sesame_accept_errors", "sesame_secret_writes")
+        keep = ("sesame_connections", "sesame_requests_in_flight", "sesame_accept_errors", "sesame_secret_writes",
+                "sesame_plan_memo")
         return "; ".join(line for line in text.splitlines()
                          if line.startswith(keep) and 'port="admin"' not in line) or "none"
 

@@ -1,8 +1,9 @@
 //! The parts of a Pod that injection reads. Deserialising only these (and
 //! skipping the rest) keeps the no-annotation path cheap.
 //!
-//! Serialised, a view is the pipeline's memo key: every field it reads is
-//! in it, except the names of volumes that are not Sesame's, which differ
+//! Serialised, a view is the pipeline's memo key: every field the pipeline
+//! reads is in it. Left out are the Pod's name and labels, which only logs
+//! read, and the names of volumes that are not Sesame's, which differ
 //! between the Pods of one ReplicaSet (`kube-api-access-xxxxx`) and which
 //! no plan or patch depends on.
 
@@ -27,10 +28,16 @@ pub struct PodView {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MetaView {
+    // The name and labels name the Pod in logs and differ between the Pods
+    // of one StatefulSet; no verdict depends on them, so the memo key
+    // leaves them out. A pipeline that starts reading one must key it.
+    #[serde(skip_serializing)]
     pub name: Option<String>,
+    #[serde(skip_serializing)]
     pub generate_name: Option<String>,
     pub namespace: Option<String>,
     pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing)]
     pub labels: Option<BTreeMap<String, String>>,
     pub owner_references: Option<Vec<OwnerReference>>,
 }

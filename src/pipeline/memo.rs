@@ -194,9 +194,10 @@ mod tests {
     }
 
     /// The Pods of one ReplicaSet differ in their token volume's random
-    /// name, which must not split the key; anything else must.
+    /// name, those of a StatefulSet in their names and labels: neither may
+    /// split the key; anything the pipeline reads must.
     #[test]
-    fn the_key_leaves_out_foreign_volume_names_and_nothing_else() {
+    fn the_key_leaves_out_names_labels_and_foreign_volume_names_only() {
         let a = with_volume("kube-api-access-p6sh2", "token");
         let b = with_volume("kube-api-access-x9q7k", "token");
         assert_eq!(key(&a, "team-a"), key(&b, "team-a"));
@@ -214,6 +215,20 @@ mod tests {
             key(&with_volume(&other, "token"), "team-a")
         );
         assert_ne!(key(&with_volume(&own, "token"), "team-a"), key(&a, "team-a"));
+        // The Pods of one StatefulSet: their names and labels differ.
+        let mut web_0 = a.clone();
+        web_0.metadata.name = Some("web-0".into());
+        web_0.metadata.labels = Some([("apps.kubernetes.io/pod-index".to_owned(), "0".to_owned())].into());
+        let mut web_1 = a.clone();
+        web_1.metadata.name = Some("web-1".into());
+        web_1.metadata.labels = Some([("apps.kubernetes.io/pod-index".to_owned(), "1".to_owned())].into());
+        assert_eq!(key(&web_0, "team-a"), key(&web_1, "team-a"));
+        // Annotations (what the Pod asks for) are always in it.
+        let mut asks_more = a.clone();
+        if let Some(annotations) = asks_more.metadata.annotations.as_mut() {
+            annotations.insert("sesame.dev/env.B".into(), "dev:apps/a#y".into());
+        }
+        assert_ne!(key(&a, "team-a"), key(&asks_more, "team-a"));
     }
 
     #[test]
