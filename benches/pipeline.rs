@@ -72,6 +72,17 @@ fn review_with(annotations: Option<Value>) -> Vec<u8> {
     serde_json::to_vec(&review).expect("serialises")
 }
 
+/// `review` with one more env var in its first container, numbered `i`.
+fn new_pod(review: &[u8], i: usize) -> Vec<u8> {
+    let mut review: Value = serde_json::from_slice(review).expect("JSON");
+    let env = review
+        .pointer_mut("/request/object/spec/containers/0/env")
+        .and_then(Value::as_array_mut)
+        .expect("the fixture's first container has env");
+    env.push(serde_json::json!({"name": "BENCH_VARIANT", "value": i.to_string()}));
+    serde_json::to_vec(&review).expect("serialises")
+}
+
 struct Setup {
     runtime: tokio::runtime::Runtime,
     admission: Arc<Admission>,
@@ -129,9 +140,22 @@ fn pipeline(c: &mut Criterion) {
         b.to_async(&s.runtime)
             .iter(|| async { s.admission.review(&s.plain, None).await.expect("review") })
     });
+    // The same review again: a ReplicaSet's next Pod, answered from the memo.
     group.bench_function("review/5-references", |b| {
         b.to_async(&s.runtime)
             .iter(|| async { s.admission.review(&s.annotated, None).await.expect("review") })
+    });
+    // Each review a Pod whose spec differs (one env var), more of them than
+    // the memo holds: every one is evaluated in full and kept.
+    let variants: Vec<Vec<u8>> = (0..2048).map(|i| new_pod(&s.annotated, i)).collect();
+    let next = std::cell::Cell::new(0usize);
+    group.bench_function("review/5-references-new-pod", |b| {
+        b.to_async(&s.runtime).iter(|| {
+            let i = next.get();
+            next.set((i + 1) % variants.len());
+            let body = &variants[i];
+            async { s.admission.review(body, None).await.expect("review") }
+        })
     });
 
     let review: Value = serde_json::from_slice(&s.annotated).expect("JSON");
