@@ -1394,4 +1394,115 @@ mod tests {
         let (_, used) = memoised(&e, "team-a", &clash, None, Caller::Trusted).await;
         assert_eq!(used, MemoUse::Miss);
     }
+
+    /// What a Pod view is made of here: its own volumes (name, mount
+    /// path), mounted by its one container, and which of three references
+    /// it asks for (env, a file under /var/run/sesame, a directory at
+    /// /etc/tls), so that its mounts may clash with Sesame's.
+    fn own_volumes_pod(volumes: &[(String, usize)], asks: u8) -> PodView {
+        const PATHS: [&str; 4] = [
+            "/var/run/sesame",
+            "/etc/tls",
+            "/data",
+            "/var/run/secrets/kubernetes.io/serviceaccount",
+        ];
+        const ASKS: [(&str, &str); 3] = [
+            ("sesame.dev/env.PW", "dev:apps/team-a/db#pw"),
+            (
+                "sesame.dev/file.token",
+                "dev:apps/team-a/db#pw path=/var/run/sesame/token",
+            ),
+            ("sesame.dev/dir.tls", "dev:apps/team-a/tls path=/etc/tls"),
+        ];
+        let annotations: BTreeMap<&str, &str> = ASKS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| asks & (1 << i) != 0)
+            .map(|(_, a)| *a)
+            .collect();
+        let mounts: Vec<serde_json::Value> = volumes
+            .iter()
+            .map(|(name, path)| serde_json::json!({"name": name, "mountPath": PATHS[path % PATHS.len()]}))
+            .collect();
+        let volumes: Vec<serde_json::Value> = volumes
+            .iter()
+            .map(|(name, _)| serde_json::json!({"name": name, "emptyDir": {}}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"annotations": annotations},
+            "spec": {"containers": [{"name": "app", "volumeMounts": mounts}], "volumes": volumes}
+        }))
+        .unwrap()
+    }
+
+    /// The same answer, as far as a Pod can tell.
+    fn same_verdict(a: &Verdict, b: &Verdict) -> bool {
+        match (a, b) {
+            (Verdict::Mutated(x), Verdict::Mutated(y)) => {
+                x.patch == y.patch && x.secret == y.secret && x.warnings == y.warnings && x.grants == y.grants
+            }
+            (Verdict::Denied(x), Verdict::Denied(y)) => x.class == y.class,
+            (Verdict::Untouched, Verdict::Untouched) => true,
+            _ => false,
+        }
+    }
+
+    /// Names a Pod may give its own volumes: plain, a token volume's, one
+    /// that looks like Sesame's, and the two Sesame plans for the file and
+    /// the directory of `own_volumes_pod` (a volume of the Pod's own with
+    /// such a name is a clash).
+    const VOLUME_NAME: &str =
+        "[a-z]{1,3}|kube-api-access-[a-z]{2}|sesame-[0-9a-f]{2}|sesame-04fec94232|sesame-9c83856a38";
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 128,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// A memo hit is what a fresh engine would answer. After one Pod
+        /// was memoised, a second differs from it in the names of its own
+        /// volumes (some of them named like Sesame's), in where it mounts
+        /// them (some of them where Sesame mounts), in its name and labels:
+        /// whenever the memo serves it, the answer is the fresh one.
+        #[test]
+        fn a_memo_hit_is_what_evaluating_afresh_gives(
+            volumes in proptest::collection::vec((VOLUME_NAME, 0usize..4), 0..4),
+            changes in proptest::collection::vec((proptest::option::of(VOLUME_NAME), proptest::option::of(0usize..4)), 4),
+            asks in 1u8..8,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let first = own_volumes_pod(&volumes, asks);
+                let changed: Vec<(String, usize)> = volumes
+                    .iter()
+                    .zip(&changes)
+                    .map(|((name, path), (new_name, new_path))| {
+                        (new_name.clone().unwrap_or_else(|| name.clone()), new_path.unwrap_or(*path))
+                    })
+                    .collect();
+                let mut second = own_volumes_pod(&changed, asks);
+                second.metadata.name = Some("web-1".into());
+                second.metadata.labels = Some([("app".to_owned(), "other".to_owned())].into());
+
+                let memo = memo_engine(rotating("v1"), Duration::from_secs(3600));
+                memoised(&memo, "team-a", &first, None, Caller::Trusted).await;
+                let (served, _) = memoised(&memo, "team-a", &second, None, Caller::Trusted).await;
+                let fresh = memo_engine(rotating("v1"), Duration::from_secs(3600));
+                let input = PodInput {
+                    namespace: "team-a",
+                    pod: &second,
+                    base: "",
+                    budget: None,
+                    namespace_labels: None,
+                    caller: Caller::Trusted,
+                    last_known_good: None,
+                };
+                let expected = fresh.evaluate(&input).await;
+                proptest::prop_assert!(same_verdict(&served, &expected), "served {served:?}, expected {expected:?}");
+                Ok(())
+            })?;
+        }
+    }
 }
