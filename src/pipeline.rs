@@ -340,10 +340,10 @@ impl Engine {
             self.memo.forget(&key);
         }
         let (verdict, answers) = self.evaluate_answered(input).await;
+        // Answers come only with a mutation made from them, never with a
+        // last-known-good admission (`evaluate_wanted`).
         if let (Verdict::Mutated(m), Some(answers)) = (&verdict, answers) {
-            if m.last_known_good.is_none() {
-                self.memo.keep(key, answers, m.clone());
-            }
+            self.memo.keep(key, answers, m.clone());
         }
         (verdict, MemoUse::Miss)
     }
@@ -360,14 +360,7 @@ impl Engine {
             return (verdict, None);
         }
         match self.evaluate_wanted(input).await {
-            Ok((m, answers)) => {
-                let answers = if m.last_known_good.is_none() {
-                    answers
-                } else {
-                    None
-                };
-                (Verdict::Mutated(Arc::new(m)), answers)
-            }
+            Ok((m, answers)) => (Verdict::Mutated(Arc::new(m)), answers),
             Err(d) => (Verdict::Denied(d), None),
         }
     }
@@ -861,22 +854,23 @@ mod tests {
     }
 
     fn engine(store: Arc<Namespaced>) -> Engine {
-        let config = Config::from_yaml(
+        engine_over(
             "stores:\n  - {name: k8s, kubernetes: {}}\npolicy:\n  rules:\n    - {name: own, namespaces: ['*'], stores: [k8s], paths: ['{namespace}/*']}\n    - {name: ci, namespaces: ['*'], serviceAccounts: [ci], stores: [k8s], paths: ['shared/*']}\n",
-            "t",
+            "k8s",
+            store,
+            Duration::ZERO,
         )
-        .unwrap();
+    }
+
+    /// An engine of `config` whose one store, `name`, is `store` behind a
+    /// cache of `ttl`.
+    fn engine_over(config: &str, name: &str, store: Arc<dyn Store>, ttl: Duration) -> Engine {
+        let config = Config::from_yaml(config, "t").unwrap();
         let mut stores = Stores::default();
         let metrics = Arc::new(Metrics::new());
         stores.insert(
-            "k8s",
-            Arc::new(CachedStore::new(
-                "k8s".into(),
-                store,
-                Duration::ZERO,
-                Duration::ZERO,
-                metrics,
-            )),
+            name,
+            Arc::new(CachedStore::new(name.into(), store, ttl, Duration::ZERO, metrics)),
         );
         Engine::new(&config, stores)
     }
@@ -1191,24 +1185,12 @@ mod tests {
     /// `inline` mode, so that the value is in the patch, and rules by
     /// namespace, ServiceAccount and namespace label.
     fn memo_engine(store: Arc<Rotating>, ttl: Duration) -> Engine {
-        let config = Config::from_yaml(
+        engine_over(
             "stores:\n  - {name: dev, file: {path: none.yaml}}\npolicy:\n  inline: {namespaces: ['*']}\n  rules:\n    - {name: own, namespaces: ['*'], stores: [dev], paths: ['apps/{namespace}/*']}\n    - {name: ci, namespaces: ['*'], serviceAccounts: [ci], stores: [dev], paths: ['ci/*']}\n    - {name: gold, namespaceSelector: {matchLabels: {tier: gold}}, stores: [dev], paths: ['gold/*']}\n",
-            "t",
-        )
-        .unwrap();
-        let mut stores = Stores::default();
-        let metrics = Arc::new(Metrics::new());
-        stores.insert(
             "dev",
-            Arc::new(CachedStore::new(
-                "dev".into(),
-                store,
-                ttl,
-                Duration::ZERO,
-                metrics,
-            )),
-        );
-        Engine::new(&config, stores)
+            store,
+            ttl,
+        )
     }
 
     /// A ReplicaSet's Pod: its token volume's name is random per Pod.
